@@ -1,0 +1,98 @@
+"""Argument validation shared by every op and layer.
+
+Every public function checks its inputs here first, so that bad input fails early with a
+message naming the argument, the shape received and the shape expected (API contract).
+Nothing in this module copies or mutates an array it is given.
+"""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def pair(value, name, *, minimum=None):
+    """Return ``value`` as an ``(h, w)`` tuple of ints; ``value`` is an int or a pair.
+
+    >>> pair(3, 'stride')
+    (3, 3)
+    """
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+        out = (int(value), int(value))
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool)
+                  for v in value)):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(out) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+def padding4(padding, kernel_size, stride, dilation):
+    """Resolve ``padding`` to ``(top, bottom, left, right)`` with PyTorch's rules.
+
+    ``padding`` is an int, a pair ``(p_h, p_w)`` (symmetric), ``'valid'`` (0) or ``'same'``
+    (stride 1 only; total ``d*(k-1)`` per axis, the odd extra row/column at the bottom/right).
+    """
+    if isinstance(padding, str):
+        if padding == 'valid':
+            return (0, 0, 0, 0)
+        if padding == 'same':
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride}); use stride 1 or explicit padding")
+            (kh, kw), (dh, dw) = kernel_size, dilation
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = pair(padding, 'padding')
+    if min(ph, pw) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return (ph, ph, pw, pw)
+
+
+def float_array(x, name, ndim=None, shape_hint=None):
+    """Check that ``x`` is a float32/float64 ndarray of rank ``ndim``; return it unchanged."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
+    if ndim is not None and x.ndim not in np.atleast_1d(ndim):
+        hint = shape_hint or f"{ndim}-D"
+        raise ValueError(f"{name} must be {hint}, got shape {x.shape}")
+    return x
+
+
+def same_dtype(*named):
+    """Check that all given ``(name, array)`` pairs (None skipped) share one float dtype."""
+    arrays = [(n, a) for n, a in named if a is not None]
+    dtypes = {a.dtype for _, a in arrays}
+    if len(dtypes) > 1:
+        desc = ', '.join(f"{n}: {a.dtype}" for n, a in arrays)
+        raise TypeError(f"all arrays must have the same float dtype, got {desc}")
+    return arrays[0][1].dtype
+
+
+def expect_shape(x, expected, name):
+    """Raise ``ValueError`` unless ``x.shape == expected``."""
+    if x.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {x.shape}")
+    return x
+
+
+def positive_int(value, name):
+    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def dtype_arg(dtype):
+    """Check a layer's ``dtype`` argument: float32 or float64."""
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt

@@ -1,0 +1,390 @@
+r"""Standard, depthwise, pointwise and separable convolution over the im2col/GEMM core.
+
+Shapes (PyTorch conventions, groups as contiguous channel blocks, no kernel flip)::
+
+    x      (N, C_in, H, W)
+    weight (C_out, C_in // G, kh, kw)         or per sample (N, C_out, C_in // G, kh, kw)
+    bias   (C_out,)                           or per sample (N, C_out)
+    y      (N, C_out, Ho, Wo),  Ho = floor((H + p_t + p_b - dh*(kh-1) - 1) / sh) + 1
+
+Forward (docs/derivations/conv.md, eq. 1), with ``g(o) = o // (C_out/G)`` and ``C_g = C_in/G``::
+
+    y[n,o,i,j] = b[o] + sum_{c<C_g, p<kh, q<kw} W[o,c,p,q] * xp[n, g(o)*C_g + c, i*sh + p*dh, j*sw + q*dw]
+
+As a GEMM per group (eq. 4): ``cols = im2col(xp)`` viewed as ``Xc (N, G, C_g*kh*kw, Ho*Wo)``,
+``Wr = W.reshape(G, O_g, C_g*kh*kw)``, ``Y = Wr @ Xc``.
+
+Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
+
+* ``db[o] = sum_{n,i,j} dy[n,o,i,j]``                                          (eq. 5)
+* ``dW = sum_n dYr[n] @ Xc[n]^T``   (correlation of x with dy)                  (eq. 6)
+* ``dx = crop(col2im(Wr^T @ dYr))`` (the transposed convolution)               (eq. 7)
+
+Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
+Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
+shifted, scaled copies of the input (eq. 8-10). Pointwise is a per-pixel matrix product (eq. 11).
+
+Example::
+
+    >>> x = np.ones((1, 2, 5, 5)); w = np.ones((4, 2, 3, 3))
+    >>> y, cache = conv2d_forward(x, w, stride=2, padding=1)
+    >>> y.shape, y[0, 0, 1, 1]          # centre window sees 2 channels * 9 ones
+    ((1, 4, 3, 3), 18.0)
+    >>> dx, dw, db = conv2d_backward(np.ones_like(y), cache)
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from ._checks import expect_shape, float_array, padding4, pair, positive_int, same_dtype
+from .im2col import (batch_chunks, col2im, conv_output_size, crop_nchw, im2col, pad_nchw)
+from .module import Module, default_bias, kaiming_uniform
+
+Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw padded_hw in_hw')
+
+
+def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
+    """Resolve and check the hyper-parameters of a 2-D convolution-like op.
+
+    Returns a :class:`Geometry` (all pairs; ``pads = (top, bottom, left, right)``). Raises when the
+    dilated kernel does not fit in the padded input (``Ho < 1`` or ``Wo < 1``).
+    """
+    kernel = pair(kernel_size, 'kernel_size', minimum=1)
+    stride = pair(stride, 'stride', minimum=1)
+    dilation = pair(dilation, 'dilation', minimum=1)
+    pads = padding4(padding, kernel, stride, dilation)
+    padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
+    out_hw = tuple(conv_output_size(in_hw[a], kernel[a], stride[a], pads[2 * a], pads[2 * a + 1],
+                                    dilation[a]) for a in (0, 1))
+    if min(out_hw) < 1:
+        span = tuple(dilation[a] * (kernel[a] - 1) + 1 for a in (0, 1))
+        raise ValueError(f"kernel_size {kernel} with dilation {dilation} spans {span}, larger than "
+                         f"the padded input {padded} (input {tuple(in_hw)}, padding {pads[::2]}); "
+                         f"the output would be {out_hw}")
+    return Geometry(kernel, stride, dilation, pads, out_hw, padded, tuple(in_hw))
+
+
+def _check_conv(x, weight, bias, groups):
+    """Validate conv2d operands; return ``(per_sample, groups)``."""
+    float_array(x, 'x', 4, "(N, C_in, H, W)")
+    float_array(weight, 'weight', (4, 5), "(C_out, C_in // groups, kh, kw) or "
+                "(N, C_out, C_in // groups, kh, kw)")
+    groups = positive_int(groups, 'groups')
+    n, c_in = x.shape[:2]
+    per_sample = weight.ndim == 5
+    c_out, c_g = weight.shape[-4], weight.shape[-3]
+    if c_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels, got x of shape {x.shape}")
+    if c_out % groups:
+        raise ValueError(f"groups={groups} must divide the output channels, got weight of shape "
+                         f"{weight.shape}")
+    if c_g * groups != c_in:
+        expected = (c_out, c_in // groups) + weight.shape[-2:]
+        raise ValueError(f"weight must have shape {((n,) if per_sample else ()) + expected} for x of "
+                         f"shape {x.shape} and groups={groups}, got {weight.shape}")
+    if per_sample and weight.shape[0] != n:
+        raise ValueError(f"per-sample weight must have shape {(n,) + weight.shape[1:]} for a batch "
+                         f"of {n}, got {weight.shape}")
+    if bias is not None:
+        float_array(bias, 'bias')
+        expect_shape(bias, (n, c_out) if per_sample else (c_out,), 'bias')
+    same_dtype(('x', x), ('weight', weight), ('bias', bias))
+    return per_sample, groups
+
+
+# -- the GEMM on columns, shared with the deformable convolutions ------------------------
+def cols_matmul(cols, weight, groups):
+    """``y (n, C_out, Ho, Wo)`` from ``cols (n, C_in, kh, kw, Ho, Wo)`` (eq. 4).
+
+    ``weight`` is ``(C_out, C_in//G, kh, kw)`` or per sample ``(n, C_out, C_in//G, kh, kw)``.
+    """
+    n, c_in, kh, kw, ho, wo = cols.shape
+    c_out = weight.shape[-4]
+    xc = cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)       # (n, G, Kg, L)
+    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, -1))  # ([n,] G, Og, Kg)
+    return np.matmul(wr, xc).reshape(n, c_out, ho, wo)
+
+
+def cols_matmul_backward(dy, cols, weight, groups):
+    """Gradients of :func:`cols_matmul`: ``(dcols, dweight)`` (eq. 6, 7).
+
+    ``dweight`` is summed over the batch for a shared weight and kept per sample otherwise.
+    """
+    n, c_in, kh, kw, ho, wo = cols.shape
+    c_out = weight.shape[-4]
+    xc = cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)       # (n, G, Kg, L)
+    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, -1))  # ([n,] G, Og, Kg)
+    dyr = dy.reshape(n, groups, c_out // groups, ho * wo)                # (n, G, Og, L)
+    dw = np.matmul(dyr, xc.swapaxes(-1, -2))                             # (n, G, Og, Kg)
+    if weight.ndim == 4:
+        dw = dw.sum(axis=0)
+    dcols = np.matmul(wr.swapaxes(-1, -2), dyr)                          # (n, G, Kg, L)
+    return dcols.reshape(cols.shape), dw.reshape(weight.shape)
+
+
+# -- depthwise kernels (no im2col) -----------------------------------------------------------
+def _window(p, q, geo):
+    (sh, sw), (dh, dw), (ho, wo) = geo.stride, geo.dilation, geo.out_hw
+    return (slice(p * dh, p * dh + sh * (ho - 1) + 1, sh), slice(q * dw, q * dw + sw * (wo - 1) + 1, sw))
+
+
+def _depthwise_forward(xp, weight, geo):
+    """``y (N, C*m, Ho, Wo)`` for ``weight ([N,] C*m, 1, kh, kw)`` (eq. 8)."""
+    n, c = xp.shape[:2]
+    w = weight.reshape(weight.shape[:-4] + (c, -1) + geo.kernel)            # ([N,] C, m, kh, kw)
+    y = np.zeros((n, c, w.shape[-3]) + geo.out_hw, dtype=xp.dtype)          # (N, C, m, Ho, Wo)
+    for p in range(geo.kernel[0]):
+        for q in range(geo.kernel[1]):
+            y += w[..., p, q, None, None] * xp[:, :, None][(..., *_window(p, q, geo))]
+    return y.reshape(n, -1, *geo.out_hw)
+
+
+def _depthwise_backward(dy, xp, weight, geo):
+    """``(dxp, dweight)`` of :func:`_depthwise_forward` (eq. 9, 10)."""
+    n, c = xp.shape[:2]
+    w = weight.reshape(weight.shape[:-4] + (c, -1) + geo.kernel)            # ([N,] C, m, kh, kw)
+    dyr = dy.reshape(n, c, -1, *geo.out_hw)                                 # (N, C, m, Ho, Wo)
+    dxp, dw = np.zeros_like(xp), np.zeros((n,) + w.shape[-4:], dtype=xp.dtype)
+    for p in range(geo.kernel[0]):
+        for q in range(geo.kernel[1]):
+            rows, cols = _window(p, q, geo)
+            dw[..., p, q] = np.einsum('ncmij,ncij->ncm', dyr, xp[:, :, rows, cols])
+            dxp[:, :, rows, cols] += (dyr * w[..., p, q, None, None]).sum(axis=2)
+    dw = dw if weight.ndim == 5 else dw.sum(axis=0)
+    return dxp, dw.reshape(weight.shape)
+
+
+# -- conv2d ------------------------------------------------------------------------------------
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Convolution as ``torch.nn.functional.conv2d``; returns ``(y, cache)``.
+
+    ``weight`` may be per sample ``(N, C_out, C_in//groups, kh, kw)`` with ``bias (N, C_out)``.
+    """
+    per_sample, groups = _check_conv(x, weight, bias, groups)
+    geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
+    depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
+    xp = pad_nchw(x, geo.pads)                                            # (N, C_in, Hp, Wp)
+    if depthwise:
+        y, cols = _depthwise_forward(xp, weight, geo), None
+    else:
+        y, cols = _conv_gemm(xp, weight, groups, geo)
+    if bias is not None:
+        y += bias[..., None, None] if per_sample else bias[:, None, None]
+    cache = dict(xp=xp, cols=cols, weight=weight, has_bias=bias is not None, groups=groups,
+                 geo=geo, depthwise=depthwise, x_shape=x.shape)
+    return y, cache
+
+
+def _col_bytes(xp, geo):
+    return xp.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * xp.itemsize
+
+
+def _conv_gemm(xp, weight, groups, geo):
+    """Forward GEMM in batch chunks bounded by the column budget; keep ``cols`` if one chunk."""
+    n = xp.shape[0]
+    y = np.empty((n, weight.shape[-4]) + geo.out_hw, dtype=xp.dtype)
+    chunks = batch_chunks(n, _col_bytes(xp, geo))
+    for s in chunks:
+        cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw)  # (n, C, kh, kw, Ho, Wo)
+        y[s] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
+    return y, (cols if len(chunks) == 1 else None)
+
+
+def conv2d_backward(dout, cache):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (``dbias`` None without bias)."""
+    xp, weight, geo = cache['xp'], cache['weight'], cache['geo']
+    n = xp.shape[0]
+    float_array(dout, 'dout', 4)
+    expect_shape(dout, (n, weight.shape[-4]) + geo.out_hw, 'dout')
+    dout = dout.astype(xp.dtype, copy=False)
+    if cache['depthwise']:
+        dxp, dw = _depthwise_backward(dout, xp, weight, geo)
+    else:
+        dxp, dw = _conv_gemm_backward(dout, cache)
+    db = None
+    if cache['has_bias']:
+        db = dout.sum(axis=(2, 3)) if weight.ndim == 5 else dout.sum(axis=(0, 2, 3))
+    dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
+    return dx, dw, db
+
+
+def _conv_gemm_backward(dout, cache):
+    xp, weight, geo, groups = cache['xp'], cache['weight'], cache['geo'], cache['groups']
+    per_sample = weight.ndim == 5
+    dxp = np.empty_like(xp)
+    dw = np.zeros_like(weight)
+    for s in batch_chunks(xp.shape[0], _col_bytes(xp, geo)):
+        cols = cache['cols']
+        if cols is None:
+            cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw)
+        dcols, dw_s = cols_matmul_backward(dout[s], cols, weight[s] if per_sample else weight, groups)
+        dxp[s] = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)
+        if per_sample:
+            dw[s] = dw_s
+        else:
+            dw += dw_s
+    return dxp, dw
+
+
+# -- depthwise, pointwise, separable ---------------------------------------------------------
+def _check_depthwise_weight(x, weight):
+    float_array(x, 'x', 4, "(N, C, H, W)")
+    float_array(weight, 'weight', 4, "(C * multiplier, 1, kh, kw)")
+    c = x.shape[1]
+    if weight.shape[1] != 1 or weight.shape[0] % max(c, 1) or weight.shape[0] == 0:
+        raise ValueError(f"weight must have shape (C * multiplier, 1, kh, kw) with C={c} "
+                         f"(x of shape {x.shape}), got {weight.shape}")
+
+
+def depthwise_conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """Depthwise convolution, ``weight (C*multiplier, 1, kh, kw)``: conv2d with groups=C."""
+    _check_depthwise_weight(x, weight)
+    return conv2d_forward(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+
+
+def depthwise_conv2d_backward(dout, cache):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`depthwise_conv2d_forward`."""
+    return conv2d_backward(dout, cache)
+
+
+def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
+    """1x1 convolution without im2col: ``y[n,:,i,j] = W x[n,:,i*sh,j*sw] + b`` (eq. 11)."""
+    float_array(x, 'x', 4, "(N, C_in, H, W)")
+    float_array(weight, 'weight', 4, "(C_out, C_in, 1, 1)")
+    if weight.shape[1:] != (x.shape[1], 1, 1):
+        raise ValueError(f"weight must have shape ({weight.shape[0]}, {x.shape[1]}, 1, 1) for x of "
+                         f"shape {x.shape}, got {weight.shape}")
+    if bias is not None:
+        float_array(bias, 'bias')
+        expect_shape(bias, (weight.shape[0],), 'bias')
+    same_dtype(('x', x), ('weight', weight), ('bias', bias))
+    sh, sw = pair(stride, 'stride', minimum=1)
+    xs = x[:, :, ::sh, ::sw]                                              # (N, C_in, Ho, Wo)
+    y = np.einsum('oc,nchw->nohw', weight[:, :, 0, 0], xs, optimize=True)
+    if bias is not None:
+        y += bias[:, None, None]
+    return y, dict(xs=xs, x_shape=x.shape, weight=weight, stride=(sh, sw), has_bias=bias is not None)
+
+
+def pointwise_conv2d_backward(dout, cache):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`pointwise_conv2d_forward` (eq. 12)."""
+    xs, weight, (sh, sw) = cache['xs'], cache['weight'], cache['stride']
+    expect_shape(dout, (xs.shape[0], weight.shape[0]) + xs.shape[2:], 'dout')
+    dout = dout.astype(xs.dtype, copy=False)
+    dw = np.einsum('nohw,nchw->oc', dout, xs, optimize=True)[:, :, None, None]
+    dx = np.zeros(cache['x_shape'], dtype=xs.dtype)
+    dx[:, :, ::sh, ::sw] = np.einsum('oc,nohw->nchw', weight[:, :, 0, 0], dout, optimize=True)
+    db = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None
+    return dx, dw, db
+
+
+def separable_conv2d_forward(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1,
+                             padding=0, dilation=1):
+    """Depthwise (with stride, padding, dilation) then pointwise 1x1 (MobileNet)."""
+    mid, dw_cache = depthwise_conv2d_forward(x, dw_weight, dw_bias, stride, padding, dilation)
+    y, pw_cache = pointwise_conv2d_forward(mid, pw_weight, pw_bias)
+    return y, (dw_cache, pw_cache)
+
+
+def separable_conv2d_backward(dout, cache):
+    """Gradients ``(dx, d_dw_weight, d_pw_weight, d_dw_bias, d_pw_bias)`` (chain rule)."""
+    dw_cache, pw_cache = cache
+    dmid, d_pw_w, d_pw_b = pointwise_conv2d_backward(dout, pw_cache)
+    dx, d_dw_w, d_dw_b = depthwise_conv2d_backward(dmid, dw_cache)
+    return dx, d_dw_w, d_pw_w, d_dw_b, d_pw_b
+
+
+# -- layers -------------------------------------------------------------------------------------
+class Conv2d(Module):
+    """``torch.nn.Conv2d`` (zeros padding); keys ``weight``, ``bias``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        in_channels = positive_int(in_channels, 'in_channels')
+        out_channels = positive_int(out_channels, 'out_channels')
+        groups = positive_int(groups, 'groups')
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        kh, kw = pair(kernel_size, 'kernel_size', minimum=1)
+        conv_geometry((10 ** 6, 10 ** 6), (kh, kw), stride, padding, dilation)  # check arguments
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), stride, padding, dilation
+        shape = (out_channels, in_channels // groups, kh, kw)
+        self.add_param('weight', kaiming_uniform(self.rng, shape, self.dtype))
+        if bias:
+            self.add_param('bias', default_bias(self.rng, shape[1] * kh * kw, out_channels, self.dtype))
+
+    def forward(self, x):
+        self._check_input(x, channels=self.in_channels)
+        y, self._cache = conv2d_forward(x, self._params['weight'], self._params.get('bias'),
+                                        self.stride, self.padding, self.dilation, self.groups)
+        return y
+
+    def backward(self, dout):
+        dx, dw, db = conv2d_backward(dout, self._cache)
+        self._grads['weight'] += dw
+        if db is not None:
+            self._grads['bias'] += db
+        return dx
+
+    def macs(self, input_shape):
+        geo = conv_geometry(input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        out_shape = (input_shape[0], self.out_channels) + geo.out_hw
+        per_output = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        return int(np.prod(out_shape)) * per_output, out_shape
+
+
+class DepthwiseConv2d(Conv2d):
+    """``torch.nn.Conv2d(C, C*depth_multiplier, k, groups=C)``; keys ``weight``, ``bias``."""
+
+    def __init__(self, channels, kernel_size, stride=1, padding=0, dilation=1, depth_multiplier=1,
+                 bias=True, *, dtype=np.float32, rng=None):
+        multiplier = positive_int(depth_multiplier, 'depth_multiplier')
+        super().__init__(channels, channels * multiplier, kernel_size, stride, padding, dilation,
+                         groups=channels, bias=bias, dtype=dtype, rng=rng)
+
+
+class PointwiseConv2d(Conv2d):
+    """``torch.nn.Conv2d(C_in, C_out, 1, stride)``, computed without im2col."""
+
+    def __init__(self, in_channels, out_channels, stride=1, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, 1, stride, 0, 1, 1, bias, dtype=dtype, rng=rng)
+
+    def forward(self, x):
+        self._check_input(x, channels=self.in_channels)
+        y, self._cache = pointwise_conv2d_forward(x, self._params['weight'],
+                                                  self._params.get('bias'), self.stride)
+        return y
+
+    def backward(self, dout):
+        dx, dw, db = pointwise_conv2d_backward(dout, self._cache)
+        self._grads['weight'] += dw
+        if db is not None:
+            self._grads['bias'] += db
+        return dx
+
+
+class SeparableConv2d(Module):
+    """Depthwise then pointwise; keys ``depthwise.weight/bias``, ``pointwise.weight/bias``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 depth_multiplier=1, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.depthwise = self.add_module('depthwise', DepthwiseConv2d(
+            in_channels, kernel_size, stride, padding, dilation, depth_multiplier, bias,
+            dtype=dtype, rng=self.rng))
+        self.pointwise = self.add_module('pointwise', PointwiseConv2d(
+            in_channels * depth_multiplier, out_channels, 1, bias, dtype=dtype, rng=self.rng))
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
+
+    def backward(self, dout):
+        return self.depthwise.backward(self.pointwise.backward(dout))
+
+    def macs(self, input_shape):
+        m1, mid = self.depthwise.macs(input_shape)
+        m2, out = self.pointwise.macs(mid)
+        return m1 + m2, out

@@ -1,0 +1,96 @@
+"""The shared core: ``im2col`` / ``col2im`` (an adjoint pair) and the output-size rule.
+
+Shapes (NCHW)::
+
+    xp    (N, C, Hp, Wp)            the input after zero padding
+    cols  (N, C, kh, kw, Ho, Wo)    cols[n, c, p, q, i, j] = xp[n, c, i*sh + p*dh, j*sw + q*dw]
+
+``im2col`` loops over the ``kh*kw`` kernel offsets and copies one strided slice of the whole batch
+per offset (Chainer's design); ``col2im`` is its exact adjoint, adding each slice back with ``+=``
+because overlapping windows read one pixel several times. Within one offset the strided slice has
+no repeated index, so slice ``+=`` is exact and ``np.add.at`` is never needed::
+
+    <im2col(xp), c> == <xp, col2im(c)>        for every xp and c  (docs/derivations/conv.md, eq. 3)
+
+Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
+``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``.
+
+Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. The convolutions
+process the batch in chunks whose column buffer stays below :func:`column_budget` bytes (default
+256 MiB, set with :func:`set_column_budget`); a chunk is never smaller than one sample.
+"""
+import numpy as np
+
+_COLUMN_BUDGET = 256 * 2 ** 20
+
+
+def column_budget():
+    """Bytes a column buffer may take before the batch is processed in chunks."""
+    return _COLUMN_BUDGET
+
+
+def set_column_budget(nbytes):
+    """Set the column-buffer bound in bytes; returns the previous value."""
+    global _COLUMN_BUDGET
+    if int(nbytes) < 1:
+        raise ValueError(f"nbytes must be a positive number of bytes, got {nbytes!r}")
+    previous, _COLUMN_BUDGET = _COLUMN_BUDGET, int(nbytes)
+    return previous
+
+
+def batch_chunks(n, bytes_per_sample):
+    """Slices covering ``range(n)`` whose buffers each stay below the column budget."""
+    step = max(1, _COLUMN_BUDGET // max(1, bytes_per_sample))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
+
+
+def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
+    """``floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1`` (specs README)."""
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pad_nchw(x, pads):
+    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)`` (new array)."""
+    top, bottom, left, right = pads
+    if pads == (0, 0, 0, 0):
+        return x
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    xp[:, :, top:top + h, left:left + w] = x
+    return xp
+
+
+def crop_nchw(xp, pads, h, w):
+    """Adjoint of :func:`pad_nchw`: the ``(h, w)`` interior of ``xp``."""
+    top, _, left, _ = pads
+    return xp[:, :, top:top + h, left:left + w]
+
+
+def _window(p, q, stride, dilation, out_hw):
+    """The strided slice read by kernel offset ``(p, q)``."""
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
+    r0, c0 = p * dh, q * dw
+    return (slice(r0, r0 + sh * (ho - 1) + 1, sh), slice(c0, c0 + sw * (wo - 1) + 1, sw))
+
+
+def im2col(xp, kernel_size, stride, dilation, out_hw):
+    """``cols (N, C, kh, kw, Ho, Wo)`` from the padded input ``xp (N, C, Hp, Wp)``."""
+    n, c = xp.shape[:2]
+    kh, kw = kernel_size
+    cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=xp.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            rows, columns = _window(p, q, stride, dilation, out_hw)
+            cols[:, :, p, q] = xp[:, :, rows, columns]
+    return cols
+
+
+def col2im(cols, padded_hw, stride, dilation):
+    """Adjoint of :func:`im2col`: ``xp (N, C, Hp, Wp)`` summing every column back."""
+    n, c, kh, kw, ho, wo = cols.shape
+    xp = np.zeros((n, c) + tuple(padded_hw), dtype=cols.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            rows, columns = _window(p, q, stride, dilation, (ho, wo))
+            xp[:, :, rows, columns] += cols[:, :, p, q]
+    return xp

@@ -1,0 +1,216 @@
+"""Layer machinery: :class:`Module`, :class:`Sequential` and PyTorch's initialisers.
+
+A layer owns named parameters, buffers and child layers. Keys compose with dots exactly as in
+``torch.nn.Module.state_dict()`` (``depthwise.weight``, ``conv1.bn.running_mean``), so an
+official module's state_dict loads unchanged::
+
+    layer.load_state_dict({k: v.numpy() for k, v in torch_module.state_dict().items()})
+
+Contract of every layer (API.md):
+
+* ``forward(x)`` / ``__call__`` computes the output and keeps what backward needs;
+* ``backward(dout) -> dx`` *accumulates* parameter gradients into ``grads`` (``+=``);
+* ``params`` / ``grads``: flat dicts ``key -> array`` (the arrays themselves, so optimisers update
+  them in place); ``state_dict()`` adds the buffers and returns copies;
+* ``train()`` / ``eval()``, ``zero_grad()``.
+
+Subclasses call :meth:`add_param`, :meth:`add_buffer` and :meth:`add_module` in ``__init__`` and
+reach their own arrays through ``self._params[name]`` / ``self._grads[name]``.
+"""
+import math
+
+import numpy as np
+
+from ._checks import dtype_arg
+
+
+def make_rng(rng):
+    """A ``numpy.random.Generator`` from a seed, a Generator or None (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def fans(shape):
+    """PyTorch's ``_calculate_fan_in_and_fan_out`` for a weight of the given shape."""
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def kaiming_uniform(rng, shape, dtype, fan_in=None):
+    """``kaiming_uniform_(w, a=sqrt(5))``, the Conv2d/Linear default: U(+-1/sqrt(fan_in))."""
+    fan_in = fans(shape)[0] if fan_in is None else fan_in
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def kaiming_normal_fan_out(rng, shape, dtype):
+    """``kaiming_normal_(w, mode='fan_out', nonlinearity='relu')``: N(0, 2/fan_out)."""
+    std = math.sqrt(2.0 / fans(shape)[1])
+    return (rng.standard_normal(size=shape) * std).astype(dtype)
+
+
+def default_bias(rng, fan_in, n, dtype):
+    """The Conv2d/Linear default bias: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
+
+
+class Module:
+    """Base class of every numpyconv layer (see the module docstring for the contract)."""
+
+    def __init__(self, *, dtype=np.float32, rng=None):
+        self.dtype = dtype_arg(dtype)
+        self.rng = make_rng(rng)
+        self.training = True
+        self._params, self._grads, self._buffers, self._modules = {}, {}, {}, {}
+
+    # -- registration -------------------------------------------------------------------
+    def add_param(self, name, value):
+        self._params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self._grads[name] = np.zeros_like(self._params[name])
+        return self._params[name]
+
+    def add_buffer(self, name, value):
+        value = np.asarray(value)
+        self._buffers[name] = value.astype(self.dtype) if value.dtype.kind == 'f' else value.copy()
+        return self._buffers[name]
+
+    def add_module(self, name, module):
+        self._modules[name] = module
+        return module
+
+    # -- traversal ----------------------------------------------------------------------
+    def named_modules(self, prefix=''):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(prefix + name + '.')
+
+    def _collect(self, attr):
+        return {prefix + k: v for prefix, m in self.named_modules()
+                for k, v in getattr(m, attr).items()}
+
+    @property
+    def params(self):
+        """``key -> parameter array`` (the arrays themselves, state_dict key names)."""
+        return self._collect('_params')
+
+    @property
+    def grads(self):
+        """``key -> gradient array``, same keys as :attr:`params`."""
+        return self._collect('_grads')
+
+    @property
+    def buffers(self):
+        return self._collect('_buffers')
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self):
+        """Copies of parameters and buffers, keyed as the official module's state_dict."""
+        state = {k: v.copy() for k, v in self.params.items()}
+        state.update({k: v.copy() for k, v in self.buffers.items()})
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy ``state`` into this layer in place (float values cast to the layer's dtype).
+
+        Raises ``KeyError`` for missing or unexpected keys when ``strict`` and ``ValueError`` for
+        a value of the wrong shape. Returns ``(missing_keys, unexpected_keys)``.
+        """
+        own = {**self.params, **self.buffers}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for key in set(own) & set(state):
+            value = np.asarray(state[key])
+            if value.shape != own[key].shape:
+                raise ValueError(f"load_state_dict: {key} must have shape {own[key].shape}, "
+                                 f"got {value.shape}")
+        for key in set(own) & set(state):
+            np.copyto(own[key], np.asarray(state[key]), casting='unsafe')
+        return missing, unexpected
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- computation ----------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    def macs(self, input_shape):
+        """``(multiply_adds, output_shape)`` for one forward on ``input_shape`` (see ``count``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define macs")
+
+    def num_params(self):
+        return sum(int(v.size) for v in self.params.values())
+
+    def _check_input(self, x, name='x', channels=None):
+        """Check an NCHW input against this layer's dtype and channel count."""
+        from ._checks import float_array
+        float_array(x, name, 4, "(N, C, H, W)")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__} holds {self.dtype} parameters, got {name} of "
+                            f"dtype {x.dtype}; build the layer with dtype={x.dtype} or cast {name}")
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {x.shape}")
+        return x
+
+
+class Sequential(Module):
+    """Layers applied in order; keys ``'0.weight'``, ``'1.running_mean'`` as ``nn.Sequential``."""
+
+    def __init__(self, *layers):
+        dtypes = {layer.dtype for layer in layers}
+        super().__init__(dtype=dtypes.pop() if len(dtypes) == 1 else np.float32)
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(list(self._modules.values())):
+            dout = layer.backward(dout)
+        return dout
+
+    def macs(self, input_shape):
+        total = 0
+        for layer in self._modules.values():
+            m, input_shape = layer.macs(input_shape)
+            total += m
+        return total, input_shape
+
+
+def count(layer, input_shape):
+    """``(params, multiply_adds)`` of ``layer`` for one forward pass on ``input_shape``.
+
+    Multiply-adds count one per multiply-accumulate of the layer's main computation, the way
+    the papers of each technique count them (each layer's ``macs`` says what it counts).
+    """
+    macs, _ = layer.macs(tuple(input_shape))
+    return layer.num_params(), int(macs)
