@@ -11,5 +11,6 @@ from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, co
                    separable_conv2d_backward, separable_conv2d_forward)
 
 # -- techniques register below, one import line each ------------------------------------------
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_layer
 
 __version__ = '0.1.0'

@@ -101,7 +101,7 @@ def cols_matmul(cols, weight, groups):
     n, c_in, kh, kw, ho, wo = cols.shape
     c_out = weight.shape[-4]
     xc = cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)       # (n, G, Kg, L)
-    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, -1))  # ([n,] G, Og, Kg)
+    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, xc.shape[2]))  # ([n,] G, Og, Kg)
     return np.matmul(wr, xc).reshape(n, c_out, ho, wo)
 
 
@@ -113,7 +113,7 @@ def cols_matmul_backward(dy, cols, weight, groups):
     n, c_in, kh, kw, ho, wo = cols.shape
     c_out = weight.shape[-4]
     xc = cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)       # (n, G, Kg, L)
-    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, -1))  # ([n,] G, Og, Kg)
+    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, xc.shape[2]))  # ([n,] G, Og, Kg)
     dyr = dy.reshape(n, groups, c_out // groups, ho * wo)                # (n, G, Og, L)
     dw = np.matmul(dyr, xc.swapaxes(-1, -2))                             # (n, G, Og, Kg)
     if weight.ndim == 4:
@@ -131,19 +131,21 @@ def _window(p, q, geo):
 def _depthwise_forward(xp, weight, geo):
     """``y (N, C*m, Ho, Wo)`` for ``weight ([N,] C*m, 1, kh, kw)`` (eq. 8)."""
     n, c = xp.shape[:2]
-    w = weight.reshape(weight.shape[:-4] + (c, -1) + geo.kernel)            # ([N,] C, m, kh, kw)
-    y = np.zeros((n, c, w.shape[-3]) + geo.out_hw, dtype=xp.dtype)          # (N, C, m, Ho, Wo)
+    m = weight.shape[-4] // c
+    w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
+    y = np.zeros((n, c, m) + geo.out_hw, dtype=xp.dtype)                    # (N, C, m, Ho, Wo)
     for p in range(geo.kernel[0]):
         for q in range(geo.kernel[1]):
             y += w[..., p, q, None, None] * xp[:, :, None][(..., *_window(p, q, geo))]
-    return y.reshape(n, -1, *geo.out_hw)
+    return y.reshape((n, c * m) + geo.out_hw)
 
 
 def _depthwise_backward(dy, xp, weight, geo):
     """``(dxp, dweight)`` of :func:`_depthwise_forward` (eq. 9, 10)."""
     n, c = xp.shape[:2]
-    w = weight.reshape(weight.shape[:-4] + (c, -1) + geo.kernel)            # ([N,] C, m, kh, kw)
-    dyr = dy.reshape(n, c, -1, *geo.out_hw)                                 # (N, C, m, Ho, Wo)
+    m = weight.shape[-4] // c
+    w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
+    dyr = dy.reshape((n, c, m) + geo.out_hw)                                # (N, C, m, Ho, Wo)
     dxp, dw = np.zeros_like(xp), np.zeros((n,) + w.shape[-4:], dtype=xp.dtype)
     for p in range(geo.kernel[0]):
         for q in range(geo.kernel[1]):
@@ -388,3 +390,47 @@ class SeparableConv2d(Module):
         m1, mid = self.depthwise.macs(input_shape)
         m2, out = self.pointwise.macs(mid)
         return m1 + m2, out
+
+
+# -- numpyconv check -----------------------------------------------------------------------------
+def _register_checks():
+    from .check import CheckCase, register
+    from .reference import conv as ref
+
+    @register('conv2d')
+    def _conv2d(rng):
+        x, w, b = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+        hyper = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+        return CheckCase(lambda x, w, b: conv2d_forward(x, w, b, **hyper), conv2d_backward,
+                         (x, w, b), lambda x, w, b: ref.conv2d(x, w, b, **hyper))
+
+    @register('conv2d_per_sample')
+    def _conv2d_per_sample(rng):
+        x, w, b = (rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((2, 6, 2, 3, 3)),
+                   rng.standard_normal((2, 6)))
+        return CheckCase(lambda x, w, b: conv2d_forward(x, w, b, padding=1, groups=2), conv2d_backward,
+                         (x, w, b), lambda x, w, b: ref.conv2d(x, w, b, padding=1, groups=2))
+
+    @register('depthwise_conv2d')
+    def _depthwise(rng):
+        x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6)
+        return CheckCase(lambda x, w, b: depthwise_conv2d_forward(x, w, b, 2, 'valid', 1),
+                         depthwise_conv2d_backward, (x, w, b),
+                         lambda x, w, b: ref.depthwise_conv2d(x, w, b, 2, 0, 1))
+
+    @register('pointwise_conv2d')
+    def _pointwise(rng):
+        x, w, b = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3, 1, 1)), rng.standard_normal(4)
+        return CheckCase(lambda x, w, b: pointwise_conv2d_forward(x, w, b, 2), pointwise_conv2d_backward,
+                         (x, w, b), lambda x, w, b: ref.pointwise_conv2d(x, w, b, 2))
+
+    @register('separable_conv2d')
+    def _separable(rng):
+        args = (rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((6, 1, 3, 3)),
+                rng.standard_normal((4, 6, 1, 1)), rng.standard_normal(6), rng.standard_normal(4))
+        return CheckCase(lambda *a: separable_conv2d_forward(*a, padding='same', dilation=2),
+                         separable_conv2d_backward, args,
+                         lambda *a: ref.separable_conv2d(*a, padding='same', dilation=2))
+
+
+_register_checks()

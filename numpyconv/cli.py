@@ -1,0 +1,57 @@
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``."""
+import argparse
+import sys
+
+
+def _check(args):
+    from . import check
+    rows = check.run_all(args.ops or None, seed=args.seed)
+    failed = [r['op'] for r in rows if not r['ok']]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} ops pass" + (f"; FAILED: {', '.join(failed)}" if failed else ''))
+    return 1 if failed else 0
+
+
+def _bench(args):
+    from . import bench
+    return bench.main(args)
+
+
+def _demo(args):
+    from . import demo
+    return demo.main(args)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    check = sub.add_parser('check', help='gradient-check and self-test every registered op')
+    check.add_argument('ops', nargs='*', help='ops to check (default: all)')
+    check.add_argument('--seed', type=int, default=0)
+    check.set_defaults(run=_check)
+
+    bench = sub.add_parser('bench', help="speed against the machine's GEMM peak and, if installed, PyTorch")
+    bench.add_argument('--dtype', choices=['float32', 'float64', 'both'], default='both')
+    bench.add_argument('--repeat', type=int, default=5, help='timed repetitions (best is reported)')
+    bench.add_argument('--quick', action='store_true', help='smaller batch, for a smoke run')
+    bench.set_defaults(run=_bench)
+
+    demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
+    try:
+        from .demo import add_arguments
+    except ImportError as exc:  # the demo extra (scikit-learn, matplotlib) is not installed
+        demo.set_defaults(run=lambda args: sys.exit(f"numpyconv demo needs the demo extra: "
+                                                     f"pip install 'numpyconv[demo]' ({exc})"))
+    else:
+        add_arguments(demo)
+        demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.run(args) or 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""conv2d, depthwise, pointwise, separable: reference, gradcheck, identities, errors."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import numpyconv as nc
+from numpyconv import conv as C
+from numpyconv.im2col import col2im, im2col, set_column_budget
+from numpyconv.reference import conv as ref
+
+RNG = np.random.default_rng(1234)
+
+# (N, C_in, C_out, H, W, kernel, stride, padding, dilation, groups)
+GRID = [
+    (1, 4, 6, 7, 6, (3, 2), 2, (1, 2), 1, 2),     # stride 2, asymmetric pair padding, non-square
+    (3, 3, 3, 9, 8, 3, 3, 1, 1, 3),                # stride 3, groups = C
+    (3, 4, 4, 8, 9, 3, 1, 'same', 2, 1),           # dilation 2, 'same'
+    (1, 2, 4, 6, 7, (2, 3), 1, 'same', 1, 1),      # even kernel 'same': extra pad bottom/right
+    (3, 4, 8, 7, 7, 3, (2, 3), 'valid', (2, 1), 4),  # multiplier 2 (depthwise via groups)
+    (1, 6, 4, 5, 4, (1, 3), (3, 2), (0, 1), (1, 2), 2),
+    (0, 4, 6, 5, 5, 3, 1, 1, 1, 2),                # batch 0
+]
+
+
+def operands(n, c_in, c_out, h, w, kernel, groups, dtype=np.float64, bias=True):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = RNG.standard_normal((n, c_in, h, w)).astype(dtype)
+    wt = RNG.standard_normal((c_out, c_in // groups, kh, kw)).astype(dtype)
+    b = RNG.standard_normal(c_out).astype(dtype) if bias else None
+    return x, wt, b
+
+
+@pytest.mark.parametrize('case', GRID)
+@pytest.mark.parametrize('bias', [True, False])
+def test_conv2d_matches_reference_and_gradcheck(case, bias):
+    n, c_in, c_out, h, w, k, s, p, d, g = case
+    x, wt, b = operands(n, c_in, c_out, h, w, k, g, bias=bias)
+    y, _ = C.conv2d_forward(x, wt, b, s, p, d, g)
+    np.testing.assert_allclose(y, ref.conv2d(x, wt, b, s, p, d, g), rtol=1e-12, atol=1e-12)
+    nc.gradcheck(lambda x, wt, b: C.conv2d_forward(x, wt, b, s, p, d, g), C.conv2d_backward, (x, wt, b))
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_dtype_preserved_and_float32_close(dtype):
+    x, wt, b = operands(2, 4, 6, 6, 5, 3, 2, dtype=dtype)
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+    grads = C.conv2d_backward(np.ones_like(y), cache)
+    assert y.dtype == dtype and all(gr.dtype == dtype for gr in grads)
+    y64 = ref.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), 1, 1, 1, 2)
+    np.testing.assert_allclose(y, y64, rtol=1e-4, atol=1e-4)
+
+
+def test_non_contiguous_inputs():
+    base, wt, b = operands(2, 8, 6, 9, 12, 3, 2)
+    x = base[:, ::2, :, ::2]                          # strided view (2, 4, 9, 6)
+    wt = np.asfortranarray(wt[:, :2])                 # (6, 2, 3, 3), Fortran order
+    y, cache = C.conv2d_forward(x, wt, b, 2, 1, 1, 2)
+    np.testing.assert_allclose(y, ref.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(wt), b, 2, 1, 1, 2),
+                               rtol=1e-12, atol=1e-12)
+    nc.gradcheck(lambda x, wt, b: C.conv2d_forward(x, wt, b, 2, 1, 1, 2), C.conv2d_backward, (x, wt, b))
+
+
+def test_inputs_not_mutated():
+    x, wt, b = operands(2, 4, 4, 5, 5, 3, 1)
+    copies = [a.copy() for a in (x, wt, b)]
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1)
+    dy = np.ones_like(y)
+    C.conv2d_backward(dy, cache)
+    for a, c in zip((x, wt, b, dy), copies + [np.ones_like(y)]):
+        np.testing.assert_array_equal(a, c)
+
+
+# -- depthwise, pointwise, separable -------------------------------------------------------------
+@pytest.mark.parametrize('mult, stride, padding, dilation', [(1, 1, 1, 1), (2, 2, (1, 0), 2), (2, 3, 'valid', 1)])
+def test_depthwise_equals_grouped_conv_and_gradcheck(mult, stride, padding, dilation):
+    x = RNG.standard_normal((3, 3, 8, 7))
+    wt, b = RNG.standard_normal((3 * mult, 1, 3, 2)), RNG.standard_normal(3 * mult)
+    y, _ = C.depthwise_conv2d_forward(x, wt, b, stride, padding, dilation)
+    np.testing.assert_allclose(y, ref.conv2d(x, wt, b, stride, padding, dilation, groups=3), atol=1e-12)
+    nc.gradcheck(lambda x, wt, b: C.depthwise_conv2d_forward(x, wt, b, stride, padding, dilation),
+                 C.depthwise_conv2d_backward, (x, wt, b))
+
+
+@pytest.mark.parametrize('stride', [1, 2, (3, 2)])
+def test_pointwise_equals_1x1_conv_and_gradcheck(stride):
+    x, wt, b = operands(3, 4, 5, 7, 6, 1, 1)
+    y, _ = C.pointwise_conv2d_forward(x, wt, b, stride)
+    np.testing.assert_allclose(y, ref.pointwise_conv2d(x, wt, b, stride), atol=1e-12)
+    np.testing.assert_allclose(y, C.conv2d_forward(x, wt, b, stride)[0], atol=1e-12)
+    nc.gradcheck(lambda x, wt, b: C.pointwise_conv2d_forward(x, wt, b, stride), C.pointwise_conv2d_backward,
+                 (x, wt, b))
+
+
+def test_separable_equals_depthwise_then_pointwise_and_dense_kernel():
+    x = RNG.standard_normal((2, 3, 7, 7))
+    wdw, bdw = RNG.standard_normal((6, 1, 3, 3)), RNG.standard_normal(6)
+    wpw, bpw = RNG.standard_normal((4, 6, 1, 1)), RNG.standard_normal(4)
+    y, _ = C.separable_conv2d_forward(x, wdw, wpw, bdw, bpw, 2, 1)
+    mid, _ = C.depthwise_conv2d_forward(x, wdw, bdw, 2, 1)
+    np.testing.assert_allclose(y, C.pointwise_conv2d_forward(mid, wpw, bpw)[0], atol=1e-12)
+    w_eff = np.einsum('ocm,cmpq->ocpq', wpw[:, :, 0, 0].reshape(4, 3, 2), wdw[:, 0].reshape(3, 2, 3, 3))
+    b_eff = bpw + wpw[:, :, 0, 0] @ bdw                                 # specs/conv.md section 7
+    np.testing.assert_allclose(y, ref.conv2d(x, w_eff, b_eff, 2, 1), atol=1e-12)
+    nc.gradcheck(lambda *a: C.separable_conv2d_forward(*a, 2, 1), C.separable_conv2d_backward,
+                 (x, wdw, wpw, bdw, bpw))
+    y2, cache2 = C.separable_conv2d_forward(x, wdw, wpw)
+    grads = C.separable_conv2d_backward(np.ones_like(y2), cache2)
+    assert grads[3] is None and grads[4] is None
+
+
+# -- per-sample weights ----------------------------------------------------------------------------
+@pytest.mark.parametrize('groups, c_g', [(1, 4), (2, 2), (4, 1)])
+def test_per_sample_weights_equal_a_loop_of_convs(groups, c_g):
+    x = RNG.standard_normal((3, 4, 6, 5))
+    wt, b = RNG.standard_normal((3, 8, c_g, 3, 3)), RNG.standard_normal((3, 8))
+    y, cache = C.conv2d_forward(x, wt, b, 2, 1, 1, groups)
+    dy = RNG.standard_normal(y.shape)
+    dx, dw, db = C.conv2d_backward(dy, cache)
+    for n in range(3):
+        y_n, cache_n = C.conv2d_forward(x[n:n + 1], wt[n], b[n], 2, 1, 1, groups)
+        np.testing.assert_allclose(y[n:n + 1], y_n, atol=1e-12)
+        dx_n, dw_n, db_n = C.conv2d_backward(dy[n:n + 1], cache_n)
+        np.testing.assert_allclose(dx[n:n + 1], dx_n, atol=1e-12)
+        np.testing.assert_allclose(dw[n], dw_n, atol=1e-12)
+        np.testing.assert_allclose(db[n], db_n, atol=1e-12)
+    np.testing.assert_allclose(y, ref.conv2d(x, wt, b, 2, 1, 1, groups), atol=1e-12)
+    nc.gradcheck(lambda x, wt, b: C.conv2d_forward(x, wt, b, 2, 1, 1, groups), C.conv2d_backward, (x, wt, b))
+
+
+@pytest.mark.parametrize('c_g', [2, 1])
+def test_per_sample_batch_zero(c_g):
+    x, wt, b = np.zeros((0, 4, 5, 5)), np.zeros((0, 8, c_g, 3, 3)), np.zeros((0, 8))
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 4 // c_g)
+    dx, dw, db = C.conv2d_backward(y, cache)
+    assert y.shape == (0, 8, 5, 5) and dx.shape == x.shape and dw.shape == wt.shape and db.shape == b.shape
+
+
+def test_per_sample_with_shared_weight_equals_plain_conv():
+    x, wt, b = operands(3, 4, 6, 5, 5, 3, 2)
+    shared = np.broadcast_to(wt, (3,) + wt.shape)
+    y, _ = C.conv2d_forward(x, shared, np.broadcast_to(b, (3, 6)), 1, 1, 1, 2)
+    np.testing.assert_allclose(y, C.conv2d_forward(x, wt, b, 1, 1, 1, 2)[0], atol=1e-12)
+
+
+# -- adjoint identities ---------------------------------------------------------------------------------
+@pytest.mark.parametrize('stride, dilation', [((1, 1), (1, 1)), ((2, 3), (2, 1)), ((3, 2), (3, 2))])
+def test_im2col_col2im_adjoint_and_reference(stride, dilation):
+    xp = RNG.standard_normal((2, 3, 11, 10))
+    kernel = (3, 2)
+    out_hw = tuple((xp.shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in (0, 1))
+    cols = im2col(xp, kernel, stride, dilation, out_hw)
+    np.testing.assert_array_equal(cols, ref.im2col(xp, kernel, stride, dilation, out_hw))
+    c = RNG.standard_normal(cols.shape)
+    lhs, rhs = np.vdot(cols, c), np.vdot(xp, col2im(c, xp.shape[2:], stride, dilation))
+    assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
+
+
+def test_conv2d_adjoint_dot_product():
+    x, wt, _ = operands(2, 4, 6, 9, 8, 3, 2)
+    y, cache = C.conv2d_forward(x, wt, None, 2, 1, 2, 2)
+    v = RNG.standard_normal(y.shape)
+    dx, dw, _ = C.conv2d_backward(v, cache)
+    assert np.isclose(np.vdot(y, v), np.vdot(x, dx), rtol=1e-12)   # <conv(x;W), v> = <x, conv^T(v;W)>
+    assert np.isclose(np.vdot(y, v), np.vdot(wt, dw), rtol=1e-12)  # <conv(x;W), v> = <W, dW(x, v)>
+
+
+def test_column_budget_chunks_give_identical_results():
+    x, wt, b = operands(5, 4, 6, 8, 8, 3, 2)
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+    grads = C.conv2d_backward(np.ones_like(y), cache)
+    previous = set_column_budget(2 * 4 * 9 * 64 * 8)      # two samples' columns per chunk
+    try:
+        assert nc.column_budget() == 2 * 4 * 9 * 64 * 8
+        y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+        assert cache2['cols'] is None                      # columns recomputed per chunk
+        grads2 = C.conv2d_backward(np.ones_like(y), cache2)
+    finally:
+        set_column_budget(previous)
+    np.testing.assert_allclose(y, y2, atol=1e-12)
+    for a, c in zip(grads, grads2):
+        np.testing.assert_allclose(a, c, atol=1e-12)
+    with pytest.raises(ValueError, match='nbytes'):
+        set_column_budget(0)
+
+
+# -- property tests -------------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_random_geometry_matches_reference(data):
+    d = data.draw
+    groups = d(st.sampled_from([1, 2, 3]))
+    c_in, c_out = groups * d(st.integers(1, 2)), groups * d(st.integers(1, 2))
+    kh, kw, sh, sw = d(st.integers(1, 3)), d(st.integers(1, 3)), d(st.integers(1, 3)), d(st.integers(1, 3))
+    dh, dw, ph, pw = d(st.integers(1, 2)), d(st.integers(1, 2)), d(st.integers(0, 2)), d(st.integers(0, 2))
+    h = d(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 8))
+    w = d(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 8))
+    x, wt, b = operands(d(st.integers(0, 2)), c_in, c_out, h, w, (kh, kw), groups)
+    args = ((sh, sw), (ph, pw), (dh, dw), groups)
+    y, cache = C.conv2d_forward(x, wt, b, *args)
+    np.testing.assert_allclose(y, ref.conv2d(x, wt, b, *args), rtol=1e-11, atol=1e-11)
+    assert y.shape[2] >= 1 and (y.shape[2] - 1) * sh + dh * (kh - 1) + 1 <= h + 2 * ph < y.shape[2] * sh + dh * (kh - 1) + 1
+
+
+# -- layers ----------------------------------------------------------------------------------------------
+def test_conv_layers_gradcheck_and_state_dict():
+    layers = [nc.Conv2d(4, 6, (3, 2), 2, 1, 1, 2, dtype=np.float64, rng=0),
+              nc.DepthwiseConv2d(4, 3, 1, 1, depth_multiplier=2, dtype=np.float64, rng=1),
+              nc.PointwiseConv2d(4, 3, 2, dtype=np.float64, rng=2),
+              nc.SeparableConv2d(4, 5, 3, 1, 1, dtype=np.float64, rng=3)]
+    x = RNG.standard_normal((2, 4, 6, 6))
+    for layer in layers:
+        nc.gradcheck_layer(layer, x)
+    sep = layers[3]
+    assert set(sep.state_dict()) == {'depthwise.weight', 'depthwise.bias', 'pointwise.weight', 'pointwise.bias'}
+    other = nc.SeparableConv2d(4, 5, 3, 1, 1, dtype=np.float32, rng=9)
+    other.load_state_dict(sep.state_dict())
+    np.testing.assert_allclose(other(x.astype(np.float32)), sep(x), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_init_bounds_and_count():
+    layer = nc.Conv2d(8, 16, 3, groups=2, rng=0)
+    bound = 1 / np.sqrt(4 * 9)
+    assert layer.params['weight'].shape == (16, 4, 3, 3) and np.abs(layer.params['weight']).max() <= bound
+    assert np.abs(layer.params['bias']).max() <= bound and layer.params['weight'].dtype == np.float32
+    params, macs = nc.count(layer, (1, 8, 10, 10))
+    assert params == 16 * 4 * 9 + 16 and macs == 16 * 64 * 4 * 9   # 8x8 output
+    sep = nc.SeparableConv2d(8, 16, 3, padding=1, bias=False)
+    assert nc.count(sep, (1, 8, 10, 10)) == (8 * 9 + 16 * 8, 8 * 100 * 9 + 16 * 100 * 8)
+
+
+def test_layer_rejects_wrong_input():
+    layer = nc.Conv2d(4, 6, 3)
+    with pytest.raises(ValueError, match=r'x must have shape \(N, 4, H, W\), got \(1, 3, 5, 5\)'):
+        layer(np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(TypeError, match='dtype=float64'):
+        layer(np.zeros((1, 4, 5, 5)))
+    with pytest.raises(KeyError, match='missing keys'):
+        layer.load_state_dict({'weight': np.zeros((6, 4, 3, 3))})
+    with pytest.raises(ValueError, match=r'weight must have shape \(6, 4, 3, 3\)'):
+        layer.load_state_dict({'weight': np.zeros((6, 4, 3, 2)), 'bias': np.zeros(6)})
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+X, W = np.zeros((2, 4, 5, 5)), np.zeros((6, 2, 3, 3))
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(x=np.zeros((4, 5, 5))), ValueError, r'x must be \(N, C_in, H, W\), got shape \(4, 5, 5\)'),
+    (dict(weight=np.zeros((6, 3, 3, 3))), ValueError, r'weight must have shape \(6, 2, 3, 3\).*got \(6, 3, 3, 3\)'),
+    (dict(groups=3), ValueError, 'groups=3 must divide the input channels'),
+    (dict(weight=np.zeros((5, 2, 3, 3))), ValueError, 'groups=2 must divide the output channels'),
+    (dict(stride=0), ValueError, 'stride must be >= 1'),
+    (dict(dilation=(1, 0)), ValueError, 'dilation must be >= 1'),
+    (dict(padding=-1), ValueError, 'padding must be non-negative'),
+    (dict(padding='same', stride=2), ValueError, "padding='same' is not supported for strided"),
+    (dict(padding='full'), ValueError, "padding must be an int, a pair, 'valid' or 'same'"),
+    (dict(weight=np.zeros((6, 2, 7, 3))), ValueError, r'kernel_size \(7, 3\).*larger than the padded input \(5, 5\)'),
+    (dict(x=np.zeros((2, 4, 5, 5), dtype=np.int64)), TypeError, 'x must be float32 or float64, got dtype int64'),
+    (dict(x=np.zeros((2, 4, 5, 5), dtype=complex)), TypeError, 'x must be float32 or float64'),
+    (dict(bias=np.zeros(5)), ValueError, r'bias must have shape \(6,\), got \(5,\)'),
+    (dict(x=np.zeros((2, 4, 5, 5), np.float32)), TypeError, 'same float dtype'),
+    (dict(weight=np.zeros((3, 6, 2, 3, 3))), ValueError, r'per-sample weight must have shape \(2, 6, 2, 3, 3\)'),
+    (dict(x=[[1.0]]), TypeError, 'x must be a numpy.ndarray'),
+    (dict(groups=0), ValueError, 'groups must be a positive int'),
+    (dict(stride=1.5), TypeError, 'stride must be an int or a pair of ints'),
+])
+def test_conv2d_errors(kwargs, error, match):
+    args = dict(x=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        C.conv2d_forward(**args)
+
+
+def test_backward_rejects_wrong_dout():
+    y, cache = C.conv2d_forward(X, W, None, 1, 1, 1, 2)
+    with pytest.raises(ValueError, match=r'dout must have shape \(2, 6, 5, 5\), got \(2, 6, 4, 5\)'):
+        C.conv2d_backward(np.zeros((2, 6, 4, 5)), cache)
+
+
+def test_depthwise_and_pointwise_errors():
+    with pytest.raises(ValueError, match=r'weight must have shape \(C \* multiplier, 1, kh, kw\) with C=4'):
+        C.depthwise_conv2d_forward(X, np.zeros((6, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r'weight must have shape \(3, 4, 1, 1\)'):
+        C.pointwise_conv2d_forward(X, np.zeros((3, 4, 3, 3)))
+
+
+# -- optional cross-check against PyTorch ------------------------------------------------------------------
+@pytest.mark.parametrize('case', GRID)
+def test_against_torch(case):
+    torch = pytest.importorskip('torch')
+    n, c_in, c_out, h, w, k, s, p, d, g = case
+    x, wt, b = operands(n, c_in, c_out, h, w, k, g)
+    y, cache = C.conv2d_forward(x, wt, b, s, p, d, g)
+    dy = RNG.standard_normal(y.shape)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, s, p, d, g)
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, theirs in zip(C.conv2d_backward(dy, cache), (tx, tw, tb)):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_layer_loads_torch_state_dict():
+    torch = pytest.importorskip('torch')
+    module = torch.nn.Conv2d(4, 6, (3, 2), (2, 1), (1, 0), (1, 2), groups=2).double()
+    layer = nc.Conv2d(4, 6, (3, 2), (2, 1), (1, 0), (1, 2), groups=2, dtype=np.float64)
+    layer.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+    x = RNG.standard_normal((2, 4, 7, 8))
+    np.testing.assert_allclose(layer(x), module(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
