@@ -12,5 +12,14 @@ from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, co
 
 # -- techniques register below, one import line each ------------------------------------------
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_layer
+from .blocks import (avg_pool2d_backward, avg_pool2d_forward, batch_norm_backward, batch_norm_forward,
+                     cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward,
+                     global_avg_pool2d_backward, global_avg_pool2d_forward, layer_norm_backward,
+                     layer_norm_forward, linear_backward, linear_forward, relu_backward, relu_forward,
+                     sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward,
+                     upsample_nearest2d_backward, upsample_nearest2d_forward)
+from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Flatten, GELU, GlobalAvgPool2d, LayerNorm,
+                     Linear, ReLU, Sigmoid, Upsample)
+from .optim import SGD, Adam
 
 __version__ = '0.1.0'

@@ -177,8 +177,10 @@ class Sequential(Module):
     """Layers applied in order; keys ``'0.weight'``, ``'1.running_mean'`` as ``nn.Sequential``."""
 
     def __init__(self, *layers):
-        dtypes = {layer.dtype for layer in layers}
-        super().__init__(dtype=dtypes.pop() if len(dtypes) == 1 else np.float32)
+        dtypes = {layer.dtype for layer in layers if layer.params}     # parameter-free layers adapt
+        if len(dtypes) > 1:
+            raise TypeError(f"Sequential layers must share one dtype, got {sorted(map(str, dtypes))}")
+        super().__init__(dtype=dtypes.pop() if dtypes else np.float32)
         for i, layer in enumerate(layers):
             self.add_module(str(i), layer)
 

@@ -1,0 +1,495 @@
+r"""Building blocks shared by the techniques, each a forward / hand-derived backward pair.
+
+Every op is ``out, cache = <op>_forward(...)`` and ``grads = <op>_backward(dout, cache)``, where
+``grads`` is a tuple with one gradient per array input of forward, in forward's positional order
+(None for an input given as None). Equations: docs/derivations/blocks.md.
+
+Shapes, forward and gradients (``dt`` is the gradient of the loss with respect to ``t``)::
+
+    linear             x (..., F), W (O, F), b (O,)  ->  y (..., O)
+                       y = x W^T + b                                              (eq. 1)
+                       dW = sum_m dy_m x_m^T,  db = sum_m dy_m,  dx = dy W         (eq. 2-4)
+    relu               y = max(x, 0);  dx = dy [x > 0]                            (eq. 5-6)
+    sigmoid            a = sigma(z / T);  dz = da a (1 - a) / T                   (eq. 7-8)
+    softmax            p = softmax(z / T) along axis;
+                       dz = p / T (dp - sum_axis p dp)                           (eq. 9-11)
+    gelu (exact erf)   y = x Phi(x);  dx = dy (Phi(x) + x phi(x))                (eq. 12-13)
+    batch_norm         x (N, C) or (N, C, L) or (N, C, H, W); weight, bias, running stats (C,)
+                       train: x_hat = (x - mu) / sqrt(var + eps) with batch mean and biased var
+                       over R = all axes but 1, y = gamma x_hat + beta           (eq. 14-15)
+                       IN PLACE, with rho = momentum and m = |R| (unbiased variance):  (eq. 19)
+                       running_mean <- rho mu + (1 - rho) running_mean
+                       running_var  <- rho var m/(m-1) + (1 - rho) running_var
+                       dgamma = sum_R dy x_hat, dbeta = sum_R dy                 (eq. 18)
+                       dx = gamma s (dy - mean_R dy - x_hat mean_R(dy x_hat)), s = 1/sqrt(var+eps)
+                       (couples every sample of the batch)                       (eq. 20)
+                       eval: running stats instead of batch stats, dx = dy gamma s  (eq. 21-22)
+    layer_norm         over the last axis (size D), weight and bias (D,)         (eq. 23)
+                       g = dy gamma, dx = s (g - mean_D g - x_hat mean_D(g x_hat))  (eq. 24)
+    avg_pool2d         x (N, C, H, W), kernel k, stride s (default k), no padding, floor mode
+                       y[i,j] = mean of the window at (i s_h, j s_w)             (eq. 25)
+                       dx: each window spreads dy / (k_h k_w), uncovered rows get 0  (eq. 26)
+    global_avg_pool2d  (N, C, H, W) -> (N, C);  dx = dz / (H W)                  (eq. 27-28)
+    upsample_nearest2d y[i,j] = x[i // s_h, j // s_w];  dx = sum over each s_h x s_w block  (eq. 29-30)
+    cross_entropy      logits (N, K), integer labels (N,): L = mean_n(logsumexp(z_n) - z_n[t_n])
+                       dz = dL (softmax(z) - onehot(t)) / N                      (eq. 31-32)
+
+Float dtypes are preserved and inputs are never modified, except ``batch_norm_forward``'s running
+buffers in training mode (documented PyTorch behaviour). Batch 0 works wherever PyTorch allows it.
+
+Example::
+
+    >>> x = np.array([[1.0, -2.0], [0.5, 3.0]])
+    >>> y, cache = relu_forward(x)
+    >>> relu_backward(np.ones_like(y), cache)[0]
+    array([[1., 0.],
+           [1., 1.]])
+"""
+import math
+import numbers
+
+import numpy as np
+from scipy.special import erf, expit
+
+from ._checks import expect_shape, float_array, pair, same_dtype
+from .check import CheckCase, register
+from .conv import _window, conv_geometry
+from .reference import blocks as reference
+
+
+# -- argument checks -------------------------------------------------------------------------
+def _real(value, name, low, high=math.inf, strict_low=False):
+    """``value`` as a float, checked to be finite and in ``[low, high]`` (``(low, high]`` if strict)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    above = value > low if strict_low else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        interval = f"{'(' if strict_low else '['}{low}, {high}{']' if high < math.inf else ')'}"
+        raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
+    return float(value)
+
+
+def _vector(v, name, n):
+    """Check an optional per-feature vector of shape ``(n,)``."""
+    if v is not None:
+        float_array(v, name, 1, f"({n},)")
+        expect_shape(v, (n,), name)
+    return v
+
+
+def _axis(axis, ndim, shape):
+    if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, np.integer)):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for x of shape {shape}")
+    return int(axis) % ndim
+
+
+def _grad_out(dout, shape, dtype):
+    """Check that ``dout`` is a float array of the output's shape; return it in ``dtype``."""
+    float_array(dout, 'dout')
+    expect_shape(dout, shape, 'dout')
+    return dout.astype(dtype, copy=False)
+
+
+def _mean(a, axes):
+    """Mean over ``axes`` (keepdims); 0 over an empty set (batch 0) instead of a NaN warning."""
+    count = math.prod(a.shape[i] for i in np.atleast_1d(axes))
+    return a.sum(axis=axes, keepdims=True) / max(count, 1)
+
+
+# -- linear ------------------------------------------------------------------------------------
+def linear_forward(x, weight, bias=None):
+    """``y = x W^T + b`` over the last axis of ``x (..., F)`` (eq. 1); ``weight (O, F)``."""
+    float_array(x, 'x')
+    float_array(weight, 'weight', 2, "(out_features, in_features)")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have shape (..., {weight.shape[1]}) for weight of shape "
+                         f"{weight.shape}, got {x.shape}")
+    _vector(bias, 'bias', weight.shape[0])
+    same_dtype(('x', x), ('weight', weight), ('bias', bias))
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    return y, dict(x=x, weight=weight, has_bias=bias is not None)
+
+
+def linear_backward(dout, cache):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`linear_forward` (``dbias`` None without bias)."""
+    x, weight = cache['x'], cache['weight']
+    dout = _grad_out(dout, x.shape[:-1] + weight.shape[:1], x.dtype)
+    rows = math.prod(x.shape[:-1])
+    rows_x = x.reshape(rows, weight.shape[1])                            # (M, F)
+    rows_dy = dout.reshape(rows, weight.shape[0])                        # (M, O)
+    dweight = rows_dy.T @ rows_x                                         # (eq. 2)
+    dbias = rows_dy.sum(axis=0) if cache['has_bias'] else None           # (eq. 3)
+    return dout @ weight, dweight, dbias                                 # (eq. 4)
+
+
+# -- element-wise activations ---------------------------------------------------------------
+def relu_forward(x):
+    """``y = max(x, 0)`` (eq. 5)."""
+    float_array(x, 'x')
+    return np.maximum(x, 0), dict(positive=x > 0, dtype=x.dtype)
+
+
+def relu_backward(dout, cache):
+    """``(dx,)`` with ``dx = dout [x > 0]``, gradient 0 at 0 as in PyTorch (eq. 6)."""
+    positive = cache['positive']
+    dout = _grad_out(dout, positive.shape, cache['dtype'])
+    return (dout * positive,)
+
+
+def sigmoid_forward(x, temperature=1.0):
+    """``a = sigmoid(x / temperature)`` (eq. 7)."""
+    float_array(x, 'x')
+    t = _real(temperature, 'temperature', 0, strict_low=True)
+    a = expit(x / t)
+    return a, dict(a=a, temperature=t)
+
+
+def sigmoid_backward(dout, cache):
+    """``(dx,)`` with ``dx = dout a (1 - a) / T`` (eq. 8)."""
+    a, t = cache['a'], cache['temperature']
+    dout = _grad_out(dout, a.shape, a.dtype)
+    return (dout * a * (1 - a) / t,)
+
+
+def _shifted_exp(z, axis):
+    """``(z - max, exp(z - max), sum exp(z - max))`` along ``axis`` (keepdims): no overflow (eq. 9)."""
+    shifted = z - np.max(z, axis=axis, keepdims=True, initial=-np.inf)
+    e = np.exp(shifted)
+    return shifted, e, e.sum(axis=axis, keepdims=True)
+
+
+def softmax_forward(x, axis=-1, temperature=1.0):
+    """``p = softmax(x / temperature)`` along ``axis`` (eq. 9)."""
+    float_array(x, 'x')
+    axis = _axis(axis, x.ndim, x.shape)
+    t = _real(temperature, 'temperature', 0, strict_low=True)
+    _, e, total = _shifted_exp(x / t, axis)
+    p = e / total
+    return p, dict(p=p, axis=axis, temperature=t)
+
+
+def softmax_backward(dout, cache):
+    """``(dx,)`` with ``dx = p / T (dp - sum_axis p dp)`` (eq. 11)."""
+    p, axis, t = cache['p'], cache['axis'], cache['temperature']
+    dout = _grad_out(dout, p.shape, p.dtype)
+    return (p / t * (dout - (p * dout).sum(axis=axis, keepdims=True)),)
+
+
+def gelu_forward(x):
+    """Exact GELU ``y = x Phi(x)``, ``Phi`` the standard normal cdf (eq. 12)."""
+    float_array(x, 'x')
+    cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
+    return x * cdf, dict(x=x, cdf=cdf)
+
+
+def gelu_backward(dout, cache):
+    """``(dx,)`` with ``dx = dout (Phi(x) + x phi(x))`` (eq. 13)."""
+    x, cdf = cache['x'], cache['cdf']
+    dout = _grad_out(dout, x.shape, x.dtype)
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return (dout * (cdf + x * pdf),)
+
+
+# -- normalisation (shared by batch_norm and layer_norm) ----------------------------------------
+def _normalize(x, axes, eps):
+    """``(x_hat, inv_std, mean, biased var)`` over ``axes``, statistics kept as dims (eq. 14-15)."""
+    mean = _mean(x, axes)
+    centred = x - mean
+    var = _mean(centred * centred, axes)
+    inv_std = 1 / np.sqrt(var + eps)
+    return centred * inv_std, inv_std, mean, var
+
+
+def _normalize_backward(g, x_hat, inv_std, axes):
+    """``dx`` from ``g = dL/dx_hat`` when ``x_hat`` normalises over ``axes`` (eq. 17)."""
+    return inv_std * (g - _mean(g, axes) - x_hat * _mean(g * x_hat, axes))
+
+
+def _scale_shift(x_hat, weight, bias, shape):
+    """``gamma x_hat + beta`` with the vectors reshaped to ``shape`` (None skipped) (eq. 15)."""
+    y = x_hat if weight is None else x_hat * weight.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def _scale_shift_backward(dout, cache, axes):
+    """``(g = dL/dx_hat, dweight, dbias)`` of :func:`_scale_shift`, sums over ``axes`` (eq. 18)."""
+    weight, x_hat = cache['weight'], cache['x_hat']
+    dweight = None if weight is None else (dout * x_hat).sum(axis=axes)
+    dbias = dout.sum(axis=axes) if cache['has_bias'] else None
+    g = dout if weight is None else dout * weight.reshape(cache['shape'])
+    return g, dweight, dbias
+
+
+# -- batch_norm ----------------------------------------------------------------------------------
+def _check_batch_norm(x, weight, bias, running_mean, running_var, training):
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be a bool, got {training!r}")
+    float_array(x, 'x', (2, 3, 4), "(N, C), (N, C, L) or (N, C, H, W)")
+    c = x.shape[1]
+    for name, v in (('weight', weight), ('bias', bias), ('running_mean', running_mean),
+                    ('running_var', running_var)):
+        _vector(v, name, c)
+    same_dtype(('x', x), ('weight', weight), ('bias', bias), ('running_mean', running_mean),
+               ('running_var', running_var))
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("eval-mode batch_norm needs running_mean and running_var, got None")
+
+
+def _batch_statistics(x, axes, eps, running_mean, running_var, momentum):
+    """Train-mode ``(x_hat, inv_std)``; updates the running buffers in place (eq. 14, 15, 19)."""
+    count = math.prod(x.shape[a] for a in axes)               # m = |R|
+    if count == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of "
+                         f"shape {x.shape}")
+    x_hat, inv_std, mean, var = _normalize(x, axes, eps)
+    if count > 1 and running_mean is not None:
+        running_mean[...] = momentum * mean.ravel() + (1 - momentum) * running_mean
+    if count > 1 and running_var is not None:
+        unbiased = var.ravel() * (count / (count - 1))
+        running_var[...] = momentum * unbiased + (1 - momentum) * running_var
+    return x_hat, inv_std
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
+                       eps=1e-5):
+    """BatchNorm as ``torch.nn.functional.batch_norm`` on ``(N, C[, L])`` or ``(N, C, H, W)``.
+
+    Training: batch statistics over every axis but 1 (eq. 14-15); ``running_mean`` and
+    ``running_var`` (if not None) are updated IN PLACE with the unbiased variance (eq. 19).
+    Eval: the running statistics are used (eq. 21). ``weight``/``bias`` may be None (affine=False).
+    """
+    _check_batch_norm(x, weight, bias, running_mean, running_var, training)
+    momentum, eps = _real(momentum, 'momentum', 0, 1), _real(eps, 'eps', 0)
+    axes = (0,) + tuple(range(2, x.ndim))                  # R: batch and spatial axes
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # per-channel vectors against x
+    if training:
+        x_hat, inv_std = _batch_statistics(x, axes, eps, running_mean, running_var, momentum)
+    else:
+        inv_std = 1 / np.sqrt(running_var.reshape(shape) + eps)               # (eq. 21)
+        x_hat = (x - running_mean.reshape(shape)) * inv_std
+    y = _scale_shift(x_hat, weight, bias, shape)
+    return y, dict(x_hat=x_hat, inv_std=inv_std, weight=weight, has_bias=bias is not None,
+                   shape=shape, axes=axes, training=bool(training))
+
+
+def batch_norm_backward(dout, cache):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward` (eq. 18, 20, 22)."""
+    x_hat, axes = cache['x_hat'], cache['axes']
+    dout = _grad_out(dout, x_hat.shape, x_hat.dtype)
+    g, dweight, dbias = _scale_shift_backward(dout, cache, axes)
+    if cache['training']:
+        dx = _normalize_backward(g, x_hat, cache['inv_std'], axes)          # (eq. 20)
+    else:
+        dx = g * cache['inv_std']                                           # (eq. 22)
+    return dx, dweight, dbias
+
+
+# -- layer_norm ------------------------------------------------------------------------------------
+def layer_norm_forward(x, weight, bias, eps=1e-5):
+    """LayerNorm over the LAST axis of ``x (..., D)``; ``weight``, ``bias`` ``(D,)`` or None (eq. 23)."""
+    float_array(x, 'x')
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension (..., D), got a 0-d array")
+    d = x.shape[-1]
+    _vector(weight, 'weight', d)
+    _vector(bias, 'bias', d)
+    same_dtype(('x', x), ('weight', weight), ('bias', bias))
+    x_hat, inv_std, _, _ = _normalize(x, -1, _real(eps, 'eps', 0))
+    y = _scale_shift(x_hat, weight, bias, (d,))
+    return y, dict(x_hat=x_hat, inv_std=inv_std, weight=weight, has_bias=bias is not None,
+                   shape=(d,))
+
+
+def layer_norm_backward(dout, cache):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`layer_norm_forward` (eq. 18, 24)."""
+    x_hat = cache['x_hat']
+    dout = _grad_out(dout, x_hat.shape, x_hat.dtype)
+    g, dweight, dbias = _scale_shift_backward(dout, cache, tuple(range(x_hat.ndim - 1)))
+    return _normalize_backward(g, x_hat, cache['inv_std'], -1), dweight, dbias
+
+
+# -- pooling and upsampling ------------------------------------------------------------------------
+def avg_pool2d_forward(x, kernel_size, stride=None):
+    """``torch.nn.functional.avg_pool2d`` without padding, floor mode (eq. 25).
+
+    ``stride`` defaults to ``kernel_size``; windows may overlap (stride < kernel).
+    """
+    float_array(x, 'x', 4, "(N, C, H, W)")
+    geo = conv_geometry(x.shape[2:], kernel_size, kernel_size if stride is None else stride, 0, 1)
+    y = np.zeros(x.shape[:2] + geo.out_hw, dtype=x.dtype)
+    for p, q in np.ndindex(*geo.kernel):
+        y += x[(..., *_window(p, q, geo))]              # offset (p, q) of every window
+    y /= geo.kernel[0] * geo.kernel[1]
+    return y, dict(geo=geo, x_shape=x.shape, dtype=x.dtype)
+
+
+def avg_pool2d_backward(dout, cache):
+    """``(dx,)``: each window spreads ``dy / (kh kw)``; uncovered rows/columns get 0 (eq. 26)."""
+    geo, x_shape = cache['geo'], cache['x_shape']
+    dout = _grad_out(dout, x_shape[:2] + geo.out_hw, cache['dtype'])
+    share = dout / (geo.kernel[0] * geo.kernel[1])
+    dx = np.zeros(x_shape, dtype=cache['dtype'])
+    for p, q in np.ndindex(*geo.kernel):
+        dx[(..., *_window(p, q, geo))] += share         # no repeated index within one offset
+    return (dx,)
+
+
+def global_avg_pool2d_forward(x):
+    """``z[n, c] = mean_{h,w} x[n, c, h, w]``: ``(N, C, H, W) -> (N, C)`` (eq. 27)."""
+    float_array(x, 'x', 4, "(N, C, H, W)")
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
+    return x.mean(axis=(2, 3)), dict(x_shape=x.shape, dtype=x.dtype)
+
+
+def global_avg_pool2d_backward(dout, cache):
+    """``(dx,)`` with ``dx[n, c, h, w] = dz[n, c] / (H W)`` (eq. 28)."""
+    n, c, h, w = cache['x_shape']
+    dout = _grad_out(dout, (n, c), cache['dtype'])
+    return (np.broadcast_to(dout[:, :, None, None] / (h * w), (n, c, h, w)).copy(),)
+
+
+def _integer_scale(scale_factor):
+    """``(sh, sw)`` from an int, a pair, or integral floats (``nn.Upsample(scale_factor=2.0)``)."""
+    def integral(v):
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise ValueError(f"scale_factor must be an integer (or a pair); only integer nearest "
+                                 f"upsampling is supported, got {scale_factor!r}")
+            return int(v)
+        return v
+    value = (tuple(map(integral, scale_factor)) if isinstance(scale_factor, (tuple, list))
+             else integral(scale_factor))
+    return pair(value, 'scale_factor', minimum=1)
+
+
+def upsample_nearest2d_forward(x, scale_factor=2):
+    """``nn.Upsample(scale_factor, mode='nearest')`` for integer factors (eq. 29)."""
+    float_array(x, 'x', 4, "(N, C, H, W)")
+    sh, sw = _integer_scale(scale_factor)
+    y = x.repeat(sh, axis=2).repeat(sw, axis=3)            # (N, C, H*sh, W*sw)
+    return y, dict(x_shape=x.shape, scale=(sh, sw), dtype=x.dtype)
+
+
+def upsample_nearest2d_backward(dout, cache):
+    """``(dx,)``: each input pixel sums its ``sh x sw`` block of ``dy`` (eq. 30)."""
+    (n, c, h, w), (sh, sw) = cache['x_shape'], cache['scale']
+    dout = _grad_out(dout, (n, c, h * sh, w * sw), cache['dtype'])
+    return (dout.reshape(n, c, h, sh, w, sw).sum(axis=(3, 5)),)   # (N, C, H, sh, W, sw) -> (N, C, H, W)
+
+
+# -- cross-entropy loss -----------------------------------------------------------------------------
+def _check_labels(labels, logits_shape):
+    n, k = logits_shape
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in 'iu':
+        kind = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise TypeError(f"labels must be an integer numpy.ndarray of shape ({n},), got {kind}")
+    expect_shape(labels, (n,), 'labels')
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}) for logits of shape {logits_shape}, got "
+                         f"values in [{labels.min()}, {labels.max()}]")
+
+
+def cross_entropy_forward(logits, labels):
+    """Mean cross-entropy of ``logits (N, K)`` against integer ``labels (N,)`` (eq. 31).
+
+    Returns ``(loss, cache)``, ``loss`` a NumPy scalar of the logits' dtype (NaN for N = 0,
+    as in PyTorch).
+    """
+    float_array(logits, 'logits', 2, "(N, num_classes)")
+    _check_labels(labels, logits.shape)
+    n = logits.shape[0]
+    shifted, e, total = _shifted_exp(logits, axis=1)
+    log_p = shifted - np.log(total)                             # (N, K) log-softmax
+    loss = -log_p[np.arange(n), labels].mean() if n else np.nan
+    return logits.dtype.type(loss), dict(p=e / total, labels=labels)
+
+
+def cross_entropy_backward(dout, cache):
+    """``(dlogits,)`` with ``dlogits = dL (softmax(z) - onehot(t)) / N`` (eq. 32).
+
+    ``dout`` is the upstream scalar (1.0 when the loss is the final output).
+    """
+    p, labels = cache['p'], cache['labels']
+    if not isinstance(dout, numbers.Real):
+        dout = float_array(np.asarray(dout), 'dout')
+        expect_shape(dout, (), 'dout')
+    n = p.shape[0]
+    dlogits = p.copy()
+    dlogits[np.arange(n), labels] -= 1
+    dlogits *= float(dout) / max(n, 1)
+    return (dlogits,)
+
+
+# -- self-test cases for `numpyconv check` (float64, reference = plain loops) --------------------
+@register('linear')
+def _linear_case(rng):
+    x, w, b = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal(5)
+    return CheckCase(linear_forward, linear_backward, (x, w, b), reference.linear)
+
+
+@register('relu')
+def _relu_case(rng):
+    return CheckCase(relu_forward, relu_backward, (rng.standard_normal((2, 3, 4)),), reference.relu)
+
+
+@register('sigmoid')
+def _sigmoid_case(rng):
+    return CheckCase(lambda x: sigmoid_forward(x, 2.5), sigmoid_backward,
+                     (rng.standard_normal((3, 5)),), lambda x: reference.sigmoid(x, 2.5))
+
+
+@register('softmax')
+def _softmax_case(rng):
+    return CheckCase(lambda x: softmax_forward(x, 1, 0.7), softmax_backward,
+                     (rng.standard_normal((2, 4, 3)),), lambda x: reference.softmax(x, 1, 0.7))
+
+
+@register('gelu')
+def _gelu_case(rng):
+    return CheckCase(gelu_forward, gelu_backward, (rng.standard_normal((3, 5)),), reference.gelu)
+
+
+@register('batch_norm')
+def _batch_norm_case(rng):
+    x, w, b = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(2), rng.standard_normal(2)
+    return CheckCase(lambda x, w, b: batch_norm_forward(x, w, b, None, None, True),
+                     batch_norm_backward, (x, w, b),
+                     lambda x, w, b: reference.batch_norm(x, w, b, None, None, True))
+
+
+@register('layer_norm')
+def _layer_norm_case(rng):
+    x, w, b = rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5)
+    return CheckCase(layer_norm_forward, layer_norm_backward, (x, w, b), reference.layer_norm)
+
+
+@register('avg_pool2d')
+def _avg_pool2d_case(rng):
+    return CheckCase(lambda x: avg_pool2d_forward(x, (3, 2), (2, 2)), avg_pool2d_backward,
+                     (rng.standard_normal((2, 2, 7, 6)),),
+                     lambda x: reference.avg_pool2d(x, (3, 2), (2, 2)))
+
+
+@register('global_avg_pool2d')
+def _global_avg_pool2d_case(rng):
+    return CheckCase(global_avg_pool2d_forward, global_avg_pool2d_backward,
+                     (rng.standard_normal((2, 3, 4, 5)),), reference.global_avg_pool2d)
+
+
+@register('upsample_nearest2d')
+def _upsample_case(rng):
+    return CheckCase(lambda x: upsample_nearest2d_forward(x, (2, 3)), upsample_nearest2d_backward,
+                     (rng.standard_normal((2, 2, 3, 2)),),
+                     lambda x: reference.upsample_nearest2d(x, (2, 3)))
+
+
+@register('cross_entropy')
+def _cross_entropy_case(rng):
+    labels = rng.integers(0, 4, size=5)
+    return CheckCase(lambda z: cross_entropy_forward(z, labels), cross_entropy_backward,
+                     (rng.standard_normal((5, 4)),), lambda z: reference.cross_entropy(z, labels))

@@ -1,0 +1,295 @@
+"""Layers around the building blocks of :mod:`numpyconv.blocks`, named and keyed as ``torch.nn``.
+
+Each layer calls one functional pair (math and gradients: the blocks module docstring and
+docs/derivations/blocks.md). ``backward(dout) -> dx`` accumulates parameter gradients into
+``grads``. state_dict keys are PyTorch's:
+
+=================  =============================================================================
+layer              keys
+=================  =============================================================================
+``Linear``         ``weight (out, in)``, ``bias (out,)``
+``BatchNorm1d/2d`` ``weight``, ``bias``, ``running_mean``, ``running_var`` ``(C,)``;
+                   ``num_batches_tracked`` (int64, shape ``()``)
+``LayerNorm``      ``weight (D,)``, ``bias (D,)``
+others             none
+=================  =============================================================================
+
+Initialisation as PyTorch: Linear ``U(+-1/sqrt(in))`` for weight and bias; norms weight 1, bias 0,
+running mean 0, running variance 1.
+
+Cost model (``macs``): Linear counts ``in * out`` multiply-adds per row of the input. Normalisation,
+activation, pooling, upsampling and flatten layers count 0 multiply-adds, as the papers do (their
+element-wise cost is not counted in the MAC/FLOP tables).
+
+Parameter-free layers accept float32 and float64 input whatever their ``dtype`` (the output keeps
+the input's dtype); layers with parameters require input of their own dtype.
+"""
+import math
+
+import numpy as np
+
+from ._checks import expect_shape, float_array, positive_int
+from .blocks import (_integer_scale, _real, avg_pool2d_backward, avg_pool2d_forward,
+                     batch_norm_backward, batch_norm_forward, gelu_backward, gelu_forward,
+                     global_avg_pool2d_backward, global_avg_pool2d_forward, layer_norm_backward,
+                     layer_norm_forward, linear_backward, linear_forward, relu_backward, relu_forward,
+                     sigmoid_backward, sigmoid_forward, upsample_nearest2d_backward,
+                     upsample_nearest2d_forward)
+from .conv import conv_geometry
+from .module import Module, default_bias, kaiming_uniform
+
+
+def _check_dtype(layer, x):
+    if x.dtype != layer.dtype:
+        raise TypeError(f"{type(layer).__name__} holds {layer.dtype} parameters, got x of dtype "
+                        f"{x.dtype}; build the layer with dtype={x.dtype} or cast x")
+
+
+class Linear(Module):
+    """``torch.nn.Linear``: ``y = x W^T + b`` over the last axis of ``x (..., in_features)``."""
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.in_features = positive_int(in_features, 'in_features')
+        self.out_features = positive_int(out_features, 'out_features')
+        shape = (self.out_features, self.in_features)
+        self.add_param('weight', kaiming_uniform(self.rng, shape, self.dtype))
+        if bias:
+            self.add_param('bias', default_bias(self.rng, self.in_features, self.out_features,
+                                                self.dtype))
+
+    def forward(self, x):
+        float_array(x, 'x')
+        _check_dtype(self, x)
+        y, self._cache = linear_forward(x, self._params['weight'], self._params.get('bias'))
+        return y
+
+    def backward(self, dout):
+        dx, dweight, dbias = linear_backward(dout, self._cache)
+        self._grads['weight'] += dweight
+        if dbias is not None:
+            self._grads['bias'] += dbias
+        return dx
+
+    def macs(self, input_shape):
+        out_shape = tuple(input_shape[:-1]) + (self.out_features,)
+        return math.prod(input_shape[:-1]) * self.in_features * self.out_features, out_shape
+
+
+class _BatchNorm(Module):
+    """Shared body of BatchNorm1d / BatchNorm2d (``torch.nn.modules.batchnorm._BatchNorm``).
+
+    ``momentum=None`` gives PyTorch's cumulative average (factor ``1 / num_batches_tracked``).
+    Without ``track_running_stats`` the batch statistics are used in eval mode too.
+    """
+    _ranks, _hint = (), ''
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.num_features = positive_int(num_features, 'num_features')
+        self.eps = _real(eps, 'eps', 0)
+        self.momentum = None if momentum is None else _real(momentum, 'momentum', 0, 1)
+        if affine:
+            self.add_param('weight', np.ones(self.num_features))
+            self.add_param('bias', np.zeros(self.num_features))
+        if track_running_stats:
+            self.add_buffer('running_mean', np.zeros(self.num_features))
+            self.add_buffer('running_var', np.ones(self.num_features))
+            self.add_buffer('num_batches_tracked', np.array(0, dtype=np.int64))
+
+    def forward(self, x):
+        float_array(x, 'x', self._ranks, self._hint)
+        _check_dtype(self, x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x must have shape {self._hint} with C={self.num_features}, "
+                             f"got {x.shape}")
+        tracking = 'running_mean' in self._buffers
+        update = self.training and tracking
+        y, self._cache = batch_norm_forward(
+            x, self._params.get('weight'), self._params.get('bias'),
+            self._buffers.get('running_mean'), self._buffers.get('running_var'),
+            training=self.training or not tracking, momentum=self._factor() if update else 0.0,
+            eps=self.eps)
+        if update:
+            self._buffers['num_batches_tracked'] += 1
+        return y
+
+    def _factor(self):
+        """The running-average factor of this training step."""
+        if self.momentum is not None:
+            return self.momentum
+        return 1.0 / (int(self._buffers['num_batches_tracked']) + 1)
+
+    def backward(self, dout):
+        dx, dweight, dbias = batch_norm_backward(dout, self._cache)
+        if dweight is not None:
+            self._grads['weight'] += dweight
+            self._grads['bias'] += dbias
+        return dx
+
+    def macs(self, input_shape):
+        return 0, tuple(input_shape)
+
+
+class BatchNorm1d(_BatchNorm):
+    """``torch.nn.BatchNorm1d`` on ``(N, C)`` or ``(N, C, L)``."""
+    _ranks, _hint = (2, 3), "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """``torch.nn.BatchNorm2d`` on ``(N, C, H, W)``."""
+    _ranks, _hint = (4,), "(N, C, H, W)"
+
+
+class LayerNorm(Module):
+    """``torch.nn.LayerNorm(D)`` over the last axis of ``x (..., D)``; keys ``weight``, ``bias``.
+
+    ``channels_first=True`` normalises ``(N, C, H, W)`` over ``C`` per pixel instead (the same math
+    on the NHWC view; ConvNeXt's / InternImage's channels-first LayerNorm).
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, channels_first=False, *, dtype=np.float32,
+                 rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        if isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) == 1:
+            normalized_shape = normalized_shape[0]
+        self.normalized_shape = (positive_int(normalized_shape, 'normalized_shape'),)
+        self.eps = _real(eps, 'eps', 0)
+        self.channels_first = bool(channels_first)
+        self.add_param('weight', np.ones(self.normalized_shape))
+        self.add_param('bias', np.zeros(self.normalized_shape))
+
+    def forward(self, x):
+        (d,) = self.normalized_shape
+        if self.channels_first:
+            x = self._check_input(x, channels=d).transpose(0, 2, 3, 1)     # (N, H, W, C)
+        else:
+            float_array(x, 'x')
+            _check_dtype(self, x)
+            if x.ndim == 0 or x.shape[-1] != d:
+                raise ValueError(f"x must have shape (..., {d}), got {x.shape}")
+        y, self._cache = layer_norm_forward(x, self._params['weight'], self._params['bias'], self.eps)
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if self.channels_first else y
+
+    def backward(self, dout):
+        if self.channels_first:
+            float_array(dout, 'dout', 4, "(N, C, H, W)")
+            dout = dout.transpose(0, 2, 3, 1)                              # (N, H, W, C)
+        dx, dweight, dbias = layer_norm_backward(dout, self._cache)
+        self._grads['weight'] += dweight
+        self._grads['bias'] += dbias
+        return np.ascontiguousarray(dx.transpose(0, 3, 1, 2)) if self.channels_first else dx
+
+    def macs(self, input_shape):
+        return 0, tuple(input_shape)
+
+
+# -- parameter-free layers -----------------------------------------------------------------------
+class _Stateless(Module):
+    """A layer without parameters around one functional pair; counts 0 multiply-adds."""
+    _forward_fn = _backward_fn = None
+
+    def forward(self, x):
+        y, self._cache = type(self)._forward_fn(x)
+        return y
+
+    def backward(self, dout):
+        return type(self)._backward_fn(dout, self._cache)[0]
+
+    def macs(self, input_shape):
+        return 0, tuple(input_shape)
+
+
+class ReLU(_Stateless):
+    """``torch.nn.ReLU``."""
+    _forward_fn, _backward_fn = relu_forward, relu_backward
+
+
+class GELU(_Stateless):
+    """``torch.nn.GELU()`` (exact erf form, ``approximate='none'``)."""
+    _forward_fn, _backward_fn = gelu_forward, gelu_backward
+
+
+class Sigmoid(_Stateless):
+    """``torch.nn.Sigmoid``."""
+    _forward_fn, _backward_fn = sigmoid_forward, sigmoid_backward
+
+
+class GlobalAvgPool2d(_Stateless):
+    """``nn.AdaptiveAvgPool2d(1)`` followed by flatten: ``(N, C, H, W) -> (N, C)``."""
+    _forward_fn, _backward_fn = global_avg_pool2d_forward, global_avg_pool2d_backward
+
+    def macs(self, input_shape):
+        return 0, tuple(input_shape[:2])
+
+
+class AvgPool2d(_Stateless):
+    """``torch.nn.AvgPool2d(kernel_size, stride)`` without padding, floor mode."""
+
+    def __init__(self, kernel_size, stride=None, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+        conv_geometry((10 ** 6, 10 ** 6), self.kernel_size, self.stride, 0, 1)   # check arguments
+
+    def forward(self, x):
+        y, self._cache = avg_pool2d_forward(x, self.kernel_size, self.stride)
+        return y
+
+    def backward(self, dout):
+        return avg_pool2d_backward(dout, self._cache)[0]
+
+    def macs(self, input_shape):
+        geo = conv_geometry(input_shape[2:], self.kernel_size, self.stride, 0, 1)
+        return 0, tuple(input_shape[:2]) + geo.out_hw
+
+
+class Upsample(_Stateless):
+    """``torch.nn.Upsample(scale_factor, mode='nearest')`` for integer scale factors."""
+
+    def __init__(self, scale_factor=2, mode='nearest', *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        if mode != 'nearest':
+            raise ValueError(f"mode must be 'nearest' (the only mode implemented), got {mode!r}")
+        self.scale_factor, self.mode = _integer_scale(scale_factor), mode
+
+    def forward(self, x):
+        y, self._cache = upsample_nearest2d_forward(x, self.scale_factor)
+        return y
+
+    def backward(self, dout):
+        return upsample_nearest2d_backward(dout, self._cache)[0]
+
+    def macs(self, input_shape):
+        (sh, sw), (n, c, h, w) = self.scale_factor, input_shape
+        return 0, (n, c, h * sh, w * sw)
+
+
+class Flatten(Module):
+    """``torch.nn.Flatten(start_dim=1, end_dim=-1)``: merge axes ``start_dim..end_dim``."""
+
+    def __init__(self, start_dim=1, end_dim=-1, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def _out_shape(self, shape):
+        ndim = len(shape)
+        valid = -ndim <= self.start_dim < ndim and -ndim <= self.end_dim < ndim
+        if not valid or self.start_dim % ndim > self.end_dim % ndim:
+            raise ValueError(f"cannot flatten axes {self.start_dim}..{self.end_dim} of an input "
+                             f"of shape {tuple(shape)}")
+        start, end = self.start_dim % ndim, self.end_dim % ndim
+        return tuple(shape[:start]) + (math.prod(shape[start:end + 1]),) + tuple(shape[end + 1:])
+
+    def forward(self, x):
+        float_array(x, 'x')
+        self._x_shape, self._y_shape = x.shape, self._out_shape(x.shape)
+        return x.reshape(self._y_shape)
+
+    def backward(self, dout):
+        float_array(dout, 'dout')
+        expect_shape(dout, self._y_shape, 'dout')
+        return dout.reshape(self._x_shape)
+
+    def macs(self, input_shape):
+        return 0, self._out_shape(input_shape)

@@ -1,0 +1,469 @@
+"""Building blocks: reference, gradcheck, identities, running statistics, errors, torch."""
+import math
+
+import numpy as np
+import pytest
+
+from numpyconv import blocks as B
+from numpyconv.gradcheck import gradcheck
+from numpyconv.reference import blocks as ref
+
+RNG = np.random.default_rng(2024)
+
+
+def normal(*shape, dtype=np.float64):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def labels_for(n, k):
+    return np.random.default_rng(n * 31 + k).integers(0, k, size=n)
+
+
+# One row per case: name -> (forward(*inputs), backward, make_inputs(dtype), reference(*inputs)).
+RM, RV = np.array([0.3, -0.2, 0.1]), np.array([0.5, 2.0, 1.3])
+CASES = {
+    'linear': (B.linear_forward, B.linear_backward,
+               lambda dt: (normal(3, 4, dtype=dt), normal(5, 4, dtype=dt), normal(5, dtype=dt)),
+               ref.linear),
+    'linear_no_bias': (B.linear_forward, B.linear_backward,
+                       lambda dt: (normal(3, 4, dtype=dt), normal(2, 4, dtype=dt), None), ref.linear),
+    'linear_3d': (B.linear_forward, B.linear_backward,
+                  lambda dt: (normal(2, 3, 4, dtype=dt), normal(5, 4, dtype=dt), normal(5, dtype=dt)),
+                  lambda x, w, b: ref.linear(x.reshape(6, 4), w, b).reshape(2, 3, 5)),
+    'relu': (B.relu_forward, B.relu_backward, lambda dt: (normal(2, 3, 4, dtype=dt),), ref.relu),
+    'sigmoid': (B.sigmoid_forward, B.sigmoid_backward, lambda dt: (normal(3, 5, dtype=dt),),
+                ref.sigmoid),
+    'sigmoid_T': (lambda x: B.sigmoid_forward(x, 2.5), B.sigmoid_backward,
+                  lambda dt: (normal(3, 5, dtype=dt),), lambda x: ref.sigmoid(x, 2.5)),
+    'softmax': (B.softmax_forward, B.softmax_backward, lambda dt: (normal(3, 5, dtype=dt),),
+                ref.softmax),
+    'softmax_axis1_T': (lambda x: B.softmax_forward(x, 1, 0.7), B.softmax_backward,
+                        lambda dt: (normal(2, 4, 3, dtype=dt),), lambda x: ref.softmax(x, 1, 0.7)),
+    'softmax_axis0_T': (lambda x: B.softmax_forward(x, axis=-3, temperature=3.0), B.softmax_backward,
+                        lambda dt: (normal(3, 2, 2, dtype=dt),), lambda x: ref.softmax(x, 0, 3.0)),
+    'gelu': (B.gelu_forward, B.gelu_backward, lambda dt: (3 * normal(4, 5, dtype=dt),), ref.gelu),
+    'bn_train_2d': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
+                    B.batch_norm_backward,
+                    lambda dt: (normal(4, 3, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
+                    lambda x, w, b: ref.batch_norm(x, w, b, None, None, True)),
+    'bn_train_3d': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True, eps=1e-3),
+                    B.batch_norm_backward,
+                    lambda dt: (normal(2, 3, 4, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
+                    lambda x, w, b: ref.batch_norm(x, w, b, None, None, True, eps=1e-3)),
+    'bn_train_4d': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
+                    B.batch_norm_backward,
+                    lambda dt: (normal(2, 3, 3, 2, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
+                    lambda x, w, b: ref.batch_norm(x, w, b, None, None, True)),
+    'bn_train_no_affine': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
+                           B.batch_norm_backward, lambda dt: (normal(3, 3, 2, 2, dtype=dt), None, None),
+                           lambda x, w, b: ref.batch_norm(x, w, b, None, None, True)),
+    'bn_eval_4d': (lambda x, w, b: B.batch_norm_forward(x, w, b, RM.astype(x.dtype), RV.astype(x.dtype),
+                                                        False),
+                   B.batch_norm_backward,
+                   lambda dt: (normal(2, 3, 2, 3, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
+                   lambda x, w, b: ref.batch_norm(x, w, b, RM, RV, False)),
+    'layer_norm': (B.layer_norm_forward, B.layer_norm_backward,
+                   lambda dt: (normal(4, 5, dtype=dt), normal(5, dtype=dt), normal(5, dtype=dt)),
+                   ref.layer_norm),
+    'layer_norm_3d_eps': (lambda x, w, b: B.layer_norm_forward(x, w, b, eps=1e-6), B.layer_norm_backward,
+                          lambda dt: (normal(2, 3, 4, dtype=dt), normal(4, dtype=dt), None),
+                          lambda x, w, b: ref.layer_norm(x, w, b, eps=1e-6)),
+    'avg_pool2d': (lambda x: B.avg_pool2d_forward(x, 2), B.avg_pool2d_backward,
+                   lambda dt: (normal(2, 2, 4, 6, dtype=dt),), lambda x: ref.avg_pool2d(x, 2)),
+    'avg_pool2d_overlap_trailing': (lambda x: B.avg_pool2d_forward(x, (3, 2), (2, 1)),
+                                    B.avg_pool2d_backward, lambda dt: (normal(1, 2, 8, 5, dtype=dt),),
+                                    lambda x: ref.avg_pool2d(x, (3, 2), (2, 1))),
+    'global_avg_pool2d': (B.global_avg_pool2d_forward, B.global_avg_pool2d_backward,
+                          lambda dt: (normal(2, 3, 4, 5, dtype=dt),), ref.global_avg_pool2d),
+    'upsample': (B.upsample_nearest2d_forward, B.upsample_nearest2d_backward,
+                 lambda dt: (normal(2, 2, 3, 2, dtype=dt),), ref.upsample_nearest2d),
+    'upsample_pair': (lambda x: B.upsample_nearest2d_forward(x, (3, 2)), B.upsample_nearest2d_backward,
+                      lambda dt: (normal(1, 2, 2, 3, dtype=dt),),
+                      lambda x: ref.upsample_nearest2d(x, (3, 2))),
+    'cross_entropy': (lambda z: B.cross_entropy_forward(z, labels_for(5, 4)), B.cross_entropy_backward,
+                      lambda dt: (normal(5, 4, dtype=dt),), lambda z: ref.cross_entropy(z, labels_for(5, 4))),
+}
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_forward_matches_reference(name):
+    forward, _, make, reference = CASES[name]
+    inputs = make(np.float64)
+    out, _ = forward(*inputs)
+    np.testing.assert_allclose(out, reference(*inputs), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_gradcheck(name):
+    forward, backward, make, _ = CASES[name]
+    gradcheck(forward, backward, make(np.float64), mode='full')
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_float32_preserved_and_close(name):
+    forward, backward, make, reference = CASES[name]
+    inputs = make(np.float32)
+    out, cache = forward(*inputs)
+    grads = backward(np.ones(np.shape(out), dtype=np.float32), cache)
+    assert out.dtype == np.float32
+    assert all(g is None or g.dtype == np.float32 for g in grads)
+    expected = reference(*[None if a is None else a.astype(np.float64) for a in inputs])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_inputs_and_dout_not_mutated(name):
+    forward, backward, make, _ = CASES[name]
+    inputs = make(np.float64)
+    copies = [None if a is None else a.copy() for a in inputs]
+    out, cache = forward(*inputs)
+    dout = np.asarray(normal(*np.shape(out)))
+    dout_copy = dout.copy()
+    backward(dout, cache)
+    for a, c in zip(inputs, copies):
+        assert a is None or np.array_equal(a, c)
+    np.testing.assert_array_equal(dout, dout_copy)
+
+
+def test_gradient_tuple_has_none_for_none_inputs():
+    x, w = normal(3, 4), normal(2, 4)
+    y, cache = B.linear_forward(x, w)
+    assert B.linear_backward(np.ones_like(y), cache)[2] is None
+    y, cache = B.layer_norm_forward(x, None, None)
+    assert B.layer_norm_backward(np.ones_like(y), cache)[1:] == (None, None)
+    y, cache = B.batch_norm_forward(x, None, None, None, None, True)
+    assert B.batch_norm_backward(np.ones_like(y), cache)[1:] == (None, None)
+
+
+# -- identities ------------------------------------------------------------------------------
+def test_softmax_temperature_equals_softmax_of_scaled_logits():
+    z, dp, t = normal(3, 6), normal(3, 6), 4.0
+    p_t, cache_t = B.softmax_forward(z, temperature=t)
+    p_1, cache_1 = B.softmax_forward(z / t)
+    np.testing.assert_allclose(p_t, p_1, rtol=1e-14)
+    # chain rule through z / T: grad w.r.t. z is grad w.r.t. z/T divided by T
+    np.testing.assert_allclose(B.softmax_backward(dp, cache_t)[0], B.softmax_backward(dp, cache_1)[0] / t,
+                               rtol=1e-12)
+
+
+def test_softmax_shift_invariance_sums_and_no_overflow():
+    z = normal(4, 5)
+    p, cache = B.softmax_forward(z)
+    np.testing.assert_allclose(B.softmax_forward(z + 1000.0)[0], p, rtol=1e-12)
+    np.testing.assert_allclose(p.sum(axis=-1), 1.0)
+    dz = B.softmax_backward(normal(4, 5), cache)[0]
+    np.testing.assert_allclose(dz.sum(axis=-1), 0.0, atol=1e-14)       # (eq. 11): sum_i dz_i = 0
+    assert np.isfinite(B.softmax_forward(np.array([[1e4, -1e4, 0.0]]))[0]).all()
+
+
+def test_sigmoid_temperature_and_symmetry():
+    x = normal(10)
+    np.testing.assert_allclose(B.sigmoid_forward(x, 3.0)[0], B.sigmoid_forward(x / 3.0)[0], rtol=1e-15)
+    np.testing.assert_allclose(B.sigmoid_forward(x)[0] + B.sigmoid_forward(-x)[0], 1.0)
+    assert np.isfinite(B.sigmoid_forward(np.array([-1e4, 1e4]))[0]).all()
+
+
+def test_relu_gradient_zero_at_zero_and_gelu_limits():
+    y, cache = B.relu_forward(np.array([-1.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(B.relu_backward(np.ones(3), cache)[0], [0.0, 0.0, 1.0])
+    x = np.array([-30.0, 0.0, 30.0])
+    y, cache = B.gelu_forward(x)
+    np.testing.assert_allclose(y, [0.0, 0.0, 30.0], atol=1e-12)
+    np.testing.assert_allclose(B.gelu_backward(np.ones(3), cache)[0], [0.0, 0.5, 1.0], atol=1e-12)
+
+
+def test_batch_norm_eval_with_unit_running_stats_is_affine():
+    x, w, b = normal(3, 4, 2, 2), normal(4), normal(4)
+    y, cache = B.batch_norm_forward(x, w, b, np.zeros(4), np.ones(4), False, eps=1e-5)
+    scale = w / math.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(y, x * scale[:, None, None] + b[:, None, None], rtol=1e-13)
+    dout = normal(*y.shape)
+    np.testing.assert_allclose(B.batch_norm_backward(dout, cache)[0], dout * scale[:, None, None],
+                               rtol=1e-13)
+
+
+def test_batch_norm_eval_equals_train_with_batch_statistics():
+    x, w, b = normal(4, 3, 2, 2), normal(3), normal(3)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    y_train, _ = B.batch_norm_forward(x, w, b, None, None, True)
+    y_eval, _ = B.batch_norm_forward(x, w, b, mean, var, False)
+    np.testing.assert_allclose(y_eval, y_train, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize('shape', [(5, 3), (2, 3, 4), (2, 3, 2, 3)])
+def test_batch_norm_running_stats_update_in_place(shape):
+    x = normal(*shape)
+    running_mean, running_var = normal(3), 1 + RNG.random(3)
+    ids = id(running_mean), id(running_var)
+    expected = ref.batch_norm_running_stats(x, running_mean, running_var, momentum=0.3)
+    B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.3)
+    assert (id(running_mean), id(running_var)) == ids
+    np.testing.assert_allclose(running_mean, expected[0], rtol=1e-13)
+    np.testing.assert_allclose(running_var, expected[1], rtol=1e-13)
+
+
+def test_batch_norm_running_stats_by_hand():
+    x = np.array([[1.0], [2.0], [4.0]])                     # one channel, m = 3
+    running_mean, running_var = np.array([0.0]), np.array([1.0])
+    B.batch_norm_forward(x, None, None, running_mean, running_var, True)
+    # mean 7/3; unbiased variance ((1-7/3)^2 + (2-7/3)^2 + (4-7/3)^2) / 2 = 7/3
+    np.testing.assert_allclose(running_mean, [0.1 * 7 / 3])
+    np.testing.assert_allclose(running_var, [0.9 + 0.1 * 7 / 3])
+    B.batch_norm_forward(x, None, None, running_mean, running_var, False)   # eval: untouched
+    np.testing.assert_allclose(running_mean, [0.1 * 7 / 3])
+
+
+def test_batch_norm_train_couples_samples_eval_does_not():
+    x, w, b = normal(3, 2, 2, 2), normal(2), normal(2)
+    dout = np.zeros_like(x)
+    dout[0] = normal(2, 2, 2)                                # loss depends on sample 0 only
+    _, cache = B.batch_norm_forward(x, w, b, None, None, True)
+    assert np.abs(B.batch_norm_backward(dout, cache)[0][1:]).max() > 1e-3
+    _, cache = B.batch_norm_forward(x, w, b, np.zeros(2), np.ones(2), False)
+    np.testing.assert_array_equal(B.batch_norm_backward(dout, cache)[0][1:], 0.0)
+
+
+def test_batch_norm_train_dx_orthogonal_to_constants():
+    # (eq. 20): y is invariant to shifting a channel (and, with eps = 0, to scaling it about its
+    # mean), so dx sums to 0 per channel and is orthogonal to x_hat
+    x, w = normal(4, 3, 2, 2), normal(3)
+    y, cache = B.batch_norm_forward(x, w, None, None, None, True, eps=0.0)
+    dx = B.batch_norm_backward(normal(*y.shape), cache)[0]
+    np.testing.assert_allclose(dx.sum(axis=(0, 2, 3)), 0.0, atol=1e-12)
+    np.testing.assert_allclose((dx * cache['x_hat']).sum(axis=(0, 2, 3)), 0.0, atol=1e-12)
+
+
+def test_layer_norm_shift_and_scale_invariance():
+    x, w, b = normal(3, 6), normal(6), normal(6)
+    y, _ = B.layer_norm_forward(x, w, b)
+    shift = normal(3, 1)
+    np.testing.assert_allclose(B.layer_norm_forward(x + shift, w, b)[0], y, rtol=1e-12, atol=1e-12)
+    y0 = B.layer_norm_forward(x, w, b, eps=0.0)[0]
+    np.testing.assert_allclose(B.layer_norm_forward(7.5 * x, w, b, eps=0.0)[0], y0, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_has_no_batch_coupling():
+    x, w, b = normal(3, 5), normal(5), normal(5)
+    _, cache = B.layer_norm_forward(x, w, b)
+    dout = np.zeros_like(x)
+    dout[0] = normal(5)
+    np.testing.assert_array_equal(B.layer_norm_backward(dout, cache)[0][1:], 0.0)
+
+
+@pytest.mark.parametrize('op, x_shape, kwargs', [
+    ('avg_pool2d', (2, 3, 7, 5), dict(kernel_size=(3, 2), stride=(2, 2))),
+    ('upsample_nearest2d', (2, 3, 3, 2), dict(scale_factor=(2, 3))),
+    ('global_avg_pool2d', (2, 3, 3, 2), {}),
+])
+def test_linear_ops_backward_is_the_adjoint(op, x_shape, kwargs):
+    forward, backward = getattr(B, op + '_forward'), getattr(B, op + '_backward')
+    x = normal(*x_shape)
+    y, cache = forward(x, **kwargs)
+    dy = normal(*y.shape)
+    np.testing.assert_allclose(np.vdot(y, dy), np.vdot(x, backward(dy, cache)[0]), rtol=1e-12)
+
+
+def test_avg_pool_trailing_rows_get_zero_gradient_and_equals_block_mean():
+    x = normal(1, 2, 7, 5)                                    # kernel 2: row 6 and column 4 unread
+    y, cache = B.avg_pool2d_forward(x, 2)
+    np.testing.assert_allclose(y, x[:, :, :6, :4].reshape(1, 2, 3, 2, 2, 2).mean(axis=(3, 5)))
+    dx = B.avg_pool2d_backward(np.ones_like(y), cache)[0]
+    np.testing.assert_array_equal(dx[:, :, 6], 0.0)
+    np.testing.assert_array_equal(dx[:, :, :, 4], 0.0)
+    np.testing.assert_allclose(dx[:, :, :6, :4], 0.25)
+
+
+def test_global_pool_equals_full_window_avg_pool_and_pool_undoes_upsample():
+    x = normal(2, 3, 4, 6)
+    np.testing.assert_allclose(B.global_avg_pool2d_forward(x)[0],
+                               B.avg_pool2d_forward(x, (4, 6))[0][:, :, 0, 0], rtol=1e-14)
+    up, _ = B.upsample_nearest2d_forward(x, 3)
+    np.testing.assert_allclose(B.avg_pool2d_forward(up, 3)[0], x, rtol=1e-14)
+
+
+def test_cross_entropy_values_and_gradient():
+    z = normal(6, 4)
+    t = labels_for(6, 4)
+    loss, cache = B.cross_entropy_forward(z, t)
+    p = B.softmax_forward(z)[0]
+    np.testing.assert_allclose(loss, -np.log(p[np.arange(6), t]).mean(), rtol=1e-13)
+    np.testing.assert_allclose(B.cross_entropy_forward(z + 500.0, t)[0], loss, rtol=1e-12)
+    np.testing.assert_allclose(B.cross_entropy_forward(np.zeros((3, 5)), t[:3])[0], math.log(5))
+    dz = B.cross_entropy_backward(2.0, cache)[0]
+    np.testing.assert_allclose(dz.sum(axis=1), 0.0, atol=1e-15)
+    np.testing.assert_allclose(dz, 2.0 * (p - np.eye(4)[t]) / 6, rtol=1e-12)
+    assert isinstance(loss, np.float64)
+    assert np.allclose(B.cross_entropy_backward(np.array(2.0), cache)[0], dz)
+
+
+# -- batch 0 ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize('forward, backward, inputs', [
+    (B.linear_forward, B.linear_backward, (np.zeros((0, 4)), normal(3, 4), normal(3))),
+    (B.relu_forward, B.relu_backward, (np.zeros((0, 3)),)),
+    (B.sigmoid_forward, B.sigmoid_backward, (np.zeros((0, 3)),)),
+    (B.softmax_forward, B.softmax_backward, (np.zeros((0, 3)),)),
+    (B.gelu_forward, B.gelu_backward, (np.zeros((0, 3)),)),
+    (lambda x, w, b: B.batch_norm_forward(x, w, b, np.zeros(3), np.ones(3), True), B.batch_norm_backward,
+     (np.zeros((0, 3, 2, 2)), normal(3), normal(3))),
+    (lambda x, w, b: B.batch_norm_forward(x, w, b, np.zeros(3), np.ones(3), False), B.batch_norm_backward,
+     (np.zeros((0, 3)), normal(3), normal(3))),
+    (B.layer_norm_forward, B.layer_norm_backward, (np.zeros((0, 4)), normal(4), normal(4))),
+    (lambda x: B.avg_pool2d_forward(x, 2), B.avg_pool2d_backward, (np.zeros((0, 2, 4, 4)),)),
+    (B.global_avg_pool2d_forward, B.global_avg_pool2d_backward, (np.zeros((0, 2, 3, 3)),)),
+    (B.upsample_nearest2d_forward, B.upsample_nearest2d_backward, (np.zeros((0, 2, 3, 3)),)),
+])
+def test_batch_zero(forward, backward, inputs):
+    with np.errstate(all='raise'):
+        out, cache = forward(*inputs)
+        grads = backward(np.zeros_like(out), cache)
+    assert out.shape[0] == 0 and grads[0].shape == inputs[0].shape
+    for g, a in zip(grads[1:], inputs[1:]):
+        np.testing.assert_array_equal(g, np.zeros_like(a))
+
+
+def test_batch_zero_keeps_running_stats_and_cross_entropy_is_nan():
+    running_mean, running_var = normal(3), 1 + RNG.random(3)
+    before = running_mean.copy(), running_var.copy()
+    B.batch_norm_forward(np.zeros((0, 3)), None, None, running_mean, running_var, True)
+    np.testing.assert_array_equal(running_mean, before[0])
+    np.testing.assert_array_equal(running_var, before[1])
+    loss, cache = B.cross_entropy_forward(np.zeros((0, 3)), np.zeros(0, dtype=np.int64))
+    assert np.isnan(loss) and B.cross_entropy_backward(1.0, cache)[0].shape == (0, 3)
+
+
+# -- errors ------------------------------------------------------------------------------------------
+def test_batch_norm_single_value_per_channel_raises():
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel when training'):
+        B.batch_norm_forward(normal(1, 3), None, None, None, None, True)
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel when training'):
+        B.batch_norm_forward(normal(1, 3, 1, 1), None, None, None, None, True)
+    B.batch_norm_forward(normal(1, 3, 2, 1), None, None, None, None, True)   # m = 2 is fine
+    B.batch_norm_forward(normal(1, 3), None, None, np.zeros(3), np.ones(3), False)
+
+
+@pytest.mark.parametrize('call, error, match', [
+    (lambda: B.linear_forward(normal(3, 4), normal(5, 3)), ValueError, r'x must have shape \(\.\.\., 3\)'),
+    (lambda: B.linear_forward(normal(3, 4), normal(5, 4), normal(4)),
+     ValueError, r'bias must have shape \(5,\)'),
+    (lambda: B.linear_forward(np.ones((3, 4), dtype=int), normal(5, 4)), TypeError, 'x must be float32'),
+    (lambda: B.linear_forward(normal(3, 4), normal(5, 4, dtype=np.float32)), TypeError, 'same float dtype'),
+    (lambda: B.relu_forward([1.0, 2.0]), TypeError, 'numpy.ndarray'),
+    (lambda: B.sigmoid_forward(normal(3), 0.0), ValueError, 'temperature'),
+    (lambda: B.sigmoid_forward(normal(3), 'hot'), TypeError, 'temperature'),
+    (lambda: B.softmax_forward(normal(3, 4), axis=2), ValueError, 'axis 2 is out of range'),
+    (lambda: B.softmax_forward(normal(3, 4), axis=1.0), TypeError, 'axis must be an int'),
+    (lambda: B.softmax_forward(normal(3, 4), temperature=-1), ValueError, 'temperature'),
+    (lambda: B.batch_norm_forward(normal(2, 3, 4, 4, 1), None, None, None, None, True), ValueError,
+     r'x must be \(N, C\), \(N, C, L\) or \(N, C, H, W\)'),
+    (lambda: B.batch_norm_forward(normal(2, 3), normal(4), None, None, None, True), ValueError,
+     r'weight must have shape \(3,\)'),
+    (lambda: B.batch_norm_forward(normal(2, 3), None, None, np.zeros(3), None, False), ValueError,
+     'eval-mode batch_norm needs running_mean and running_var'),
+    (lambda: B.batch_norm_forward(normal(2, 3), None, None, None, None, 1),
+     TypeError, 'training must be a bool'),
+    (lambda: B.batch_norm_forward(normal(2, 3), None, None, None, None, True, momentum=1.5), ValueError,
+     'momentum'),
+    (lambda: B.layer_norm_forward(normal(3, 4), normal(3), None),
+     ValueError, r'weight must have shape \(4,\)'),
+    (lambda: B.layer_norm_forward(np.float64(1.0), None, None), TypeError, 'numpy.ndarray'),
+    (lambda: B.avg_pool2d_forward(normal(1, 2, 3, 3), 4), ValueError, 'larger than the padded input'),
+    (lambda: B.avg_pool2d_forward(normal(2, 3, 3), 2), ValueError, r'x must be \(N, C, H, W\)'),
+    (lambda: B.avg_pool2d_forward(normal(1, 2, 4, 4), 0), ValueError, 'kernel_size must be >= 1'),
+    (lambda: B.global_avg_pool2d_forward(np.zeros((1, 2, 0, 3))), ValueError, 'H, W >= 1'),
+    (lambda: B.upsample_nearest2d_forward(normal(1, 2, 3, 3), 1.5),
+     ValueError, 'scale_factor must be an integer'),
+    (lambda: B.upsample_nearest2d_forward(normal(1, 2, 3, 3), 0), ValueError, 'scale_factor must be >= 1'),
+    (lambda: B.cross_entropy_forward(normal(3, 4), np.array([0, 1, 4])),
+     ValueError, r'labels must lie in \[0, 4\)'),
+    (lambda: B.cross_entropy_forward(normal(3, 4), np.array([0.0, 1.0, 2.0])),
+     TypeError, 'labels must be an integer'),
+    (lambda: B.cross_entropy_forward(normal(3, 4), np.array([0, 1])),
+     ValueError, r'labels must have shape \(3,\)'),
+    (lambda: B.cross_entropy_forward(normal(3, 4, 1), np.array([0, 1, 2])),
+     ValueError, r'logits must be \(N, num_classes\)'),
+])
+def test_bad_input_raises(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_backward_checks_dout_shape():
+    _, cache = B.relu_forward(normal(2, 3))
+    with pytest.raises(ValueError, match=r'dout must have shape \(2, 3\), got \(3, 2\)'):
+        B.relu_backward(normal(3, 2), cache)
+    _, cache = B.cross_entropy_forward(normal(2, 3), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r'dout must have shape \(\)'):
+        B.cross_entropy_backward(np.ones(2), cache)
+
+
+def test_upsample_accepts_integral_float_scale():
+    x = normal(1, 1, 2, 2)
+    np.testing.assert_array_equal(B.upsample_nearest2d_forward(x, 2.0)[0],
+                                  B.upsample_nearest2d_forward(x, 2)[0])
+
+
+# -- PyTorch cross-checks (skipped without torch) -------------------------------------------------
+def _torch_grads(torch, fn, inputs, dout):
+    ts = [None if a is None else torch.tensor(a, requires_grad=True) for a in inputs]
+    out = fn(*ts)
+    out.backward(torch.tensor(dout))
+    return out.detach().numpy(), [None if t is None else t.grad.numpy() for t in ts]
+
+
+def _torch_cases(torch):
+    F = torch.nn.functional
+    return {
+        'linear': (F.linear, B.linear_forward, B.linear_backward, (normal(2, 3, 4), normal(5, 4), normal(5))),
+        'relu': (F.relu, B.relu_forward, B.relu_backward, (normal(3, 4),)),
+        'sigmoid_T': (lambda x: torch.sigmoid(x / 2.5), lambda x: B.sigmoid_forward(x, 2.5),
+                      B.sigmoid_backward, (normal(3, 4),)),
+        'softmax_T': (lambda x: F.softmax(x / 0.7, dim=1), lambda x: B.softmax_forward(x, 1, 0.7),
+                      B.softmax_backward, (normal(2, 4, 3),)),
+        'gelu': (F.gelu, B.gelu_forward, B.gelu_backward, (2 * normal(3, 4),)),
+        'batch_norm_train': (lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+                             lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
+                             B.batch_norm_backward, (normal(3, 2, 3, 2), normal(2), normal(2))),
+        'batch_norm_eval': (lambda x, w, b: F.batch_norm(x, torch.tensor(RM), torch.tensor(RV), w, b, False),
+                            lambda x, w, b: B.batch_norm_forward(x, w, b, RM, RV, False),
+                            B.batch_norm_backward, (normal(4, 3), normal(3), normal(3))),
+        'layer_norm': (lambda x, w, b: F.layer_norm(x, (5,), w, b, 1e-6),
+                       lambda x, w, b: B.layer_norm_forward(x, w, b, 1e-6),
+                       B.layer_norm_backward, (normal(2, 3, 5), normal(5), normal(5))),
+        'avg_pool2d': (lambda x: F.avg_pool2d(x, (3, 2), (2, 1)),
+                       lambda x: B.avg_pool2d_forward(x, (3, 2), (2, 1)),
+                       B.avg_pool2d_backward, (normal(2, 2, 8, 5),)),
+        'global_avg_pool2d': (lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1), B.global_avg_pool2d_forward,
+                              B.global_avg_pool2d_backward, (normal(2, 3, 4, 5),)),
+        'upsample': (lambda x: F.interpolate(x, scale_factor=(2, 3), mode='nearest'),
+                     lambda x: B.upsample_nearest2d_forward(x, (2, 3)),
+                     B.upsample_nearest2d_backward, (normal(2, 2, 3, 4),)),
+        'cross_entropy': (lambda z: F.cross_entropy(z, torch.tensor(labels_for(5, 4))),
+                          lambda z: B.cross_entropy_forward(z, labels_for(5, 4)),
+                          B.cross_entropy_backward, (normal(5, 4),)),
+    }
+
+
+@pytest.mark.parametrize('name', ['linear', 'relu', 'sigmoid_T', 'softmax_T', 'gelu', 'batch_norm_train',
+                                  'batch_norm_eval', 'layer_norm', 'avg_pool2d', 'global_avg_pool2d',
+                                  'upsample', 'cross_entropy'])
+def test_matches_torch(name):
+    torch = pytest.importorskip('torch')
+    torch_fn, forward, backward, inputs = _torch_cases(torch)[name]
+    out, cache = forward(*inputs)
+    dout = np.asarray(normal(*np.shape(out)))
+    expected, expected_grads = _torch_grads(torch, torch_fn, inputs, dout)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+    for g, e in zip(backward(dout, cache), expected_grads):
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_running_stats_match_torch():
+    torch = pytest.importorskip('torch')
+    x = normal(4, 3, 2, 2)
+    running_mean, running_var = normal(3), 1 + RNG.random(3)
+    t_mean, t_var = torch.tensor(running_mean), torch.tensor(running_var)
+    for _ in range(3):
+        B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.2)
+        torch.nn.functional.batch_norm(torch.tensor(x), t_mean, t_var, training=True, momentum=0.2)
+    np.testing.assert_allclose(running_mean, t_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(running_var, t_var.numpy(), rtol=1e-12)

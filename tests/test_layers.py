@@ -1,0 +1,298 @@
+"""Building-block layers: gradients, state_dict, BatchNorm bookkeeping, counting, errors, torch."""
+import math
+
+import numpy as np
+import pytest
+
+import numpyconv.layers as L
+from numpyconv import blocks as B
+from numpyconv.gradcheck import gradcheck_layer
+from numpyconv.module import Sequential, count
+
+RNG = np.random.default_rng(77)
+F64 = dict(dtype=np.float64, rng=0)
+
+
+def normal(*shape, dtype=np.float64):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def randomise(layer):
+    """Random parameters (and positive running variances) so that gradients are not trivial."""
+    for key, value in layer.state_dict().items():
+        if value.dtype.kind == 'f':
+            fresh = RNG.standard_normal(value.shape)
+            layer.load_state_dict({key: np.abs(fresh) + 0.5 if 'var' in key else fresh}, strict=False)
+    return layer
+
+
+LAYERS = {
+    'linear': (lambda dt: L.Linear(4, 3, dtype=dt, rng=0), (2, 4)),
+    'linear_no_bias_3d': (lambda dt: L.Linear(4, 3, bias=False, dtype=dt, rng=0), (2, 2, 4)),
+    'bn1d_train': (lambda dt: L.BatchNorm1d(3, dtype=dt, rng=0), (4, 3)),
+    'bn1d_train_3d': (lambda dt: L.BatchNorm1d(3, dtype=dt, rng=0), (2, 3, 3)),
+    'bn2d_train': (lambda dt: L.BatchNorm2d(3, dtype=dt, rng=0), (2, 3, 2, 3)),
+    'bn2d_eval': (lambda dt: L.BatchNorm2d(3, dtype=dt, rng=0).eval(), (2, 3, 2, 3)),
+    'bn2d_momentum_none': (lambda dt: L.BatchNorm2d(2, momentum=None, dtype=dt, rng=0), (2, 2, 2, 2)),
+    'bn2d_no_affine_no_stats': (lambda dt: L.BatchNorm2d(2, affine=False, track_running_stats=False,
+                                                         dtype=dt, rng=0).eval(), (3, 2, 2, 2)),
+    'layer_norm': (lambda dt: L.LayerNorm(5, dtype=dt, rng=0), (2, 3, 5)),
+    'layer_norm_channels_first': (lambda dt: L.LayerNorm(3, eps=1e-6, channels_first=True, dtype=dt, rng=0),
+                                  (2, 3, 2, 2)),
+    'relu': (lambda dt: L.ReLU(dtype=dt, rng=0), (2, 3, 2, 2)),
+    'gelu': (lambda dt: L.GELU(dtype=dt, rng=0), (2, 3, 2, 2)),
+    'sigmoid': (lambda dt: L.Sigmoid(dtype=dt, rng=0), (2, 5)),
+    'avg_pool': (lambda dt: L.AvgPool2d(2, dtype=dt, rng=0), (2, 2, 5, 4)),
+    'avg_pool_stride': (lambda dt: L.AvgPool2d((3, 2), stride=1, dtype=dt, rng=0), (1, 2, 4, 4)),
+    'global_avg_pool': (lambda dt: L.GlobalAvgPool2d(dtype=dt, rng=0), (2, 3, 2, 3)),
+    'flatten': (lambda dt: L.Flatten(dtype=dt, rng=0), (2, 3, 2, 2)),
+    'upsample': (lambda dt: L.Upsample(scale_factor=2, dtype=dt, rng=0), (1, 2, 2, 3)),
+}
+
+
+@pytest.mark.parametrize('name', LAYERS)
+def test_gradcheck_layer(name):
+    make, shape = LAYERS[name]
+    gradcheck_layer(randomise(make(np.float64)), normal(*shape), mode='full')
+
+
+@pytest.mark.parametrize('name', LAYERS)
+def test_float32_layer_preserves_dtype_and_does_not_mutate(name):
+    make, shape = LAYERS[name]
+    layer = make(np.float32)
+    x = normal(*shape, dtype=np.float32)
+    x_copy = x.copy()
+    y = layer(x)
+    dx = layer.backward(np.ones_like(y))
+    assert y.dtype == dx.dtype == np.float32 and dx.shape == x.shape
+    assert all(v.dtype == np.float32 for v in layer.params.values())
+    np.testing.assert_array_equal(x, x_copy)
+
+
+@pytest.mark.parametrize('name', ['linear', 'bn2d_train', 'layer_norm'])
+def test_layers_match_functional_and_accumulate_grads(name):
+    make, shape = LAYERS[name]
+    layer, x = randomise(make(np.float64)), normal(*shape)
+    y = layer(x)
+    dout = normal(*y.shape)
+    layer.backward(dout)
+    first = {k: g.copy() for k, g in layer.grads.items()}
+    layer(x)
+    layer.backward(dout)
+    for k, g in layer.grads.items():
+        np.testing.assert_allclose(g, 2 * first[k], rtol=1e-13)
+    layer.zero_grad()
+    assert all(not g.any() for g in layer.grads.values())
+
+
+def test_linear_is_linear_forward_and_counts_macs():
+    layer = L.Linear(6, 4, **F64)
+    x = normal(5, 6)
+    expected, _ = B.linear_forward(x, layer.params['weight'], layer.params['bias'])
+    np.testing.assert_array_equal(layer(x), expected)
+    assert count(layer, (5, 6)) == (6 * 4 + 4, 5 * 6 * 4)
+    assert count(layer, (2, 3, 6)) == (28, 2 * 3 * 6 * 4)
+
+
+def test_default_initialisation():
+    layer = L.Linear(64, 300, dtype=np.float64, rng=1)
+    bound = 1 / math.sqrt(64)
+    for key in ('weight', 'bias'):
+        v = layer.params[key]
+        assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
+    assert L.Linear(3, 2, rng=5).params['weight'].tolist() == L.Linear(3, 2, rng=5).params['weight'].tolist()
+    bn = L.BatchNorm2d(4)
+    state = bn.state_dict()
+    assert list(state) == ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    np.testing.assert_array_equal(state['weight'], 1.0)
+    np.testing.assert_array_equal(state['bias'], 0.0)
+    np.testing.assert_array_equal(state['running_mean'], 0.0)
+    np.testing.assert_array_equal(state['running_var'], 1.0)
+    assert state['num_batches_tracked'].dtype == np.int64 and state['num_batches_tracked'].shape == ()
+    ln = L.LayerNorm((5,)).state_dict()
+    assert list(ln) == ['weight', 'bias'] and ln['weight'].shape == (5,)
+
+
+def test_batch_norm_layer_bookkeeping():
+    bn = L.BatchNorm2d(3, momentum=0.3, **F64)
+    x = normal(4, 3, 2, 2)
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    for step in range(1, 3):
+        bn(x)
+        B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.3)
+        assert int(bn.buffers['num_batches_tracked']) == step
+    np.testing.assert_allclose(bn.buffers['running_mean'], running_mean, rtol=1e-14)
+    np.testing.assert_allclose(bn.buffers['running_var'], running_var, rtol=1e-14)
+    bn.eval()
+    y = bn(x)
+    assert int(bn.buffers['num_batches_tracked']) == 2                       # eval: no update
+    mean, var = running_mean[:, None, None], running_var[:, None, None]
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5))
+
+
+def test_batch_norm_momentum_none_is_cumulative_average():
+    bn = L.BatchNorm1d(2, momentum=None, **F64)
+    batches = [normal(5, 2) for _ in range(3)]
+    for x in batches:
+        bn(x)
+    np.testing.assert_allclose(bn.buffers['running_mean'], np.mean([b.mean(axis=0) for b in batches], axis=0))
+    unbiased = [b.var(axis=0, ddof=1) for b in batches]
+    np.testing.assert_allclose(bn.buffers['running_var'], np.mean(unbiased, axis=0))
+
+
+def test_batch_norm_without_running_stats_uses_batch_stats_in_eval():
+    bn = L.BatchNorm2d(2, affine=False, track_running_stats=False, **F64).eval()
+    assert bn.state_dict() == {}
+    x = normal(3, 2, 2, 2)
+    np.testing.assert_allclose(bn(x), B.batch_norm_forward(x, None, None, None, None, True)[0])
+
+
+def test_state_dict_round_trip_and_errors():
+    source, target = randomise(L.BatchNorm2d(3, **F64)), L.BatchNorm2d(3, **F64)
+    source(normal(2, 3, 2, 2))
+    target.load_state_dict(source.state_dict())
+    for k, v in source.state_dict().items():
+        np.testing.assert_array_equal(target.state_dict()[k], v)
+    x = normal(2, 3, 2, 2)
+    np.testing.assert_array_equal(source.eval()(x), target.eval()(x))
+    state = source.state_dict()
+    del state['running_var']
+    with pytest.raises(KeyError, match='running_var'):
+        target.load_state_dict(state)
+    with pytest.raises(ValueError, match='weight must have shape'):
+        L.Linear(3, 2).load_state_dict({'weight': np.zeros((3, 2)), 'bias': np.zeros(2)})
+
+
+def test_sequential_mlp_gradcheck_and_count():
+    model = Sequential(L.Flatten(**F64), L.Linear(12, 5, **F64), L.BatchNorm1d(5, **F64), L.GELU(**F64),
+                       L.Linear(5, 3, **F64), L.Sigmoid(**F64))
+    gradcheck_layer(randomise(model), normal(4, 3, 2, 2), mode='full')
+    assert count(model, (4, 3, 2, 2)) == (12 * 5 + 5 + 10 + 5 * 3 + 3, 4 * (12 * 5 + 5 * 3))
+    assert sorted(model.state_dict()) == sorted(['1.weight', '1.bias', '2.weight', '2.bias', '2.running_mean',
+                                                 '2.running_var', '2.num_batches_tracked', '4.weight',
+                                                 '4.bias'])
+
+
+@pytest.mark.parametrize('layer, shape, out_shape', [
+    (L.AvgPool2d(3, 2), (2, 4, 9, 8), (2, 4, 4, 3)),
+    (L.GlobalAvgPool2d(), (2, 4, 9, 8), (2, 4)),
+    (L.Upsample(scale_factor=(2, 3)), (2, 4, 3, 2), (2, 4, 6, 6)),
+    (L.Flatten(), (2, 4, 3, 2), (2, 24)),
+    (L.Flatten(2), (2, 4, 3, 2), (2, 4, 6)),
+    (L.ReLU(), (2, 4), (2, 4)),
+    (L.BatchNorm2d(4), (2, 4, 3, 3), (2, 4, 3, 3)),
+    (L.LayerNorm(4, channels_first=True), (2, 4, 3, 3), (2, 4, 3, 3)),
+])
+def test_parameter_free_costs_are_zero_and_shapes_right(layer, shape, out_shape):
+    macs, predicted = layer.macs(shape)
+    assert macs == 0 and predicted == out_shape
+    assert layer(np.zeros(shape, dtype=np.float32)).shape == out_shape
+
+
+@pytest.mark.parametrize('layer, shape', [
+    (L.Linear(4, 3), (0, 4)), (L.BatchNorm2d(3), (0, 3, 2, 2)), (L.BatchNorm1d(3), (0, 3)),
+    (L.LayerNorm(4), (0, 4)), (L.ReLU(), (0, 3)), (L.AvgPool2d(2), (0, 2, 4, 4)),
+    (L.GlobalAvgPool2d(), (0, 2, 3, 3)), (L.Flatten(), (0, 2, 3)), (L.Upsample(), (0, 1, 2, 2)),
+])
+def test_batch_zero(layer, shape):
+    y = layer(np.zeros(shape, dtype=np.float32))
+    assert y.shape[0] == 0 and layer.backward(np.zeros_like(y)).shape == shape
+    assert all(not g.any() for g in layer.grads.values())
+
+
+@pytest.mark.parametrize('call, error, match', [
+    (lambda: L.Linear(4, 3)(np.zeros((2, 4))), TypeError, 'Linear holds float32 parameters'),
+    (lambda: L.Linear(4, 3)(np.zeros((2, 5), dtype=np.float32)),
+     ValueError, r'x must have shape \(\.\.\., 4\)'),
+    (lambda: L.Linear(0, 3), ValueError, 'in_features must be a positive int'),
+    (lambda: L.BatchNorm2d(3)(np.zeros((2, 3, 4), dtype=np.float32)),
+     ValueError, r'x must be \(N, C, H, W\)'),
+    (lambda: L.BatchNorm1d(3)(np.zeros((2, 3, 4, 4), dtype=np.float32)),
+     ValueError, r'\(N, C\) or \(N, C, L\)'),
+    (lambda: L.BatchNorm2d(3)(np.zeros((2, 4, 2, 2), dtype=np.float32)), ValueError, 'C=3'),
+    (lambda: L.BatchNorm1d(3)(np.zeros((1, 3), dtype=np.float32)), ValueError, 'Expected more than 1 value'),
+    (lambda: L.BatchNorm2d(3, momentum=2), ValueError, 'momentum'),
+    (lambda: L.LayerNorm(4)(np.zeros((2, 5), dtype=np.float32)),
+     ValueError, r'x must have shape \(\.\.\., 4\)'),
+    (lambda: L.LayerNorm(4, channels_first=True)(np.zeros((2, 4), dtype=np.float32)),
+     ValueError, r'\(N, C, H, W\)'),
+    (lambda: L.LayerNorm((2, 3)), TypeError, 'normalized_shape'),
+    (lambda: L.AvgPool2d(0), ValueError, 'kernel_size must be >= 1'),
+    (lambda: L.AvgPool2d(3)(np.zeros((1, 1, 2, 2), dtype=np.float32)), ValueError, 'larger than'),
+    (lambda: L.Upsample(mode='bilinear'), ValueError, "mode must be 'nearest'"),
+    (lambda: L.Upsample(scale_factor=1.5), ValueError, 'integer'),
+    (lambda: L.Flatten(3)(np.zeros((2, 3), dtype=np.float32)), ValueError, 'cannot flatten axes 3..-1'),
+    (lambda: L.ReLU()(np.zeros(3, dtype=np.int64)), TypeError, 'float32 or float64'),
+])
+def test_bad_input_raises(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_bn_counter_not_incremented_on_error():
+    bn = L.BatchNorm1d(3)
+    with pytest.raises(ValueError):
+        bn(np.zeros((1, 3), dtype=np.float32))
+    assert int(bn.buffers['num_batches_tracked']) == 0
+
+
+# -- PyTorch: load the official state_dict, compare outputs and gradients --------------------------
+@pytest.mark.parametrize('name', ['linear', 'bn1d', 'bn1d_3d', 'bn2d', 'bn2d_eval', 'bn2d_momentum_none',
+                                  'layer_norm', 'layer_norm_channels_first', 'gelu', 'relu', 'sigmoid',
+                                  'avg_pool', 'global_avg_pool', 'flatten', 'upsample'])
+def test_matches_torch(name):
+    torch = pytest.importorskip('torch')
+    nn = torch.nn
+    cases = {
+        'linear': (nn.Linear(4, 3), L.Linear(4, 3, **F64), (2, 3, 4), True),
+        'bn1d': (nn.BatchNorm1d(3), L.BatchNorm1d(3, **F64), (5, 3), True),
+        'bn1d_3d': (nn.BatchNorm1d(3, momentum=0.3), L.BatchNorm1d(3, momentum=0.3, **F64), (2, 3, 4), True),
+        'bn2d': (nn.BatchNorm2d(3), L.BatchNorm2d(3, **F64), (2, 3, 3, 2), True),
+        'bn2d_eval': (nn.BatchNorm2d(3), L.BatchNorm2d(3, **F64), (2, 3, 3, 2), False),
+        'bn2d_momentum_none': (nn.BatchNorm2d(2, momentum=None), L.BatchNorm2d(2, momentum=None, **F64),
+                               (2, 2, 2, 2), True),
+        'layer_norm': (nn.LayerNorm(5, eps=1e-6), L.LayerNorm(5, eps=1e-6, **F64), (2, 3, 5), True),
+        'layer_norm_channels_first': (None, L.LayerNorm(3, channels_first=True, **F64), (2, 3, 2, 2), True),
+        'gelu': (nn.GELU(), L.GELU(**F64), (2, 5), True),
+        'relu': (nn.ReLU(), L.ReLU(**F64), (2, 5), True),
+        'sigmoid': (nn.Sigmoid(), L.Sigmoid(**F64), (2, 5), True),
+        'avg_pool': (nn.AvgPool2d(3, 2), L.AvgPool2d(3, 2, **F64), (2, 2, 7, 6), True),
+        'global_avg_pool': (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), L.GlobalAvgPool2d(**F64),
+                            (2, 3, 3, 4), True),
+        'flatten': (nn.Flatten(), L.Flatten(**F64), (2, 3, 2, 2), True),
+        'upsample': (nn.Upsample(scale_factor=2.0, mode='nearest'), L.Upsample(2.0, **F64), (1, 2, 3, 2),
+                     True),
+    }
+    tmod, layer, shape, train = cases[name]
+    if tmod is None:                                          # NCHW LayerNorm over C = permute + LayerNorm
+        class ChannelsFirst(nn.LayerNorm):
+            def forward(self, x):
+                return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        tmod = ChannelsFirst(3)
+    with torch.no_grad():
+        for p in tmod.parameters():
+            p.copy_(torch.randn(p.shape))
+        for key, buf in tmod.named_buffers():
+            if 'running_var' in key:
+                buf.copy_(torch.rand(buf.shape) + 0.5)
+            elif 'running_mean' in key:
+                buf.copy_(torch.randn(buf.shape))
+    tmod = tmod.double().train(train)
+    layer.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
+    layer.train(train)
+    for _ in range(3):                                        # several steps: running statistics
+        x = normal(*shape)
+        xt = torch.tensor(x, requires_grad=True)
+        tmod.zero_grad()
+        yt, y = tmod(xt), layer(x)
+    dout = normal(*y.shape)
+    yt.backward(torch.tensor(dout))
+    layer.zero_grad()
+    dx = layer.backward(dout)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for key, p in tmod.named_parameters():
+        np.testing.assert_allclose(layer.grads[key], p.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for key, value in tmod.state_dict().items():
+        np.testing.assert_allclose(layer.state_dict()[key], value.numpy(), rtol=1e-12, atol=1e-14)
+        assert layer.state_dict()[key].shape == tuple(value.shape)
