@@ -359,7 +359,10 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     def backward(dout, _cache):
         layer.zero_grad()
         dx = layer.backward(dout)
-        dx = tuple(dx) if is_tuple else (dx,)
+        if is_tuple:
+            dx = tuple(dx)
+        else:   # a pair layer (OctaveConv2d) given a bare x returns (dx, None)
+            dx = dx[:1] if isinstance(dx, tuple) else (dx,)
         grads = layer.grads
         return dx + tuple(grads[k].copy() for k in keys)
 

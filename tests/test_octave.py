@@ -460,3 +460,8 @@ def test_matches_official_torch_module(name):
     assert set(torch_grads) == set(layer.grads)
     for key, grad in layer.grads.items():
         close(grad, torch_grads[key].numpy())
+
+
+def test_gradcheck_layer_accepts_a_bare_tensor_for_a_pair_layer():
+    layer = nc.OctaveConv2d(4, 4, 3, alpha_in=0.0, alpha_out=0.5, padding=1, dtype=np.float64, rng=0)
+    nc.gradcheck_layer(layer, np.random.default_rng(0).standard_normal((2, 4, 6, 6)))
