@@ -22,5 +22,6 @@ from .blocks import (avg_pool2d_backward, avg_pool2d_forward, batch_norm_backwar
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Flatten, GELU, GlobalAvgPool2d, LayerNorm,
                      Linear, ReLU, Sigmoid, Upsample)
 from .optim import SGD, Adam
+from .odconv import ODConv2d, odconv2d_backward, odconv2d_forward, odconv_temperature
 
 __version__ = '0.1.0'
