@@ -23,6 +23,7 @@ from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Flatten, GELU, GlobalA
                      Linear, ReLU, Sigmoid, Upsample)
 from .optim import SGD, Adam
 from .odconv import ODConv2d, odconv2d_backward, odconv2d_forward, odconv_temperature
+from .involution import Involution2d, involution_backward, involution_forward
 from .kernel_warehouse import (KWConv2d, WarehouseManager, kw_attention_backward, kw_attention_forward,
                                kw_caf_backward, kw_caf_forward, kw_conv2d_backward, kw_conv2d_forward,
                                kw_count, kw_temperature)
