@@ -13,6 +13,9 @@ from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, co
 # -- techniques register below, one import line each ------------------------------------------
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_layer
 from .octave import OctaveConv2d, octave_conv2d_backward, octave_conv2d_forward
+from .dynamic import (DynamicConv2d, aggregated_conv2d_backward, aggregated_conv2d_forward,
+                      dynamic_conv2d_backward, dynamic_conv2d_forward, dynamic_temperature)
+from .condconv import CondConv2d, condconv2d_backward, condconv2d_forward
 from .blocks import (avg_pool2d_backward, avg_pool2d_forward, batch_norm_backward, batch_norm_forward,
                      cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward,
                      global_avg_pool2d_backward, global_avg_pool2d_forward, layer_norm_backward,
