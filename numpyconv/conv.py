@@ -262,7 +262,9 @@ def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
     sh, sw = pair(stride, 'stride', minimum=1)
     xs = x[:, :, ::sh, ::sw]                                              # (N, C_in, Ho, Wo)
-    y = np.einsum('oc,nchw->nohw', weight[:, :, 0, 0], xs, optimize=True)
+    n, c_in, ho, wo = xs.shape
+    y = np.matmul(weight[:, :, 0, 0], xs.reshape(n, c_in, ho * wo))       # (N, C_out, Ho*Wo)
+    y = y.reshape(n, weight.shape[0], ho, wo)
     if bias is not None:
         y += bias[:, None, None]
     return y, dict(xs=xs, x_shape=x.shape, weight=weight, stride=(sh, sw), has_bias=bias is not None)
@@ -273,9 +275,12 @@ def pointwise_conv2d_backward(dout, cache):
     xs, weight, (sh, sw) = cache['xs'], cache['weight'], cache['stride']
     expect_shape(dout, (xs.shape[0], weight.shape[0]) + xs.shape[2:], 'dout')
     dout = dout.astype(xs.dtype, copy=False)
-    dw = np.einsum('nohw,nchw->oc', dout, xs, optimize=True)[:, :, None, None]
+    n, c_in, ho, wo = xs.shape
+    dyr = dout.reshape(n, weight.shape[0], ho * wo)                       # (N, C_out, Ho*Wo)
+    xr = xs.reshape(n, c_in, ho * wo)                                     # (N, C_in, Ho*Wo)
+    dw = np.matmul(dyr, xr.swapaxes(1, 2)).sum(axis=0)[:, :, None, None]  # (C_out, C_in, 1, 1)
     dx = np.zeros(cache['x_shape'], dtype=xs.dtype)
-    dx[:, :, ::sh, ::sw] = np.einsum('oc,nohw->nchw', weight[:, :, 0, 0], dout, optimize=True)
+    dx[:, :, ::sh, ::sw] = np.matmul(weight[:, :, 0, 0].T, dyr).reshape(xs.shape)
     db = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None
     return dx, dw, db
 

@@ -91,6 +91,14 @@ def test_pointwise_equals_1x1_conv_and_gradcheck(stride):
                  (x, wt, b))
 
 
+@pytest.mark.parametrize('op, weight', [(C.pointwise_conv2d_forward, np.zeros((5, 4, 1, 1))),
+                                        (C.depthwise_conv2d_forward, np.zeros((8, 1, 3, 3)))])
+def test_depthwise_and_pointwise_batch_zero(op, weight):
+    y, cache = op(np.zeros((0, 4, 6, 6)), weight, None, 2)
+    grads = (C.pointwise_conv2d_backward if weight.shape[2] == 1 else C.depthwise_conv2d_backward)(y, cache)
+    assert y.shape[0] == 0 and grads[0].shape == (0, 4, 6, 6) and grads[1].shape == weight.shape
+
+
 def test_separable_equals_depthwise_then_pointwise_and_dense_kernel():
     x = RNG.standard_normal((2, 3, 7, 7))
     wdw, bdw = RNG.standard_normal((6, 1, 3, 3)), RNG.standard_normal(6)
