@@ -50,11 +50,11 @@ Example::
     >>> bool(np.array_equal(y, x))
     True
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
+from ._parallel import threads_for
 from .check import CheckCase, register
 from .conv import PointwiseConv2d, conv_geometry
 from .layers import AvgPool2d, BatchNorm2d, ReLU
@@ -135,18 +135,10 @@ def _kernel_grad_kernel(x, dy, geo, dkernel):
                              dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], False)
 
 
-# below this many multiply-adds (N*C*Ho*Wo*K) one thread beats waking the Numba thread pool
-PARALLEL_MIN_WORK = 1 << 17
-
-
 def _launch(kernel, work, *args):
-    """Run a Numba kernel, small problems on one thread (results do not depend on the thread count)."""
-    threads = numba.get_num_threads()
-    numba.set_num_threads(threads if work >= PARALLEL_MIN_WORK else 1)
-    try:
+    """Run a Numba kernel, problems below ``work`` = N*C*Ho*Wo*K multiply-adds on one thread."""
+    with threads_for(work):
         kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
 
 
 # -- the op ---------------------------------------------------------------------------------------
