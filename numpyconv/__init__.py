@@ -30,5 +30,7 @@ from .involution import Involution2d, involution_backward, involution_forward
 from .kernel_warehouse import (KWConv2d, WarehouseManager, kw_attention_backward, kw_attention_forward,
                                kw_caf_backward, kw_caf_forward, kw_conv2d_backward, kw_conv2d_forward,
                                kw_count, kw_temperature)
+from .dcnv3 import DCNv3, dcnv3_backward, dcnv3_forward
+from .dcnv4 import DCNv4, dcnv4_backward, dcnv4_forward, pack_offset_mask, unpack_offset_mask
 
 __version__ = '0.1.0'
