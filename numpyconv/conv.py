@@ -325,16 +325,20 @@ class Conv2d(Module):
 
     def forward(self, x):
         self._check_input(x, channels=self.in_channels)
-        y, self._cache = conv2d_forward(x, self._params['weight'], self._params.get('bias'),
-                                        self.stride, self.padding, self.dilation, self.groups)
+        y, self._cache = self._op_forward(x, self._params['weight'], self._params.get('bias'))
         return y
 
     def backward(self, dout):
-        dx, dw, db = conv2d_backward(dout, self._cache)
+        dx, dw, db = self._op_backward(dout, self._cache)
         self._grads['weight'] += dw
         if db is not None:
             self._grads['bias'] += db
         return dx
+
+    def _op_forward(self, x, weight, bias):
+        return conv2d_forward(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    _op_backward = staticmethod(conv2d_backward)
 
     def macs(self, input_shape):
         geo = conv_geometry(input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
@@ -359,18 +363,10 @@ class PointwiseConv2d(Conv2d):
     def __init__(self, in_channels, out_channels, stride=1, bias=True, *, dtype=np.float32, rng=None):
         super().__init__(in_channels, out_channels, 1, stride, 0, 1, 1, bias, dtype=dtype, rng=rng)
 
-    def forward(self, x):
-        self._check_input(x, channels=self.in_channels)
-        y, self._cache = pointwise_conv2d_forward(x, self._params['weight'],
-                                                  self._params.get('bias'), self.stride)
-        return y
+    def _op_forward(self, x, weight, bias):
+        return pointwise_conv2d_forward(x, weight, bias, self.stride)
 
-    def backward(self, dout):
-        dx, dw, db = pointwise_conv2d_backward(dout, self._cache)
-        self._grads['weight'] += dw
-        if db is not None:
-            self._grads['bias'] += db
-        return dx
+    _op_backward = staticmethod(pointwise_conv2d_backward)
 
 
 class SeparableConv2d(Module):
