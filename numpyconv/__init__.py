@@ -25,6 +25,8 @@ from .blocks import (avg_pool2d_backward, avg_pool2d_forward, batch_norm_backwar
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Flatten, GELU, GlobalAvgPool2d, LayerNorm,
                      Linear, ReLU, Sigmoid, Upsample)
 from .optim import SGD, Adam
+from .deformable import (DeformConv2d, ModulatedDeformConv2d, deform_conv2d_backward,
+                         deform_conv2d_forward)
 from .odconv import ODConv2d, odconv2d_backward, odconv2d_forward, odconv_temperature
 from .involution import Involution2d, involution_backward, involution_forward
 from .kernel_warehouse import (KWConv2d, WarehouseManager, kw_attention_backward, kw_attention_forward,

@@ -1,0 +1,474 @@
+r"""Deformable convolution v1 / v2 (``torchvision.ops.deform_conv2d``) and the mmcv Pack layers.
+
+Shapes (``K = kh*kw`` kernel points, ``L = Ho*Wo`` output pixels, ``og`` offset groups, ``G`` groups)::
+
+    x      (N, C_in, H, W)
+    offset (N, 2*og*K, Ho, Wo)    channel g*2K + 2p + 0 = dy, g*2K + 2p + 1 = dx of point p = i*kw + j
+    mask   (N, og*K, Ho, Wo)      channel g*K + p; None = DCNv1 (m = 1)
+    weight (C_out, C_in // G, kh, kw),  bias (C_out,)
+    y      (N, C_out, Ho, Wo)     standard output size
+
+Both group counts are inferred from the shapes, as torchvision does: ``G = C_in // weight.shape[1]``,
+``og = offset.shape[1] // (2K)``; input channel ``c`` uses offset group ``c // (C_in / og)``.
+
+Forward (docs/derivations/deformable.md): the sampling position of point ``(i, j)`` at output
+``(y, x)`` is (eq. 3)::
+
+    h = y*sh - p_top + i*dh + dy,      w = x*sw - p_left + j*dw + dx
+
+the deformable columns are the bilinear samples B (eq. 1, zero outside ``-1 < h < H, -1 < w < W``)
+scaled by the mask (eq. 4)::
+
+    cols[n, c, i, j, y, x] = m * B(x[n, c], h, w)
+
+and ``y = W cols + b`` is conv2d's grouped GEMM on these columns (eq. 5, ``conv.cols_matmul``).
+
+Backward, with ``dcols = W^T dy`` per group (eq. 6, ``conv.cols_matmul_backward``, which also gives
+``dW = dy cols^T``; ``db = sum dy``):
+
+* ``dx[n, c, hc, wc] += m * k(h - hc) * k(w - wc) * dcols``, the transposed bilinear scatter, with the
+  same four corner weights as the forward (eq. 7);
+* ``d dy = m * sum_{c in group} dcols * dB/dh``, ``d dx = m * sum_{c in group} dcols * dB/dw`` (eq. 8, 9),
+  with ``dB/dh``, ``dB/dw`` from the corner-weight slopes (eq. 2);
+* ``dmask = sum_{c in group} dcols * B`` (eq. 10).
+
+The sampling runs in Numba kernels: a sampling plan (top-left corner index and the four masked
+corner weights, computed once per ``(n, offset group, point, pixel)`` and reused by every channel of
+the group), the deformable im2col (parallel over ``(n, channel)``), the deformable col2im (parallel
+over ``(n, channel)``: each iteration owns one input plane, so no write races) and the coordinate
+gradient (parallel over ``(n, offset group, point)``, each owning its output rows; it sums
+``dcols * corner value`` over the channels first, then applies the corner weights and slopes once).
+Every loop has a fixed order, so results are bitwise reproducible. The input is read through a
+copy with a one-pixel zero ring, so all four corners of any valid sample are in bounds and the inner
+loops have no branch.
+
+Layers (NCHW): :class:`DeformConv2d` = mmcv ``DeformConv2dPack`` (offsets from a zero-initialised
+``conv_offset``; eq. 11) and :class:`ModulatedDeformConv2d` = mmcv ``ModulatedDeformConv2dPack``
+(``conv_offset`` gives ``[o1 | o2 | mask logits]``, offset = ``[o1 | o2]``, mask = sigmoid(logits); eq. 12).
+Their backward adds the offset branch: ``dx = dx_deform + conv_offset^T(du)`` with ``du = doffset`` (v1)
+or ``du = [doffset | dmask * mask * (1 - mask)]`` (v2), and ``conv_offset``'s weight/bias gradients
+from ``du`` (conv2d backward).
+
+Example::
+
+    >>> x = np.ones((1, 1, 4, 4)); w = np.ones((1, 1, 3, 3)); off = np.zeros((1, 18, 2, 2))
+    >>> y, cache = deform_conv2d_forward(x, off, w)
+    >>> float(y[0, 0, 0, 0])                  # zero offsets: conv2d, 9 ones
+    9.0
+"""
+import math
+import numpy as np
+from numba import njit, prange
+
+from ._bilinear import corner_slopes, corners
+from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
+from ._parallel import threads_for
+from .blocks import sigmoid_backward, sigmoid_forward
+from .check import CheckCase, register
+from .conv import Conv2d, cols_matmul, cols_matmul_backward, conv_geometry
+from .im2col import batch_chunks, crop_nchw, pad_nchw
+from .module import Module, kaiming_uniform
+
+_RING = (1, 1, 1, 1)   # the zero ring around the input read by the kernels
+
+
+# -- Numba kernels ----------------------------------------------------------------------------
+@njit(cache=True, inline='always')
+def _position(p, q, geo, dy, dx):
+    """Sampling position ``(h, w)`` of kernel point ``p`` at output pixel ``q`` (eq. 3)."""
+    kh, kw, sh, sw, pt, pl, dh, dw, wo = geo
+    return ((q // wo) * sh - pt + (p // kw) * dh + dy, (q % wo) * sw - pl + (p % kw) * dw + dx)
+
+
+@njit(cache=True, inline='always')
+def _plane_owner(t, channels, og):
+    """Sample ``b``, channel ``c`` and offset group ``g`` of the ``t``-th ``(n, channel)`` plane."""
+    b, c = t // channels, t % channels
+    return b, c, c // (channels // og)
+
+
+@njit(cache=True, parallel=True)
+def _plan_kernel(offset, mask, use_mask, height, width, geo, base, weights):
+    """Fill ``base (n, og, K, L)`` (flat index of the top-left corner in the ringed plane) and
+    ``weights (n, og, K, 4, L)`` (the masked corner weights ``m * w00, m * w01, m * w10, m * w11``)."""
+    n, og, npts, npix = base.shape
+    ring_w = width + 2
+    for t in prange(n * og * npts):
+        b, g, p = t // (og * npts), (t // npts) % og, t % npts
+        for q in range(npix):
+            h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
+                             float(offset[b, (g * npts + p) * 2 + 1, q]))
+            m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
+            h0, w0, w00, w01, w10, w11 = corners(h, w, height, width)     # (eq. 1)
+            base[b, g, p, q] = (h0 + 1) * ring_w + w0 + 1
+            weights[b, g, p, 0, q] = m * w00
+            weights[b, g, p, 1, q] = m * w01
+            weights[b, g, p, 2, q] = m * w10
+            weights[b, g, p, 3, q] = m * w11
+
+
+@njit(cache=True, parallel=True)
+def _im2col_kernel(xr, ring_w, base, weights, cols):
+    """Deformable columns ``cols (n, C, K, L)`` from the ringed input ``xr (n, C, (H+2)*(W+2))`` (eq. 4)."""
+    n, channels = xr.shape[0], xr.shape[1]
+    for t in prange(n * channels):
+        b, c, g = _plane_owner(t, channels, base.shape[1])
+        plane = xr[b, c]
+        for p in range(base.shape[2]):
+            wt = weights[b, g, p]
+            for q in range(base.shape[3]):
+                o = base[b, g, p, q]
+                cols[b, c, p, q] = (wt[0, q] * plane[o] + wt[1, q] * plane[o + 1]
+                                    + wt[2, q] * plane[o + ring_w] + wt[3, q] * plane[o + ring_w + 1])
+
+
+@njit(cache=True, parallel=True)
+def _col2im_kernel(dcols, ring_w, base, weights, dxr):
+    """Input gradient ``dxr (n, C, (H+2)*(W+2))`` on the ringed grid: the transposed sampling (eq. 7)."""
+    n, channels = dcols.shape[0], dcols.shape[1]
+    for t in prange(n * channels):
+        b, c, g = _plane_owner(t, channels, base.shape[1])
+        plane = dxr[b, c]
+        plane[:] = 0.0
+        for p in range(base.shape[2]):
+            wt, grad = weights[b, g, p], dcols[b, c, p]
+            for q in range(base.shape[3]):
+                o, v = base[b, g, p, q], grad[q]
+                plane[o] += wt[0, q] * v
+                plane[o + 1] += wt[1, q] * v
+                plane[o + ring_w] += wt[2, q] * v
+                plane[o + ring_w + 1] += wt[3, q] * v
+
+
+@njit(cache=True, parallel=True)
+def _coord_kernel(xr, ring_w, base, offset, mask, use_mask, dcols, height, width, geo, doffset, dmask):
+    """Offset gradient ``doffset (n, 2*og*K, L)`` (eq. 8, 9) and mask gradient ``dmask (n, og*K, L)``
+    (eq. 10). Both are linear in the four corner values, so the channel sum runs first, on
+    ``S_k = sum_{c in group} dcols[c] * v_k[c]`` per corner k; the corner weights and slopes (eq. 2)
+    multiply the four sums once per ``(n, group, point, pixel)``."""
+    n, channels = xr.shape[0], xr.shape[1]
+    og, npts, npix = base.shape[1], base.shape[2], base.shape[3]
+    per_group = channels // og
+    for t in prange(n * og * npts):
+        b, g, p = t // (og * npts), (t // npts) % og, t % npts
+        corner_sums = np.zeros((4, npix), xr.dtype)
+        for c in range(g * per_group, (g + 1) * per_group):
+            plane, grad = xr[b, c], dcols[b, c, p]
+            for q in range(npix):
+                o, v = base[b, g, p, q], grad[q]
+                corner_sums[0, q] += v * plane[o]
+                corner_sums[1, q] += v * plane[o + 1]
+                corner_sums[2, q] += v * plane[o + ring_w]
+                corner_sums[3, q] += v * plane[o + ring_w + 1]
+        for q in range(npix):
+            s00, s01, s10, s11 = corner_sums[0, q], corner_sums[1, q], corner_sums[2, q], corner_sums[3, q]
+            h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
+                             float(offset[b, (g * npts + p) * 2 + 1, q]))
+            dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes(h, w, height, width)
+            m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
+            doffset[b, (g * npts + p) * 2, q] = m * (dh00 * s00 + dh01 * s01 + dh10 * s10 + dh11 * s11)
+            doffset[b, (g * npts + p) * 2 + 1, q] = m * (dw00 * s00 + dw01 * s01 + dw10 * s10 + dw11 * s11)
+            if use_mask:
+                _, _, w00, w01, w10, w11 = corners(h, w, height, width)
+                dmask[b, g * npts + p, q] = w00 * s00 + w01 * s01 + w10 * s10 + w11 * s11
+
+
+# -- Python wrappers around the kernels ---------------------------------------------------------
+def _geo_tuple(geo):
+    """The integers the kernels need: ``(kh, kw, sh, sw, p_top, p_left, dh, dw, Wo)``."""
+    return (*geo.kernel, *geo.stride, geo.pads[0], geo.pads[2], *geo.dilation, geo.out_hw[1])
+
+
+def _rows(a):
+    """View of ``a (n, ch, Ho, Wo)`` (or ``(n, ch, kh, kw, Ho, Wo)``) as ``(n, ch, ..., L)``, L = Ho*Wo."""
+    return a.reshape(a.shape[:-2] + (a.shape[-2] * a.shape[-1],))
+
+
+def _by_point(cols):
+    """View of columns ``(n, C, kh, kw, Ho, Wo)`` as ``(n, C, K, L)``."""
+    n, channels, kh, kw, ho, wo = cols.shape
+    return cols.reshape(n, channels, kh * kw, ho * wo)
+
+
+def _flat_input(a, dtype):
+    """A read-only operand as a contiguous ``(n, ch, L)`` array; an empty stand-in for None."""
+    return np.zeros((0, 0, 0), dtype=dtype) if a is None else _rows(np.ascontiguousarray(a))
+
+
+def _sampling_plan(offset, mask, geo, dtype):
+    """``(base (n, og, K, L) int32, weights (n, og, K, 4, L))`` for a chunk of the batch."""
+    n, npts = offset.shape[0], geo.kernel[0] * geo.kernel[1]
+    og, npix = offset.shape[1] // (2 * npts), geo.out_hw[0] * geo.out_hw[1]
+    base = np.empty((n, og, npts, npix), dtype=np.int32)
+    weights = np.empty((n, og, npts, 4, npix), dtype=dtype)
+    _plan_kernel(_flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
+                 geo.in_hw[0], geo.in_hw[1], _geo_tuple(geo), base, weights)
+    return base, weights
+
+
+def _deform_im2col(xr, plan, geo):
+    """Deformable columns ``(n, C, kh, kw, Ho, Wo)`` of the ringed input ``xr`` (eq. 4)."""
+    cols = np.empty(xr.shape[:2] + geo.kernel + geo.out_hw, dtype=xr.dtype)
+    _im2col_kernel(_rows(xr), xr.shape[3], *plan, _by_point(cols))
+    return cols
+
+
+def _deform_col2im(dcols, plan, ring_hw):
+    """Gradient on the ringed input ``(n, C, H+2, W+2)`` from ``dcols (n, C, kh, kw, Ho, Wo)`` (eq. 7)."""
+    dxr = np.empty(dcols.shape[:2] + tuple(ring_hw), dtype=dcols.dtype)
+    _col2im_kernel(_by_point(dcols), ring_hw[1], *plan, _rows(dxr))
+    return dxr
+
+
+def _coordinate_grads(xr, offset, mask, dcols, plan, geo):
+    """``(doffset (n, 2*og*K, Ho, Wo), dmask (n, og*K, Ho, Wo) or None)`` (eq. 8-10)."""
+    dtype = xr.dtype
+    doffset = np.empty(offset.shape, dtype=dtype)
+    dmask = np.empty(mask.shape, dtype=dtype) if mask is not None else None
+    _coord_kernel(_rows(xr), xr.shape[3], plan[0], _flat_input(offset, dtype), _flat_input(mask, dtype),
+                  mask is not None, _by_point(dcols), geo.in_hw[0], geo.in_hw[1], _geo_tuple(geo),
+                  _rows(doffset), _flat_input(dmask, dtype))
+    return doffset, dmask
+
+
+# -- the op -------------------------------------------------------------------------------------
+def _check_deform(x, offset, weight, bias, mask, stride, padding, dilation):
+    """Validate the operands; return ``(groups, geometry)`` (offset groups follow from offset)."""
+    float_array(x, 'x', 4, "(N, C_in, H, W)")
+    float_array(offset, 'offset', 4, "(N, 2*offset_groups*kh*kw, Ho, Wo)")
+    float_array(weight, 'weight', 4, "(C_out, C_in // groups, kh, kw)")
+    n, c_in = x.shape[:2]
+    c_out, c_g, kh, kw = weight.shape
+    if c_g == 0 or c_in % c_g or c_out % (c_in // c_g):
+        raise ValueError(f"weight must have shape (C_out, C_in // groups, kh, kw) with groups dividing "
+                         f"C_in={c_in} and C_out, got weight of shape {weight.shape} for x of shape "
+                         f"{x.shape}")
+    geo = conv_geometry(x.shape[2:], (kh, kw), stride, padding, dilation)
+    npts = kh * kw
+    og = offset.shape[1] // (2 * npts)
+    if offset.shape[1] % (2 * npts) or og == 0 or c_in % og:
+        raise ValueError(f"offset must have shape (N, 2*offset_groups*kh*kw, Ho, Wo) = ({n}, 2*og*{npts}, "
+                         f"{geo.out_hw[0]}, {geo.out_hw[1]}) with offset_groups og dividing C_in={c_in}, "
+                         f"got {offset.shape}")
+    expect_shape(offset, (n, 2 * og * npts) + geo.out_hw, 'offset')
+    if mask is not None:
+        float_array(mask, 'mask', 4, "(N, offset_groups*kh*kw, Ho, Wo)")
+        expect_shape(mask, (n, og * npts) + geo.out_hw, 'mask')
+    if bias is not None:
+        float_array(bias, 'bias')
+        expect_shape(bias, (c_out,), 'bias')
+    same_dtype(('x', x), ('offset', offset), ('weight', weight), ('bias', bias), ('mask', mask))
+    return c_in // c_g, geo
+
+
+def _work(x, geo):
+    """Sampled values ``n * C_in * K * L`` of a chunk (decides whether the kernels run in parallel)."""
+    return x.shape[0] * x.shape[1] * int(np.prod(geo.kernel)) * int(np.prod(geo.out_hw))
+
+
+def _bytes_per_sample(x, geo):
+    """Column buffer bytes of one sample (``C_in * K * L`` values)."""
+    return x.shape[1] * int(np.prod(geo.kernel)) * int(np.prod(geo.out_hw)) * x.itemsize
+
+
+def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable convolution as ``torchvision.ops.deform_conv2d``; returns ``(y, cache)``.
+
+    ``mask=None`` is DCNv1, a mask ``(N, offset_groups*kh*kw, Ho, Wo)`` DCNv2. Groups and offset
+    groups are inferred from the shapes of ``weight`` and ``offset``.
+    """
+    groups, geo = _check_deform(x, offset, weight, bias, mask, stride, padding, dilation)
+    xr = pad_nchw(x, _RING)                                              # (N, C, H+2, W+2)
+    y = np.empty((x.shape[0], weight.shape[0]) + geo.out_hw, dtype=x.dtype)
+    chunks = batch_chunks(x.shape[0], _bytes_per_sample(x, geo))
+    for s in chunks:
+        with threads_for(_work(xr[s], geo)):
+            plan = _sampling_plan(offset[s], None if mask is None else mask[s], geo, x.dtype)
+            cols = _deform_im2col(xr[s], plan, geo)                      # (n, C, kh, kw, Ho, Wo)
+        y[s] = cols_matmul(cols, weight, groups)                         # (eq. 5)
+    if bias is not None:
+        y += bias[:, None, None]
+    single = len(chunks) == 1
+    cache = dict(xr=xr, offset=offset, mask=mask, weight=weight, has_bias=bias is not None,
+                 groups=groups, geo=geo, plan=plan if single else None, cols=cols if single else None)
+    return y, cache
+
+
+def deform_conv2d_backward(dout, cache):
+    """Gradients ``(dx, doffset, dweight, dbias, dmask)`` of :func:`deform_conv2d_forward`,
+    in forward's positional order; ``dbias``/``dmask`` are None when bias/mask were None."""
+    xr, offset, mask, weight, geo = (cache[k] for k in ('xr', 'offset', 'mask', 'weight', 'geo'))
+    n = xr.shape[0]
+    float_array(dout, 'dout', 4, "(N, C_out, Ho, Wo)")
+    expect_shape(dout, (n, weight.shape[0]) + geo.out_hw, 'dout')
+    dout = dout.astype(xr.dtype, copy=False)
+    dxr = np.empty_like(xr)
+    doffset = np.empty(offset.shape, dtype=xr.dtype)
+    dmask = None if mask is None else np.empty(mask.shape, dtype=xr.dtype)
+    dweight = np.zeros_like(weight)
+    plan, cols = cache['plan'], cache['cols']
+    chunks = [slice(0, n)] if cols is not None else batch_chunks(n, _bytes_per_sample(xr, geo))
+    for s in chunks:
+        mask_s = None if mask is None else mask[s]
+        if cache['cols'] is None:
+            with threads_for(_work(xr[s], geo)):
+                plan = _sampling_plan(offset[s], mask_s, geo, xr.dtype)
+                cols = _deform_im2col(xr[s], plan, geo)
+        dcols, dw = cols_matmul_backward(dout[s], cols, weight, cache['groups'])      # (eq. 6)
+        dweight += dw
+        with threads_for(_work(xr[s], geo)):
+            dxr[s] = _deform_col2im(dcols, plan, xr.shape[2:])                       # (eq. 7)
+            doffset[s], dmask_s = _coordinate_grads(xr[s], offset[s], mask_s, dcols, plan, geo)  # (eq. 8-10)
+        if dmask is not None:
+            dmask[s] = dmask_s
+    dbias = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None
+    dx = np.ascontiguousarray(crop_nchw(dxr, _RING, *geo.in_hw))
+    return dx, doffset, dweight, dbias, dmask
+
+
+@register('deform_conv2d')
+def _deform_conv2d_case(rng):
+    """DCNv2 with groups 2, offset groups 2, stride/padding/dilation pairs, offsets crossing borders."""
+    from .reference import deformable as reference
+    hyper = dict(stride=(2, 1), padding=(1, 0), dilation=(2, 1))
+    x = rng.standard_normal((2, 4, 5, 4))
+    weight, bias = rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+    offset = rng.uniform(-2.5, 2.5, (2, 2 * 2 * 6, 2, 3))              # og = 2, K = 6, Ho, Wo = 2, 3
+    mask = rng.uniform(0.0, 1.0, (2, 2 * 6, 2, 3))
+    return CheckCase(
+        forward=lambda x, o, w, b, m: deform_conv2d_forward(x, o, w, b, mask=m, **hyper),
+        backward=deform_conv2d_backward,
+        inputs=(x, offset, weight, bias, mask),
+        reference=lambda x, o, w, b, m: reference.deform_conv2d(x, o, w, b, mask=m, **hyper))
+
+
+# -- layers -------------------------------------------------------------------------------------
+class _DeformPack(Module):
+    """Shared construction of the mmcv Pack layers: main ``weight`` plus a zero-initialised ``conv_offset``
+    ``Conv2d(in_channels, deform_groups * values_per_point * kh*kw, kernel_size, stride, padding,
+    dilation, bias=True)`` predicting the per-point values at the output resolution."""
+
+    values_per_point = 2
+    modulated = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                 deform_groups, *, dtype, rng):
+        super().__init__(dtype=dtype, rng=rng)
+        self.in_channels = positive_int(in_channels, 'in_channels')
+        self.out_channels = positive_int(out_channels, 'out_channels')
+        self.groups = positive_int(groups, 'groups')
+        self.deform_groups = positive_int(deform_groups, 'deform_groups')
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        if in_channels % deform_groups:
+            raise ValueError(f"deform_groups={deform_groups} must divide in_channels={in_channels}")
+        kh, kw = pair(kernel_size, 'kernel_size', minimum=1)
+        self.conv_offset = self.add_module('conv_offset', Conv2d(
+            in_channels, deform_groups * self.values_per_point * kh * kw, (kh, kw), stride, padding,
+            dilation, bias=True, dtype=dtype, rng=self.rng))
+        for value in self.conv_offset.params.values():                   # mmcv init_offset()
+            value.fill(0)
+        self.kernel_size = self.conv_offset.kernel_size
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+
+    def _weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+
+    def _deform(self, x, offset, mask):
+        """The deformable convolution with this layer's weight, bias and geometry."""
+        return deform_conv2d_forward(x, offset, self._params['weight'], self._params.get('bias'),
+                                     self.stride, self.padding, self.dilation, mask=mask)
+
+    def _accumulate(self, dweight, dbias):
+        self._grads['weight'] += dweight
+        if dbias is not None:
+            self._grads['bias'] += dbias
+
+    def load_state_dict(self, state, strict=True):
+        """As :meth:`Module.load_state_dict`; also accepts mmcv's legacy (version < 2) key names
+        ``_offset.weight`` / ``_offset.bias`` for ``conv_offset.weight`` / ``conv_offset.bias``."""
+        state = dict(state)
+        for name in ('weight', 'bias'):
+            legacy, key = f'_offset.{name}', f'conv_offset.{name}'
+            if key not in state and legacy in state:
+                state[key] = state.pop(legacy)
+        return super().load_state_dict(state, strict)
+
+    def macs(self, input_shape):
+        """Multiply-adds: the main convolution on the sampled columns (as ``Conv2d``), the offset
+        convolution, and the bilinear sampling (4 per sampled value, plus 1 for the mask in v2)."""
+        offset_macs, (n, _, ho, wo) = self.conv_offset.macs(input_shape)
+        samples = n * self.in_channels * self.kernel_size[0] * self.kernel_size[1] * ho * wo
+        main = n * self.out_channels * ho * wo * int(np.prod(self._weight_shape()[1:]))
+        return main + offset_macs + samples * (4 + self.modulated), (n, self.out_channels, ho, wo)
+
+
+class DeformConv2d(_DeformPack):
+    """DCNv1 layer = mmcv ``DeformConv2dPack``: ``y = deform_conv2d(x, conv_offset(x), weight)`` (eq. 11).
+
+    Keys ``weight (out, in//groups, kh, kw)``, ``conv_offset.weight (dg*2*kh*kw, in, kh, kw)``,
+    ``conv_offset.bias (dg*2*kh*kw,)``. No bias (mmcv asserts ``not bias``). Weight init
+    ``kaiming_uniform_(nonlinearity='relu')`` = U(+-sqrt(6/fan_in)); ``conv_offset`` starts at zero.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, deform_groups=1, bias=False, *, dtype=np.float32, rng=None):
+        if bias:
+            raise ValueError("DeformConv2d (mmcv DeformConv2dPack, DCNv1) has no bias, got bias=True; "
+                             "use ModulatedDeformConv2d for a biased deformable convolution")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         deform_groups, dtype=dtype, rng=rng)
+        shape = self._weight_shape()
+        bound = math.sqrt(6.0 / int(np.prod(shape[1:])))
+        self.add_param('weight', self.rng.uniform(-bound, bound, size=shape))
+
+    def forward(self, x):
+        self._check_input(x, channels=self.in_channels)
+        y, self._cache = self._deform(x, self.conv_offset(x), None)
+        return y
+
+    def backward(self, dout):
+        dx, doffset, dweight, _, _ = deform_conv2d_backward(dout, self._cache)
+        self._accumulate(dweight, None)
+        return dx + self.conv_offset.backward(doffset)                   # (eq. 11)
+
+
+class ModulatedDeformConv2d(_DeformPack):
+    """DCNv2 layer = mmcv ``ModulatedDeformConv2dPack`` (eq. 12)::
+
+        o1, o2, logits = chunk(conv_offset(x), 3)     offset = [o1 | o2],  mask = sigmoid(logits)
+        y = deform_conv2d(x, offset, weight, bias, mask=mask)
+
+    Keys ``weight``, ``bias`` (if ``bias``), ``conv_offset.weight (dg*3*kh*kw, in, kh, kw)``,
+    ``conv_offset.bias``. Init: weight U(+-1/sqrt(in_channels*kh*kw)) (mmcv does not divide by
+    groups), bias 0, ``conv_offset`` 0, so the layer starts as ``0.5 * conv2d(x) + bias``.
+    """
+
+    values_per_point = 3
+    modulated = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, deform_groups=1, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         deform_groups, dtype=dtype, rng=rng)
+        shape = self._weight_shape()
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.add_param('weight', kaiming_uniform(self.rng, shape, self.dtype, fan_in=fan_in))
+        if bias:
+            self.add_param('bias', np.zeros(self.out_channels))
+
+    def forward(self, x):
+        self._check_input(x, channels=self.in_channels)
+        out = self.conv_offset(x)                             # (N, 3*dg*K, Ho, Wo): [o1 | o2 | logits]
+        n_offsets = 2 * out.shape[1] // 3
+        mask, self._mask_cache = sigmoid_forward(out[:, n_offsets:])
+        y, self._cache = self._deform(x, out[:, :n_offsets], mask)
+        return y
+
+    def backward(self, dout):
+        dx, doffset, dweight, dbias, dmask = deform_conv2d_backward(dout, self._cache)
+        self._accumulate(dweight, dbias)
+        dlogits, = sigmoid_backward(dmask, self._mask_cache)
+        dout_offset = np.concatenate([doffset, dlogits], axis=1)         # (N, 3*dg*K, Ho, Wo)
+        return dx + self.conv_offset.backward(dout_offset)               # (eq. 12)
