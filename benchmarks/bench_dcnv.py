@@ -10,12 +10,11 @@ engines interleaved. Prints a Markdown table with the speed-up against the PyTor
 
     python benchmarks/bench_dcnv.py [--batch 2] [--repeat 5] [--threads 2] [--dtype float32]
 """
-import argparse
-
 import numba
 import numpy as np
 
-from numpyconv.bench import best_time, blas_threads
+from numpyconv.bench import (arg_parser, blas_threads, import_torch, op_pair, time_rows, torch_pair,
+                             torch_tensors)
 from numpyconv.dcnv3 import dcnv3_backward, dcnv3_forward
 from numpyconv.dcnv4 import dcnv4_backward, dcnv4_forward, pack_offset_mask
 
@@ -34,28 +33,12 @@ def operands(n, channels, size, dtype, rng):
 
 
 def ours_dcnv3(x, offset, mask, group):
-    args = HYPER + (group, x.shape[-1] // group)
-
-    def forward():
-        return dcnv3_forward(x, offset, mask, *args)
-
-    def forward_backward():
-        y, cache = forward()
-        dcnv3_backward(np.ones_like(y), cache)
-    return forward, forward_backward
+    return op_pair(dcnv3_forward, dcnv3_backward, (x, offset, mask) + HYPER + (group, x.shape[-1] // group))
 
 
 def ours_dcnv4(x, offset, mask, group):
-    args = HYPER + (group, x.shape[-1] // group)
     offset_mask = pack_offset_mask(offset, mask, group)
-
-    def forward():
-        return dcnv4_forward(x, offset_mask, *args)
-
-    def forward_backward():
-        y, cache = forward()
-        dcnv4_backward(np.ones_like(y), cache)
-    return forward, forward_backward
+    return op_pair(dcnv4_forward, dcnv4_backward, (x, offset_mask) + HYPER + (group, x.shape[-1] // group))
 
 
 def dcnv3_core_pytorch(torch, x, offset, mask, group, group_channels, k=3, pad=1):
@@ -89,45 +72,15 @@ def dcnv3_core_pytorch(torch, x, offset, mask, group, group_channels, k=3, pad=1
 
 
 def torch_dcnv3(torch, x, offset, mask, group):
-    tensors = [torch.tensor(a, requires_grad=True) for a in (x, offset, mask)]
-    d = x.shape[-1] // group
-
-    def forward():
-        with torch.no_grad():
-            dcnv3_core_pytorch(torch, *tensors, group, d)
-
-    def forward_backward():
-        for t in tensors:
-            t.grad = None
-        y = dcnv3_core_pytorch(torch, *tensors, group, d)
-        y.backward(torch.ones_like(y))
-    return forward, forward_backward
-
-
-def time_engines(engines, repeat):
-    times = {name: [None, None] for name in engines}
-    for _ in range(repeat):               # interleave engines so all see the same machine state
-        for name, fns in engines.items():
-            for k, fn in enumerate(fns):
-                t = best_time(fn, 1)
-                times[name][k] = t if times[name][k] is None else min(times[name][k], t)
-    return times
+    return torch_pair(torch, lambda *t: dcnv3_core_pytorch(torch, *t, group, x.shape[-1] // group),
+                      torch_tensors(torch, x, offset, mask))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--dtype', choices=['float32', 'float64'], default='float32')
-    parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument('--threads', type=int, default=None, help='default: the BLAS thread count')
-    args = parser.parse_args(argv)
+    args = arg_parser(__doc__.splitlines()[0], batch=2, threads=True).parse_args(argv)
     threads = min(args.threads or blas_threads(), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
-    try:
-        import torch
-        torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
+    torch = import_torch(threads)
     rng = np.random.default_rng(0)
     print(f"DCNv3/DCNv4 core, N={args.batch}, 3x3, stride 1, pad 1, D=16, {args.dtype}, "
           f"{threads} threads\n")
@@ -139,7 +92,7 @@ def main(argv=None):
                    'numpyconv dcnv4': ours_dcnv4(x, offset, mask, group)}
         if torch is not None:
             engines['dcnv3_core_pytorch (torch CPU)'] = torch_dcnv3(torch, x, offset, mask, group)
-        times = time_engines(engines, args.repeat)
+        times = {name: (f, fb) for name, _, f, fb in time_rows(engines, args.repeat)}
         reference = times.get('dcnv3_core_pytorch (torch CPU)')
         for name, (f, fb) in times.items():
             ratio = (f"{reference[0] / f:.2f}x | {reference[1] / fb:.2f}x" if reference

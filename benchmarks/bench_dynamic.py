@@ -9,11 +9,10 @@ kaijieshi7 ``Dynamic_conv2d`` and d-li14 ``CondConv2d``) run with the same threa
 
     python benchmarks/bench_dynamic.py [--batch 8] [--channels 128] [--size 28] [--kernels 4] [--repeat 5]
 """
-import argparse
-
 import numpy as np
 
-from numpyconv.bench import best_time, blas_threads
+from numpyconv.bench import (arg_parser, import_torch, markdown_table, op_pair, set_threads, time_rows,
+                             torch_pair, torch_tensors)
 from numpyconv.condconv import condconv2d_backward, condconv2d_forward
 from numpyconv.conv import conv2d_backward, conv2d_forward
 from numpyconv.dynamic import dynamic_conv2d_backward, dynamic_conv2d_forward
@@ -33,23 +32,16 @@ def operands(args, rng):
                 fc2_bias=normal(kernels), route_weight=normal(kernels, c), route_bias=normal(kernels))
 
 
-def _pair(forward, backward):
-    def forward_backward():
-        y, cache = forward()
-        backward(np.ones_like(y), cache)
-    return forward, forward_backward
-
-
 def ours(a):
     return {
-        'numpyconv conv2d (static kernel)': _pair(
-            lambda: conv2d_forward(a['x'], a['weight'][0], a['bias'][0], padding=1), conv2d_backward),
-        'numpyconv dynamic_conv2d': _pair(
-            lambda: dynamic_conv2d_forward(a['x'], a['weight'], a['bias'], a['fc1'], a['fc2'], a['fc2_bias'],
-                                           TEMPERATURE, padding=1), dynamic_conv2d_backward),
-        'numpyconv condconv2d': _pair(
-            lambda: condconv2d_forward(a['x'], a['weight'], a['bias'], a['route_weight'], a['route_bias'],
-                                       padding=1), condconv2d_backward),
+        'numpyconv conv2d (static kernel)': op_pair(
+            conv2d_forward, conv2d_backward, (a['x'], a['weight'][0], a['bias'][0]), padding=1),
+        'numpyconv dynamic_conv2d': op_pair(
+            dynamic_conv2d_forward, dynamic_conv2d_backward,
+            (a['x'], a['weight'], a['bias'], a['fc1'], a['fc2'], a['fc2_bias'], TEMPERATURE), padding=1),
+        'numpyconv condconv2d': op_pair(
+            condconv2d_forward, condconv2d_backward,
+            (a['x'], a['weight'], a['bias'], a['route_weight'], a['route_bias']), padding=1),
     }
 
 
@@ -63,7 +55,7 @@ def _torch_mixture_conv(torch, x, attention, weight, bias):
 
 
 def pytorch(torch, a):
-    t = {k: torch.tensor(v, requires_grad=True) for k, v in a.items()}
+    t = dict(zip(a, torch_tensors(torch, *a.values())))
     F = torch.nn.functional
 
     def dynamic(x):
@@ -77,16 +69,7 @@ def pytorch(torch, a):
         return _torch_mixture_conv(torch, x, routing, t['weight'], t['bias'])
 
     def timed(fn):
-        def forward():
-            with torch.no_grad():
-                fn(t['x'])
-
-        def forward_backward():
-            for v in t.values():
-                v.grad = None
-            y = fn(t['x'])
-            y.backward(torch.ones_like(y))
-        return forward, forward_backward
+        return torch_pair(torch, fn, (t['x'],), t.values())
 
     return {'PyTorch conv2d (static kernel)': timed(lambda x: F.conv2d(x, t['weight'][0], t['bias'][0],
                                                                        padding=1)),
@@ -95,43 +78,22 @@ def pytorch(torch, a):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--batch', type=int, default=8)
+    parser = arg_parser(__doc__.splitlines()[0], batch=8, threads=True)
     parser.add_argument('--channels', type=int, default=128)
     parser.add_argument('--size', type=int, default=28)
     parser.add_argument('--kernels', type=int, default=4, help='K (DY-CNN) = number of experts (CondConv)')
-    parser.add_argument('--dtype', choices=['float32', 'float64'], default='float32')
-    parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument('--threads', type=int, default=None, help='default: the BLAS thread count')
     parser.add_argument('--no-torch', dest='torch', action='store_false')
     args = parser.parse_args(argv)
-    threads = args.threads or blas_threads()
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(threads)
-    except ImportError:
-        pass
+    threads = set_threads(args.threads)
     a = operands(args, np.random.default_rng(0))
     engines = ours(a)
-    if args.torch:
-        try:
-            import torch
-            torch.set_num_threads(threads)
-            engines.update(pytorch(torch, a))
-        except ImportError:
-            pass
-    times = {name: [np.inf, np.inf] for name in engines}
-    for _ in range(args.repeat):          # interleave engines so all see the same machine state
-        for name, fns in engines.items():
-            for k, fn in enumerate(fns):
-                times[name][k] = min(times[name][k], best_time(fn, 1))
-    base = times['numpyconv conv2d (static kernel)']
+    torch = import_torch(threads) if args.torch else None
+    if torch is not None:
+        engines.update(pytorch(torch, a))
+    timed = time_rows(engines, args.repeat)
     print(f"N={args.batch}, {args.channels}->{args.channels}, {args.size}x{args.size}, 3x3, pad 1, "
           f"K={args.kernels}, {args.dtype}, {threads} threads\n")
-    print("| engine | forward (ms) | forward+backward (ms) | fwd+bwd vs numpyconv conv2d |")
-    print("|---|---:|---:|---:|")
-    for name, (f, fb) in times.items():
-        print(f"| {name} | {1e3 * f:.2f} | {1e3 * fb:.2f} | {fb / base[1]:.2f}x |")
+    print(markdown_table(timed, baseline=0, label='engine', digits=2))
 
 
 if __name__ == '__main__':

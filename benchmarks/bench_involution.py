@@ -12,34 +12,13 @@ second tensor of that size).
 
     python benchmarks/bench_involution.py [--batch 8] [--channels 64] [--size 56] [--kernel 7]
 """
-import argparse
 import tracemalloc
 
-import numba
 import numpy as np
 
-from numpyconv.bench import best_time, blas_threads
+from numpyconv.bench import (arg_parser, import_torch, layer_pair, markdown_table, op_pair, set_threads,
+                             speedups, time_rows, torch_pair, torch_state_dict, torch_tensors)
 from numpyconv.involution import Involution2d, involution_backward, involution_forward
-
-
-def ours_op(x, kernel, args):
-    def forward():
-        return involution_forward(x, kernel, args.kernel, args.stride)
-
-    def forward_backward():
-        y, cache = forward()
-        involution_backward(np.ones_like(y), cache)
-    return forward, forward_backward
-
-
-def ours_layer(layer, x):
-    def forward():
-        return layer(x)
-
-    def forward_backward():
-        layer.zero_grad()
-        layer.backward(np.ones_like(forward()))
-    return forward, forward_backward
 
 
 def torch_involution(torch, x, kernel, k, stride, groups):
@@ -51,27 +30,17 @@ def torch_involution(torch, x, kernel, k, stride, groups):
 
 
 def torch_op(torch, x, kernel, args, groups):
-    tx, tk = (torch.tensor(a, requires_grad=True) for a in (x, kernel))
-
-    def forward():
-        with torch.no_grad():
-            torch_involution(torch, tx, tk, args.kernel, args.stride, groups)
-
-    def forward_backward():
-        tx.grad = tk.grad = None
-        y = torch_involution(torch, tx, tk, args.kernel, args.stride, groups)
-        y.backward(torch.ones_like(y))
-    return forward, forward_backward
+    return torch_pair(torch, lambda tx, tk: torch_involution(torch, tx, tk, args.kernel, args.stride, groups),
+                      torch_tensors(torch, x, kernel))
 
 
 def torch_layer(torch, layer, x, args):
     """Kernel generation (avgpool, conv1 -> BN (train) -> ReLU -> conv2) + unfold, same weights as ours."""
     fn = torch.nn.functional
-    state = {k: torch.tensor(v) for k, v in layer.state_dict().items()}
+    state = torch_state_dict(torch, layer)
     params = [state[k].requires_grad_() for k in layer.params]
-    tx = torch.tensor(x, requires_grad=True)
 
-    def run():
+    def run(tx):
         z = tx if args.stride == 1 else fn.avg_pool2d(tx, args.stride, args.stride)
         z = fn.conv2d(z, state['conv1.conv.weight'])
         z = fn.relu(fn.batch_norm(z, state['conv1.bn.running_mean'], state['conv1.bn.running_var'],
@@ -79,16 +48,7 @@ def torch_layer(torch, layer, x, args):
         kernel = fn.conv2d(z, state['conv2.conv.weight'], state['conv2.conv.bias'])
         return torch_involution(torch, tx, kernel, args.kernel, args.stride, layer.groups)
 
-    def forward():
-        with torch.no_grad():
-            run()
-
-    def forward_backward():
-        for t in params + [tx]:
-            t.grad = None
-        y = run()
-        y.backward(torch.ones_like(y))
-    return forward, forward_backward
+    return torch_pair(torch, run, torch_tensors(torch, x), params)
 
 
 def peak_bytes(fn):
@@ -102,67 +62,41 @@ def peak_bytes(fn):
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--batch', type=int, default=8)
+    parser = arg_parser(__doc__.splitlines()[0], batch=8, threads=True)
     parser.add_argument('--channels', type=int, default=64)
     parser.add_argument('--size', type=int, default=56)
     parser.add_argument('--kernel', type=int, default=7)
     parser.add_argument('--stride', type=int, default=1)
-    parser.add_argument('--dtype', choices=['float32', 'float64'], default='float32')
-    parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument('--threads', type=int, default=None, help='default: the BLAS thread count')
     return parser.parse_args(argv)
-
-
-def set_threads(threads):
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(threads)
-    except ImportError:
-        pass
 
 
 def main(argv=None):
     args = parse(argv)
-    threads = args.threads or blas_threads()
-    set_threads(threads)
+    threads = set_threads(args.threads)
     rng = np.random.default_rng(0)
     dtype = np.dtype(args.dtype)
     layer = Involution2d(args.channels, args.kernel, args.stride, dtype=dtype, rng=0)
     x = rng.standard_normal((args.batch, args.channels, args.size, args.size)).astype(dtype)
     out_hw = (-(-args.size // args.stride),) * 2
     kernel = rng.standard_normal((args.batch, layer.groups * args.kernel ** 2) + out_hw).astype(dtype)
-    engines = {'numpyconv involution op': ours_op(x, kernel, args),
-               'numpyconv Involution2d (train)': ours_layer(layer, x)}
-    try:
-        import torch
-        torch.set_num_threads(threads)
+    engines = {'numpyconv involution op': op_pair(involution_forward, involution_backward,
+                                                  (x, kernel, args.kernel, args.stride)),
+               'numpyconv Involution2d (train)': layer_pair(layer, x)}
+    torch = import_torch(threads)
+    if torch is not None:
         engines['torch unfold op'] = torch_op(torch, x, kernel, args, layer.groups)
         engines['torch unfold Involution2d (train)'] = torch_layer(torch, layer, x, args)
-    except ImportError:
-        pass
-    times = {name: [None, None] for name in engines}
-    for fns in engines.values():
-        fns[1]()                           # warm-up (Numba compilation, allocator)
-    for _ in range(args.repeat):           # interleave engines so all see the same machine state
-        for name, fns in engines.items():
-            for k, fn in enumerate(fns):
-                t = best_time(fn, 1)
-                times[name][k] = t if times[name][k] is None else min(times[name][k], t)
+    timed = time_rows(engines, args.repeat)
+    times = {name: (f, fb) for name, _, f, fb in timed}
     unfolded = args.batch * args.channels * args.kernel ** 2 * out_hw[0] * out_hw[1] * dtype.itemsize
     print(f"N={args.batch}, C={args.channels}, {args.size}x{args.size}, K={args.kernel}, "
           f"stride {args.stride}, G={layer.groups}, {args.dtype}, {threads} threads\n")
-    print("| engine | forward (ms) | forward+backward (ms) |")
-    print("|---|---:|---:|")
-    for name, (f, fb) in times.items():
-        print(f"| {name} | {1e3 * f:.1f} | {1e3 * fb:.1f} |")
+    print(markdown_table(timed, label='engine'))
     print()
     for ours, theirs in (('numpyconv involution op', 'torch unfold op'),
                          ('numpyconv Involution2d (train)', 'torch unfold Involution2d (train)')):
         if theirs in times:
-            (f, fb), (tf, tfb) = times[ours], times[theirs]
-            print(f"speed-up {ours} vs {theirs}: forward {tf / f:.2f}x, forward+backward {tfb / fb:.2f}x")
+            print(f"speed-up {ours} vs {theirs}: {speedups(times[theirs], times[ours])}")
     mib = 2.0 ** 20
     print(f"\nunfolded tensor (N, C*K*K, Ho*Wo): {unfolded / mib:.1f} MiB")
     for name in ('numpyconv involution op', 'numpyconv Involution2d (train)'):
