@@ -1,0 +1,386 @@
+"""The demo network: one small CNN template whose two middle blocks use the technique under test.
+
+::
+
+    input   (N, 1, 32, 32)
+    stem    Conv2d(1, C, 3, stride 2, padding 1) - BatchNorm2d - ReLU      -> (N, C, 16, 16)
+    block1  relu(x + BN(<technique>(x)))    C -> C, 3x3, stride 1          -> (N, C, 16, 16)
+    pool    AvgPool2d(2)                                                   -> (N, C, 8, 8)
+    block2  relu(x + BN(<technique>(x)))                                   -> (N, C, 8, 8)
+    head    GlobalAvgPool2d - Linear(C, 10)                                -> (N, 10)
+
+The blocks are residual, as in every architecture these techniques were published in (ResNets,
+RedNet, InternImage): DCNv4's zero-initialised mask makes its output exactly 0 at the start, which
+behind a plain BN-ReLU would kill every gradient; with the identity path the block starts as the
+identity. Every technique keeps the channel count, so one template serves all twelve.
+Involution mixes no channels (one kernel per group of 16), so as RedNet, which sandwiches it
+between 1x1 convolutions, and as the depthwise-separable pair, it is followed by a pointwise
+convolution. Octave convolution splits the feature map: block1 is OctResNet's first octave layer
+(``alpha_in = 0``, ``alpha_out = 0.5``), block2 the last (``alpha_in = 0.5``, ``alpha_out = 0``),
+each with OctResNet's 1x1 octave projection shortcut; BN, ReLU and the pool act on each part.
+KernelWarehouse's two layers share one warehouse (sharing range ``layer``, as KW's ResNets), owned
+by the network as ``warehouse_manager``.
+
+Temperature schedules (:meth:`DemoNet.schedule`) are the official ones from each technique module,
+with our run mapped onto the papers' 100-epoch ResNet runs (``step / total_steps = epoch / 100``):
+
+* DY-CNN (:func:`numpyconv.dynamic.dynamic_temperature`): ``T = 34 - 3 * epoch`` down to 1,
+  reached after 11 of 100 epochs;
+* ODConv (:func:`numpyconv.odconv.odconv_temperature`): 30 -> 1 linearly over the first 10 epochs,
+  set every iteration;
+* KernelWarehouse (:func:`numpyconv.kernel_warehouse.kw_temperature`): the blend ``t`` from 1 (each
+  layer its own static cells) to 0 over the first 20 epochs, every iteration;
+* CondConv has no temperature (sigmoid routing).
+
+A trained model is evaluated at the end values (``T = 1``, ``t = 0``): :meth:`DemoNet.finish_schedule`.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from ..conv import Conv2d, PointwiseConv2d, SeparableConv2d
+from ..condconv import CondConv2d
+from ..dcnv3 import DCNv3
+from ..dcnv4 import DCNv4
+from ..deformable import DeformConv2d, ModulatedDeformConv2d
+from ..dynamic import DynamicConv2d, dynamic_temperature
+from ..involution import Involution2d
+from ..kernel_warehouse import KWConv2d, WarehouseManager, kw_temperature
+from ..layers import AvgPool2d, BatchNorm2d, GlobalAvgPool2d, Linear, ReLU
+from ..module import Module, Sequential, make_rng
+from ..octave import OctaveConv2d
+from ..odconv import ODConv2d, odconv_temperature
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (1, 32, 32)
+OFFICIAL_EPOCHS = 100      # the ResNet/ImageNet runs the three schedules were published with
+
+Technique = namedtuple('Technique', 'label make_layer')
+
+
+# -- temperature schedules, our run mapped onto the official 100 epochs -----------------------------
+def _official_steps(total_steps, epochs):
+    """The number of our steps that stands for ``epochs`` of the official 100."""
+    return max(1, round(total_steps * epochs / OFFICIAL_EPOCHS))
+
+
+def dynamic_schedule(step, total_steps):
+    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per official epoch."""
+    return dynamic_temperature(step * OFFICIAL_EPOCHS // total_steps)
+
+
+def odconv_schedule(step, total_steps):
+    """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-epoch anneal."""
+    return odconv_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, 10))
+
+
+def kw_schedule(step, total_steps):
+    """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of 20 epochs."""
+    return kw_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, 20))
+
+
+def _set_dynamic(layer, value):
+    layer.temperature = value
+
+
+def _set_by_update(layer, value):
+    layer.update_temperature(value)
+
+
+# layer class -> (schedule, setter)
+SCHEDULES = {DynamicConv2d: (dynamic_schedule, _set_dynamic),
+             ODConv2d: (odconv_schedule, _set_by_update),
+             KWConv2d: (kw_schedule, _set_by_update)}
+
+
+# -- the technique layers (C -> C, 3x3, stride 1, 'same' size): make_layer(C, dtype/rng kwargs) -------
+TECHNIQUES = {
+    'conv': Technique('Conv', lambda c, kw: Conv2d(c, c, 3, padding=1, bias=False, **kw)),
+    'separable': Technique('Depthwise-separable',
+                           lambda c, kw: SeparableConv2d(c, c, 3, padding=1, bias=False, **kw)),
+    'octave': Technique('Octave (alpha 0.5)', None),            # OctaveBlock, see DemoNet._block
+    'dynamic': Technique('DY-CNN (K=4)',
+                         lambda c, kw: DynamicConv2d(c, c, 3, padding=1, bias=False, K=4, **kw)),
+    'condconv': Technique('CondConv (4 experts)',
+                          lambda c, kw: CondConv2d(c, c, 3, padding=1, bias=False, num_experts=4,
+                                                      **kw)),
+    'odconv': Technique('ODConv (4 kernels)',
+                        lambda c, kw: ODConv2d(c, c, 3, padding=1, kernel_num=4, **kw)),
+    'kw': Technique('KernelWarehouse (1x)', None),              # reserved from the manager
+    'dcnv1': Technique('Deformable v1',
+                       lambda c, kw: DeformConv2d(c, c, 3, padding=1, **kw)),
+    'dcnv2': Technique('Deformable v2',
+                       lambda c, kw: ModulatedDeformConv2d(c, c, 3, padding=1, bias=False, **kw)),
+    'dcnv3': Technique('DCNv3', lambda c, kw: DCNv3(c, 3, pad=1, group=max(c // 16, 1), **kw)),
+    'dcnv4': Technique('DCNv4', lambda c, kw: DCNv4(c, 3, pad=1, group=max(c // 16, 1),
+                                                       dw_kernel_size=3, output_bias=False, **kw)),
+    'involution': Technique('Involution (+1x1)', lambda c, kw: Sequential(
+        Involution2d(c, 3, **kw), PointwiseConv2d(c, c, bias=False, **kw))),
+}
+
+
+def technique_label(name):
+    return TECHNIQUES[name].label
+
+
+# -- blocks ------------------------------------------------------------------------------------------
+class ResidualBlock(Module):
+    """``y = relu(x + BN(layer(x)))``: the technique layer in a basic residual block.
+
+    The identity path lets a branch that starts at exactly 0 (DCNv4's zero mask) start as the
+    identity, as in the architectures the techniques were published with.
+    """
+
+    def __init__(self, layer, channels, *, dtype):
+        super().__init__(dtype=dtype)
+        self.layer = self.add_module('layer', layer)
+        self.bn = self.add_module('bn', BatchNorm2d(channels, dtype=dtype))
+        self.relu = self.add_module('relu', ReLU(dtype=dtype))
+
+    def forward(self, x):
+        return self.relu(x + self.bn(self.layer(x)))
+
+    def backward(self, dout):
+        dsum = self.relu.backward(dout)
+        return dsum + self.layer.backward(self.bn.backward(dsum))
+
+    def macs(self, input_shape):
+        return self.layer.macs(input_shape)
+
+
+class OctaveConvBN(Module):
+    """``OctaveConv2d`` then a BatchNorm2d on each output part; pairs in, pairs out."""
+
+    def __init__(self, channels, kernel_size, alpha_in, alpha_out, *, dtype, rng):
+        super().__init__(dtype=dtype, rng=rng)
+        self.conv = self.add_module('conv', OctaveConv2d(
+            channels, channels, kernel_size, alpha_in, alpha_out, padding=kernel_size // 2,
+            dtype=dtype, rng=self.rng))
+        self.parts = [p for p in 'hl' if self.conv.out_split[p]]
+        for p in self.parts:
+            self.add_module(f'bn_{p}', BatchNorm2d(self.conv.out_split[p], dtype=dtype))
+
+    def forward(self, x):
+        y = dict(zip('hl', self.conv(x)))                          # y_l None when alpha_out = 0
+        return tuple(self._modules[f'bn_{p}'](y[p]) if p in self.parts else None for p in 'hl')
+
+    def backward(self, dout):
+        dy = tuple(self._modules[f'bn_{p}'].backward(d) if p in self.parts else None
+                   for p, d in zip('hl', dout))
+        return self.conv.backward(dy)                              # (dx_h, dx_l)
+
+    def macs(self, input_shape):
+        return self.conv.macs(input_shape)
+
+
+def _add(a, b):
+    return None if a is None else a + b
+
+
+class OctaveBlock(Module):
+    """The residual block of d-li14's OctResNet with one 3x3 octave convolution.
+
+    ``y_p = relu(BN(conv(x))_p + BN(shortcut(x))_p)`` per part ``p``; as in OctResNet the shortcut
+    is a 1x1 octave convolution + BN wherever ``alpha`` changes (always here: block1 is the first
+    octave layer, ``alpha_in = 0``; block2 the last, ``alpha_out = 0``). Takes a tensor or a pair,
+    returns a pair, or the high part alone when ``alpha_out = 0``.
+    """
+
+    def __init__(self, channels, alpha_in, alpha_out, *, dtype, rng):
+        super().__init__(dtype=dtype, rng=rng)
+        kw = dict(dtype=dtype, rng=self.rng)
+        self.main = self.add_module('main', OctaveConvBN(channels, 3, alpha_in, alpha_out, **kw))
+        self.shortcut = self.add_module('shortcut', OctaveConvBN(channels, 1, alpha_in, alpha_out,
+                                                                 **kw))
+        self.conv = self.main.conv
+        for p in self.main.parts:
+            self.add_module(f'relu_{p}', ReLU(dtype=dtype))
+
+    def forward(self, x):
+        self._pair_input = isinstance(x, tuple)
+        out = tuple(self._modules[f'relu_{p}'](a + b) if a is not None else None
+                    for p, a, b in zip('hl', self.main(x), self.shortcut(x)))
+        return out if 'l' in self.main.parts else out[0]
+
+    def backward(self, dout):
+        dout = dout if isinstance(dout, tuple) else (dout, None)
+        dsum = tuple(self._modules[f'relu_{p}'].backward(d) if d is not None else None
+                     for p, d in zip('hl', dout))
+        dx = tuple(map(_add, self.main.backward(dsum), self.shortcut.backward(dsum)))
+        return dx if self._pair_input else dx[0]
+
+    def macs(self, input_shape):
+        main, output_shape = self.main.macs(input_shape)
+        return main + self.shortcut.macs(input_shape)[0], output_shape
+
+
+class PerPart(Module):
+    """Applies ``high`` to the high-frequency and ``low`` to the low-frequency part of a pair."""
+
+    def __init__(self, high, low):
+        super().__init__(dtype=high.dtype)
+        self.add_module('high', high)
+        self.add_module('low', low)
+
+    def forward(self, x):
+        return self._modules['high'](x[0]), self._modules['low'](x[1])
+
+    def backward(self, dout):
+        return self._modules['high'].backward(dout[0]), self._modules['low'].backward(dout[1])
+
+    def macs(self, input_shape):
+        return self._modules['high'].macs(input_shape)
+
+
+# -- the network -------------------------------------------------------------------------------------
+class DemoNet(Module):
+    """The template network (module docstring) with ``technique`` in block1 and block2.
+
+    ``state_dict`` keys: ``stem.*``, ``block1.*``, ``block2.*``, ``head.1.*`` and, for
+    KernelWarehouse, ``warehouse_manager.weights.0``.
+    """
+
+    def __init__(self, technique, width=32, *, dtype=np.float32, rng=None):
+        if technique not in TECHNIQUES:
+            raise ValueError(f"technique must be one of {', '.join(TECHNIQUES)}, got {technique!r}")
+        super().__init__(dtype=dtype, rng=make_rng(rng))
+        self.technique, self.width = technique, width
+        kw = dict(dtype=self.dtype, rng=self.rng)
+        if technique == 'kw':
+            self.warehouse_manager = self.add_module('warehouse_manager', WarehouseManager(
+                reduction=0.0625, cell_num_ratio=1, sharing_range=('layer',), **kw))
+        self.stem = self.add_module('stem', Sequential(
+            Conv2d(INPUT_SHAPE[0], width, 3, stride=2, padding=1, bias=False, **kw),
+            BatchNorm2d(width, **kw), ReLU(**kw)))
+        self.block1 = self.add_module('block1', self._block(0))
+        pool = AvgPool2d(2, **kw)
+        self.pool = self.add_module('pool', PerPart(pool, AvgPool2d(2, **kw)) if technique == 'octave'
+                                    else pool)
+        self.block2 = self.add_module('block2', self._block(1))
+        self.head = self.add_module('head', Sequential(GlobalAvgPool2d(**kw),
+                                                       Linear(width, NUM_CLASSES, **kw)))
+        if technique == 'kw':
+            self.warehouse_manager.store()
+            self.warehouse_manager.allocate(self.technique_layers())
+
+    def _block(self, position):
+        kw = dict(dtype=self.dtype, rng=self.rng)
+        if self.technique == 'octave':
+            alphas = (0.0, 0.5) if position == 0 else (0.5, 0.0)     # first / last octave layer
+            return OctaveBlock(self.width, *alphas, **kw)
+        if self.technique == 'kw':                       # one warehouse for both (name fused)
+            layer = self.warehouse_manager.reserve(self.width, self.width, 3, padding=1, bias=False,
+                                                   warehouse_name=f'stage1_layer{position + 1}_conv1')
+        else:
+            layer = TECHNIQUES[self.technique].make_layer(self.width, kw)
+        return ResidualBlock(layer, self.width, dtype=self.dtype)
+
+    def technique_layers(self):
+        """The two layers of the technique under test (block1's, block2's)."""
+        layers = [b.conv if isinstance(b, OctaveBlock) else b.layer for b in (self.block1, self.block2)]
+        return [layer[0] if isinstance(layer, Sequential) else layer for layer in layers]
+
+    # -- temperature schedules --------------------------------------------------------------------
+    def schedule(self, step, total_steps):
+        """Set every scheduled layer's temperature for the 0-based training ``step``."""
+        for layer in self.technique_layers():
+            if type(layer) in SCHEDULES:
+                rule, setter = SCHEDULES[type(layer)]
+                setter(layer, rule(step, total_steps))
+
+    def finish_schedule(self):
+        """The end-of-training temperatures, used for inference (``T = 1``, KW ``t = 0``)."""
+        self.schedule(1, 1)
+
+    # -- computation ------------------------------------------------------------------------------
+    def forward(self, x):
+        self._check_input(x, channels=INPUT_SHAPE[0])
+        for name in ('stem', 'block1', 'pool', 'block2', 'head'):
+            x = self._modules[name](x)
+        return x
+
+    def backward(self, dout):
+        for name in ('head', 'block2', 'pool', 'block1', 'stem'):
+            dout = self._modules[name].backward(dout)
+        return dout
+
+    def macs(self, input_shape):
+        total = 0
+        for name in ('stem', 'block1', 'pool', 'block2', 'head'):
+            m, input_shape = self._modules[name].macs(input_shape)
+            total += m
+        return total, input_shape
+
+    def predict(self, x, batch_size=256):
+        """Class scores ``(N, 10)`` in eval mode, computed in batches."""
+        was_training = self.training
+        self.eval()
+        try:
+            return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+                                  or [np.zeros((0, NUM_CLASSES), self.dtype)])
+        finally:
+            self.train(was_training)
+
+
+def build_model(technique, width=32, seed=0, dtype=np.float32):
+    """A fresh :class:`DemoNet`; the same ``seed`` gives the same initial weights."""
+    return DemoNet(technique, width, dtype=dtype, rng=seed)
+
+
+# -- what the figures read from a layer after a forward pass ------------------------------------------
+def kernel_attention(layer):
+    """``(N, K)`` per-sample weights over the kernel bank of the last forward (DY-CNN softmax,
+    CondConv sigmoid routing, ODConv kernel-wise softmax)."""
+    if isinstance(layer, ODConv2d):
+        return layer._cache['att']['kernel']
+    return layer._cache['conv']['attention']
+
+
+def sampling_locations(layer):
+    """Where a deformable layer sampled in its last forward pass.
+
+    Returns ``(points, weights)``: ``points (N, Ho, Wo, G, P, 2)`` as ``(row, col)`` in the layer's
+    input pixel coordinates, ``weights (N, Ho, Wo, G, P)`` the modulation (ones for DCNv1). ``G``
+    offset groups, ``P`` kernel points.
+    """
+    if isinstance(layer, (DeformConv2d, ModulatedDeformConv2d)):
+        return _torchvision_locations(layer._cache)
+    return _dcnv3_locations(layer._cache['core'])
+
+
+def _torchvision_locations(cache):
+    """torchvision rule (deformable eq. 3): ``h = y sh - p_top + i dh + dy``, point ``p = i kw + j``."""
+    geo, offset, mask = cache['geo'], cache['offset'], cache['mask']
+    n, _, ho, wo = offset.shape
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    points = kh * kw
+    offset = offset.reshape(n, -1, points, 2, ho, wo).transpose(0, 4, 5, 1, 2, 3)  # (N, Ho, Wo, G, P, 2)
+    taps = np.array([(i * dh, j * dw) for i in range(kh) for j in range(kw)], dtype=offset.dtype)
+    grid = np.stack(np.meshgrid(np.arange(ho) * sh - geo.pads[0], np.arange(wo) * sw - geo.pads[2],
+                                indexing='ij'), axis=-1)                          # (Ho, Wo, 2)
+    locations = grid[None, :, :, None, None, :] + taps[None, None, None, None] + offset
+    if mask is None:
+        return locations, np.ones(locations.shape[:-1], dtype=offset.dtype)
+    return locations, mask.reshape(n, -1, points, ho, wo).transpose(0, 3, 4, 1, 2)
+
+
+def _dcnv3_locations(core):
+    """DCNv3/DCNv4 rule (dcnv3 eq. 2), offsets as (dx, dy) pairs, column-major points."""
+    setup, offset, mask = core['setup'], core['offset'], core['mask']
+    n, ho, wo, _ = offset.shape
+    group, points, scale = setup['group'], setup['points'], setup['scale']
+    sh, sw, pt, pl, half_h, half_w = setup['base']
+    d_row_col = offset.reshape(n, ho, wo, group, points, 2)[..., ::-1]            # (dy, dx)
+    origin = np.stack(np.meshgrid(np.arange(ho) * sh - pt + half_h - half_h * scale,
+                                  np.arange(wo) * sw - pl + half_w - half_w * scale,
+                                  indexing='ij'), axis=-1)                        # (Ho, Wo, 2)
+    taps = setup['taps'].astype(offset.dtype)                                     # (P, 2) (row, col)
+    locations = origin[None, :, :, None, None, :] + scale * (taps + d_row_col)
+    return locations, mask.reshape(n, ho, wo, group, points)
+
+
+def involution_kernels(layer):
+    """``(N, G, kh, kw, Ho, Wo)``: the kernels an Involution2d generated in its last forward."""
+    kernel = layer._cache['kernel']                       # (N, G*kh*kw, Ho, Wo)
+    n, _, ho, wo = kernel.shape
+    return kernel.reshape(n, layer.groups, *layer.kernel_size, ho, wo)
