@@ -72,9 +72,15 @@ def best_time(fn, repeat):
     return min(times)
 
 
-def interleaved_best(functions, repeat):
-    """Best time (s) of each function over ``repeat`` rounds that run every function once, in turn.
+SETTLE_S = 0.2   # pause between engines: OpenBLAS / OpenMP worker threads spin-wait after a call
 
+
+def interleaved_best(functions, repeat, burst=3):
+    """Best time (s) of each function over ``repeat`` rounds that run every function in turn.
+
+    In each round a function runs ``burst`` times back to back, after a ``SETTLE_S`` pause: the
+    worker threads one library leaves spinning after its last call (OpenBLAS, OpenMP) would
+    otherwise steal the cores from the next engine and make both look slower than they are.
     Every function runs once first, untimed (warm-up: Numba compilation, allocator).
     """
     for fn in functions:
@@ -82,9 +88,11 @@ def interleaved_best(functions, repeat):
     best = [math.inf] * len(functions)
     for _ in range(repeat):
         for k, fn in enumerate(functions):
-            start = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - start)
+            time.sleep(SETTLE_S)
+            for _ in range(burst):
+                start = time.perf_counter()
+                fn()
+                best[k] = min(best[k], time.perf_counter() - start)
     return best
 
 

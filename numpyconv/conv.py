@@ -37,7 +37,8 @@ from collections import namedtuple
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair, positive_int, same_dtype
-from .im2col import (batch_chunks, col2im, conv_output_size, crop_nchw, im2col, pad_nchw)
+from .im2col import (GEMM_BLOCK, batch_chunks, col2im, column_budget, conv_output_size, crop_nchw,
+                     im2col, pad_nchw)
 from .module import Module, default_bias, kaiming_uniform
 
 Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw padded_hw in_hw')
@@ -181,15 +182,23 @@ def _col_bytes(xp, geo):
     return xp.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * xp.itemsize
 
 
+def _gemm_blocks(xp, geo):
+    """Batch slices of at most ``GEMM_BLOCK`` (and the column budget) bytes of columns."""
+    return batch_chunks(xp.shape[0], _col_bytes(xp, geo), min(GEMM_BLOCK, column_budget()))
+
+
 def _conv_gemm(xp, weight, groups, geo):
-    """Forward GEMM in batch chunks bounded by the column budget; keep ``cols`` if one chunk."""
+    """Forward im2col + GEMM block by block; returns ``(y, cols)``, ``cols`` being the whole
+    batch's columns when they fit in the column budget (kept for backward) and None otherwise."""
     n = xp.shape[0]
     y = np.empty((n, weight.shape[-4]) + geo.out_hw, dtype=xp.dtype)
-    chunks = batch_chunks(n, _col_bytes(xp, geo))
-    for s in chunks:
-        cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw)  # (n, C, kh, kw, Ho, Wo)
+    keep = n * _col_bytes(xp, geo) <= column_budget()
+    cols_all = np.empty((n, xp.shape[1]) + geo.kernel + geo.out_hw, dtype=xp.dtype) if keep else None
+    for s in _gemm_blocks(xp, geo):
+        cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw,
+                      out=None if cols_all is None else cols_all[s])   # (n, C, kh, kw, Ho, Wo)
         y[s] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
-    return y, (cols if len(chunks) == 1 else None)
+    return y, cols_all
 
 
 def conv2d_backward(dout, cache):
@@ -215,9 +224,10 @@ def _conv_gemm_backward(dout, cache):
     per_sample = weight.ndim == 5
     dxp = np.empty_like(xp)
     dw = np.zeros_like(weight)
-    for s in batch_chunks(xp.shape[0], _col_bytes(xp, geo)):
-        cols = cache['cols']
-        if cols is None:
+    for s in _gemm_blocks(xp, geo):
+        if cache['cols'] is not None:
+            cols = cache['cols'][s]
+        else:
             cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw)
         dcols, dw_s = cols_matmul_backward(dout[s], cols, weight[s] if per_sample else weight, groups)
         dxp[s] = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)

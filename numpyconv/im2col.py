@@ -15,13 +15,17 @@ no repeated index, so slice ``+=`` is exact and ``np.add.at`` is never needed::
 Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 ``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``.
 
-Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. The convolutions
-process the batch in chunks whose column buffer stays below :func:`column_budget` bytes (default
-256 MiB, set with :func:`set_column_budget`); a chunk is never smaller than one sample.
+Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d keeps the
+columns of the whole batch for the backward pass only while they fit in :func:`column_budget`
+bytes (default 256 MiB, set with :func:`set_column_budget`); beyond that it recomputes them block
+by block in the backward pass, so no buffer ever exceeds the budget (or one sample's columns, if
+that is larger). Independently, im2col and the GEMM run on blocks of at most ``GEMM_BLOCK`` bytes
+of columns, so that the GEMM reads columns im2col has just written while they are still in cache.
 """
 import numpy as np
 
 _COLUMN_BUDGET = 256 * 2 ** 20
+GEMM_BLOCK = 8 * 2 ** 20       # bytes of columns per im2col + GEMM step (cache-sized)
 
 
 def column_budget():
@@ -38,9 +42,11 @@ def set_column_budget(nbytes):
     return previous
 
 
-def batch_chunks(n, bytes_per_sample):
-    """Slices covering ``range(n)`` whose buffers each stay below the column budget."""
-    step = max(1, _COLUMN_BUDGET // max(1, bytes_per_sample))
+def batch_chunks(n, bytes_per_sample, budget=None):
+    """Slices covering ``range(n)`` whose buffers each stay below ``budget`` (default: the
+    column budget) bytes; a slice is never smaller than one sample."""
+    budget = _COLUMN_BUDGET if budget is None else budget
+    step = max(1, budget // max(1, bytes_per_sample))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
 
 
@@ -73,11 +79,14 @@ def _window(p, q, stride, dilation, out_hw):
     return (slice(r0, r0 + sh * (ho - 1) + 1, sh), slice(c0, c0 + sw * (wo - 1) + 1, sw))
 
 
-def im2col(xp, kernel_size, stride, dilation, out_hw):
-    """``cols (N, C, kh, kw, Ho, Wo)`` from the padded input ``xp (N, C, Hp, Wp)``."""
+def im2col(xp, kernel_size, stride, dilation, out_hw, out=None):
+    """``cols (N, C, kh, kw, Ho, Wo)`` from the padded input ``xp (N, C, Hp, Wp)``.
+
+    ``out``: an optional buffer of that shape to write into (returned).
+    """
     n, c = xp.shape[:2]
     kh, kw = kernel_size
-    cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=xp.dtype)
+    cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=xp.dtype) if out is None else out
     for p in range(kh):
         for q in range(kw):
             rows, columns = _window(p, q, stride, dilation, out_hw)

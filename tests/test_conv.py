@@ -315,3 +315,16 @@ def test_conv2d_layer_loads_torch_state_dict():
     layer.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
     x = RNG.standard_normal((2, 4, 7, 8))
     np.testing.assert_allclose(layer(x), module(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_column_budget_changed_between_forward_and_backward():
+    x, wt, b = operands(4, 4, 6, 8, 8, 3, 2)
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)          # columns kept for the backward
+    expected = C.conv2d_backward(np.ones_like(y), cache)
+    previous = set_column_budget(4 * 9 * 64 * 8)                 # one sample's columns per block
+    try:
+        got = C.conv2d_backward(np.ones_like(y), cache)
+    finally:
+        set_column_budget(previous)
+    for a, c in zip(expected, got):
+        np.testing.assert_allclose(a, c, atol=1e-12)
