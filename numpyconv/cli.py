@@ -7,7 +7,8 @@ def _check(args):
     from . import check
     rows = check.run_all(args.ops or None, seed=args.seed)
     failed = [r['op'] for r in rows if not r['ok']]
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} ops pass" + (f"; FAILED: {', '.join(failed)}" if failed else ''))
+    summary = f"\n{len(rows) - len(failed)}/{len(rows)} ops pass"
+    print(summary + (f"; FAILED: {', '.join(failed)}" if failed else ''))
     return 1 if failed else 0
 
 
@@ -40,8 +41,8 @@ def build_parser():
     try:
         from .demo import add_arguments
     except ImportError as exc:  # the demo extra (scikit-learn, matplotlib) is not installed
-        demo.set_defaults(run=lambda args: sys.exit(f"numpyconv demo needs the demo extra: "
-                                                     f"pip install 'numpyconv[demo]' ({exc})"))
+        message = f"numpyconv demo needs the demo extra: pip install 'numpyconv[demo]' ({exc})"
+        demo.set_defaults(run=lambda args: sys.exit(message))
     else:
         add_arguments(demo)
         demo.set_defaults(run=_demo)

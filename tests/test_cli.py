@@ -42,3 +42,10 @@ def test_bench_quick_smoke(capsys, monkeypatch):
     assert cli.main(['bench', '--dtype', 'float32', '--repeat', '1', '--quick']) == 0
     assert '| N=2 4->4 8x8 3x3 | float32 |' in capsys.readouterr().out
     assert np.isfinite(1.0)
+
+
+def test_demo_without_the_demo_extra_says_what_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'numpyconv.demo', None)      # import fails like a missing extra
+    with pytest.raises(SystemExit, match=r"needs the demo extra: pip install 'numpyconv\[demo\]'"):
+        cli.main(['demo'])

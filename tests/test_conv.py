@@ -55,8 +55,8 @@ def test_non_contiguous_inputs():
     x = base[:, ::2, :, ::2]                          # strided view (2, 4, 9, 6)
     wt = np.asfortranarray(wt[:, :2])                 # (6, 2, 3, 3), Fortran order
     y, cache = C.conv2d_forward(x, wt, b, 2, 1, 1, 2)
-    np.testing.assert_allclose(y, ref.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(wt), b, 2, 1, 1, 2),
-                               rtol=1e-12, atol=1e-12)
+    expected = ref.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(wt), b, 2, 1, 1, 2)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     nc.gradcheck(lambda x, wt, b: C.conv2d_forward(x, wt, b, 2, 1, 1, 2), C.conv2d_backward, (x, wt, b))
 
 
@@ -71,7 +71,8 @@ def test_inputs_not_mutated():
 
 
 # -- depthwise, pointwise, separable -------------------------------------------------------------
-@pytest.mark.parametrize('mult, stride, padding, dilation', [(1, 1, 1, 1), (2, 2, (1, 0), 2), (2, 3, 'valid', 1)])
+@pytest.mark.parametrize('mult, stride, padding, dilation',
+                         [(1, 1, 1, 1), (2, 2, (1, 0), 2), (2, 3, 'valid', 1)])
 def test_depthwise_equals_grouped_conv_and_gradcheck(mult, stride, padding, dilation):
     x = RNG.standard_normal((3, 3, 8, 7))
     wt, b = RNG.standard_normal((3 * mult, 1, 3, 2)), RNG.standard_normal(3 * mult)
@@ -206,7 +207,8 @@ def test_random_geometry_matches_reference(data):
     args = ((sh, sw), (ph, pw), (dh, dw), groups)
     y, cache = C.conv2d_forward(x, wt, b, *args)
     np.testing.assert_allclose(y, ref.conv2d(x, wt, b, *args), rtol=1e-11, atol=1e-11)
-    assert y.shape[2] >= 1 and (y.shape[2] - 1) * sh + dh * (kh - 1) + 1 <= h + 2 * ph < y.shape[2] * sh + dh * (kh - 1) + 1
+    span, ho = dh * (kh - 1) + 1, y.shape[2]
+    assert ho >= 1 and (ho - 1) * sh + span <= h + 2 * ph < ho * sh + span     # output-size property
 
 
 # -- layers ----------------------------------------------------------------------------------------------
@@ -219,7 +221,8 @@ def test_conv_layers_gradcheck_and_state_dict():
     for layer in layers:
         nc.gradcheck_layer(layer, x)
     sep = layers[3]
-    assert set(sep.state_dict()) == {'depthwise.weight', 'depthwise.bias', 'pointwise.weight', 'pointwise.bias'}
+    assert set(sep.state_dict()) == {'depthwise.weight', 'depthwise.bias',
+                                     'pointwise.weight', 'pointwise.bias'}
     other = nc.SeparableConv2d(4, 5, 3, 1, 1, dtype=np.float32, rng=9)
     other.load_state_dict(sep.state_dict())
     np.testing.assert_allclose(other(x.astype(np.float32)), sep(x), rtol=1e-5, atol=1e-5)
@@ -254,7 +257,8 @@ X, W = np.zeros((2, 4, 5, 5)), np.zeros((6, 2, 3, 3))
 
 @pytest.mark.parametrize('kwargs, error, match', [
     (dict(x=np.zeros((4, 5, 5))), ValueError, r'x must be \(N, C_in, H, W\), got shape \(4, 5, 5\)'),
-    (dict(weight=np.zeros((6, 3, 3, 3))), ValueError, r'weight must have shape \(6, 2, 3, 3\).*got \(6, 3, 3, 3\)'),
+    (dict(weight=np.zeros((6, 3, 3, 3))), ValueError,
+     r'weight must have shape \(6, 2, 3, 3\).*got \(6, 3, 3, 3\)'),
     (dict(groups=3), ValueError, 'groups=3 must divide the input channels'),
     (dict(weight=np.zeros((5, 2, 3, 3))), ValueError, 'groups=2 must divide the output channels'),
     (dict(stride=0), ValueError, 'stride must be >= 1'),
@@ -262,12 +266,15 @@ X, W = np.zeros((2, 4, 5, 5)), np.zeros((6, 2, 3, 3))
     (dict(padding=-1), ValueError, 'padding must be non-negative'),
     (dict(padding='same', stride=2), ValueError, "padding='same' is not supported for strided"),
     (dict(padding='full'), ValueError, "padding must be an int, a pair, 'valid' or 'same'"),
-    (dict(weight=np.zeros((6, 2, 7, 3))), ValueError, r'kernel_size \(7, 3\).*larger than the padded input \(5, 5\)'),
-    (dict(x=np.zeros((2, 4, 5, 5), dtype=np.int64)), TypeError, 'x must be float32 or float64, got dtype int64'),
+    (dict(weight=np.zeros((6, 2, 7, 3))), ValueError,
+     r'kernel_size \(7, 3\).*larger than the padded input \(5, 5\)'),
+    (dict(x=np.zeros((2, 4, 5, 5), dtype=np.int64)), TypeError,
+     'x must be float32 or float64, got dtype int64'),
     (dict(x=np.zeros((2, 4, 5, 5), dtype=complex)), TypeError, 'x must be float32 or float64'),
     (dict(bias=np.zeros(5)), ValueError, r'bias must have shape \(6,\), got \(5,\)'),
     (dict(x=np.zeros((2, 4, 5, 5), np.float32)), TypeError, 'same float dtype'),
-    (dict(weight=np.zeros((3, 6, 2, 3, 3))), ValueError, r'per-sample weight must have shape \(2, 6, 2, 3, 3\)'),
+    (dict(weight=np.zeros((3, 6, 2, 3, 3))), ValueError,
+     r'per-sample weight must have shape \(2, 6, 2, 3, 3\)'),
     (dict(x=[[1.0]]), TypeError, 'x must be a numpy.ndarray'),
     (dict(groups=0), ValueError, 'groups must be a positive int'),
     (dict(stride=1.5), TypeError, 'stride must be an int or a pair of ints'),

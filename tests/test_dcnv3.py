@@ -284,7 +284,7 @@ def test_float32_in_float32_out_and_no_mutation():
 
 def test_deterministic_across_thread_counts(monkeypatch):
     numba = pytest.importorskip('numba')
-    monkeypatch.setattr(numpyconv._parallel, 'PARALLEL_MIN_WORK', 0)          # use the thread pool even when tiny
+    monkeypatch.setattr(numpyconv._parallel, 'PARALLEL_MIN_WORK', 0)   # the thread pool even when tiny
     case = GRID[0][3:]
     x, offset, mask = operands(2, 6, 7, *case[:6], case[7])
     dout = RNG.standard_normal((2, 6, 7, 8))

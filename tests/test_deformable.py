@@ -346,8 +346,8 @@ def test_legacy_offset_keys_load():
 def test_macs():
     layer = nc.ModulatedDeformConv2d(4, 8, 3, stride=2, padding=1)
     params, macs = nc.count(layer, (2, 4, 8, 8))
-    n, l, k = 2, 16, 9
-    expected = n * 8 * l * 4 * k + n * 27 * l * 4 * k + n * 4 * k * l * 5
+    n, hw, k = 2, 16, 9
+    expected = n * 8 * hw * 4 * k + n * 27 * hw * 4 * k + n * 4 * k * hw * 5
     assert macs == expected and params == 8 * 4 * 9 + 8 + 27 * 4 * 9 + 27
     assert layer.macs((2, 4, 8, 8))[1] == (2, 8, 4, 4)
 

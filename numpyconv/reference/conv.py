@@ -35,7 +35,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                     for c in range(c_g):
                         for p in range(kh):
                             for q in range(kw):
-                                total += w_n[o, c, p, q] * xp[n, g * c_g + c, i * sh + p * dh, j * sw + q * dw]
+                                row, col = i * sh + p * dh, j * sw + q * dw
+                                total += w_n[o, c, p, q] * xp[n, g * c_g + c, row, col]
                     y[n, o, i, j] = total
     return y
 
