@@ -54,7 +54,7 @@ def set_threads(threads=None):
 def import_torch(threads):
     """``torch`` with ``threads`` intra-op threads, or ``None`` when it is not installed."""
     try:
-        import torch
+        torch = importlib.import_module('torch')   # optional: numpyconv never depends on it
     except ImportError:
         return None
     torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ Shapes (NCHW)::
 ``im2col`` loops over the ``kh*kw`` kernel offsets and copies one strided slice of the whole batch
 per offset (Chainer's design); ``col2im`` is its exact adjoint, adding each slice back with ``+=``
 because overlapping windows read one pixel several times. Within one offset the strided slice has
-no repeated index, so slice ``+=`` is exact and ``np.add.at`` is never needed::
+no repeated index, so slice ``+=`` is exact and no unbuffered scatter-add is needed::
 
     <im2col(xp), c> == <xp, col2im(c)>        for every xp and c  (docs/derivations/conv.md, eq. 3)
 

@@ -1,0 +1,76 @@
+"""Direct float64 gradchecks of the inner forward/backward pairs the public ops are built from.
+
+The public ops are checked end to end elsewhere; these pin each shared piece on its own, so that a
+failure points at the piece (the column GEMM shared by conv2d and the deformable convolutions, the
+normalisation core of batch_norm/layer_norm, the octave pooling pyramid, the DCNv3 centre scale).
+"""
+import numpy as np
+import pytest
+
+from numpyconv import blocks, conv as C, dcnv3, octave
+from numpyconv.gradcheck import gradcheck
+from numpyconv.im2col import set_column_budget
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize('per_sample, groups', [(False, 1), (False, 2), (True, 2)])
+def test_cols_matmul_pair(per_sample, groups):
+    cols = RNG.standard_normal((3, 4, 3, 2, 4, 5))                       # (n, C, kh, kw, Ho, Wo)
+    weight = RNG.standard_normal(((3,) if per_sample else ()) + (6, 4 // groups, 3, 2))
+
+    def forward(cols, weight):
+        return C.cols_matmul(cols, weight, groups), (cols, weight)
+
+    def backward(dy, cache):
+        return C.cols_matmul_backward(dy, cache[0], cache[1], groups)
+    gradcheck(forward, backward, (cols, weight))
+
+
+@pytest.mark.parametrize('budget', [None, 1])
+def test_conv_gemm_backward_with_and_without_kept_columns(budget):
+    x, w = RNG.standard_normal((3, 4, 6, 5)), RNG.standard_normal((6, 2, 3, 3))
+    previous = set_column_budget(budget) if budget else None          # 1 byte: columns recomputed
+    try:
+        gradcheck(lambda x, w: C.conv2d_forward(x, w, stride=(2, 1), groups=2),
+                  lambda dy, cache: C._conv_gemm_backward(dy, cache), (x, w))   # padding 0: dxp == dx
+    finally:
+        if previous:
+            set_column_budget(previous)
+
+
+@pytest.mark.parametrize('axes', [(0,), (0, 2, 3), (-1,)])
+def test_normalize_and_scale_shift_pairs(axes):
+    x = RNG.standard_normal((3, 4, 2, 5))
+    shape = [1 if a in [ax % 4 for ax in axes] else n for a, n in enumerate(x.shape)]
+    weight, bias = RNG.standard_normal(int(np.prod(shape))), RNG.standard_normal(int(np.prod(shape)))
+
+    def forward(x, weight, bias):
+        x_hat, inv_std, _, _ = blocks._normalize(x, axes, 1e-5)
+        y = blocks._scale_shift(x_hat, weight, bias, shape)
+        return y, dict(weight=weight, x_hat=x_hat, inv_std=inv_std, has_bias=True, shape=shape)
+
+    def backward(dy, cache):
+        g, dweight, dbias = blocks._scale_shift_backward(dy, cache, axes)
+        dx = blocks._normalize_backward(g, cache['x_hat'], cache['inv_std'], axes)
+        return dx, dweight.reshape(weight.shape), dbias.reshape(bias.shape)
+    gradcheck(forward, backward, (x, weight, bias))
+
+
+def test_octave_pyramid_pair():
+    x = RNG.standard_normal((2, 3, 8, 8))
+
+    def forward(x):
+        levels, caches = octave._pyramid_forward(x, 2)                  # x, P x, P P x
+        return tuple(levels), caches
+
+    def backward(dlevels, caches):
+        return octave._pyramid_backward(list(dlevels), caches, x.shape, x.dtype)
+    gradcheck(forward, backward, (x,))
+
+
+def test_dcnv3_center_feature_scale_pair():
+    query, core, value = (RNG.standard_normal((2, 3, 4, 6)) for _ in range(3))
+    weight, bias = RNG.standard_normal((2, 6)), RNG.standard_normal(2)
+    gradcheck(lambda q, w, b, c, v: dcnv3.center_feature_scale_forward(q, w, b, c, v, group=2),
+              dcnv3.center_feature_scale_backward, (query, weight, bias, core, value))
