@@ -237,6 +237,9 @@ def _check_batch_norm(x, weight, bias, running_mean, running_var, training):
                ('running_var', running_var))
     if not training and (running_mean is None or running_var is None):
         raise ValueError("eval-mode batch_norm needs running_mean and running_var, got None")
+    for name, v in (('running_mean', running_mean), ('running_var', running_var)):
+        if training and v is not None and not v.flags.writeable:
+            raise ValueError(f"{name} is updated in place in training mode, got a read-only array")
 
 
 def _batch_statistics(x, axes, eps, running_mean, running_var, momentum):
@@ -415,7 +418,7 @@ def cross_entropy_backward(dout, cache):
     ``dout`` is the upstream scalar (1.0 when the loss is the final output).
     """
     p, labels = cache['p'], cache['labels']
-    if not isinstance(dout, numbers.Real):
+    if isinstance(dout, bool) or not isinstance(dout, numbers.Real):
         dout = float_array(np.asarray(dout), 'dout')
         expect_shape(dout, (), 'dout')
     n = p.shape[0]

@@ -48,12 +48,16 @@ def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
     """Resolve and check the hyper-parameters of a 2-D convolution-like op.
 
     Returns a :class:`Geometry` (all pairs; ``pads = (top, bottom, left, right)``). Raises when the
-    dilated kernel does not fit in the padded input (``Ho < 1`` or ``Wo < 1``).
+    input has no rows or columns (as PyTorch) or the dilated kernel does not fit in the padded input
+    (``Ho < 1`` or ``Wo < 1``).
     """
     kernel = pair(kernel_size, 'kernel_size', minimum=1)
     stride = pair(stride, 'stride', minimum=1)
     dilation = pair(dilation, 'dilation', minimum=1)
     pads = padding4(padding, kernel, stride, dilation)
+    if min(in_hw) < 1:
+        raise ValueError(f"the input must have H, W >= 1 (only the batch may be empty), got spatial "
+                         f"size {tuple(in_hw)}")
     padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
     out_hw = tuple(conv_output_size(in_hw[a], kernel[a], stride[a], pads[2 * a], pads[2 * a + 1],
                                     dilation[a]) for a in (0, 1))
@@ -74,6 +78,8 @@ def _check_conv(x, weight, bias, groups):
     n, c_in = x.shape[:2]
     per_sample = weight.ndim == 5
     c_out, c_g = weight.shape[-4], weight.shape[-3]
+    if c_out == 0:
+        raise ValueError(f"weight must have at least one output channel, got shape {weight.shape}")
     if c_in % groups:
         raise ValueError(f"groups={groups} must divide the input channels, got x of shape {x.shape}")
     if c_out % groups:
@@ -239,12 +245,12 @@ def _conv_gemm_backward(dout, cache):
 
 
 # -- depthwise, pointwise, separable ---------------------------------------------------------
-def _check_depthwise_weight(x, weight):
+def _check_depthwise_weight(x, weight, name='weight'):
     float_array(x, 'x', 4, "(N, C, H, W)")
-    float_array(weight, 'weight', 4, "(C * multiplier, 1, kh, kw)")
+    float_array(weight, name, 4, "(C * multiplier, 1, kh, kw)")
     c = x.shape[1]
     if weight.shape[1] != 1 or weight.shape[0] % max(c, 1) or weight.shape[0] == 0:
-        raise ValueError(f"weight must have shape (C * multiplier, 1, kh, kw) with C={c} "
+        raise ValueError(f"{name} must have shape (C * multiplier, 1, kh, kw) with C={c} "
                          f"(x of shape {x.shape}), got {weight.shape}")
 
 
@@ -259,18 +265,24 @@ def depthwise_conv2d_backward(dout, cache):
     return conv2d_backward(dout, cache)
 
 
+def _check_pointwise_weight(weight, bias, c_in, input_desc, names=('weight', 'bias')):
+    """Check a 1x1 weight ``(C_out, c_in, 1, 1)`` and bias ``(C_out,)``; ``input_desc`` for messages."""
+    float_array(weight, names[0], 4, "(C_out, C_in, 1, 1)")
+    if weight.shape[0] == 0 or weight.shape[1:] != (c_in, 1, 1):
+        c_out = weight.shape[0] or 'C_out >= 1'
+        raise ValueError(f"{names[0]} must have shape ({c_out}, {c_in}, 1, 1) for {input_desc}, "
+                         f"got {weight.shape}")
+    if bias is not None:
+        float_array(bias, names[1])
+        expect_shape(bias, (weight.shape[0],), names[1])
+
+
 def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
     """1x1 convolution without im2col: ``y[n,:,i,j] = W x[n,:,i*sh,j*sw] + b`` (eq. 11)."""
     float_array(x, 'x', 4, "(N, C_in, H, W)")
-    float_array(weight, 'weight', 4, "(C_out, C_in, 1, 1)")
-    if weight.shape[1:] != (x.shape[1], 1, 1):
-        raise ValueError(f"weight must have shape ({weight.shape[0]}, {x.shape[1]}, 1, 1) for x of "
-                         f"shape {x.shape}, got {weight.shape}")
-    if bias is not None:
-        float_array(bias, 'bias')
-        expect_shape(bias, (weight.shape[0],), 'bias')
+    _check_pointwise_weight(weight, bias, x.shape[1], f"x of shape {x.shape}")
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
-    sh, sw = pair(stride, 'stride', minimum=1)
+    sh, sw = conv_geometry(x.shape[2:], 1, stride, 0, 1).stride         # checks stride and H, W
     xs = x[:, :, ::sh, ::sw]                                              # (N, C_in, Ho, Wo)
     n, c_in, ho, wo = xs.shape
     y = np.matmul(weight[:, :, 0, 0], xs.reshape(n, c_in, ho * wo))       # (N, C_out, Ho*Wo)
@@ -283,6 +295,7 @@ def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
 def pointwise_conv2d_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`pointwise_conv2d_forward` (eq. 12)."""
     xs, weight, (sh, sw) = cache['xs'], cache['weight'], cache['stride']
+    float_array(dout, 'dout', 4)
     expect_shape(dout, (xs.shape[0], weight.shape[0]) + xs.shape[2:], 'dout')
     dout = dout.astype(xs.dtype, copy=False)
     n, c_in, ho, wo = xs.shape
@@ -295,9 +308,22 @@ def pointwise_conv2d_backward(dout, cache):
     return dx, dw, db
 
 
+def _check_separable(x, dw_weight, pw_weight, dw_bias, pw_bias):
+    """Validate the separable operands under their own argument names."""
+    _check_depthwise_weight(x, dw_weight, 'dw_weight')
+    if dw_bias is not None:
+        float_array(dw_bias, 'dw_bias')
+        expect_shape(dw_bias, dw_weight.shape[:1], 'dw_bias')
+    _check_pointwise_weight(pw_weight, pw_bias, dw_weight.shape[0], f"the {dw_weight.shape[0]} "
+                            f"channels of the depthwise output", ('pw_weight', 'pw_bias'))
+    same_dtype(('x', x), ('dw_weight', dw_weight), ('pw_weight', pw_weight), ('dw_bias', dw_bias),
+               ('pw_bias', pw_bias))
+
+
 def separable_conv2d_forward(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1,
                              padding=0, dilation=1):
     """Depthwise (with stride, padding, dilation) then pointwise 1x1 (MobileNet)."""
+    _check_separable(x, dw_weight, pw_weight, dw_bias, pw_bias)
     mid, dw_cache = depthwise_conv2d_forward(x, dw_weight, dw_bias, stride, padding, dilation)
     y, pw_cache = pointwise_conv2d_forward(mid, pw_weight, pw_bias)
     return y, (dw_cache, pw_cache)

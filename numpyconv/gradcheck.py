@@ -28,6 +28,9 @@ from functools import partial
 
 import numpy as np
 
+from ._checks import positive_int
+from .blocks import _real
+
 
 class GradcheckError(AssertionError):
     """Raised by a failed check; ``.report`` is the :class:`GradcheckReport`, the message its table."""
@@ -115,6 +118,11 @@ def gradcheck(forward, backward, inputs, *, eps=1e-6, atol=1e-5, rtol=1e-3, mode
     """
     if mode not in ('auto', 'full', 'random'):
         raise ValueError(f"mode must be 'auto', 'full' or 'random', got {mode!r}")
+    eps, atol, rtol = _real(eps, 'eps', 0, strict_low=True), _real(atol, 'atol', 0), _real(rtol, 'rtol', 0)
+    if atol == rtol == 0:
+        raise ValueError("atol and rtol cannot both be 0 (no point could pass)")
+    n_directions = positive_int(n_directions, 'n_directions')
+    full_threshold = _real(full_threshold, 'full_threshold', 0)
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     xs = tuple(None if a is None else _working_copy(a) for a in inputs)
     names = _input_names(names, len(xs))
@@ -203,7 +211,7 @@ def _select(wrt, xs, names):
     picked = []
     for w in wrt:
         i = names.index(w) if isinstance(w, str) and w in names else w
-        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(xs):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < len(xs):
             raise ValueError(f"wrt entry {w!r} is neither an input index < {len(xs)} nor one of {names}")
         if xs[i] is None or xs[i].dtype != np.float64:
             raise ValueError(f"wrt: input {names[i]} is {'None' if xs[i] is None else xs[i].dtype} "
@@ -313,9 +321,12 @@ def _compare(result, probe, shape, grad, directions, atol, rtol, mode):
     result.n_nondifferentiable_mismatch = int(np.sum(kink & (err > atol + rtol * np.abs(num))))
     if not smooth.any():
         return
-    ratio = np.where(smooth, err / (atol + rtol * np.abs(num)), -1.0)
+    tol = atol + rtol * np.abs(num)
+    within = np.divide(err, tol, out=np.where(err > 0, np.inf, 0.0), where=tol > 0)   # err / tol
+    ratio = np.where(smooth, within, -1.0)
     worst = int(np.argmax(ratio))
-    scale = np.maximum(np.maximum(np.abs(num), np.abs(ana)), atol / rtol)
+    floor = max(atol / rtol if rtol else 0.0, np.finfo(float).tiny)
+    scale = np.maximum(np.maximum(np.abs(num), np.abs(ana)), floor)
     result.max_abs_error = float(err[smooth].max())
     result.max_rel_error = float((err / scale)[smooth].max())
     result.worst_index, result.numerical, result.analytical = keys[worst], num[worst], ana[worst]

@@ -25,6 +25,7 @@ Parameter-free layers accept float32 and float64 input whatever their ``dtype`` 
 the input's dtype); layers with parameters require input of their own dtype.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -143,22 +144,25 @@ class BatchNorm2d(_BatchNorm):
 
 
 class LayerNorm(Module):
-    """``torch.nn.LayerNorm(D)`` over the last axis of ``x (..., D)``; keys ``weight``, ``bias``.
+    """``torch.nn.LayerNorm(D, eps, elementwise_affine, bias)`` over the last axis of ``x (..., D)``;
+    keys ``weight``, ``bias`` (those present).
 
     ``channels_first=True`` normalises ``(N, C, H, W)`` over ``C`` per pixel instead (the same math
     on the NHWC view; ConvNeXt's / InternImage's channels-first LayerNorm).
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, channels_first=False, *, dtype=np.float32,
-                 rng=None):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
+                 channels_first=False, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         if isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) == 1:
             normalized_shape = normalized_shape[0]
         self.normalized_shape = (positive_int(normalized_shape, 'normalized_shape'),)
         self.eps = _real(eps, 'eps', 0)
         self.channels_first = bool(channels_first)
-        self.add_param('weight', np.ones(self.normalized_shape))
-        self.add_param('bias', np.zeros(self.normalized_shape))
+        if elementwise_affine:
+            self.add_param('weight', np.ones(self.normalized_shape))
+            if bias:
+                self.add_param('bias', np.zeros(self.normalized_shape))
 
     def forward(self, x):
         (d,) = self.normalized_shape
@@ -169,16 +173,21 @@ class LayerNorm(Module):
             _check_dtype(self, x)
             if x.ndim == 0 or x.shape[-1] != d:
                 raise ValueError(f"x must have shape (..., {d}), got {x.shape}")
-        y, self._cache = layer_norm_forward(x, self._params['weight'], self._params['bias'], self.eps)
+        y, self._cache = layer_norm_forward(x, self._params.get('weight'), self._params.get('bias'),
+                                            self.eps)
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if self.channels_first else y
 
     def backward(self, dout):
         if self.channels_first:
+            n, h, w, c = self._cache['x_hat'].shape
             float_array(dout, 'dout', 4, "(N, C, H, W)")
+            expect_shape(dout, (n, c, h, w), 'dout')
             dout = dout.transpose(0, 2, 3, 1)                              # (N, H, W, C)
         dx, dweight, dbias = layer_norm_backward(dout, self._cache)
-        self._grads['weight'] += dweight
-        self._grads['bias'] += dbias
+        if dweight is not None:
+            self._grads['weight'] += dweight
+        if dbias is not None:
+            self._grads['bias'] += dbias
         return np.ascontiguousarray(dx.transpose(0, 3, 1, 2)) if self.channels_first else dx
 
     def macs(self, input_shape):
@@ -270,6 +279,9 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
+        for name, value in (('start_dim', start_dim), ('end_dim', end_dim)):
+            if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def _out_shape(self, shape):
@@ -283,13 +295,14 @@ class Flatten(Module):
 
     def forward(self, x):
         float_array(x, 'x')
-        self._x_shape, self._y_shape = x.shape, self._out_shape(x.shape)
-        return x.reshape(self._y_shape)
+        self._cache = (x.shape, self._out_shape(x.shape))                  # (input, output) shapes
+        return x.reshape(self._cache[1])
 
     def backward(self, dout):
+        x_shape, y_shape = self._cache
         float_array(dout, 'dout')
-        expect_shape(dout, self._y_shape, 'dout')
-        return dout.reshape(self._x_shape)
+        expect_shape(dout, y_shape, 'dout')
+        return dout.reshape(x_shape)
 
     def macs(self, input_shape):
         return 0, self._out_shape(input_shape)

@@ -18,6 +18,7 @@ Subclasses call :meth:`add_param`, :meth:`add_buffer` and :meth:`add_module` in 
 reach their own arrays through ``self._params[name]`` / ``self._grads[name]``.
 """
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -54,6 +55,14 @@ def default_bias(rng, fan_in, n, dtype):
     """The Conv2d/Linear default bias: U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
+
+
+class StateDictError(KeyError, ValueError):
+    """Missing or unexpected state_dict keys: a ``KeyError`` that is also a ``ValueError`` (a bad
+    argument, as the API contract says), with a plain (unquoted) message."""
+
+    def __str__(self):
+        return str(self.args[0])
 
 
 class Module:
@@ -106,25 +115,33 @@ class Module:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self):
-        """Copies of parameters and buffers, keyed as the official module's state_dict."""
-        state = {k: v.copy() for k, v in self.params.items()}
-        state.update({k: v.copy() for k, v in self.buffers.items()})
-        return state
+        """Copies of parameters and buffers, keyed and ordered as the official module's state_dict
+        (each layer's parameters, then its buffers, then its children's, as ``torch.nn.Module``)."""
+        return {prefix + k: v.copy() for prefix, m in self.named_modules()
+                for k, v in (*m._params.items(), *m._buffers.items())}
 
     def load_state_dict(self, state, strict=True):
         """Copy ``state`` into this layer in place (float values cast to the layer's dtype).
 
-        Raises ``KeyError`` for missing or unexpected keys when ``strict`` and ``ValueError`` for
-        a value of the wrong shape. Returns ``(missing_keys, unexpected_keys)``.
+        Raises :class:`StateDictError` (a ``KeyError`` and ``ValueError``) for missing or unexpected
+        keys when ``strict``, ``ValueError`` for a value of the wrong shape and ``TypeError`` for a
+        value that is not real numbers; nothing is copied then. Returns ``(missing_keys,
+        unexpected_keys)``.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping key -> array (a state_dict), got "
+                            f"{type(state).__name__}")
         own = {**self.params, **self.buffers}
         missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
+        unexpected = sorted(set(state) - set(own), key=str)
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+            raise StateDictError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                                 f"unexpected keys {unexpected}")
         for key in set(own) & set(state):
             value = np.asarray(state[key])
+            if value.dtype.kind not in 'biuf':
+                raise TypeError(f"load_state_dict: {key} must hold real numbers, got dtype "
+                                f"{value.dtype}")
             if value.shape != own[key].shape:
                 raise ValueError(f"load_state_dict: {key} must have shape {own[key].shape}, "
                                  f"got {value.shape}")
@@ -145,6 +162,13 @@ class Module:
         return self.train(False)
 
     # -- computation ----------------------------------------------------------------------
+    def __getattr__(self, name):
+        """Only reached for a missing attribute: a forward cache read before any forward pass."""
+        if name.endswith('cache') and not name.startswith('__'):
+            raise RuntimeError(f"{type(self).__name__}.backward needs the cache of a forward pass: "
+                               f"call forward(x) before backward(dout)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 

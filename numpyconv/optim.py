@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from ._checks import float_array
 from .blocks import _real
 from .module import Module
 
@@ -40,6 +41,9 @@ def _sources(module, grads):
             given = sorted(grads) if isinstance(grads, dict) else grads
             raise ValueError(f"a dict of parameters needs grads= with the same keys; parameters "
                              f"{sorted(module)}, grads {given!r}")
+        for key in module:
+            float_array(module[key], f"parameter {key!r}")
+            float_array(grads[key], f"gradient {key!r}")
         return [lambda: (module, grads)]
     if isinstance(module, (list, tuple)) and module and all(isinstance(m, Module) for m in module):
         return [s for m in module for s in _sources(m, None)]

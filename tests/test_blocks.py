@@ -396,6 +396,21 @@ def test_backward_checks_dout_shape():
         B.cross_entropy_backward(np.ones(2), cache)
 
 
+def test_read_only_running_stats_rejected_before_any_update():
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    running_var.flags.writeable = False                # was numpy's 'assignment destination is read-only'
+    with pytest.raises(ValueError, match='running_var is updated in place in training mode'):
+        B.batch_norm_forward(normal(4, 3), None, None, running_mean, running_var, True)
+    np.testing.assert_array_equal(running_mean, np.zeros(3))   # nothing half-updated
+    B.batch_norm_forward(normal(4, 3), None, None, running_mean, running_var, False)   # eval reads only
+
+
+def test_cross_entropy_backward_rejects_bool_dout():
+    _, cache = B.cross_entropy_forward(normal(2, 3), np.array([0, 1]))
+    with pytest.raises(TypeError, match='dout must be float32 or float64, got dtype bool'):
+        B.cross_entropy_backward(True, cache)
+
+
 def test_upsample_accepts_integral_float_scale():
     x = normal(1, 1, 2, 2)
     np.testing.assert_array_equal(B.upsample_nearest2d_forward(x, 2.0)[0],

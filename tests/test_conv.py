@@ -299,6 +299,50 @@ def test_depthwise_and_pointwise_errors():
         C.pointwise_conv2d_forward(X, np.zeros((3, 4, 3, 3)))
 
 
+@pytest.mark.parametrize('call, error, match', [      # regressions: torch raises, we used to compute
+    (lambda: C.conv2d_forward(X, np.zeros((0, 2, 3, 3)), groups=2), ValueError,
+     r'at least one output channel, got shape \(0, 2, 3, 3\)'),
+    (lambda: C.conv2d_forward(np.zeros((2, 4, 0, 5)), W, padding=2, groups=2), ValueError,
+     r'H, W >= 1.*got spatial size \(0, 5\)'),
+    (lambda: C.pointwise_conv2d_forward(X, np.zeros((0, 4, 1, 1))), ValueError,
+     r'weight must have shape \(C_out >= 1, 4, 1, 1\)'),
+    (lambda: C.pointwise_conv2d_forward(np.zeros((2, 4, 5, 0)), np.zeros((3, 4, 1, 1))), ValueError,
+     r'got spatial size \(5, 0\)'),
+])
+def test_empty_output_channels_and_spatial_size_rejected(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize('dout, error, match', [      # regression: a list raised AttributeError
+    ([[0.0]], TypeError, 'dout must be a numpy.ndarray, got list'),
+    (np.zeros((2, 3, 5, 5), dtype=np.int64), TypeError, 'dout must be float32 or float64'),
+    (np.zeros((2, 3, 5, 5), dtype=complex), TypeError, 'dout must be float32 or float64'),
+    (np.zeros((3, 5, 5)), ValueError, r'dout must be 4-D, got shape \(3, 5, 5\)'),
+])
+def test_pointwise_backward_rejects_bad_dout(dout, error, match):
+    _, cache = C.pointwise_conv2d_forward(X, np.zeros((3, 4, 1, 1)))
+    with pytest.raises(error, match=match):
+        C.pointwise_conv2d_backward(dout, cache)
+
+
+@pytest.mark.parametrize('kwargs, error, match', [     # regression: messages said 'weight' / 'bias'
+    (dict(dw_weight=np.zeros((6, 1, 3, 3))), ValueError, r'dw_weight must have shape \(C \* multiplier'),
+    (dict(pw_weight=np.zeros((5, 4, 1, 1))), ValueError,
+     r'pw_weight must have shape \(5, 8, 1, 1\) for the 8 channels of the depthwise output, got \(5, 4'),
+    (dict(dw_bias=np.zeros(4)), ValueError, r'dw_bias must have shape \(8,\), got \(4,\)'),
+    (dict(pw_bias=np.zeros(4)), ValueError, r'pw_bias must have shape \(5,\), got \(4,\)'),
+    (dict(pw_weight=np.zeros((5, 8, 1, 1), np.float32)), TypeError, 'pw_weight: float32'),
+    (dict(dw_bias=[0.0] * 8), TypeError, 'dw_bias must be a numpy.ndarray'),
+])
+def test_separable_errors_name_the_argument(kwargs, error, match):
+    args = dict(x=X, dw_weight=np.zeros((8, 1, 3, 3)), pw_weight=np.zeros((5, 8, 1, 1)), dw_bias=None,
+                pw_bias=None)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        C.separable_conv2d_forward(**args)
+
+
 # -- optional cross-check against PyTorch ------------------------------------------------------------------
 @pytest.mark.parametrize('case', GRID)
 def test_against_torch(case):

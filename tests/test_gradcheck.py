@@ -138,6 +138,33 @@ def test_random_mode_detects_wrong_gradient_on_large_input():
     assert report.results[0].n_checked == 4 and report.results[0].worst_index in range(4)
 
 
+@pytest.mark.parametrize('options, error, match', [   # were ZeroDivisionError or a vacuous pass
+    (dict(eps=0), ValueError, r'eps must be finite and in \(0, inf\), got 0'),
+    (dict(eps=-1e-6), ValueError, 'eps must be finite'),
+    (dict(eps='1e-6'), TypeError, 'eps must be a real number'),
+    (dict(atol=-1.0), ValueError, 'atol must be finite'),
+    (dict(atol=0.0, rtol=0.0), ValueError, 'atol and rtol cannot both be 0'),
+    (dict(n_directions=0, mode='random'), ValueError, 'n_directions must be a positive int'),
+    (dict(wrt=True), ValueError, 'wrt entry True'),
+])
+def test_bad_options_raise(options, error, match):
+    with pytest.raises(error, match=match):
+        gradcheck(relu_forward, relu_backward, (_rng().standard_normal(4),), **options)
+
+
+@pytest.mark.parametrize('atol, rtol', [(0.0, 1e-4), (1e-6, 0.0)])
+def test_pure_relative_or_absolute_tolerance(atol, rtol):
+    x = _rng().uniform(0.5, 1.5, size=5)
+    report = gradcheck(scaled_tanh_forward, scaled_tanh_backward, (x, 0.3), atol=atol, rtol=rtol)
+    assert report.ok and all(np.isfinite(r.max_rel_error) for r in report.results)
+
+    def wrong(dout, cache):
+        dx, dscale = scaled_tanh_backward(dout, cache)
+        return dx * 1.01, dscale
+    report = gradcheck(scaled_tanh_forward, wrong, (x, 0.3), atol=atol, rtol=rtol, raise_exception=False)
+    assert not report.results[0].ok and 0.005 < report.results[0].max_rel_error < 0.02
+
+
 def test_relu_at_zero_is_flagged_nondifferentiable():
     x = np.array([-1.0, 0.0, 2.0, 0.5, 0.0])
     with pytest.warns(UserWarning, match='non-differentiable'):

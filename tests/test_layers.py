@@ -296,3 +296,74 @@ def test_matches_torch(name):
     for key, value in tmod.state_dict().items():
         np.testing.assert_allclose(layer.state_dict()[key], value.numpy(), rtol=1e-12, atol=1e-14)
         assert layer.state_dict()[key].shape == tuple(value.shape)
+
+
+# -- regressions found by fuzzing against torch --------------------------------------------------------------
+def test_backward_before_forward_says_so():
+    with pytest.raises(RuntimeError, match='call forward'):               # was AttributeError: _cache
+        L.Linear(3, 2).backward(np.zeros((1, 2), dtype=np.float32))
+    with pytest.raises(RuntimeError, match='Flatten.backward needs'):
+        L.Flatten().backward(np.zeros((1, 2), dtype=np.float32))
+    with pytest.raises(AttributeError, match='no_such_thing'):             # other names: AttributeError
+        L.Linear(3, 2).no_such_thing
+
+
+@pytest.mark.parametrize('state, error, match', [
+    ([('weight', np.zeros((2, 3)))], TypeError, 'state must be a mapping'),
+    ({'weight': np.zeros((2, 3)), 'bias': np.ones(2) * 1j}, TypeError, 'bias must hold real numbers'),
+    ({'weight': np.zeros((2, 3)), 'bias': np.array(['a', 'b'])}, TypeError, 'bias must hold real numbers'),
+    ({'weight': np.zeros((2, 3))}, ValueError, r"missing keys \['bias'\]"),      # also a KeyError
+    ({'weight': np.zeros((2, 3)), 'bias': np.zeros(2), 3: 0}, KeyError, r"unexpected keys \[3\]"),
+])
+def test_load_state_dict_rejects_bad_state_without_copying(state, error, match):
+    layer = L.Linear(3, 2, **F64)
+    before = layer.state_dict()
+    with pytest.raises(error, match=match):
+        layer.load_state_dict(state)
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_flatten_dims_must_be_ints():
+    with pytest.raises(TypeError, match='start_dim must be an int, got 1.5'):   # was silently truncated
+        L.Flatten(1.5)
+    with pytest.raises(TypeError, match="end_dim must be an int, got 'a'"):
+        L.Flatten(1, 'a')
+
+
+def test_channels_first_layer_norm_dout_error_in_nchw():
+    layer = L.LayerNorm(4, channels_first=True, **F64)
+    layer(normal(2, 4, 3, 5))
+    with pytest.raises(ValueError, match=r'dout must have shape \(2, 4, 3, 5\), got \(2, 2, 3, 5\)'):
+        layer.backward(normal(2, 2, 3, 5))                               # was reported as NHWC shapes
+
+
+@pytest.mark.parametrize('affine, bias', [(False, True), (True, False)])
+def test_layer_norm_elementwise_affine_and_bias_as_torch(affine, bias):
+    torch = pytest.importorskip('torch')
+    tmod = torch.nn.LayerNorm(5, 1e-5, affine, bias).double()
+    layer = L.LayerNorm(5, 1e-5, affine, bias, **F64)
+    assert list(layer.state_dict()) == list(tmod.state_dict())
+    if affine:
+        with torch.no_grad():
+            tmod.weight.normal_()
+        layer.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
+    x, dout = normal(2, 3, 5), normal(2, 3, 5)
+    xt = torch.tensor(x, requires_grad=True)
+    tmod(xt).backward(torch.tensor(dout))
+    np.testing.assert_allclose(layer(x), tmod(xt).detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for key, p in tmod.named_parameters():
+        np.testing.assert_allclose(layer.grads[key], p.grad.numpy(), rtol=1e-10, atol=1e-12)
+    gradcheck_layer(layer, x, mode='full')
+
+
+def test_state_dict_key_order_matches_torch():
+    torch = pytest.importorskip('torch')
+    nn = torch.nn
+    tmod = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    model = Sequential(L.Linear(4, 3), L.BatchNorm1d(3), L.Linear(3, 2))
+    assert list(model.state_dict()) == list(tmod.state_dict())             # buffers were listed last
+    model.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
+    state = model.state_dict()
+    assert state['1.num_batches_tracked'].dtype == np.int64 and state['1.num_batches_tracked'].shape == ()
