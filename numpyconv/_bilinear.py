@@ -15,6 +15,10 @@ Their derivatives (eq. 2), used for the offset gradient, are::
     d/dh: -(1-lw), -lw, (1-lw), lw          d/dw: -(1-lh), (1-lh), -lh, lh
 
 At an integer coordinate ``floor`` picks the right-hand derivative, as the official kernels do.
+``corner_slopes`` is zero outside ``-1 < h < H``, ``-1 < w < W`` (DCNv3/DCNv4 kernels);
+``corner_slopes_per_corner`` checks each corner alone and has no such exit (torchvision's
+``get_coordinate_weight``). The two differ only at a coordinate exactly equal to -1, where the
+value is 0 but the second still gives the slope towards row / column 0 (eq. 2, boundary note).
 These functions are Numba-compiled and called from the ops' own jitted loops; they only
 compute indices and weights, the loops do the reads and the ``+=`` of the gradients.
 """
@@ -25,8 +29,12 @@ from numba import njit
 
 @njit(cache=True, inline='always')
 def corners(h, w, height, width):
-    """``(h0, w0, w00, w01, w10, w11)``: top-left corner and the four weights (0 if outside)."""
-    if not (-1.0 < h < height and -1.0 < w < width):
+    """``(h0, w0, w00, w01, w10, w11)``: top-left corner and the four weights (0 if outside).
+
+    The corner is returned for ``-1 <= h < H``, ``-1 <= w < W`` (at exactly -1 every weight is 0,
+    but ``corner_slopes_per_corner`` reads the corners there); ``(0, 0)`` otherwise.
+    """
+    if not (-1.0 <= h < height and -1.0 <= w < width):
         return 0, 0, 0.0, 0.0, 0.0, 0.0
     h0, w0 = int(math.floor(h)), int(math.floor(w))
     lh, lw = h - h0, w - w0
@@ -40,19 +48,33 @@ def corners(h, w, height, width):
 
 
 @njit(cache=True, inline='always')
-def corner_slopes(h, w, height, width):
-    """Derivatives of the four corner weights: ``(dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11)``.
-
-    Zero for a corner outside the image and everywhere outside ``-1 < h < H``, ``-1 < w < W``.
-    """
-    if not (-1.0 < h < height and -1.0 < w < width):
-        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+def _slopes(h, w, height, width):
+    """The eight slopes with each corner checked on its own (``h``, ``w`` finite)."""
     h0, w0 = int(math.floor(h)), int(math.floor(w))
     lh, lw = h - h0, w - w0
-    top, bottom = h0 >= 0, h0 + 1 <= height - 1
-    left, right = w0 >= 0, w0 + 1 <= width - 1
+    top, bottom = 0 <= h0 < height, 0 <= h0 + 1 < height
+    left, right = 0 <= w0 < width, 0 <= w0 + 1 < width
     k00, k01, k10, k11 = top and left, top and right, bottom and left, bottom and right
     return (-(1.0 - lw) if k00 else 0.0, -lw if k01 else 0.0,
             (1.0 - lw) if k10 else 0.0, lw if k11 else 0.0,
             -(1.0 - lh) if k00 else 0.0, (1.0 - lh) if k01 else 0.0,
             -lh if k10 else 0.0, lh if k11 else 0.0)
+
+
+@njit(cache=True, inline='always')
+def corner_slopes_per_corner(h, w, height, width):
+    """Derivatives of the four corner weights: ``(dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11)``,
+    each zero when its corner is outside the image (torchvision's rule: no test on ``(h, w)`` itself;
+    outside ``[-1, H) x [-1, W)`` every corner is outside, which the early exit also makes safe for
+    huge or non-finite coordinates)."""
+    if not (-1.0 <= h < height and -1.0 <= w < width):
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    return _slopes(h, w, height, width)
+
+
+@njit(cache=True, inline='always')
+def corner_slopes(h, w, height, width):
+    """As :func:`corner_slopes_per_corner`, and all zero outside ``-1 < h < H``, ``-1 < w < W``."""
+    if not (-1.0 < h < height and -1.0 < w < width):
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    return _slopes(h, w, height, width)

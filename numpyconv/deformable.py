@@ -29,7 +29,8 @@ Backward, with ``dcols = W^T dy`` per group (eq. 6, ``conv.cols_matmul_backward`
 * ``dx[n, c, hc, wc] += m * k(h - hc) * k(w - wc) * dcols``, the transposed bilinear scatter, with the
   same four corner weights as the forward (eq. 7);
 * ``d dy = m * sum_{c in group} dcols * dB/dh``, ``d dx = m * sum_{c in group} dcols * dB/dw`` (eq. 8, 9),
-  with ``dB/dh``, ``dB/dw`` from the corner-weight slopes (eq. 2);
+  with ``dB/dh``, ``dB/dw`` from the corner-weight slopes (eq. 2), each corner checked on its own
+  as in torchvision's ``get_coordinate_weight`` (so a coordinate of exactly -1 still has a slope);
 * ``dmask = sum_{c in group} dcols * B`` (eq. 10).
 
 The sampling runs in Numba kernels: a sampling plan (top-left corner index and the four masked
@@ -60,7 +61,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._bilinear import corner_slopes, corners
+from ._bilinear import corner_slopes_per_corner, corners
 from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
 from ._parallel import threads_for
 from .blocks import sigmoid_backward, sigmoid_forward
@@ -164,7 +165,7 @@ def _coord_kernel(xr, ring_w, base, offset, mask, use_mask, dcols, height, width
             s00, s01, s10, s11 = corner_sums[0, q], corner_sums[1, q], corner_sums[2, q], corner_sums[3, q]
             h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
                              float(offset[b, (g * npts + p) * 2 + 1, q]))
-            dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes(h, w, height, width)
+            dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes_per_corner(h, w, height, width)
             m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
             doffset[b, (g * npts + p) * 2, q] = m * (dh00 * s00 + dh01 * s01 + dh10 * s10 + dh11 * s11)
             doffset[b, (g * npts + p) * 2 + 1, q] = m * (dw00 * s00 + dw01 * s01 + dw10 * s10 + dw11 * s11)
@@ -239,10 +240,10 @@ def _check_deform(x, offset, weight, bias, mask, stride, padding, dilation):
     float_array(weight, 'weight', 4, "(C_out, C_in // groups, kh, kw)")
     n, c_in = x.shape[:2]
     c_out, c_g, kh, kw = weight.shape
-    if c_g == 0 or c_in % c_g or c_out % (c_in // c_g):
-        raise ValueError(f"weight must have shape (C_out, C_in // groups, kh, kw) with groups dividing "
-                         f"C_in={c_in} and C_out, got weight of shape {weight.shape} for x of shape "
-                         f"{x.shape}")
+    if c_g == 0 or kh == 0 or kw == 0 or c_in % c_g or c_out % (c_in // c_g):
+        raise ValueError(f"weight must have shape (C_out, C_in // groups, kh, kw) with kh, kw >= 1 and "
+                         f"groups dividing C_in={c_in} and C_out, got weight of shape {weight.shape} for "
+                         f"x of shape {x.shape}")
     geo = conv_geometry(x.shape[2:], (kh, kw), stride, padding, dilation)
     npts = kh * kw
     og = offset.shape[1] // (2 * npts)

@@ -135,6 +135,14 @@ def _kernel_grad_kernel(x, dy, geo, dkernel):
                              dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], False)
 
 
+def _kernel_operand(a, dtype=None):
+    """``a`` as a C-contiguous, writeable array, copied only if it is neither: one loop serves the
+    gather and the scatter (``_multiply_add``), so Numba types a write into every array argument and
+    rejects read-only ones (``writeable=False``, read-only memory maps)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
 def _launch(kernel, work, *args):
     """Run a Numba kernel, problems below ``work`` = N*C*Ho*Wo*K multiply-adds on one thread."""
     with threads_for(work):
@@ -179,7 +187,7 @@ def involution_forward(x, kernel, kernel_size, stride=1, dilation=1):
     ``kernel_size``, ``stride``, ``dilation`` are ints or pairs; padding is ``d*(K-1)//2``.
     """
     geo, groups = _check_involution(x, kernel, kernel_size, stride, dilation)
-    x, kernel = np.ascontiguousarray(x), np.ascontiguousarray(kernel)
+    x, kernel = _kernel_operand(x), _kernel_operand(kernel)
     y = np.zeros(x.shape[:2] + geo.out_hw, dtype=x.dtype)                 # (N, C, Ho, Wo)
     work = y.size * geo.kernel[0] * geo.kernel[1]
     _launch(_channel_plane_kernel, work, kernel, x, y, _geo_tuple(geo), False)   # (eq. 2)
@@ -191,7 +199,7 @@ def involution_backward(dout, cache):
     x, kernel, geo, work = cache['x'], cache['kernel'], cache['geo'], cache['work']
     float_array(dout, 'dout', 4, "(N, C, Ho, Wo)")
     expect_shape(dout, x.shape[:2] + geo.out_hw, 'dout')
-    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dout = _kernel_operand(dout, x.dtype)
     dx, dkernel = np.zeros_like(x), np.zeros_like(kernel)
     _launch(_channel_plane_kernel, work, kernel, dx, dout, _geo_tuple(geo), True)  # (eq. 4)
     _launch(_kernel_grad_kernel, work, x, dout, _geo_tuple(geo), dkernel)  # (eq. 3)

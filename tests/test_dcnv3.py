@@ -117,6 +117,19 @@ def test_coordinate_gradient_matches_bilinear_slope():
     assert doffset[0, 1, 2, 1] == pytest.approx(2.0 * 0.75 * dbdh)
 
 
+def test_coordinate_gradient_is_zero_at_exactly_minus_one():
+    """The CUDA kernels skip a point unless ``loc > -1``: at exactly -1 the offset gradient is 0,
+    unlike torchvision's deform_conv2d (shared ``corners``, different slope rule)."""
+    x = RNG.standard_normal((1, 4, 5, 1))
+    offset, mask = np.zeros((1, 4, 5, 2)), np.ones((1, 4, 5, 1))
+    offset[0, 0, 2] = (0.25, -1.0)                   # output (0, 2) samples (h, w) = (-1, 2.25)
+    offset[0, 1, 0] = (-1.0, 0.5)                    # output (1, 0) samples (h, w) = (1.5, -1)
+    y, cache = D3.dcnv3_forward(x, offset, mask, 1, 1, 0, 1, 1, 1)
+    doffset = D3.dcnv3_backward(np.ones_like(y), cache)[1]
+    assert y[0, 0, 2, 0] == y[0, 1, 0, 0] == 0
+    assert not doffset[0, 0, 2].any() and not doffset[0, 1, 0].any()
+
+
 # -- identities ------------------------------------------------------------------------------
 @pytest.mark.parametrize('point', range(9))
 def test_one_hot_mask_shifts_by_the_column_major_point(point):
@@ -269,6 +282,8 @@ def test_float32_in_float32_out_and_no_mutation():
     case = GRID[1][3:]
     x, offset, mask = operands(2, 8, 8, *case[:6], case[7])
     copies = [a.copy() for a in (x, offset, mask)]
+    for a in (x, offset, mask):
+        a.flags.writeable = False                                     # read-only inputs work too
     y64, cache64 = run(x, offset, mask, case)
     y32, cache32 = run(*(a.astype(np.float32) for a in (x, offset, mask)), case)
     assert y32.dtype == np.float32

@@ -152,6 +152,7 @@ def test_float32_batch_zero_no_mutation():
     case = GRID[2][3:]
     x, om, _ = operands(2, 6, 6, *case[:6], case[7])
     copies = x.copy(), om.copy()
+    x.flags.writeable = om.flags.writeable = False                    # read-only inputs work too
     y64, c64 = run(x, om, case)
     y32, c32 = run(x.astype(np.float32), om.astype(np.float32), case)
     assert y32.dtype == np.float32

@@ -94,6 +94,31 @@ def test_coordinate_gradient_separately():
             np.testing.assert_allclose(dmask[0, 0, r, c], ref.bilinear(x[0, 0], h, w), atol=1e-12)
 
 
+def test_coordinate_gradient_at_integer_points_is_right_derivative_including_minus_one():
+    """torchvision's ``get_coordinate_weight`` (no ``(-1, H)`` exit): at every integer coordinate, also
+    exactly -1 where the sample itself is 0, the offset gradient is the right-hand slope of B.
+    B is linear on ``[t, t + 1)``, so a one-sided difference is exact up to rounding."""
+    height, width = 3, 4
+    img = RNG.standard_normal((height, width))
+    rows, cols = np.meshgrid(np.arange(-2.0, height + 1), np.arange(-2.0, width + 1), indexing='ij')
+    rows, cols = rows.ravel(), cols.ravel()
+    cols = np.concatenate([cols, cols + 0.25])                          # integer rows, inner columns
+    rows = np.concatenate([rows, rows])
+    x = np.repeat(img[None, None], rows.size, axis=0)                  # one sample per point
+    offset = np.zeros((rows.size, 2, height, width))                   # 1x1 kernel: output (0, 0)
+    offset[:, 0, 0, 0], offset[:, 1, 0, 0] = rows, cols                # samples at (h, w) itself
+    y, cache = D.deform_conv2d_forward(x, offset, np.ones((1, 1, 1, 1)))
+    doffset = D.deform_conv2d_backward(np.ones_like(y), cache)[1][:, :, 0, 0]
+    eps = 2.0 ** -20
+    for q, (h, w) in enumerate(zip(rows, cols)):
+        slope_h = (ref.bilinear(img, h + eps, w) - ref.bilinear(img, h, w)) / eps
+        slope_w = (ref.bilinear(img, h, w + eps) - ref.bilinear(img, h, w)) / eps
+        np.testing.assert_allclose(doffset[q], [slope_h, slope_w], atol=1e-9,
+                                   err_msg=f"at (h, w) = ({h}, {w})")
+    at_minus_one = (rows == -1) & (cols >= 0) & (cols <= width - 1)
+    assert np.abs(doffset[at_minus_one, 0]).min() > 0                  # the torchvision case
+
+
 @pytest.mark.parametrize('wrt', ['offset', 'mask'])
 def test_gradcheck_coordinate_inputs_full(wrt):
     case = GRID[2]
@@ -183,6 +208,8 @@ def test_error_inputs():
         D.deform_conv2d_forward(x, o, np.zeros((2, 4, 3, 2)), **kw)
     with pytest.raises(ValueError, match=r"groups dividing C_in=6.*\(4, 2, 3, 2\)"):   # C_out=4, groups=3
         D.deform_conv2d_forward(x, o, np.zeros((4, 2, 3, 2)), **kw)
+    with pytest.raises(ValueError, match=r"kh, kw >= 1.*\(2, 3, 0, 2\)"):           # names weight
+        D.deform_conv2d_forward(x, o, np.zeros((2, 3, 0, 2)), **kw)
     with pytest.raises(ValueError, match=r"bias must have shape \(2,\), got \(3,\)"):
         D.deform_conv2d_forward(x, o, w, np.zeros(3), **kw)
     with pytest.raises(TypeError, match="same float dtype"):
@@ -213,9 +240,12 @@ def test_inputs_not_mutated():
     case = GRID[0]
     inputs = operands(*case)
     copies = [a.copy() for a in inputs]
+    for a in inputs:
+        a.flags.writeable = False                                     # read-only inputs work too
     y, cache = forward_of(case)(*inputs)
     dy = RNG.standard_normal(y.shape)
     dy_copy = dy.copy()
+    dy.flags.writeable = False
     D.deform_conv2d_backward(dy, cache)
     for a, c in zip(inputs + (dy,), copies + [dy_copy]):
         np.testing.assert_array_equal(a, c)
@@ -453,3 +483,42 @@ def test_against_mmcv_style_torch_pack(modulated, bias):
     np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
     for name, p in module.named_parameters():
         np.testing.assert_allclose(layer.grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize('modulated', [False, True])
+def test_against_mmcv_style_torch_pack_at_init(modulated):
+    """mmcv's zero-initialised ``conv_offset`` puts samples exactly on -1 (padding 1): the
+    ``conv_offset`` gradients there follow torchvision's coordinate weight."""
+    torch = pytest.importorskip('torch')
+    ops = pytest.importorskip('torchvision.ops')
+    torch.manual_seed(1)
+    module = mmcv_pack(torch, ops, modulated, 4, 4, (3, 3), 1, 1, 1, 1, 2, bias=modulated)
+    torch.nn.init.zeros_(module.conv_offset.weight)
+    torch.nn.init.zeros_(module.conv_offset.bias)
+    cls = nc.ModulatedDeformConv2d if modulated else nc.DeformConv2d
+    layer = cls(4, 4, 3, padding=1, deform_groups=2, dtype=np.float64)
+    layer.load_state_dict({k: v.detach().numpy() for k, v in module.state_dict().items()})
+    x = RNG.standard_normal((2, 4, 5, 6))
+    tx = torch.tensor(x, requires_grad=True)
+    out = module(tx)
+    dy = RNG.standard_normal(tuple(out.shape))
+    out.backward(torch.tensor(dy))
+    np.testing.assert_allclose(layer(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(layer.grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_against_torchvision_on_integer_and_border_coordinates():
+    """Integer offsets, many landing exactly on -1, 0, H-1 and H (and W-side likewise)."""
+    torch = pytest.importorskip('torch')
+    ops = pytest.importorskip('torchvision.ops')
+    case = GRID[0]
+    x, o, w, b, m = operands(*case)
+    o = RNG.integers(-4, 5, o.shape).astype(np.float64)
+    expected, dy, grads = torch_grads(
+        torch, lambda x, o, w, b, m: ops.deform_conv2d(x, o, w, b, mask=m, **hyper(case)), (x, o, w, b, m))
+    y, cache = forward_of(case)(x, o, w, b, m)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+    for ours, theirs in zip(D.deform_conv2d_backward(dy, cache), grads):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)

@@ -126,6 +126,25 @@ def test_op_batch_zero_and_no_mutation():
     np.testing.assert_array_equal(dy, 1.0)
 
 
+def test_op_and_layer_accept_read_only_inputs():
+    """Read-only arrays (``writeable=False``, read-only memory maps) are valid inputs: the shared
+    gather/scatter loop once made Numba reject them with a typing error."""
+    x, kernel = _operands(np.random.default_rng(11))
+    expected, cache = involution_forward(x, kernel, 3)
+    dy = np.random.default_rng(12).standard_normal(expected.shape)
+    grads = involution_backward(dy, cache)
+    for a in (x, kernel, dy):
+        a.flags.writeable = False
+    y, cache = involution_forward(x, kernel, 3)
+    np.testing.assert_array_equal(y, expected)
+    for ours, theirs in zip(involution_backward(dy, cache), grads):
+        np.testing.assert_array_equal(ours, theirs)
+    layer = _layer(16, 3, 2)
+    x16 = np.random.default_rng(13).standard_normal((2, 16, 4, 6))
+    x16.flags.writeable = False
+    assert layer.backward(layer(x16)).shape == x16.shape
+
+
 def test_op_float32_preserved_and_close_to_float64():
     x, kernel = _operands(np.random.default_rng(6), kernel_size=7, groups=4)
     y64, cache64 = involution_forward(x, kernel, 7)
