@@ -45,7 +45,7 @@ import numbers
 import numpy as np
 
 from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
-from .blocks import (global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
+from .blocks import (_real, global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
                      linear_forward, relu_backward, relu_forward, softmax_backward, softmax_forward)
 from .conv import Conv2d, conv2d_backward, conv2d_forward, conv_geometry
 from .module import Module, kaiming_normal_fan_out
@@ -236,6 +236,8 @@ class MixtureConv2dBase(Module):
         return self.stride, self.padding, self.dilation, self.groups
 
     def macs(self, input_shape):
+        if len(input_shape) != 4 or input_shape[1] != self.in_channels:
+            raise ValueError(f"input_shape must be (N, {self.in_channels}, H, W), got {input_shape}")
         n, c_in, h, w = input_shape
         geo = conv_geometry((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         per_output = c_in // self.groups * geo.kernel[0] * geo.kernel[1]
@@ -280,6 +282,7 @@ class DynamicConv2d(MixtureConv2dBase):
                          ('in_planes', 'out_planes', 'K'), dtype=dtype, rng=rng)
         self.in_planes, self.out_planes, self.K = self.in_channels, self.out_channels, self.num_kernels
         self.temperature = temperature
+        ratio = _real(ratio, 'ratio', -math.inf)                          # any finite real, as official
         self.hidden = self.K if self.in_planes == 3 else int(self.in_planes * ratio) + 1
         if self.hidden < 1:
             raise ValueError(f"ratio={ratio!r} gives a hidden width of {self.hidden} for "

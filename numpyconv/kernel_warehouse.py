@@ -109,6 +109,7 @@ def kw_caf_forward(z):
 def kw_caf_backward(dout, cache):
     """Gradient ``(dz,)`` of :func:`kw_caf_forward`: ``dout/D - sign(z) <dout, z> / D^2`` (eq. 20)."""
     z, denom = cache
+    float_array(dout, 'dout', 2, f"{z.shape}")
     expect_shape(dout, z.shape, 'dout')
     dout = dout.astype(z.dtype, copy=False)
     contrast = (dout * z).sum(axis=1, keepdims=True) / denom ** 2          # (R, 1)
@@ -509,6 +510,8 @@ class KWConv2d(Module):
         BatchNorm, ReLU, the CAF and the blend are element-wise and not counted.
         """
         self._require_allocated()
+        if len(input_shape) != 4 or input_shape[1] != self.in_planes:
+            raise ValueError(f"input_shape must be (N, {self.in_planes}, H, W), got {input_shape}")
         n, c_in, h, w = input_shape
         geo = conv_geometry((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         out_shape = (n, self.out_planes) + geo.out_hw

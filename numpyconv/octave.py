@@ -126,14 +126,29 @@ def _check_operands(parts, weights, groups, paths):
     if not paths:
         raise ValueError("no path can be evaluated: give w_h2h or w_h2l (or w_l2h / w_l2l together "
                          "with x_l)")
+    _check_output_channels(weights, paths)
 
 
 def _check_path_channels(path, x, w, groups):
     c_in, c_out = x.shape[1], w.shape[0]
-    if c_in % groups or c_out % groups or w.shape[1] * groups != c_in:
+    if c_in % groups:
+        raise ValueError(f"groups={groups} of the {path.name} path must divide the channels of "
+                         f"{PART_NAMES[path.source]}, got {PART_NAMES[path.source]} of shape {x.shape}")
+    if c_out % groups or w.shape[1] * groups != c_in:
         raise ValueError(f"w_{path.name} must have shape ({c_out}, {c_in // groups}, kh, kw) with "
                          f"{c_out} divisible by groups={groups}, for {PART_NAMES[path.source]} of "
-                         f"shape {x.shape} ({c_in} channels, divisible by groups); got {w.shape}")
+                         f"shape {x.shape}; got {w.shape}")
+
+
+def _check_output_channels(weights, paths):
+    """The paths summed into one output (eq. 7) must give it the same number of channels."""
+    first = {}
+    for path in paths:
+        w, ref = weights[path.name], first.setdefault(path.target, path.name)
+        c_out = weights[ref].shape[0]
+        if w.shape[0] != c_out:
+            raise ValueError(f"w_{path.name} must have shape {(c_out,) + w.shape[1:]}: y_{path.target} "
+                             f"has the {c_out} output channels of w_{ref}; got {w.shape}")
 
 
 def _pooled_hw(hw, times):

@@ -264,6 +264,18 @@ def test_layer_errors():
         layer(np.zeros((2, 4, 2, 2), np.float32))
 
 
+def test_bad_ratio_and_count_shape_name_the_argument():
+    """Regression: a non-numeric ratio and a count() shape of the wrong channels or rank used to
+    fail inside int() / tuple unpacking (or, for the channels, be counted silently)."""
+    for ratio, error in (('0.25', TypeError), (None, TypeError), (float('nan'), ValueError)):
+        with pytest.raises(error, match='ratio must be'):
+            DynamicConv2d(4, 6, 3, ratio=ratio)
+    layer = DynamicConv2d(4, 6, 3, rng=0)
+    for shape in ((2, 3, 8, 8), (4, 8, 8)):
+        with pytest.raises(ValueError, match=r'input_shape must be \(N, 4, H, W\), got'):
+            count(layer, shape)
+
+
 def test_state_dict_round_trip_and_float32():
     a = DynamicConv2d(8, 6, 3, padding=1, groups=2, temperature=7, rng=0)
     b = DynamicConv2d(8, 6, 3, padding=1, groups=2, temperature=7, rng=1)

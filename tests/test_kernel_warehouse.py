@@ -160,6 +160,17 @@ def test_caf_row_with_zero_entry_uses_sign_zero():
     assert dz[1, 2] == pytest.approx(dout[1, 2] / denom)      # sign(0) = 0: only the direct term
 
 
+def test_caf_backward_checks_dout():
+    """Regression: a list or an integer array as dout used to fail with a raw AttributeError."""
+    _, cache = kw.kw_caf_forward(np.arange(6.0).reshape(2, 3) - 2)
+    with pytest.raises(TypeError, match='dout must be a numpy.ndarray'):
+        kw.kw_caf_backward([[1.0, 2.0, 3.0]] * 2, cache)
+    with pytest.raises(TypeError, match='dout must be float32 or float64'):
+        kw.kw_caf_backward(np.ones((2, 3), dtype=np.int64), cache)
+    with pytest.raises(ValueError, match=r'dout must be \(2, 3\), got shape \(3,\)'):
+        kw.kw_caf_backward(np.ones(3), cache)
+
+
 def test_caf_is_signed_and_not_softmax():
     out, _ = kw.kw_caf_forward(np.array([[2.0, -1.0, 1.0]]))
     np.testing.assert_allclose(out, [[2 / 4.001, -1 / 4.001, 1 / 4.001]])
@@ -575,6 +586,9 @@ def test_input_errors():
         layer(np.zeros((2, 4, 5, 5), np.float32))
     with pytest.raises(ValueError, match='Expected more than 1 value'):
         layer(np.zeros((1, 4, 5, 5)))
+    for shape in ((2, 3, 5, 5), (4, 5, 5)):   # regression: wrong channels were counted silently
+        with pytest.raises(ValueError, match=r'input_shape must be \(N, 4, H, W\), got'):
+            count(layer, shape)
     with pytest.raises(TypeError, match='temperature'):
         layer.update_temperature('hot')
     args, hyper = op_operands('plain_1x1_cells', basis=False)
@@ -800,4 +814,6 @@ def test_caf_gradient_at_zero_matches_torch(torch):
     g = RNG.standard_normal(z.shape)
     (zt / (zt.abs().sum(1, keepdim=True) + 1e-3) * torch.from_numpy(g)).sum().backward()
     _, cache = kw.kw_caf_forward(z)
-    np.testing.assert_allclose(kw.kw_caf_backward(g, cache)[0], zt.grad.numpy(), rtol=1e-12)
+    expected = zt.grad.numpy()
+    np.testing.assert_allclose(kw.kw_caf_backward(g, cache)[0], expected, rtol=1e-12,
+                               atol=1e-12 * np.abs(expected).max())

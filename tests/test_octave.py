@@ -420,6 +420,20 @@ def test_op_errors():
         O.octave_conv2d_forward(x_h, None, w.astype(np.float32), None, None, None)
     with pytest.raises(TypeError, match='x_h must be a numpy.ndarray'):
         O.octave_conv2d_forward(None, x_h, None, None, w, w)
+    with pytest.raises(ValueError, match='groups=2 of the h2h path must divide the channels of x_h'):
+        O.octave_conv2d_forward(randn(1, 3, 4, 4), None, randn(2, 1, 3, 3), None, None, None, groups=2)
+
+
+def test_op_paths_into_one_output_must_agree_on_channels():
+    """Regression: weights giving one output two channel counts used to fail with a raw numpy
+    broadcasting error when the terms were summed (eq. 7)."""
+    x_h, x_l = randn(1, 3, 8, 8), randn(1, 2, 4, 4)
+    w_h2h, w_h2l, w_l2l = randn(4, 3, 3, 3), randn(2, 3, 3, 3), randn(2, 2, 3, 3)
+    with pytest.raises(ValueError, match=r'w_l2h must have shape \(4, 2, 3, 3\): y_h has the 4 output '
+                                         r'channels of w_h2h; got \(3, 2, 3, 3\)'):
+        O.octave_conv2d_forward(x_h, x_l, w_h2h, w_h2l, randn(3, 2, 3, 3), w_l2l, padding=1)
+    with pytest.raises(ValueError, match=r'w_l2l must have shape \(2, 2, 3, 3\): y_l'):
+        O.octave_conv2d_forward(x_h, x_l, w_h2h, w_h2l, None, randn(5, 2, 3, 3), padding=1)
 
 
 # -- optional: the official module in torch --------------------------------------------------------------
