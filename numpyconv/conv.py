@@ -377,6 +377,7 @@ class Conv2d(Module):
     _op_backward = staticmethod(conv2d_backward)
 
     def macs(self, input_shape):
+        input_shape = self._check_input_shape(input_shape, self.in_channels)
         geo = conv_geometry(input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
         out_shape = (input_shape[0], self.out_channels) + geo.out_hw
         per_output = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]

@@ -470,7 +470,7 @@ class DCNv3(Module):
 
     def macs(self, input_shape):
         """Linears, depthwise conv, the core (``5*H*W*P*C``) and the centre-scale linear."""
-        n, c, h, w = input_shape
+        n, c, h, w = self._check_input_shape(input_shape, self.channels)
         rows = (n, h, w, c)
         total = sum(m.macs(rows)[0] for m in (self.input_proj, self.offset, self.mask,
                                                self.output_proj))

@@ -205,7 +205,7 @@ class DCNv4(Module):
 
     def macs(self, input_shape):
         """Linears, depthwise conv, the core (``5*H*W*P*C``) and the centre-scale linear."""
-        n, c, h, w = input_shape
+        n, c, h, w = self._check_input_shape(input_shape, self.channels)
         rows = (n, h, w, c)
         total = self.offset_mask.macs(rows)[0] + core_macs(input_shape, self.points)
         if self.pointwise:

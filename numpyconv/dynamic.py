@@ -236,9 +236,7 @@ class MixtureConv2dBase(Module):
         return self.stride, self.padding, self.dilation, self.groups
 
     def macs(self, input_shape):
-        if len(input_shape) != 4 or input_shape[1] != self.in_channels:
-            raise ValueError(f"input_shape must be (N, {self.in_channels}, H, W), got {input_shape}")
-        n, c_in, h, w = input_shape
+        n, c_in, h, w = self._check_input_shape(input_shape, self.in_channels)
         geo = conv_geometry((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         per_output = c_in // self.groups * geo.kernel[0] * geo.kernel[1]
         has_bias = 'bias' in self._params

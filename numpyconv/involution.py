@@ -309,6 +309,7 @@ class Involution2d(Module):
         return dx + (dz if self.avgpool is None else self.avgpool.backward(dz))
 
     def macs(self, input_shape):
+        input_shape = self._check_input_shape(input_shape, self.channels)
         branch_shape = tuple(input_shape[:2]) + self._kernel_hw(input_shape)   # (N, C, Ho, Wo)
         reduce_macs, reduced_shape = self._modules['conv1'].macs(branch_shape)
         span_macs, _ = self._modules['conv2'].macs(reduced_shape)

@@ -510,9 +510,7 @@ class KWConv2d(Module):
         BatchNorm, ReLU, the CAF and the blend are element-wise and not counted.
         """
         self._require_allocated()
-        if len(input_shape) != 4 or input_shape[1] != self.in_planes:
-            raise ValueError(f"input_shape must be (N, {self.in_planes}, H, W), got {input_shape}")
-        n, c_in, h, w = input_shape
+        n, c_in, h, w = self._check_input_shape(input_shape, self.in_planes)
         geo = conv_geometry((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         out_shape = (n, self.out_planes) + geo.out_hw
         kernel_volume = self.in_planes // self.groups * self.kernel_size[0] * self.kernel_size[1]

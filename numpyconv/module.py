@@ -185,6 +185,13 @@ class Module:
     def num_params(self):
         return sum(int(v.size) for v in self.params.values())
 
+    def _check_input_shape(self, input_shape, channels):
+        """Check the ``input_shape`` given to ``macs``: ``(N, channels, H, W)``; return it as a tuple."""
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4 or input_shape[1] != channels:
+            raise ValueError(f"input_shape must be (N, {channels}, H, W), got {input_shape}")
+        return input_shape
+
     def _check_input(self, x, name='x', channels=None):
         """Check an NCHW input against this layer's dtype and channel count."""
         from ._checks import float_array

@@ -419,8 +419,7 @@ class OctaveConv2d(Module):
         the low part, present when ``alpha_in > 0``, is ``(N, Ci_l, H//2, W//2)``. Returns the output
         shape in the same convention: ``(N, produced channels, Ho, Wo)``, ``Ho, Wo`` of ``y_h``.
         """
-        if len(input_shape) != 4 or input_shape[1] != self.in_channels:
-            raise ValueError(f"input_shape must be (N, {self.in_channels}, H, W), got {input_shape}")
+        input_shape = self._check_input_shape(input_shape, self.in_channels)
         n, _, h, w = input_shape
         in_hw = {'h': (h, w), 'l': (h // 2, w // 2) if self.alpha_in > 0 else None}
         paths = [p for p in octave_paths(self.stride) if p.name in self.paths and in_hw[p.source]]

@@ -422,9 +422,7 @@ class ODConv2d(Module):
 
     def macs(self, input_shape):
         """Multiply-adds of docs eq. 27: convolution, attention FCs, aggregation, scalings."""
-        if len(input_shape) != 4 or input_shape[1] != self.in_planes:
-            raise ValueError(f"input_shape must be (N, {self.in_planes}, H, W), got {input_shape}")
-        n, c_in, h, w = input_shape
+        n, c_in, h, w = self._check_input_shape(input_shape, self.in_planes)
         geo = conv_geometry((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         out_hw = geo.out_hw[0] * geo.out_hw[1]
         kernel_elems = self.out_planes * (c_in // self.groups) * self.kernel_size ** 2   # P

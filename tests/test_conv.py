@@ -379,3 +379,12 @@ def test_column_budget_changed_between_forward_and_backward():
         set_column_budget(previous)
     for a, c in zip(expected, got):
         np.testing.assert_allclose(a, c, atol=1e-12)
+
+
+@pytest.mark.parametrize('layer', [nc.Conv2d(4, 6, 3), nc.SeparableConv2d(4, 6, 3), nc.Involution2d(16, 3),
+                                   nc.DCNv3(16, group=2), nc.DCNv4(16, group=2), nc.DeformConv2d(4, 6, 3)])
+def test_count_rejects_a_wrong_input_shape(layer):
+    with pytest.raises(ValueError, match=r'input_shape must be \(N, \d+, H, W\), got \(2, 3, 8, 8\)'):
+        nc.count(layer, (2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r'input_shape must be \(N, \d+, H, W\), got \(3, 8, 8\)'):
+        nc.count(layer, (3, 8, 8))
