@@ -439,6 +439,18 @@ def test_against_torchvision_float32():
         np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3)
 
 
+def assert_layer_matches_module(torch, layer, module, x):
+    """Output, input gradient and every parameter gradient of ``layer`` equal the torch module's."""
+    tx = torch.tensor(x, requires_grad=True)
+    out = module(tx)
+    dy = RNG.standard_normal(tuple(out.shape))
+    out.backward(torch.tensor(dy))
+    np.testing.assert_allclose(layer(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(layer.grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def mmcv_pack(torch, ops, modulated, in_c, out_c, kernel, stride, padding, dilation, groups, dg, bias):
     """Torch re-creation of mmcv DeformConv2dPack / ModulatedDeformConv2dPack (same keys, same forward)."""
     kh, kw = kernel
@@ -475,14 +487,7 @@ def test_against_mmcv_style_torch_pack(modulated, bias):
     layer = cls(6, 4, (3, 2), (2, 1), (1, 0), (2, 1), groups=2, deform_groups=3, dtype=np.float64, **extra)
     layer.load_state_dict({k: v.detach().numpy() for k, v in module.state_dict().items()})
     x = RNG.standard_normal((2, 6, 7, 5))
-    tx = torch.tensor(x, requires_grad=True)
-    out = module(tx)
-    dy = RNG.standard_normal(tuple(out.shape))
-    out.backward(torch.tensor(dy))
-    np.testing.assert_allclose(layer(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
-    for name, p in module.named_parameters():
-        np.testing.assert_allclose(layer.grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_layer_matches_module(torch, layer, module, x)
 
 
 @pytest.mark.parametrize('modulated', [False, True])
@@ -499,14 +504,7 @@ def test_against_mmcv_style_torch_pack_at_init(modulated):
     layer = cls(4, 4, 3, padding=1, deform_groups=2, dtype=np.float64)
     layer.load_state_dict({k: v.detach().numpy() for k, v in module.state_dict().items()})
     x = RNG.standard_normal((2, 4, 5, 6))
-    tx = torch.tensor(x, requires_grad=True)
-    out = module(tx)
-    dy = RNG.standard_normal(tuple(out.shape))
-    out.backward(torch.tensor(dy))
-    np.testing.assert_allclose(layer(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
-    for name, p in module.named_parameters():
-        np.testing.assert_allclose(layer.grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_layer_matches_module(torch, layer, module, x)
 
 
 def test_against_torchvision_on_integer_and_border_coordinates():
