@@ -42,6 +42,7 @@ from .im2col import (GEMM_BLOCK, batch_chunks, col2im, column_budget, conv_outpu
 from .module import Module, default_bias, kaiming_uniform
 
 Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw padded_hw in_hw')
+_ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
 
 
 def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
@@ -67,6 +68,23 @@ def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
                          f"the padded input {padded} (input {tuple(in_hw)}, padding {pads[::2]}); "
                          f"the output would be {out_hw}")
     return Geometry(kernel, stride, dilation, pads, out_hw, padded, tuple(in_hw))
+
+
+def check_hyper_parameters(kernel_size, stride, padding, dilation):
+    """Check a layer's convolution hyper-parameters before any input exists; returns the kernel pair."""
+    return conv_geometry((_ANY_SIZE, _ANY_SIZE), kernel_size, stride, padding, dilation).kernel
+
+
+def check_layer_channels(in_channels, out_channels, groups, names=('in_channels', 'out_channels')):
+    """Check a conv layer's channel arguments (``names`` as its constructor calls them);
+    returns ``(in_channels, out_channels, groups)`` as ints."""
+    in_channels = positive_int(in_channels, names[0])
+    out_channels = positive_int(out_channels, names[1])
+    groups = positive_int(groups, 'groups')
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide {names[0]}={in_channels} and "
+                         f"{names[1]}={out_channels}")
+    return in_channels, out_channels, groups
 
 
 def _check_conv(x, weight, bias, groups):
@@ -344,14 +362,8 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        in_channels = positive_int(in_channels, 'in_channels')
-        out_channels = positive_int(out_channels, 'out_channels')
-        groups = positive_int(groups, 'groups')
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
-        kh, kw = pair(kernel_size, 'kernel_size', minimum=1)
-        conv_geometry((10 ** 6, 10 ** 6), (kh, kw), stride, padding, dilation)  # check arguments
+        in_channels, out_channels, groups = check_layer_channels(in_channels, out_channels, groups)
+        kh, kw = check_hyper_parameters(kernel_size, stride, padding, dilation)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), stride, padding, dilation
         shape = (out_channels, in_channels // groups, kh, kw)

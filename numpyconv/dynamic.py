@@ -44,10 +44,11 @@ import numbers
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
+from ._checks import expect_shape, float_array, positive_int, same_dtype
 from .blocks import (_real, global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
                      linear_forward, relu_backward, relu_forward, softmax_backward, softmax_forward)
-from .conv import Conv2d, conv2d_backward, conv2d_forward, conv_geometry
+from .conv import (Conv2d, check_hyper_parameters, check_layer_channels, conv2d_backward,
+                   conv2d_forward, conv_geometry)
 from .module import Module, kaiming_normal_fan_out
 
 
@@ -205,15 +206,10 @@ class MixtureConv2dBase(Module):
                  arg_names, *, dtype, rng):
         super().__init__(dtype=dtype, rng=rng)
         in_name, out_name, kernels_name = arg_names
-        self.in_channels = positive_int(in_channels, in_name)
-        self.out_channels = positive_int(out_channels, out_name)
+        self.in_channels, self.out_channels, self.groups = check_layer_channels(
+            in_channels, out_channels, groups, (in_name, out_name))
         self.num_kernels = positive_int(num_kernels, kernels_name)
-        self.groups = positive_int(groups, 'groups')
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"groups={groups} must divide {in_name}={in_channels} and "
-                             f"{out_name}={out_channels}")
-        self.kernel_size = pair(kernel_size, 'kernel_size', minimum=1)
-        conv_geometry((10 ** 6, 10 ** 6), self.kernel_size, stride, padding, dilation)  # check arguments
+        self.kernel_size = check_hyper_parameters(kernel_size, stride, padding, dilation)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.kernel_shape = ((self.num_kernels, self.out_channels, self.in_channels // self.groups)
                              + self.kernel_size)                          # (K, C_out, C_g, kh, kw)

@@ -74,7 +74,8 @@ from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
 from .blocks import (batch_norm_backward, batch_norm_forward, global_avg_pool2d_backward,
                      global_avg_pool2d_forward, linear_backward, linear_forward, relu_backward,
                      relu_forward)
-from .conv import conv2d_backward, conv2d_forward, conv_geometry
+from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
+                   conv_geometry)
 from .module import Module, count, kaiming_normal_fan_out
 
 CAF_EPS = 1e-3  # the constant added to the L1 norm in the official attention (eq. 7)
@@ -405,14 +406,9 @@ class KWConv2d(Module):
     def __init__(self, in_planes, out_planes, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=False, *, warehouse_id, warehouse_manager, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        self.in_planes = positive_int(in_planes, 'in_planes')
-        self.out_planes = positive_int(out_planes, 'out_planes')
-        self.groups = positive_int(groups, 'groups')
-        if self.in_planes % self.groups or self.out_planes % self.groups:
-            raise ValueError(f"groups={groups} must divide in_planes={in_planes} and "
-                             f"out_planes={out_planes}")
-        self.kernel_size = pair(kernel_size, 'kernel_size', minimum=1)
-        conv_geometry((10 ** 6, 10 ** 6), self.kernel_size, stride, padding, dilation)  # check arguments
+        self.in_planes, self.out_planes, self.groups = check_layer_channels(
+            in_planes, out_planes, groups, ('in_planes', 'out_planes'))
+        self.kernel_size = check_hyper_parameters(kernel_size, stride, padding, dilation)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.warehouse_id, self._manager = warehouse_id, warehouse_manager
         self.temperature, self.temp_bias, self.start_cell_idx = 0.0, None, None

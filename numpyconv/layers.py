@@ -36,7 +36,7 @@ from .blocks import (_integer_scale, _real, avg_pool2d_backward, avg_pool2d_forw
                      layer_norm_forward, linear_backward, linear_forward, relu_backward, relu_forward,
                      sigmoid_backward, sigmoid_forward, upsample_nearest2d_backward,
                      upsample_nearest2d_forward)
-from .conv import conv_geometry
+from .conv import check_hyper_parameters, conv_geometry
 from .module import Module, default_bias, kaiming_uniform
 
 
@@ -239,7 +239,7 @@ class AvgPool2d(_Stateless):
     def __init__(self, kernel_size, stride=None, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
-        conv_geometry((10 ** 6, 10 ** 6), self.kernel_size, self.stride, 0, 1)   # check arguments
+        check_hyper_parameters(self.kernel_size, self.stride, 0, 1)
 
     def forward(self, x):
         y, self._cache = avg_pool2d_forward(x, self.kernel_size, self.stride)

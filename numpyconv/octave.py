@@ -55,7 +55,7 @@ from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
 from .blocks import (avg_pool2d_backward, avg_pool2d_forward, upsample_nearest2d_backward,
                      upsample_nearest2d_forward)
 from .check import CheckCase, register
-from .conv import Conv2d, conv2d_backward, conv2d_forward, conv_geometry
+from .conv import Conv2d, check_hyper_parameters, conv2d_backward, conv2d_forward, conv_geometry
 from .module import Module
 
 PATH_NAMES = ('h2h', 'h2l', 'l2h', 'l2l')        # the order of the op's weight arguments
@@ -325,8 +325,7 @@ class OctaveConv2d(Module):
         self.groups = positive_int(groups, 'groups')
         self.alpha_in, self.alpha_out = _alpha(alpha_in, 'alpha_in'), _alpha(alpha_out, 'alpha_out')
         self.stride = octave_stride(stride)
-        self.kernel_size = pair(kernel_size, 'kernel_size', minimum=1)
-        conv_geometry((10 ** 6, 10 ** 6), self.kernel_size, 1, padding, dilation)  # check arguments
+        self.kernel_size = check_hyper_parameters(kernel_size, 1, padding, dilation)
         self.padding, self.dilation = padding, dilation
         self.in_split = dict(zip('hl', octave_channels(self.in_channels, self.alpha_in)))    # (eq. 1)
         self.out_split = dict(zip('hl', octave_channels(self.out_channels, self.alpha_out)))

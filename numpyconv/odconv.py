@@ -64,7 +64,8 @@ from .blocks import (_real, batch_norm_backward, batch_norm_forward, global_avg_
                      global_avg_pool2d_forward, linear_backward, linear_forward, relu_backward,
                      relu_forward, sigmoid_backward, sigmoid_forward, softmax_backward,
                      softmax_forward)
-from .conv import conv2d_backward, conv2d_forward, conv_geometry
+from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
+                   conv_geometry)
 from .module import Module, kaiming_normal_fan_out
 
 HEADS = ('channel', 'filter', 'spatial', 'kernel')
@@ -376,15 +377,11 @@ class ODConv2d(Module):
     def __init__(self, in_planes, out_planes, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  reduction=0.0625, kernel_num=4, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        self.in_planes = positive_int(in_planes, 'in_planes')
-        self.out_planes = positive_int(out_planes, 'out_planes')
-        self.groups = positive_int(groups, 'groups')
+        self.in_planes, self.out_planes, self.groups = check_layer_channels(
+            in_planes, out_planes, groups, ('in_planes', 'out_planes'))
         self.kernel_num = positive_int(kernel_num, 'kernel_num')
-        if self.in_planes % self.groups or self.out_planes % self.groups:
-            raise ValueError(f"groups={groups} must divide in_planes={in_planes} and "
-                             f"out_planes={out_planes}")
         self.kernel_size = _square_kernel(kernel_size)
-        conv_geometry((10 ** 6, 10 ** 6), self.kernel_size, stride, padding, dilation)  # check arguments
+        check_hyper_parameters(self.kernel_size, stride, padding, dilation)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         hidden = odconv_attention_channels(self.in_planes, reduction)
         widths = head_widths(self.in_planes, self.out_planes, self.kernel_size, self.groups, self.kernel_num)
