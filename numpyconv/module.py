@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._checks import dtype_arg
+from ._checks import dtype_arg, float_array
 
 
 def make_rng(rng):
@@ -194,7 +194,6 @@ class Module:
 
     def _check_input(self, x, name='x', channels=None):
         """Check an NCHW input against this layer's dtype and channel count."""
-        from ._checks import float_array
         float_array(x, name, 4, "(N, C, H, W)")
         if x.dtype != self.dtype:
             raise TypeError(f"{type(self).__name__} holds {self.dtype} parameters, got {name} of "
