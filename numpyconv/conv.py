@@ -19,8 +19,12 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
 * ``db[o] = sum_{n,i,j} dy[n,o,i,j]``                                          (eq. 5)
 * ``dW = sum_n dYr[n] @ Xc[n]^T``   (correlation of x with dy)                  (eq. 6)
 * ``dx = crop(col2im(Wr^T @ dYr))`` (the transposed convolution)               (eq. 7)
+* at stride 1, ``dx = conv(pad(dy, d*(k-1) - padding), W flipped and transposed per group)``  (eq. 7a)
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
+im2col and the GEMM run block by block (at most ``GEMM_BLOCK`` bytes of columns, in a buffer laid
+out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the backward pass recomputes the
+columns instead of keeping them.
 Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
 shifted, scaled copies of the input (eq. 8-10). Pointwise is a per-pixel matrix product (eq. 11).
 
@@ -37,7 +41,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair, positive_int, same_dtype
-from .im2col import (GEMM_BLOCK, batch_chunks, col2im, column_budget, conv_output_size, crop_nchw,
+from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_output_size, crop_nchw,
                      im2col, pad_nchw)
 from .module import Module, default_bias, kaiming_uniform
 
@@ -118,33 +122,71 @@ def _check_conv(x, weight, bias, groups):
 
 
 # -- the GEMM on columns, shared with the deformable convolutions ------------------------
+def _grouped(cols, groups):
+    """View of ``cols (n, C_in, kh, kw, Ho, Wo)`` as ``Xc (n, G, Kg, L)``, ``Kg = C_in/G*kh*kw``."""
+    n, c_in, kh, kw, ho, wo = cols.shape
+    return cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)
+
+
+def _grouped_weight(weight, groups):
+    """View of ``weight ([n,] C_out, C_in/G, kh, kw)`` as ``Wr ([n,] G, Og, Kg)``."""
+    c_out, c_g, kh, kw = weight.shape[-4:]
+    return weight.reshape(weight.shape[:-4] + (groups, c_out // groups, c_g * kh * kw))
+
+
+def _batch_inside(cols):
+    """Whether ``cols (n, ...)`` is a view of a ``(C_in, kh, kw, n, Ho, Wo)`` buffer (conv2d's block
+    layout), in which the whole block is one matrix ``(C_in*kh*kw, n*Ho*Wo)`` per group."""
+    return cols.transpose(1, 2, 3, 0, 4, 5).flags.c_contiguous
+
+
+def _block_matrix(a, groups):
+    """View of ``a (n, ch, ..., Ho, Wo)`` in the block layout as ``(G, ch/G*..., n*Ho*Wo)``; a copy
+    when ``a`` is in the batch-outside layout."""
+    n, per_group, pixels = a.shape[0], int(np.prod(a.shape[1:-2])) // groups, a.shape[-2] * a.shape[-1]
+    lead = a.reshape(n, groups, per_group, pixels)                          # (n, G, Kg, L)
+    return lead.transpose(1, 2, 0, 3).reshape(groups, per_group, n * pixels)   # (G, Kg, n*L)
+
+
 def cols_matmul(cols, weight, groups):
     """``y (n, C_out, Ho, Wo)`` from ``cols (n, C_in, kh, kw, Ho, Wo)`` (eq. 4).
 
     ``weight`` is ``(C_out, C_in//G, kh, kw)`` or per sample ``(n, C_out, C_in//G, kh, kw)``.
+    ``cols`` may be a strided view: per-sample matrices are multiplied in place (one batched GEMM),
+    and a shared weight on the block layout multiplies the whole block at once (the result is then
+    a transposed view).
     """
-    n, c_in, kh, kw, ho, wo = cols.shape
-    c_out = weight.shape[-4]
-    xc = cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)       # (n, G, Kg, L)
-    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, xc.shape[2]))  # ([n,] G, Og, Kg)
-    return np.matmul(wr, xc).reshape(n, c_out, ho, wo)
+    n, ho, wo = cols.shape[0], cols.shape[4], cols.shape[5]
+    c_out, wr = weight.shape[-4], _grouped_weight(weight, groups)      # ([n,] G, Og, Kg)
+    if weight.ndim == 4 and _batch_inside(cols):
+        y = np.matmul(wr, _block_matrix(cols, groups))                    # (G, Og, n*L)
+        return y.reshape(c_out, n, ho, wo).swapaxes(0, 1)
+    return np.matmul(wr, _grouped(cols, groups)).reshape(n, c_out, ho, wo)   # (n, G, Og, L)
+
+
+def cols_weight_grad(dy, cols, weight, groups):
+    """``dweight`` of :func:`cols_matmul` (eq. 6): summed over the batch for a shared weight, per
+    sample otherwise. On the block layout the batch sum is one GEMM of depth ``n*Ho*Wo``."""
+    xc = _grouped(cols, groups)                                           # (n, G, Kg, L)
+    dyr = dy.reshape(xc.shape[:2] + (dy.shape[1] // groups, xc.shape[3]))  # (n, G, Og, L)
+    if weight.ndim == 5:
+        return np.matmul(dyr, xc.swapaxes(-1, -2)).reshape(weight.shape)  # (n, G, Og, Kg)
+    if not _batch_inside(cols):
+        return np.matmul(dyr, xc.swapaxes(-1, -2)).sum(axis=0).reshape(weight.shape)
+    dw = np.matmul(_block_matrix(dy, groups), _block_matrix(cols, groups).swapaxes(-1, -2))
+    return dw.reshape(weight.shape)                                       # (G, Og, Kg)
+
+
+def cols_input_grad(dy, weight, groups, cols_shape):
+    """``dcols = Wr^T @ dYr`` per group (eq. 7), shaped ``cols_shape (n, C_in, kh, kw, Ho, Wo)``."""
+    n, pixels = dy.shape[0], cols_shape[4] * cols_shape[5]
+    dyr = dy.reshape(n, groups, dy.shape[1] // groups, pixels)      # (n, G, Og, L)
+    return np.matmul(_grouped_weight(weight, groups).swapaxes(-1, -2), dyr).reshape(cols_shape)
 
 
 def cols_matmul_backward(dy, cols, weight, groups):
-    """Gradients of :func:`cols_matmul`: ``(dcols, dweight)`` (eq. 6, 7).
-
-    ``dweight`` is summed over the batch for a shared weight and kept per sample otherwise.
-    """
-    n, c_in, kh, kw, ho, wo = cols.shape
-    c_out = weight.shape[-4]
-    xc = cols.reshape(n, groups, c_in // groups * kh * kw, ho * wo)       # (n, G, Kg, L)
-    wr = weight.reshape(weight.shape[:-4] + (groups, c_out // groups, xc.shape[2]))  # ([n,] G, Og, Kg)
-    dyr = dy.reshape(n, groups, c_out // groups, ho * wo)                # (n, G, Og, L)
-    dw = np.matmul(dyr, xc.swapaxes(-1, -2))                             # (n, G, Og, Kg)
-    if weight.ndim == 4:
-        dw = dw.sum(axis=0)
-    dcols = np.matmul(wr.swapaxes(-1, -2), dyr)                          # (n, G, Kg, L)
-    return dcols.reshape(cols.shape), dw.reshape(weight.shape)
+    """Gradients of :func:`cols_matmul`: ``(dcols, dweight)`` (eq. 6, 7)."""
+    return cols_input_grad(dy, weight, groups, cols.shape), cols_weight_grad(dy, cols, weight, groups)
 
 
 # -- depthwise kernels (no im2col) -----------------------------------------------------------
@@ -192,12 +234,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
     xp = pad_nchw(x, geo.pads)                                            # (N, C_in, Hp, Wp)
     if depthwise:
-        y, cols = _depthwise_forward(xp, weight, geo), None
+        y = _depthwise_forward(xp, weight, geo)
     else:
-        y, cols = _conv_gemm(xp, weight, groups, geo)
+        y = _conv_gemm(xp, weight, groups, geo)
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
-    cache = dict(xp=xp, cols=cols, weight=weight, has_bias=bias is not None, groups=groups,
+    cache = dict(xp=xp, weight=weight, has_bias=bias is not None, groups=groups,
                  geo=geo, depthwise=depthwise, x_shape=x.shape)
     return y, cache
 
@@ -206,23 +248,30 @@ def _col_bytes(xp, geo):
     return xp.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * xp.itemsize
 
 
-def _gemm_blocks(xp, geo):
-    """Batch slices of at most ``GEMM_BLOCK`` (and the column budget) bytes of columns."""
-    return batch_chunks(xp.shape[0], _col_bytes(xp, geo), min(GEMM_BLOCK, column_budget()))
+def _column_blocks(xp, geo):
+    """Yield ``(s, cols)`` over the batch: the slice ``s`` and its columns
+    ``cols (n_s, C, kh, kw, Ho, Wo)``, at most ``GEMM_BLOCK`` (and the column budget) bytes, or one
+    sample, at a time. One buffer laid out ``(C, kh, kw, n_s, Ho, Wo)`` is reused, so that the
+    columns are still in cache when the GEMM reads them and a block is also the single matrix
+    ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten by the next block's."""
+    buffer = None
+    block = max(1, min(GEMM_BLOCK, column_budget()) // max(1, _col_bytes(xp, geo)))
+    for start in range(0, xp.shape[0], block):
+        s = slice(start, min(start + block, xp.shape[0]))
+        if buffer is None or buffer.shape[3] != s.stop - s.start:
+            buffer = np.empty((xp.shape[1],) + geo.kernel + (s.stop - s.start,) + geo.out_hw,
+                              dtype=xp.dtype)                            # (C, kh, kw, n_s, Ho, Wo)
+        cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, Ho, Wo)
+        yield s, im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw, out=cols)
 
 
 def _conv_gemm(xp, weight, groups, geo):
-    """Forward im2col + GEMM block by block; returns ``(y, cols)``, ``cols`` being the whole
-    batch's columns when they fit in the column budget (kept for backward) and None otherwise."""
-    n = xp.shape[0]
-    y = np.empty((n, weight.shape[-4]) + geo.out_hw, dtype=xp.dtype)
-    keep = n * _col_bytes(xp, geo) <= column_budget()
-    cols_all = np.empty((n, xp.shape[1]) + geo.kernel + geo.out_hw, dtype=xp.dtype) if keep else None
-    for s in _gemm_blocks(xp, geo):
-        cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw,
-                      out=None if cols_all is None else cols_all[s])   # (n, C, kh, kw, Ho, Wo)
+    """``y (N, C_out, Ho, Wo)``: im2col and GEMM block by block (eq. 4). No columns are kept:
+    the backward pass recomputes them, which costs less than keeping them in memory."""
+    y = np.empty((xp.shape[0], weight.shape[-4]) + geo.out_hw, dtype=xp.dtype)
+    for s, cols in _column_blocks(xp, geo):
         y[s] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
-    return y, cols_all
+    return y
 
 
 def conv2d_backward(dout, cache):
@@ -234,32 +283,49 @@ def conv2d_backward(dout, cache):
     dout = dout.astype(xp.dtype, copy=False)
     if cache['depthwise']:
         dxp, dw = _depthwise_backward(dout, xp, weight, geo)
+        dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
     else:
-        dxp, dw = _conv_gemm_backward(dout, cache)
+        dx, dw = _conv_gemm_backward(dout, xp, weight, cache['groups'], geo)
     db = None
     if cache['has_bias']:
         db = dout.sum(axis=(2, 3)) if weight.ndim == 5 else dout.sum(axis=(0, 2, 3))
-    dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
     return dx, dw, db
 
 
-def _conv_gemm_backward(dout, cache):
-    xp, weight, geo, groups = cache['xp'], cache['weight'], cache['geo'], cache['groups']
-    per_sample = weight.ndim == 5
-    dxp = np.empty_like(xp)
+def _conv_gemm_backward(dout, xp, weight, groups, geo):
+    """``(dx, dweight)``: (eq. 6) on recomputed columns; ``dx`` by (eq. 7a) at stride 1, otherwise
+    by col2im of (eq. 7)."""
+    per_sample, unit_stride = weight.ndim == 5, geo.stride == (1, 1)
     dw = np.zeros_like(weight)
-    for s in _gemm_blocks(xp, geo):
-        if cache['cols'] is not None:
-            cols = cache['cols'][s]
-        else:
-            cols = im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw)
-        dcols, dw_s = cols_matmul_backward(dout[s], cols, weight[s] if per_sample else weight, groups)
-        dxp[s] = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)
+    dxp = None if unit_stride else np.empty_like(xp)
+    for s, cols in _column_blocks(xp, geo):
+        w_s = weight[s] if per_sample else weight
         if per_sample:
-            dw[s] = dw_s
+            dw[s] = cols_weight_grad(dout[s], cols, w_s, groups)                     # (eq. 6)
         else:
-            dw += dw_s
-    return dxp, dw
+            dw += cols_weight_grad(dout[s], cols, w_s, groups)
+        if not unit_stride:
+            dcols = cols_input_grad(dout[s], w_s, groups, cols.shape)                 # (eq. 7)
+            dxp[s] = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)
+    if unit_stride:
+        return _transposed_conv(dout, weight, groups, geo), dw                        # (eq. 7a)
+    return np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw)), dw
+
+
+def _transposed_conv(dout, weight, groups, geo):
+    """``dx (N, C_in, H, W)`` at stride 1 as a convolution (eq. 7a): ``dout`` padded by
+    ``dilation*(k-1) - padding`` on each side (a negative pad crops), correlated with the kernel
+    flipped in space and transposed per group, ``(C_in, C_out/G, kh, kw)``. Same im2col and GEMM as
+    the forward pass, no col2im."""
+    (kh, kw), (dh, dw), (top, bottom, left, right) = geo.kernel, geo.dilation, geo.pads
+    dyp = pad_nchw(dout, (dh * (kh - 1) - top, dh * (kh - 1) - bottom,
+                          dw * (kw - 1) - left, dw * (kw - 1) - right))   # (N, C_out, H+dh(kh-1), W+dw(kw-1))
+    lead, (c_out, c_g) = weight.shape[:-4], weight.shape[-4:-2]
+    w = weight.reshape(lead + (groups, c_out // groups, c_g, kh, kw))     # ([N,] G, Og, C_g, kh, kw)
+    w_t = np.ascontiguousarray(w.swapaxes(-4, -3)[..., ::-1, ::-1])       # ([N,] G, C_g, Og, kh, kw)
+    w_t = w_t.reshape(lead + (groups * c_g, c_out // groups, kh, kw))     # ([N,] C_in, C_out/G, kh, kw)
+    t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, dyp.shape[2:], dyp.shape[2:])
+    return _conv_gemm(dyp, w_t, groups, t_geo)
 
 
 # -- depthwise, pointwise, separable ---------------------------------------------------------

@@ -15,12 +15,14 @@ no repeated index, so slice ``+=`` is exact and no unbuffered scatter-add is nee
 Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 ``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``.
 
-Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d keeps the
-columns of the whole batch for the backward pass only while they fit in :func:`column_budget`
-bytes (default 256 MiB, set with :func:`set_column_budget`); beyond that it recomputes them block
-by block in the backward pass, so no buffer ever exceeds the budget (or one sample's columns, if
-that is larger). Independently, im2col and the GEMM run on blocks of at most ``GEMM_BLOCK`` bytes
-of columns, so that the GEMM reads columns im2col has just written while they are still in cache.
+Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d never holds
+more than one block of columns: im2col and the GEMM run on blocks of at most ``GEMM_BLOCK`` bytes
+(or one sample, if that is larger), so that the GEMM reads columns im2col has just written while
+they are still in cache, and the backward pass recomputes each block's columns instead of keeping
+the batch's. The deformable convolutions, whose columns cost more to rebuild, keep the whole
+batch's columns while they fit in :func:`column_budget` bytes (default 256 MiB, set with
+:func:`set_column_budget`) and otherwise work in chunks of that size; conv2d's blocks also stay
+within that budget.
 """
 import numpy as np
 
@@ -56,13 +58,16 @@ def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
 
 
 def pad_nchw(x, pads):
-    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)`` (new array)."""
-    top, bottom, left, right = pads
+    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)`` (new array); a
+    negative pad crops that many rows or columns instead."""
     if pads == (0, 0, 0, 0):
         return x
-    n, c, h, w = x.shape
+    top, bottom, left, right = (max(0, p) for p in pads)
+    cut_top, cut_bottom, cut_left, cut_right = (max(0, -p) for p in pads)
+    kept = x[:, :, cut_top:x.shape[2] - cut_bottom, cut_left:x.shape[3] - cut_right]
+    n, c, h, w = kept.shape
     xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    xp[:, :, top:top + h, left:left + w] = x
+    xp[:, :, top:top + h, left:left + w] = kept
     return xp
 
 

@@ -19,6 +19,8 @@ GRID = [
     (3, 4, 8, 7, 7, 3, (2, 3), 'valid', (2, 1), 4),  # multiplier 2 (depthwise via groups)
     (1, 6, 4, 5, 4, (1, 3), (3, 2), (0, 1), (1, 2), 2),
     (0, 4, 6, 5, 5, 3, 1, 1, 1, 2),                # batch 0
+    (2, 4, 6, 6, 5, 3, 1, 3, 1, 2),                # stride 1, padding > kernel span: dy is cropped
+    (2, 3, 4, 7, 8, (3, 1), 1, (0, 2), (2, 1), 1),  # stride 1, (2,1) dilation, columns of pure padding
 ]
 
 
@@ -68,6 +70,23 @@ def test_inputs_not_mutated():
     C.conv2d_backward(dy, cache)
     for a, c in zip((x, wt, b, dy), copies + [np.ones_like(y)]):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize('padding, dilation, groups, per_sample',
+                         [(1, 1, 1, False), ((0, 3), (2, 1), 2, False), ('same', 2, 2, True)])
+def test_unit_stride_input_grad_is_the_transposed_convolution(padding, dilation, groups, per_sample):
+    # stride 1: dx = conv(pad(dy), flipped W^T) (eq. 7a) equals crop(col2im(W^T dy)) (eq. 7)
+    x = RNG.standard_normal((3, 4, 7, 6))
+    wt = RNG.standard_normal(((3,) if per_sample else ()) + (6, 4 // groups, 3, 2))
+    y, cache = C.conv2d_forward(x, wt, None, 1, padding, dilation, groups)
+    dy = RNG.standard_normal(y.shape)
+    dx = C.conv2d_backward(dy, cache)[0]
+    geo = cache['geo']
+    cols_shape = (3, 4) + geo.kernel + geo.out_hw
+    dcols = C.cols_input_grad(dy, wt, groups, cols_shape)
+    dxp = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)
+    np.testing.assert_allclose(dx, dxp[:, :, geo.pads[0]:geo.pads[0] + 7, geo.pads[2]:geo.pads[2] + 6],
+                               rtol=1e-12, atol=1e-12)
 
 
 # -- depthwise, pointwise, separable -------------------------------------------------------------
@@ -181,7 +200,8 @@ def test_column_budget_chunks_give_identical_results():
     try:
         assert nc.column_budget() == 2 * 4 * 9 * 64 * 8
         y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
-        assert cache2['cols'] is None                      # columns recomputed per chunk
+        kept = max(v.nbytes for v in cache2.values() if isinstance(v, np.ndarray))
+        assert kept <= cache2['xp'].nbytes                 # no columns kept: recomputed per chunk
         grads2 = C.conv2d_backward(np.ones_like(y), cache2)
     finally:
         set_column_budget(previous)

@@ -28,12 +28,16 @@ def test_cols_matmul_pair(per_sample, groups):
 
 
 @pytest.mark.parametrize('budget', [None, 1])
-def test_conv_gemm_backward_with_and_without_kept_columns(budget):
-    x, w = RNG.standard_normal((3, 4, 6, 5)), RNG.standard_normal((6, 2, 3, 3))
-    previous = set_column_budget(budget) if budget else None          # 1 byte: columns recomputed
+@pytest.mark.parametrize('stride, per_sample', [((2, 1), False), (1, False), (1, True), (3, True)])
+def test_conv_gemm_backward_in_blocks(budget, stride, per_sample):
+    """The blocked GEMM backward: col2im at stride > 1, the transposed convolution at stride 1."""
+    x = RNG.standard_normal((3, 4, 6, 5))
+    w = RNG.standard_normal(((3,) if per_sample else ()) + (6, 2, 3, 3))
+    previous = set_column_budget(budget) if budget else None          # 1 byte: one sample per block
     try:
-        gradcheck(lambda x, w: C.conv2d_forward(x, w, stride=(2, 1), groups=2),
-                  lambda dy, cache: C._conv_gemm_backward(dy, cache), (x, w))   # padding 0: dxp == dx
+        gradcheck(lambda x, w: C.conv2d_forward(x, w, stride=stride, groups=2),
+                  lambda dy, c: C._conv_gemm_backward(dy, c['xp'], c['weight'], c['groups'], c['geo']),
+                  (x, w))                                              # padding 0: dxp == dx
     finally:
         if previous:
             set_column_budget(previous)
