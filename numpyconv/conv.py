@@ -41,7 +41,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair, positive_int, same_dtype
-from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_output_size, crop_nchw,
+from .im2col import (GEMM_BLOCK, col2im, column_scratch, column_budget, conv_output_size, crop_nchw,
                      im2col, pad_nchw)
 from .module import Module, default_bias, kaiming_uniform
 
@@ -259,8 +259,8 @@ def _column_blocks(xp, geo):
     for start in range(0, xp.shape[0], block):
         s = slice(start, min(start + block, xp.shape[0]))
         if buffer is None or buffer.shape[3] != s.stop - s.start:
-            buffer = np.empty((xp.shape[1],) + geo.kernel + (s.stop - s.start,) + geo.out_hw,
-                              dtype=xp.dtype)                            # (C, kh, kw, n_s, Ho, Wo)
+            buffer = column_scratch((xp.shape[1],) + geo.kernel + (s.stop - s.start,) + geo.out_hw,
+                                    xp.dtype)                            # (C, kh, kw, n_s, Ho, Wo)
         cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, Ho, Wo)
         yield s, im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw, out=cols)
 

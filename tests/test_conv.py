@@ -1,11 +1,13 @@
 """conv2d, depthwise, pointwise, separable: reference, gradcheck, identities, errors."""
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import numpyconv as nc
 from numpyconv import conv as C
-from numpyconv.im2col import col2im, im2col, set_column_budget
+from numpyconv.im2col import GEMM_BLOCK, col2im, column_scratch, im2col, set_column_budget
 from numpyconv.reference import conv as ref
 
 RNG = np.random.default_rng(1234)
@@ -212,6 +214,28 @@ def test_column_budget_chunks_give_identical_results():
         set_column_budget(0)
 
 
+def test_column_scratch_is_reused_per_thread_and_stale_contents_do_not_leak():
+    first = column_scratch((4, 5), np.float64)
+    assert np.shares_memory(first, column_scratch((2, 3), np.float32))     # reused call after call
+    assert not np.shares_memory(first, column_scratch((GEMM_BLOCK,), np.float64))   # too big: fresh
+    other = []
+    worker = threading.Thread(target=lambda: other.append(column_scratch((4, 5), np.float64)))
+    worker.start()
+    worker.join()
+    assert not np.shares_memory(first, other[0])                         # one per thread
+    x, wt, b = operands(3, 4, 6, 8, 7, 3, 2)
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+    dy = RNG.standard_normal(y.shape)
+    grads = C.conv2d_backward(dy, cache)
+    for _ in range(2):                                                   # NaN left in the scratch
+        column_scratch((2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
+        y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+        column_scratch((2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
+        np.testing.assert_array_equal(y2, y)
+        for a, c in zip(C.conv2d_backward(dy, cache2), grads):
+            np.testing.assert_array_equal(a, c)
+
+
 # -- property tests -------------------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
 @given(st.data())
@@ -390,7 +414,7 @@ def test_conv2d_layer_loads_torch_state_dict():
 
 def test_column_budget_changed_between_forward_and_backward():
     x, wt, b = operands(4, 4, 6, 8, 8, 3, 2)
-    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)          # columns kept for the backward
+    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)          # two-sample blocks in the forward
     expected = C.conv2d_backward(np.ones_like(y), cache)
     previous = set_column_budget(4 * 9 * 64 * 8)                 # one sample's columns per block
     try:
