@@ -414,7 +414,7 @@ def gradcheck_random_layer(make, config, seed):
     nc.gradcheck_layer(layer, rng.standard_normal((1, 8, 4, 5)))
 
 
-@pytest.mark.parametrize('config, seed', zip(LAYER_CONFIGS[:3], [0, 0, 0]))   # seeds: no kink within eps
+@pytest.mark.parametrize('config, seed', list(zip(LAYER_CONFIGS[:3], [0, 0, 0])))  # seeds: no kink within eps
 def test_layer_gradcheck(config, seed):
     gradcheck_random_layer(make_dcnv3, config, seed)
 

@@ -182,7 +182,7 @@ def make_dcnv4(dtype=np.float64, rng=0, **config):
     return D4.DCNv4(8, group=2, dtype=dtype, rng=rng, **config)
 
 
-@pytest.mark.parametrize('config, seed', zip(LAYER_CONFIGS[:3], [0, 2, 0]))   # seeds: no kink within eps
+@pytest.mark.parametrize('config, seed', list(zip(LAYER_CONFIGS[:3], [0, 2, 0])))  # seeds: no kink within eps
 def test_layer_gradcheck(config, seed):
     gradcheck_random_layer(make_dcnv4, config, seed)
 
