@@ -248,29 +248,47 @@ def _col_bytes(xp, geo):
     return xp.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * xp.itemsize
 
 
+def _blocks(xp, geo):
+    """``(s, r)`` pairs (batch slice, output-row slice) whose columns take at most ``GEMM_BLOCK``
+    bytes (and the column budget): several whole samples, or, when one sample's columns are larger,
+    bands of one sample's output rows (at least one row)."""
+    n, ho = xp.shape[0], geo.out_hw[0]
+    limit, per_sample = min(GEMM_BLOCK, column_budget()), max(1, _col_bytes(xp, geo))
+    if per_sample <= limit:
+        step = limit // per_sample
+        return [(slice(i, min(i + step, n)), slice(0, ho)) for i in range(0, n, step)]
+    step = max(1, limit // (per_sample // ho))
+    return [(slice(i, i + 1), slice(r, min(r + step, ho))) for i in range(n) for r in range(0, ho, step)]
+
+
+def _input_rows(r, geo):
+    """The padded-input rows that output rows ``r`` read."""
+    (sh, _), (dh, _) = geo.stride, geo.dilation
+    return slice(r.start * sh, (r.stop - 1) * sh + dh * (geo.kernel[0] - 1) + 1)
+
+
 def _column_blocks(xp, geo):
-    """Yield ``(s, cols)`` over the batch: the slice ``s`` and its columns
-    ``cols (n_s, C, kh, kw, Ho, Wo)``, at most ``GEMM_BLOCK`` (and the column budget) bytes, or one
-    sample, at a time. One buffer laid out ``(C, kh, kw, n_s, Ho, Wo)`` is reused, so that the
-    columns are still in cache when the GEMM reads them and a block is also the single matrix
-    ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten by the next block's."""
+    """Yield ``(s, r, cols)`` per block of :func:`_blocks`: its columns
+    ``cols (n_s, C, kh, kw, rows, Wo)``. One buffer laid out ``(C, kh, kw, n_s, rows, Wo)`` is
+    reused, so that the columns are still in cache when the GEMM reads them and a block of whole
+    samples is also the single matrix ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten
+    by the next block's."""
     buffer = None
-    block = max(1, min(GEMM_BLOCK, column_budget()) // max(1, _col_bytes(xp, geo)))
-    for start in range(0, xp.shape[0], block):
-        s = slice(start, min(start + block, xp.shape[0]))
-        if buffer is None or buffer.shape[3] != s.stop - s.start:
-            buffer = column_scratch((xp.shape[1],) + geo.kernel + (s.stop - s.start,) + geo.out_hw,
-                                    xp.dtype)                            # (C, kh, kw, n_s, Ho, Wo)
-        cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, Ho, Wo)
-        yield s, im2col(xp[s], geo.kernel, geo.stride, geo.dilation, geo.out_hw, out=cols)
+    for s, r in _blocks(xp, geo):
+        shape = (xp.shape[1],) + geo.kernel + (s.stop - s.start, r.stop - r.start, geo.out_hw[1])
+        if buffer is None or buffer.shape != shape:
+            buffer = column_scratch(shape, xp.dtype)                     # (C, kh, kw, n_s, rows, Wo)
+        cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, rows, Wo)
+        yield s, r, im2col(xp[s, :, _input_rows(r, geo)], geo.kernel, geo.stride, geo.dilation,
+                           cols.shape[-2:], out=cols)
 
 
 def _conv_gemm(xp, weight, groups, geo):
     """``y (N, C_out, Ho, Wo)``: im2col and GEMM block by block (eq. 4). No columns are kept:
     the backward pass recomputes them, which costs less than keeping them in memory."""
     y = np.empty((xp.shape[0], weight.shape[-4]) + geo.out_hw, dtype=xp.dtype)
-    for s, cols in _column_blocks(xp, geo):
-        y[s] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
+    for s, r, cols in _column_blocks(xp, geo):
+        y[s, :, r] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
     return y
 
 
@@ -294,19 +312,20 @@ def conv2d_backward(dout, cache):
 
 def _conv_gemm_backward(dout, xp, weight, groups, geo):
     """``(dx, dweight)``: (eq. 6) on recomputed columns; ``dx`` by (eq. 7a) at stride 1, otherwise
-    by col2im of (eq. 7)."""
+    by col2im of (eq. 7), row bands adding into the rows they share."""
     per_sample, unit_stride = weight.ndim == 5, geo.stride == (1, 1)
     dw = np.zeros_like(weight)
-    dxp = None if unit_stride else np.empty_like(xp)
-    for s, cols in _column_blocks(xp, geo):
-        w_s = weight[s] if per_sample else weight
+    dxp = None if unit_stride else np.zeros_like(xp)
+    for s, r, cols in _column_blocks(xp, geo):
+        w_s, dy = weight[s] if per_sample else weight, dout[s, :, r]
         if per_sample:
-            dw[s] = cols_weight_grad(dout[s], cols, w_s, groups)                     # (eq. 6)
+            dw[s] += cols_weight_grad(dy, cols, w_s, groups)                          # (eq. 6)
         else:
-            dw += cols_weight_grad(dout[s], cols, w_s, groups)
+            dw += cols_weight_grad(dy, cols, w_s, groups)
         if not unit_stride:
-            dcols = cols_input_grad(dout[s], w_s, groups, cols.shape)                 # (eq. 7)
-            dxp[s] = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)
+            dcols = cols_input_grad(dy, w_s, groups, cols.shape)                      # (eq. 7)
+            rows = _input_rows(r, geo)
+            dxp[s, :, rows] += col2im(dcols, (rows.stop - rows.start, xp.shape[3]), geo.stride, geo.dilation)
     if unit_stride:
         return _transposed_conv(dout, weight, groups, geo), dw                        # (eq. 7a)
     return np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw)), dw

@@ -16,13 +16,13 @@ Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 ``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``.
 
 Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d never holds
-more than one block of columns: im2col and the GEMM run on blocks of at most ``GEMM_BLOCK`` bytes
-(or one sample, if that is larger), so that the GEMM reads columns im2col has just written while
-they are still in cache, and the backward pass recomputes each block's columns instead of keeping
-the batch's. The deformable convolutions, whose columns cost more to rebuild, keep the whole
-batch's columns while they fit in :func:`column_budget` bytes (default 256 MiB, set with
-:func:`set_column_budget`) and otherwise work in chunks of that size; conv2d's blocks also stay
-within that budget.
+more than one block of columns, at most ``min(GEMM_BLOCK, column_budget())`` bytes: several whole
+samples, or, when one sample's columns are larger, bands of one sample's output rows (one output
+row's columns is the smallest block). The GEMM reads the columns im2col has just written while they
+are still in cache, and the backward pass recomputes each block's columns instead of keeping the
+batch's. The deformable convolutions, whose columns cost more to rebuild, keep the whole batch's
+columns while they fit in :func:`column_budget` bytes (default 256 MiB, set with
+:func:`set_column_budget`) and otherwise work in chunks of whole samples.
 """
 import threading
 

@@ -214,6 +214,33 @@ def test_column_budget_chunks_give_identical_results():
         set_column_budget(0)
 
 
+@pytest.mark.parametrize('stride, dilation, per_sample', [(1, 1, False), (2, 2, False), ((3, 1), 1, True)])
+def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, stride, dilation, per_sample):
+    x, wt, b = operands(2, 4, 6, 11, 9, 3, 2)
+    if per_sample:
+        wt, b = np.stack([wt, 2 * wt]), np.stack([b, -b])
+    y, cache = C.conv2d_forward(x, wt, b, stride, 2, dilation, 2)
+    dy = RNG.standard_normal(y.shape)
+    grads = C.conv2d_backward(dy, cache)
+    row_bytes = 4 * 9 * y.shape[3] * 8                                   # one output row's columns
+    sizes = []
+
+    def recording_im2col(xp, *args, out=None):
+        sizes.append(out.nbytes)
+        return im2col(xp, *args, out=out)
+    monkeypatch.setattr(C, 'im2col', recording_im2col)
+    previous = set_column_budget(3 * row_bytes)                          # bands of three rows
+    try:
+        y2, cache2 = C.conv2d_forward(x, wt, b, stride, 2, dilation, 2)
+        grads2 = C.conv2d_backward(dy, cache2)
+    finally:
+        set_column_budget(previous)
+    assert max(sizes) <= 3 * row_bytes and len(sizes) >= 2 * 2 * -(-y.shape[2] // 3)
+    np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+    for a, c in zip(grads2, grads):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
 def test_column_scratch_is_reused_per_thread_and_stale_contents_do_not_leak():
     first = column_scratch((4, 5), np.float64)
     assert np.shares_memory(first, column_scratch((2, 3), np.float32))     # reused call after call
