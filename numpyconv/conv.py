@@ -19,12 +19,15 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
 * ``db[o] = sum_{n,i,j} dy[n,o,i,j]``                                          (eq. 5)
 * ``dW = sum_n dYr[n] @ Xc[n]^T``   (correlation of x with dy)                  (eq. 6)
 * ``dx = crop(col2im(Wr^T @ dYr))`` (the transposed convolution)               (eq. 7)
-* at stride 1, ``dx = conv(pad(dy, d*(k-1) - padding), W flipped and transposed per group)``  (eq. 7a)
+* at stride 1, ``dx = conv(dyp, Wt)`` with ``dyp = pad(dy, d*(k-1) - padding)`` and ``Wt = W``
+  flipped and transposed per group (eq. 7a), and ``dW`` is ``Wt``'s weight gradient of that
+  convolution for output gradient ``x``, flipped and transposed back (eq. 6a): one im2col of
+  ``dyp`` serves both.
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
 im2col and the GEMM run block by block (at most ``GEMM_BLOCK`` bytes of columns, in a buffer laid
-out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the backward pass recomputes the
-columns instead of keeping them.
+out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); nothing is kept for the
+backward pass but the padded input.
 Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
 shifted, scaled copies of the input (eq. 8-10). Pointwise is a per-pixel matrix product (eq. 11).
 
@@ -311,40 +314,59 @@ def conv2d_backward(dout, cache):
 
 
 def _conv_gemm_backward(dout, xp, weight, groups, geo):
-    """``(dx, dweight)``: (eq. 6) on recomputed columns; ``dx`` by (eq. 7a) at stride 1, otherwise
-    by col2im of (eq. 7), row bands adding into the rows they share."""
-    per_sample, unit_stride = weight.ndim == 5, geo.stride == (1, 1)
-    dw = np.zeros_like(weight)
-    dxp = None if unit_stride else np.zeros_like(xp)
+    """``(dx, dweight)``; at stride 1 from the columns of ``dout`` alone (eq. 6a, 7a)."""
+    if geo.stride == (1, 1):
+        return _unit_stride_backward(dout, xp, weight, groups, geo)
+    return _strided_backward(dout, xp, weight, groups, geo)
+
+
+def _strided_backward(dout, xp, weight, groups, geo):
+    """(eq. 6) on recomputed columns of ``xp`` and ``dx`` by col2im of (eq. 7), row bands adding
+    into the input rows they share."""
+    per_sample = weight.ndim == 5
+    dw, dxp = np.zeros_like(weight), np.zeros_like(xp)
     for s, r, cols in _column_blocks(xp, geo):
         w_s, dy = weight[s] if per_sample else weight, dout[s, :, r]
         if per_sample:
             dw[s] += cols_weight_grad(dy, cols, w_s, groups)                          # (eq. 6)
         else:
             dw += cols_weight_grad(dy, cols, w_s, groups)
-        if not unit_stride:
-            dcols = cols_input_grad(dy, w_s, groups, cols.shape)                      # (eq. 7)
-            rows = _input_rows(r, geo)
-            dxp[s, :, rows] += col2im(dcols, (rows.stop - rows.start, xp.shape[3]), geo.stride, geo.dilation)
-    if unit_stride:
-        return _transposed_conv(dout, weight, groups, geo), dw                        # (eq. 7a)
+        rows = _input_rows(r, geo)
+        dcols = cols_input_grad(dy, w_s, groups, cols.shape)                          # (eq. 7)
+        dxp[s, :, rows] += col2im(dcols, (rows.stop - rows.start, xp.shape[3]), geo.stride, geo.dilation)
     return np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw)), dw
 
 
-def _transposed_conv(dout, weight, groups, geo):
-    """``dx (N, C_in, H, W)`` at stride 1 as a convolution (eq. 7a): ``dout`` padded by
-    ``dilation*(k-1) - padding`` on each side (a negative pad crops), correlated with the kernel
-    flipped in space and transposed per group, ``(C_in, C_out/G, kh, kw)``. Same im2col and GEMM as
-    the forward pass, no col2im."""
+def _flipped_transpose(weight, groups):
+    """``weight ([N,] C_out, C_in/G, kh, kw)`` -> ``([N,] C_in, C_out/G, kh, kw)``, transposed within
+    each group and flipped in space: the kernel of the transposed convolution (eq. 7a). Applied
+    twice it gives ``weight`` back, so it also maps that kernel's gradient to ``dweight`` (eq. 6a)."""
+    lead, (c_out, c_g, kh, kw) = weight.shape[:-4], weight.shape[-4:]
+    w = weight.reshape(lead + (groups, c_out // groups, c_g, kh, kw))     # ([N,] G, Og, C_g, kh, kw)
+    w_t = np.ascontiguousarray(w.swapaxes(-4, -3)[..., ::-1, ::-1])       # ([N,] G, C_g, Og, kh, kw)
+    return w_t.reshape(lead + (groups * c_g, c_out // groups, kh, kw))
+
+
+def _unit_stride_backward(dout, xp, weight, groups, geo):
+    """Stride 1: one im2col of ``dout`` padded by ``dilation*(k-1) - padding`` (a negative pad
+    crops) serves both gradients. ``dx`` is that padded ``dout`` convolved with the flipped,
+    transposed kernel (eq. 7a), the forward's GEMM; ``dweight`` is this convolution's weight
+    gradient, with ``x`` as its output gradient, flipped and transposed back (eq. 6a)."""
     (kh, kw), (dh, dw), (top, bottom, left, right) = geo.kernel, geo.dilation, geo.pads
     dyp = pad_nchw(dout, (dh * (kh - 1) - top, dh * (kh - 1) - bottom,
                           dw * (kw - 1) - left, dw * (kw - 1) - right))   # (N, C_out, H+dh(kh-1), W+dw(kw-1))
-    lead, (c_out, c_g) = weight.shape[:-4], weight.shape[-4:-2]
-    w = weight.reshape(lead + (groups, c_out // groups, c_g, kh, kw))     # ([N,] G, Og, C_g, kh, kw)
-    w_t = np.ascontiguousarray(w.swapaxes(-4, -3)[..., ::-1, ::-1])       # ([N,] G, C_g, Og, kh, kw)
-    w_t = w_t.reshape(lead + (groups * c_g, c_out // groups, kh, kw))     # ([N,] C_in, C_out/G, kh, kw)
+    w_t = _flipped_transpose(weight, groups)                              # ([N,] C_in, C_out/G, kh, kw)
     t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, dyp.shape[2:], dyp.shape[2:])
-    return _conv_gemm(dyp, w_t, groups, t_geo)
+    x = crop_nchw(xp, geo.pads, *geo.in_hw)                               # (N, C_in, H, W), a view
+    dx, dw_t = np.empty(x.shape, dtype=xp.dtype), np.zeros_like(w_t)
+    for s, r, cols in _column_blocks(dyp, t_geo):                         # cols (n, C_out, kh, kw, rows, W)
+        w_s = w_t[s] if w_t.ndim == 5 else w_t
+        dx[s, :, r] = cols_matmul(cols, w_s, groups)                                  # (eq. 7a)
+        if w_t.ndim == 5:
+            dw_t[s] += cols_weight_grad(x[s, :, r], cols, w_s, groups)                # (eq. 6a)
+        else:
+            dw_t += cols_weight_grad(x[s, :, r], cols, w_s, groups)
+    return dx, _flipped_transpose(dw_t, groups)
 
 
 # -- depthwise, pointwise, separable ---------------------------------------------------------

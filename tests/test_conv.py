@@ -76,19 +76,17 @@ def test_inputs_not_mutated():
 
 @pytest.mark.parametrize('padding, dilation, groups, per_sample',
                          [(1, 1, 1, False), ((0, 3), (2, 1), 2, False), ('same', 2, 2, True)])
-def test_unit_stride_input_grad_is_the_transposed_convolution(padding, dilation, groups, per_sample):
-    # stride 1: dx = conv(pad(dy), flipped W^T) (eq. 7a) equals crop(col2im(W^T dy)) (eq. 7)
+def test_unit_stride_gradients_from_the_transposed_convolution(padding, dilation, groups, per_sample):
+    # stride 1: dx = conv(pad(dy), flipped W^T) (eq. 7a) and dW from the same columns (eq. 6a)
+    # equal crop(col2im(W^T dy)) (eq. 7) and the correlation of x with dy (eq. 6)
     x = RNG.standard_normal((3, 4, 7, 6))
     wt = RNG.standard_normal(((3,) if per_sample else ()) + (6, 4 // groups, 3, 2))
     y, cache = C.conv2d_forward(x, wt, None, 1, padding, dilation, groups)
     dy = RNG.standard_normal(y.shape)
-    dx = C.conv2d_backward(dy, cache)[0]
-    geo = cache['geo']
-    cols_shape = (3, 4) + geo.kernel + geo.out_hw
-    dcols = C.cols_input_grad(dy, wt, groups, cols_shape)
-    dxp = col2im(dcols, geo.padded_hw, geo.stride, geo.dilation)
-    np.testing.assert_allclose(dx, dxp[:, :, geo.pads[0]:geo.pads[0] + 7, geo.pads[2]:geo.pads[2] + 6],
-                               rtol=1e-12, atol=1e-12)
+    operands = (dy, cache['xp'], wt, groups, cache['geo'])
+    for a, b in zip(C._unit_stride_backward(*operands), C._strided_backward(*operands)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(C._flipped_transpose(C._flipped_transpose(wt, groups), groups), wt)
 
 
 # -- depthwise, pointwise, separable -------------------------------------------------------------
