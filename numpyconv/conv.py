@@ -26,8 +26,9 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
 im2col and the GEMM run block by block (at most ``GEMM_BLOCK`` bytes of columns, in a buffer laid
-out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); nothing is kept for the
-backward pass but the padded input.
+out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns, only
+``x`` (a reference, so ``x`` must not be modified before the backward pass) and, at stride > 1 or
+for depthwise, the padded input.
 Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
 shifted, scaled copies of the input (eq. 8-10). Pointwise is a per-pixel matrix product (eq. 11).
 
@@ -242,8 +243,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         y = _conv_gemm(xp, weight, groups, geo)
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
-    cache = dict(xp=xp, weight=weight, has_bias=bias is not None, groups=groups,
-                 geo=geo, depthwise=depthwise, x_shape=x.shape)
+    keep_padded = depthwise or geo.stride != (1, 1)        # stride 1 differentiates from x (eq. 6a)
+    cache = dict(x=x, xp=xp if keep_padded else None, weight=weight, has_bias=bias is not None,
+                 groups=groups, geo=geo, depthwise=depthwise)
     return y, cache
 
 
@@ -297,27 +299,27 @@ def _conv_gemm(xp, weight, groups, geo):
 
 def conv2d_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (``dbias`` None without bias)."""
-    xp, weight, geo = cache['xp'], cache['weight'], cache['geo']
-    n = xp.shape[0]
+    x, weight, geo = cache['x'], cache['weight'], cache['geo']
     float_array(dout, 'dout', 4)
-    expect_shape(dout, (n, weight.shape[-4]) + geo.out_hw, 'dout')
-    dout = dout.astype(xp.dtype, copy=False)
+    expect_shape(dout, (x.shape[0], weight.shape[-4]) + geo.out_hw, 'dout')
+    dout = dout.astype(x.dtype, copy=False)
     if cache['depthwise']:
-        dxp, dw = _depthwise_backward(dout, xp, weight, geo)
+        dxp, dw = _depthwise_backward(dout, cache['xp'], weight, geo)
         dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
     else:
-        dx, dw = _conv_gemm_backward(dout, xp, weight, cache['groups'], geo)
+        dx, dw = _conv_gemm_backward(dout, cache)
     db = None
     if cache['has_bias']:
         db = dout.sum(axis=(2, 3)) if weight.ndim == 5 else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
 
 
-def _conv_gemm_backward(dout, xp, weight, groups, geo):
+def _conv_gemm_backward(dout, cache):
     """``(dx, dweight)``; at stride 1 from the columns of ``dout`` alone (eq. 6a, 7a)."""
+    weight, groups, geo = cache['weight'], cache['groups'], cache['geo']
     if geo.stride == (1, 1):
-        return _unit_stride_backward(dout, xp, weight, groups, geo)
-    return _strided_backward(dout, xp, weight, groups, geo)
+        return _unit_stride_backward(dout, cache['x'], weight, groups, geo)
+    return _strided_backward(dout, cache['xp'], weight, groups, geo)
 
 
 def _strided_backward(dout, xp, weight, groups, geo):
@@ -347,7 +349,7 @@ def _flipped_transpose(weight, groups):
     return w_t.reshape(lead + (groups * c_g, c_out // groups, kh, kw))
 
 
-def _unit_stride_backward(dout, xp, weight, groups, geo):
+def _unit_stride_backward(dout, x, weight, groups, geo):
     """Stride 1: one im2col of ``dout`` padded by ``dilation*(k-1) - padding`` (a negative pad
     crops) serves both gradients. ``dx`` is that padded ``dout`` convolved with the flipped,
     transposed kernel (eq. 7a), the forward's GEMM; ``dweight`` is this convolution's weight
@@ -357,8 +359,7 @@ def _unit_stride_backward(dout, xp, weight, groups, geo):
                           dw * (kw - 1) - left, dw * (kw - 1) - right))   # (N, C_out, H+dh(kh-1), W+dw(kw-1))
     w_t = _flipped_transpose(weight, groups)                              # ([N,] C_in, C_out/G, kh, kw)
     t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, dyp.shape[2:], dyp.shape[2:])
-    x = crop_nchw(xp, geo.pads, *geo.in_hw)                               # (N, C_in, H, W), a view
-    dx, dw_t = np.empty(x.shape, dtype=xp.dtype), np.zeros_like(w_t)
+    dx, dw_t = np.empty(x.shape, dtype=x.dtype), np.zeros_like(w_t)
     for s, r, cols in _column_blocks(dyp, t_geo):                         # cols (n, C_out, kh, kw, rows, W)
         w_s = w_t[s] if w_t.ndim == 5 else w_t
         dx[s, :, r] = cols_matmul(cols, w_s, groups)                                  # (eq. 7a)

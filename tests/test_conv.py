@@ -83,8 +83,9 @@ def test_unit_stride_gradients_from_the_transposed_convolution(padding, dilation
     wt = RNG.standard_normal(((3,) if per_sample else ()) + (6, 4 // groups, 3, 2))
     y, cache = C.conv2d_forward(x, wt, None, 1, padding, dilation, groups)
     dy = RNG.standard_normal(y.shape)
-    operands = (dy, cache['xp'], wt, groups, cache['geo'])
-    for a, b in zip(C._unit_stride_backward(*operands), C._strided_backward(*operands)):
+    operands = (wt, groups, cache['geo'])
+    xp = C.pad_nchw(x, cache['geo'].pads)
+    for a, b in zip(C._unit_stride_backward(dy, x, *operands), C._strided_backward(dy, xp, *operands)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(C._flipped_transpose(C._flipped_transpose(wt, groups), groups), wt)
 
@@ -201,7 +202,7 @@ def test_column_budget_chunks_give_identical_results():
         assert nc.column_budget() == 2 * 4 * 9 * 64 * 8
         y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
         kept = max(v.nbytes for v in cache2.values() if isinstance(v, np.ndarray))
-        assert kept <= cache2['xp'].nbytes                 # no columns kept: recomputed per chunk
+        assert kept <= x.nbytes and cache2['xp'] is None   # no columns kept; stride 1 keeps only x
         grads2 = C.conv2d_backward(np.ones_like(y), cache2)
     finally:
         set_column_budget(previous)
