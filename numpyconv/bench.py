@@ -287,23 +287,30 @@ def compare_with_conv(ours, official, x, repeat, detail, **table_options):
 
 
 def conv_table(dtype, repeat=5, quick=False, torch=None):
-    """Rows ``dict(layer, dtype, fwd_ms, fwdbwd_ms, gemm_fraction, torch_fwd_ms, torch_fwdbwd_ms)``."""
+    """Rows ``dict(layer, dtype, fwd_ms, fwdbwd_ms, gemm_fraction, torch_fwd_ms, torch_fwdbwd_ms)``.
+
+    The rounds of :func:`interleaved_best` run every layer and engine in turn, so each layer's best
+    is drawn from the whole run: a stretch of time when the machine is slower (other tenants of a
+    shared host) then costs all layers alike instead of spoiling one.
+    """
     rng = np.random.default_rng(0)
     peak = gemm_peak(dtype)
-    rows = []
+    rows, engines = [], []
     for n, c_in, c_out, h, w, k in RESNET_LAYERS:
         n = 2 if quick else n
         x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
         wt = rng.standard_normal((c_out, c_in, k, k)).astype(dtype)
-        flops = 2 * n * c_out * h * w * c_in * k * k
-        engines = [conv_pair(x, wt)] + ([torch_conv_pair(torch, x, wt)] if torch is not None else [])
-        row = dict(layer=f"N={n} {c_in}->{c_out} {h}x{w} {k}x{k}", dtype=np.dtype(dtype).name)
-        for label, step in (('fwd', 0), ('fwdbwd', 1)):
-            times = interleaved_best([pair[step] for pair in engines], repeat)
-            row[f'{label}_ms'] = 1e3 * times[0]
-            row[f'torch_{label}_ms'] = 1e3 * times[1] if torch is not None else None
-        row['gemm_fraction'] = flops / (row['fwd_ms'] / 1e3) / peak
-        rows.append(row)
+        rows.append(dict(layer=f"N={n} {c_in}->{c_out} {h}x{w} {k}x{k}", dtype=np.dtype(dtype).name,
+                         flops=2 * n * c_out * h * w * c_in * k * k))
+        engines.append([conv_pair(x, wt)] + ([torch_conv_pair(torch, x, wt)] if torch is not None else []))
+    for label, step in (('fwd', 0), ('fwdbwd', 1)):
+        times = interleaved_best([pair[step] for pairs in engines for pair in pairs], repeat)
+        per_layer = len(engines[0])
+        for i, row in enumerate(rows):
+            row[f'{label}_ms'] = 1e3 * times[i * per_layer]
+            row[f'torch_{label}_ms'] = 1e3 * times[i * per_layer + 1] if torch is not None else None
+    for row in rows:
+        row['gemm_fraction'] = row.pop('flops') / (row['fwd_ms'] / 1e3) / peak
     return rows, peak
 
 
