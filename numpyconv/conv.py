@@ -328,11 +328,9 @@ def _strided_backward(dout, xp, weight, groups, geo):
     per_sample = weight.ndim == 5
     dw, dxp = np.zeros_like(weight), np.zeros_like(xp)
     for s, r, cols in _column_blocks(xp, geo):
-        w_s, dy = weight[s] if per_sample else weight, dout[s, :, r]
-        if per_sample:
-            dw[s] += cols_weight_grad(dy, cols, w_s, groups)                          # (eq. 6)
-        else:
-            dw += cols_weight_grad(dy, cols, w_s, groups)
+        w_s, dw_s = (weight[s], dw[s]) if per_sample else (weight, dw)
+        dy = dout[s, :, r]
+        dw_s += cols_weight_grad(dy, cols, w_s, groups)                               # (eq. 6)
         rows = _input_rows(r, geo)
         dcols = cols_input_grad(dy, w_s, groups, cols.shape)                          # (eq. 7)
         dxp[s, :, rows] += col2im(dcols, (rows.stop - rows.start, xp.shape[3]), geo.stride, geo.dilation)
@@ -354,19 +352,16 @@ def _unit_stride_backward(dout, x, weight, groups, geo):
     crops) serves both gradients. ``dx`` is that padded ``dout`` convolved with the flipped,
     transposed kernel (eq. 7a), the forward's GEMM; ``dweight`` is this convolution's weight
     gradient, with ``x`` as its output gradient, flipped and transposed back (eq. 6a)."""
-    (kh, kw), (dh, dw), (top, bottom, left, right) = geo.kernel, geo.dilation, geo.pads
-    dyp = pad_nchw(dout, (dh * (kh - 1) - top, dh * (kh - 1) - bottom,
-                          dw * (kw - 1) - left, dw * (kw - 1) - right))   # (N, C_out, H+dh(kh-1), W+dw(kw-1))
+    (kh, kw), (dil_h, dil_w), (top, bottom, left, right) = geo.kernel, geo.dilation, geo.pads
+    dyp = pad_nchw(dout, (dil_h * (kh - 1) - top, dil_h * (kh - 1) - bottom,
+                          dil_w * (kw - 1) - left, dil_w * (kw - 1) - right))   # (N, C_out, H+.., W+..)
     w_t = _flipped_transpose(weight, groups)                              # ([N,] C_in, C_out/G, kh, kw)
     t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, dyp.shape[2:], dyp.shape[2:])
     dx, dw_t = np.empty(x.shape, dtype=x.dtype), np.zeros_like(w_t)
     for s, r, cols in _column_blocks(dyp, t_geo):                         # cols (n, C_out, kh, kw, rows, W)
-        w_s = w_t[s] if w_t.ndim == 5 else w_t
+        w_s, dw_s = (w_t[s], dw_t[s]) if w_t.ndim == 5 else (w_t, dw_t)
         dx[s, :, r] = cols_matmul(cols, w_s, groups)                                  # (eq. 7a)
-        if w_t.ndim == 5:
-            dw_t[s] += cols_weight_grad(x[s, :, r], cols, w_s, groups)                # (eq. 6a)
-        else:
-            dw_t += cols_weight_grad(x[s, :, r], cols, w_s, groups)
+        dw_s += cols_weight_grad(x[s, :, r], cols, w_s, groups)                       # (eq. 6a)
     return dx, _flipped_transpose(dw_t, groups)
 
 
