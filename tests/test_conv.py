@@ -262,6 +262,26 @@ def test_column_scratch_is_reused_per_thread_and_stale_contents_do_not_leak():
             np.testing.assert_array_equal(a, c)
 
 
+def test_concurrent_calls_from_threads_match_sequential_results():
+    cases = [operands(3, 4, 6, 9, 8, 3, 2) for _ in range(4)]
+    expected = [C.conv2d_backward(np.ones((3, 6, 9, 8)), C.conv2d_forward(x, wt, b, 1, 1, 1, 2)[1])
+                for x, wt, b in cases]
+    got = [None] * len(cases)
+
+    def run(k):
+        x, wt, b = cases[k]
+        for _ in range(20):                          # many calls, interleaved with the other threads
+            got[k] = C.conv2d_backward(np.ones((3, 6, 9, 8)), C.conv2d_forward(x, wt, b, 1, 1, 1, 2)[1])
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e, g in zip(expected, got):
+        for a, c in zip(e, g):
+            np.testing.assert_array_equal(a, c)
+
+
 # -- property tests -------------------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
 @given(st.data())
