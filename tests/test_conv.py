@@ -435,6 +435,7 @@ def test_separable_errors_name_the_argument(kwargs, error, match):
 
 # -- optional cross-check against PyTorch ------------------------------------------------------------------
 @pytest.mark.parametrize('case', GRID)
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")   # torch's own notice
 def test_against_torch(case):
     torch = pytest.importorskip('torch')
     n, c_in, c_out, h, w, k, s, p, d, g = case
