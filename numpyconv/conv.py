@@ -45,8 +45,8 @@ from collections import namedtuple
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair, positive_int, same_dtype
-from .im2col import (GEMM_BLOCK, col2im, column_scratch, column_budget, conv_output_size, crop_nchw,
-                     im2col, pad_nchw)
+from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_output_size, crop_nchw,
+                     im2col, pad_nchw, scratch)
 from .module import Module, default_bias, kaiming_uniform
 
 Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw padded_hw in_hw')
@@ -236,14 +236,15 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
-    xp = pad_nchw(x, geo.pads)                                            # (N, C_in, Hp, Wp)
+    keep_padded = depthwise or geo.stride != (1, 1)        # stride 1 differentiates from x (eq. 6a)
+    padded = None if keep_padded else scratch('padded', x.shape[:2] + geo.padded_hw, x.dtype)
+    xp = pad_nchw(x, geo.pads, out=padded)                                # (N, C_in, Hp, Wp)
     if depthwise:
         y = _depthwise_forward(xp, weight, geo)
     else:
         y = _conv_gemm(xp, weight, groups, geo)
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
-    keep_padded = depthwise or geo.stride != (1, 1)        # stride 1 differentiates from x (eq. 6a)
     cache = dict(x=x, xp=xp if keep_padded else None, weight=weight, has_bias=bias is not None,
                  groups=groups, geo=geo, depthwise=depthwise)
     return y, cache
@@ -282,7 +283,7 @@ def _column_blocks(xp, geo):
     for s, r in _blocks(xp, geo):
         shape = (xp.shape[1],) + geo.kernel + (s.stop - s.start, r.stop - r.start, geo.out_hw[1])
         if buffer is None or buffer.shape != shape:
-            buffer = column_scratch(shape, xp.dtype)                     # (C, kh, kw, n_s, rows, Wo)
+            buffer = scratch('columns', shape, xp.dtype)                 # (C, kh, kw, n_s, rows, Wo)
         cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, rows, Wo)
         yield s, r, im2col(xp[s, :, _input_rows(r, geo)], geo.kernel, geo.stride, geo.dilation,
                            cols.shape[-2:], out=cols)
@@ -337,13 +338,16 @@ def _strided_backward(dout, xp, weight, groups, geo):
     return np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw)), dw
 
 
-def _flipped_transpose(weight, groups):
+def _flipped_transpose(weight, groups, out=None):
     """``weight ([N,] C_out, C_in/G, kh, kw)`` -> ``([N,] C_in, C_out/G, kh, kw)``, transposed within
     each group and flipped in space: the kernel of the transposed convolution (eq. 7a). Applied
-    twice it gives ``weight`` back, so it also maps that kernel's gradient to ``dweight`` (eq. 6a)."""
+    twice it gives ``weight`` back, so it also maps that kernel's gradient to ``dweight`` (eq. 6a).
+    Written into ``out`` (any shape of the same size) when given."""
     lead, (c_out, c_g, kh, kw) = weight.shape[:-4], weight.shape[-4:]
     w = weight.reshape(lead + (groups, c_out // groups, c_g, kh, kw))     # ([N,] G, Og, C_g, kh, kw)
-    w_t = np.ascontiguousarray(w.swapaxes(-4, -3)[..., ::-1, ::-1])       # ([N,] G, C_g, Og, kh, kw)
+    flipped = w.swapaxes(-4, -3)[..., ::-1, ::-1]                         # ([N,] G, C_g, Og, kh, kw)
+    w_t = np.empty(flipped.shape, dtype=weight.dtype) if out is None else out.reshape(flipped.shape)
+    w_t[...] = flipped
     return w_t.reshape(lead + (groups * c_g, c_out // groups, kh, kw))
 
 
@@ -353,11 +357,15 @@ def _unit_stride_backward(dout, x, weight, groups, geo):
     transposed kernel (eq. 7a), the forward's GEMM; ``dweight`` is this convolution's weight
     gradient, with ``x`` as its output gradient, flipped and transposed back (eq. 6a)."""
     (kh, kw), (dil_h, dil_w), (top, bottom, left, right) = geo.kernel, geo.dilation, geo.pads
+    t_hw = (x.shape[2] + dil_h * (kh - 1), x.shape[3] + dil_w * (kw - 1))
     dyp = pad_nchw(dout, (dil_h * (kh - 1) - top, dil_h * (kh - 1) - bottom,
-                          dil_w * (kw - 1) - left, dil_w * (kw - 1) - right))   # (N, C_out, H+.., W+..)
-    w_t = _flipped_transpose(weight, groups)                              # ([N,] C_in, C_out/G, kh, kw)
-    t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, dyp.shape[2:], dyp.shape[2:])
-    dx, dw_t = np.empty(x.shape, dtype=x.dtype), np.zeros_like(w_t)
+                          dil_w * (kw - 1) - left, dil_w * (kw - 1) - right),
+                   out=scratch('padded', dout.shape[:2] + t_hw, dout.dtype))   # (N, C_out, H+.., W+..)
+    w_t = _flipped_transpose(weight, groups, out=scratch('kernel', weight.shape, weight.dtype))
+    dw_t = scratch('kernel_grad', w_t.shape, w_t.dtype)                   # ([N,] C_in, C_out/G, kh, kw)
+    dw_t[...] = 0
+    t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, t_hw, t_hw)
+    dx = np.empty(x.shape, dtype=x.dtype)
     for s, r, cols in _column_blocks(dyp, t_geo):                         # cols (n, C_out, kh, kw, rows, W)
         w_s, dw_s = (w_t[s], dw_t[s]) if w_t.ndim == 5 else (w_t, dw_t)
         dx[s, :, r] = cols_matmul(cols, w_s, groups)                                  # (eq. 7a)

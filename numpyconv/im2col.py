@@ -30,7 +30,7 @@ import numpy as np
 
 _COLUMN_BUDGET = 256 * 2 ** 20
 GEMM_BLOCK = 8 * 2 ** 20       # bytes of columns per im2col + GEMM step (cache-sized)
-_SCRATCH = threading.local()   # each thread's reusable column memory (at most 2 * GEMM_BLOCK bytes)
+_SCRATCH = threading.local()   # each thread's reusable temporaries: slot name -> memory
 
 
 def column_budget():
@@ -55,18 +55,20 @@ def batch_chunks(n, bytes_per_sample, budget=None):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
 
 
-def column_scratch(shape, dtype):
-    """An uninitialised array for one block of columns, in memory this thread reuses from call to
-    call when the block is at most ``2 * GEMM_BLOCK`` bytes (a fresh array otherwise). Fresh memory
-    costs a page fault per 4 KiB on first touch, about 10% of a small convolution's time; the
-    caller must be done with the array before it asks for another."""
+def scratch(slot, shape, dtype):
+    """An uninitialised temporary array, in memory this thread reuses for ``slot`` (conv2d's:
+    'columns', 'padded', 'kernel', 'kernel_grad') from call to call, when it takes at most
+    ``2 * GEMM_BLOCK`` bytes (a fresh array otherwise). Fresh memory costs a page fault per 4 KiB on
+    first touch, about 10% of a small convolution's time. The caller must be done with a slot's
+    array before it asks that slot for another, and must not return it."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes > 2 * GEMM_BLOCK:
         return np.empty(shape, dtype=dtype)
-    memory = getattr(_SCRATCH, 'memory', None)
+    memory = getattr(_SCRATCH, slot, None)
     if memory is None or memory.nbytes < nbytes:
-        memory = _SCRATCH.memory = np.empty(2 * GEMM_BLOCK, dtype=np.uint8)
+        memory = np.empty(nbytes, dtype=np.uint8)
+        setattr(_SCRATCH, slot, memory)
     return memory[:nbytes].view(dtype).reshape(shape)
 
 
@@ -75,16 +77,22 @@ def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def pad_nchw(x, pads):
-    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)`` (new array); a
-    negative pad crops that many rows or columns instead."""
+def pad_nchw(x, pads, out=None):
+    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)``; a negative pad crops
+    that many rows or columns instead. A new array, or ``out`` (of the padded shape) when given;
+    ``x`` itself when all pads are 0."""
     if pads == (0, 0, 0, 0):
         return x
     top, bottom, left, right = (max(0, p) for p in pads)
     cut_top, cut_bottom, cut_left, cut_right = (max(0, -p) for p in pads)
     kept = x[:, :, cut_top:x.shape[2] - cut_bottom, cut_left:x.shape[3] - cut_right]
     n, c, h, w = kept.shape
-    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    if out is None:
+        xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    else:
+        xp = out
+        xp[:, :, :top], xp[:, :, top + h:] = 0, 0
+        xp[:, :, top:top + h, :left], xp[:, :, top:top + h, left + w:] = 0, 0
     xp[:, :, top:top + h, left:left + w] = kept
     return xp
 

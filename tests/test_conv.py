@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import numpyconv as nc
 from numpyconv import conv as C
-from numpyconv.im2col import GEMM_BLOCK, col2im, column_scratch, im2col, set_column_budget
+from numpyconv.im2col import GEMM_BLOCK, col2im, im2col, scratch, set_column_budget
 from numpyconv.reference import conv as ref
 
 RNG = np.random.default_rng(1234)
@@ -240,12 +240,13 @@ def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, stride
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
 
 
-def test_column_scratch_is_reused_per_thread_and_stale_contents_do_not_leak():
-    first = column_scratch((4, 5), np.float64)
-    assert np.shares_memory(first, column_scratch((2, 3), np.float32))     # reused call after call
-    assert not np.shares_memory(first, column_scratch((GEMM_BLOCK,), np.float64))   # too big: fresh
+def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak():
+    first = scratch('columns', (4, 5), np.float64)
+    assert np.shares_memory(first, scratch('columns', (2, 3), np.float32))  # reused call after call
+    assert not np.shares_memory(first, scratch('padded', (2, 3), np.float32))  # one memory per slot
+    assert not np.shares_memory(first, scratch('columns', (GEMM_BLOCK,), np.float64))  # too big: fresh
     other = []
-    worker = threading.Thread(target=lambda: other.append(column_scratch((4, 5), np.float64)))
+    worker = threading.Thread(target=lambda: other.append(scratch('columns', (4, 5), np.float64)))
     worker.start()
     worker.join()
     assert not np.shares_memory(first, other[0])                         # one per thread
@@ -253,10 +254,13 @@ def test_column_scratch_is_reused_per_thread_and_stale_contents_do_not_leak():
     y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
     dy = RNG.standard_normal(y.shape)
     grads = C.conv2d_backward(dy, cache)
+    slots = ('columns', 'padded', 'kernel', 'kernel_grad')
     for _ in range(2):                                                   # NaN left in the scratch
-        column_scratch((2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
+        for slot in slots:
+            scratch(slot, (2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
         y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
-        column_scratch((2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
+        for slot in slots:
+            scratch(slot, (2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
         np.testing.assert_array_equal(y2, y)
         for a, c in zip(C.conv2d_backward(dy, cache2), grads):
             np.testing.assert_array_equal(a, c)
