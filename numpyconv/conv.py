@@ -11,14 +11,14 @@ Forward (docs/derivations/conv.md, eq. 1), with ``g(o) = o // (C_out/G)`` and ``
 
     y[n,o,i,j] = b[o] + sum_{c<C_g, p<kh, q<kw} W[o,c,p,q] * xp[n, g(o)*C_g + c, i*sh + p*dh, j*sw + q*dw]
 
-As a GEMM per group (eq. 4): ``cols = im2col(xp)`` viewed as ``Xc (N, G, C_g*kh*kw, Ho*Wo)``,
-``Wr = W.reshape(G, O_g, C_g*kh*kw)``, ``Y = Wr @ Xc``.
+As a GEMM per group (eq. 4): ``cols = im2col(x)`` (padding applied on the fly, no padded copy)
+viewed as ``Xc (N, G, C_g*kh*kw, Ho*Wo)``, ``Wr = W.reshape(G, O_g, C_g*kh*kw)``, ``Y = Wr @ Xc``.
 
 Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
 
 * ``db[o] = sum_{n,i,j} dy[n,o,i,j]``                                          (eq. 5)
 * ``dW = sum_n dYr[n] @ Xc[n]^T``   (correlation of x with dy)                  (eq. 6)
-* ``dx = crop(col2im(Wr^T @ dYr))`` (the transposed convolution)               (eq. 7)
+* ``dx = col2im(Wr^T @ dYr)`` straight into x's shape (the transposed convolution)  (eq. 7)
 * at stride 1, ``dx = conv(dyp, Wt)`` with ``dyp = pad(dy, d*(k-1) - padding)`` and ``Wt = W``
   flipped and transposed per group (eq. 7a), and ``dW`` is ``Wt``'s weight gradient of that
   convolution for output gradient ``x``, flipped and transposed back (eq. 6a): one im2col of
@@ -26,9 +26,9 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
 im2col and the GEMM run block by block (at most ``GEMM_BLOCK`` bytes of columns, in a buffer laid
-out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns, only
-``x`` (a reference, so ``x`` must not be modified before the backward pass) and, at stride > 1 or
-for depthwise, the padded input.
+out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
+no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass;
+depthwise also keeps its padded input).
 Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
 shifted, scaled copies of the input (eq. 8-10). Pointwise is a per-pixel matrix product (eq. 11).
 
@@ -236,30 +236,28 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
-    keep_padded = depthwise or geo.stride != (1, 1)        # stride 1 differentiates from x (eq. 6a)
-    padded = None if keep_padded else scratch('padded', x.shape[:2] + geo.padded_hw, x.dtype)
-    xp = pad_nchw(x, geo.pads, out=padded)                                # (N, C_in, Hp, Wp)
+    xp = pad_nchw(x, geo.pads) if depthwise else None                     # (N, C_in, Hp, Wp)
     if depthwise:
         y = _depthwise_forward(xp, weight, geo)
     else:
-        y = _conv_gemm(xp, weight, groups, geo)
+        y = _conv_gemm(x, weight, groups, geo, (geo.pads[0], geo.pads[2]))
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
-    cache = dict(x=x, xp=xp if keep_padded else None, weight=weight, has_bias=bias is not None,
-                 groups=groups, geo=geo, depthwise=depthwise)
+    cache = dict(x=x, xp=xp, weight=weight, has_bias=bias is not None, groups=groups, geo=geo,
+                 depthwise=depthwise)
     return y, cache
 
 
-def _col_bytes(xp, geo):
-    return xp.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * xp.itemsize
+def _col_bytes(x, geo):
+    return x.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * x.itemsize
 
 
-def _blocks(xp, geo):
+def _blocks(x, geo):
     """``(s, r)`` pairs (batch slice, output-row slice) whose columns take at most ``GEMM_BLOCK``
     bytes (and the column budget): several whole samples, or, when one sample's columns are larger,
     bands of one sample's output rows (at least one row)."""
-    n, ho = xp.shape[0], geo.out_hw[0]
-    limit, per_sample = min(GEMM_BLOCK, column_budget()), max(1, _col_bytes(xp, geo))
+    n, ho = x.shape[0], geo.out_hw[0]
+    limit, per_sample = min(GEMM_BLOCK, column_budget()), max(1, _col_bytes(x, geo))
     if per_sample <= limit:
         step = limit // per_sample
         return [(slice(i, min(i + step, n)), slice(0, ho)) for i in range(0, n, step)]
@@ -267,33 +265,32 @@ def _blocks(xp, geo):
     return [(slice(i, i + 1), slice(r, min(r + step, ho))) for i in range(n) for r in range(0, ho, step)]
 
 
-def _input_rows(r, geo):
-    """The padded-input rows that output rows ``r`` read."""
-    (sh, _), (dh, _) = geo.stride, geo.dilation
-    return slice(r.start * sh, (r.stop - 1) * sh + dh * (geo.kernel[0] - 1) + 1)
+def _band_origin(r, geo, origin):
+    """The padding before a band of output rows starting at ``r.start`` (negative inside ``x``)."""
+    return (origin[0] - r.start * geo.stride[0], origin[1])
 
 
-def _column_blocks(xp, geo):
-    """Yield ``(s, r, cols)`` per block of :func:`_blocks`: its columns
-    ``cols (n_s, C, kh, kw, rows, Wo)``. One buffer laid out ``(C, kh, kw, n_s, rows, Wo)`` is
-    reused, so that the columns are still in cache when the GEMM reads them and a block of whole
-    samples is also the single matrix ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten
-    by the next block's."""
+def _column_blocks(x, geo, origin):
+    """Yield ``(s, r, cols)`` per block of :func:`_blocks`: the columns
+    ``cols (n_s, C, kh, kw, rows, Wo)`` of ``x`` zero-padded by ``origin = (top, left)``. One buffer
+    laid out ``(C, kh, kw, n_s, rows, Wo)`` is reused, so that the columns are still in cache when
+    the GEMM reads them and a block of whole samples is also the single matrix
+    ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten by the next block's."""
     buffer = None
-    for s, r in _blocks(xp, geo):
-        shape = (xp.shape[1],) + geo.kernel + (s.stop - s.start, r.stop - r.start, geo.out_hw[1])
+    for s, r in _blocks(x, geo):
+        shape = (x.shape[1],) + geo.kernel + (s.stop - s.start, r.stop - r.start, geo.out_hw[1])
         if buffer is None or buffer.shape != shape:
-            buffer = scratch('columns', shape, xp.dtype)                 # (C, kh, kw, n_s, rows, Wo)
+            buffer = scratch('columns', shape, x.dtype)                  # (C, kh, kw, n_s, rows, Wo)
         cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, rows, Wo)
-        yield s, r, im2col(xp[s, :, _input_rows(r, geo)], geo.kernel, geo.stride, geo.dilation,
-                           cols.shape[-2:], out=cols)
+        yield s, r, im2col(x[s], geo.kernel, geo.stride, geo.dilation, cols.shape[-2:], out=cols,
+                           origin=_band_origin(r, geo, origin))
 
 
-def _conv_gemm(xp, weight, groups, geo):
+def _conv_gemm(x, weight, groups, geo, origin):
     """``y (N, C_out, Ho, Wo)``: im2col and GEMM block by block (eq. 4). No columns are kept:
     the backward pass recomputes them, which costs less than keeping them in memory."""
-    y = np.empty((xp.shape[0], weight.shape[-4]) + geo.out_hw, dtype=xp.dtype)
-    for s, r, cols in _column_blocks(xp, geo):
+    y = np.empty((x.shape[0], weight.shape[-4]) + geo.out_hw, dtype=x.dtype)
+    for s, r, cols in _column_blocks(x, geo, origin):
         y[s, :, r] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
     return y
 
@@ -307,35 +304,28 @@ def conv2d_backward(dout, cache):
     if cache['depthwise']:
         dxp, dw = _depthwise_backward(dout, cache['xp'], weight, geo)
         dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
+    elif geo.stride == (1, 1):
+        dx, dw = _unit_stride_backward(dout, x, weight, cache['groups'], geo)
     else:
-        dx, dw = _conv_gemm_backward(dout, cache)
+        dx, dw = _strided_backward(dout, x, weight, cache['groups'], geo)
     db = None
     if cache['has_bias']:
         db = dout.sum(axis=(2, 3)) if weight.ndim == 5 else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
 
 
-def _conv_gemm_backward(dout, cache):
-    """``(dx, dweight)``; at stride 1 from the columns of ``dout`` alone (eq. 6a, 7a)."""
-    weight, groups, geo = cache['weight'], cache['groups'], cache['geo']
-    if geo.stride == (1, 1):
-        return _unit_stride_backward(dout, cache['x'], weight, groups, geo)
-    return _strided_backward(dout, cache['xp'], weight, groups, geo)
-
-
-def _strided_backward(dout, xp, weight, groups, geo):
-    """(eq. 6) on recomputed columns of ``xp`` and ``dx`` by col2im of (eq. 7), row bands adding
-    into the input rows they share."""
-    per_sample = weight.ndim == 5
-    dw, dxp = np.zeros_like(weight), np.zeros_like(xp)
-    for s, r, cols in _column_blocks(xp, geo):
+def _strided_backward(dout, x, weight, groups, geo):
+    """(eq. 6) on recomputed columns of ``x`` and ``dx`` by col2im of (eq. 7), straight into
+    ``x``'s shape (the padding's share is dropped); row bands add into the rows they share."""
+    per_sample, origin = weight.ndim == 5, (geo.pads[0], geo.pads[2])
+    dw, dx = np.zeros_like(weight), np.zeros_like(x)
+    for s, r, cols in _column_blocks(x, geo, origin):
         w_s, dw_s = (weight[s], dw[s]) if per_sample else (weight, dw)
         dy = dout[s, :, r]
         dw_s += cols_weight_grad(dy, cols, w_s, groups)                               # (eq. 6)
-        rows = _input_rows(r, geo)
         dcols = cols_input_grad(dy, w_s, groups, cols.shape)                          # (eq. 7)
-        dxp[s, :, rows] += col2im(dcols, (rows.stop - rows.start, xp.shape[3]), geo.stride, geo.dilation)
-    return np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw)), dw
+        col2im(dcols, geo.in_hw, geo.stride, geo.dilation, _band_origin(r, geo, origin), out=dx[s])
+    return dx, dw
 
 
 def _flipped_transpose(weight, groups, out=None):
@@ -352,21 +342,18 @@ def _flipped_transpose(weight, groups, out=None):
 
 
 def _unit_stride_backward(dout, x, weight, groups, geo):
-    """Stride 1: one im2col of ``dout`` padded by ``dilation*(k-1) - padding`` (a negative pad
-    crops) serves both gradients. ``dx`` is that padded ``dout`` convolved with the flipped,
-    transposed kernel (eq. 7a), the forward's GEMM; ``dweight`` is this convolution's weight
-    gradient, with ``x`` as its output gradient, flipped and transposed back (eq. 6a)."""
-    (kh, kw), (dil_h, dil_w), (top, bottom, left, right) = geo.kernel, geo.dilation, geo.pads
-    t_hw = (x.shape[2] + dil_h * (kh - 1), x.shape[3] + dil_w * (kw - 1))
-    dyp = pad_nchw(dout, (dil_h * (kh - 1) - top, dil_h * (kh - 1) - bottom,
-                          dil_w * (kw - 1) - left, dil_w * (kw - 1) - right),
-                   out=scratch('padded', dout.shape[:2] + t_hw, dout.dtype))   # (N, C_out, H+.., W+..)
+    """Stride 1: one im2col of ``dout`` zero-padded by ``dilation*(k-1) - padding`` before each axis
+    (a negative pad crops) serves both gradients. ``dx`` is that padded ``dout`` convolved with the
+    flipped, transposed kernel (eq. 7a), the forward's GEMM; ``dweight`` is this convolution's
+    weight gradient, with ``x`` as its output gradient, flipped and transposed back (eq. 6a)."""
+    (kh, kw), (dil_h, dil_w) = geo.kernel, geo.dilation
+    origin = (dil_h * (kh - 1) - geo.pads[0], dil_w * (kw - 1) - geo.pads[2])
+    t_geo = geo._replace(out_hw=geo.in_hw)                                # stride 1, output = x's size
     w_t = _flipped_transpose(weight, groups, out=scratch('kernel', weight.shape, weight.dtype))
     dw_t = scratch('kernel_grad', w_t.shape, w_t.dtype)                   # ([N,] C_in, C_out/G, kh, kw)
     dw_t[...] = 0
-    t_geo = Geometry(geo.kernel, (1, 1), geo.dilation, (0, 0, 0, 0), geo.in_hw, t_hw, t_hw)
     dx = np.empty(x.shape, dtype=x.dtype)
-    for s, r, cols in _column_blocks(dyp, t_geo):                         # cols (n, C_out, kh, kw, rows, W)
+    for s, r, cols in _column_blocks(dout, t_geo, origin):                # cols (n, C_out, kh, kw, rows, W)
         w_s, dw_s = (w_t[s], dw_t[s]) if w_t.ndim == 5 else (w_t, dw_t)
         dx[s, :, r] = cols_matmul(cols, w_s, groups)                                  # (eq. 7a)
         dw_s += cols_weight_grad(x[s, :, r], cols, w_s, groups)                       # (eq. 6a)

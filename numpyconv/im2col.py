@@ -1,19 +1,25 @@
 """The shared core: ``im2col`` / ``col2im`` (an adjoint pair) and the output-size rule.
 
-Shapes (NCHW)::
+Shapes (NCHW), with ``origin = (top, left)`` the zero padding before each spatial axis::
 
-    xp    (N, C, Hp, Wp)            the input after zero padding
-    cols  (N, C, kh, kw, Ho, Wo)    cols[n, c, p, q, i, j] = xp[n, c, i*sh + p*dh, j*sw + q*dw]
+    x     (N, C, H, W)
+    cols  (N, C, kh, kw, Ho, Wo)    cols[n, c, p, q, i, j] = x[n, c, i*sh + p*dh - top, j*sw + q*dw - left]
+                                    (zero where that index falls outside x: the padding)
 
 ``im2col`` loops over the ``kh*kw`` kernel offsets and copies one strided slice of the whole batch
-per offset (Chainer's design); ``col2im`` is its exact adjoint, adding each slice back with ``+=``
-because overlapping windows read one pixel several times. Within one offset the strided slice has
-no repeated index, so slice ``+=`` is exact and no unbuffered scatter-add is needed::
+per offset (Chainer's design), padding on the fly: for each offset, the output rows and columns
+whose input index lies inside ``x`` form one rectangle, copied as a slice, and the rest of that
+offset's columns is zero. No padded copy of ``x`` is made. ``col2im`` is its exact adjoint, adding
+each rectangle back into ``x``'s shape with ``+=`` because overlapping windows read one pixel
+several times (entries that came from the padding are dropped: padding's adjoint is cropping).
+Within one offset the strided slice has no repeated index, so slice ``+=`` is exact and no
+unbuffered scatter-add is needed::
 
-    <im2col(xp), c> == <xp, col2im(c)>        for every xp and c  (docs/derivations/conv.md, eq. 3)
+    <im2col(x), c> == <x, col2im(c)>        for every x and c  (docs/derivations/conv.md, eq. 3)
 
 Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
-``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``.
+``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``, and for the kernel
+offset ``p = 0`` the output row ``i = 0`` reads input row ``-1``: zero.
 
 Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d never holds
 more than one block of columns, at most ``min(GEMM_BLOCK, column_budget())`` bytes: several whole
@@ -57,7 +63,7 @@ def batch_chunks(n, bytes_per_sample, budget=None):
 
 def scratch(slot, shape, dtype):
     """An uninitialised temporary array, in memory this thread reuses for ``slot`` (conv2d's:
-    'columns', 'padded', 'kernel', 'kernel_grad') from call to call, when it takes at most
+    'columns', 'kernel', 'kernel_grad') from call to call, when it takes at most
     ``2 * GEMM_BLOCK`` bytes (a fresh array otherwise). Fresh memory costs a page fault per 4 KiB on
     first touch, about 10% of a small convolution's time. The caller must be done with a slot's
     array before it asks that slot for another, and must not return it."""
@@ -77,23 +83,15 @@ def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def pad_nchw(x, pads, out=None):
-    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)``; a negative pad crops
-    that many rows or columns instead. A new array, or ``out`` (of the padded shape) when given;
-    ``x`` itself when all pads are 0."""
+def pad_nchw(x, pads):
+    """Zero-pad the two spatial axes by ``pads = (top, bottom, left, right)`` (a new array; ``x``
+    itself when all pads are 0)."""
     if pads == (0, 0, 0, 0):
         return x
-    top, bottom, left, right = (max(0, p) for p in pads)
-    cut_top, cut_bottom, cut_left, cut_right = (max(0, -p) for p in pads)
-    kept = x[:, :, cut_top:x.shape[2] - cut_bottom, cut_left:x.shape[3] - cut_right]
-    n, c, h, w = kept.shape
-    if out is None:
-        xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    else:
-        xp = out
-        xp[:, :, :top], xp[:, :, top + h:] = 0, 0
-        xp[:, :, top:top + h, :left], xp[:, :, top:top + h, left + w:] = 0, 0
-    xp[:, :, top:top + h, left:left + w] = kept
+    top, bottom, left, right = pads
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    xp[:, :, top:top + h, left:left + w] = x
     return xp
 
 
@@ -103,34 +101,69 @@ def crop_nchw(xp, pads, h, w):
     return xp[:, :, top:top + h, left:left + w]
 
 
-def _window(p, q, stride, dilation, out_hw):
-    """The strided slice read by kernel offset ``(p, q)``."""
-    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
-    r0, c0 = p * dh, q * dw
-    return (slice(r0, r0 + sh * (ho - 1) + 1, sh), slice(c0, c0 + sw * (wo - 1) + 1, sw))
+def _inside(offset, step, n_out, n_in):
+    """``(out, src)``: the output indices ``i < n_out`` whose input index ``i*step + offset`` lies in
+    ``[0, n_in)`` (a range), and those input indices (a strided slice)."""
+    first = max(0, -(offset // step))                  # ceil(-offset / step)
+    stop = max(first, min(n_out, -((offset - n_in) // step)))   # ceil((n_in - offset) / step)
+    if stop == first:
+        return slice(0, 0), slice(0, 0)
+    return slice(first, stop), slice(first * step + offset, (stop - 1) * step + offset + 1, step)
 
 
-def im2col(xp, kernel_size, stride, dilation, out_hw, out=None):
-    """``cols (N, C, kh, kw, Ho, Wo)`` from the padded input ``xp (N, C, Hp, Wp)``.
+def _offset_slices(p, q, x_hw, stride, dilation, out_hw, origin):
+    """For kernel offset ``(p, q)``: ``(rows_out, cols_out, rows_in, cols_in)``, the rectangle of
+    output positions that read inside ``x`` and the strided input slices they read."""
+    (sh, sw), (dh, dw), (top, left) = stride, dilation, origin
+    rows_out, rows_in = _inside(p * dh - top, sh, out_hw[0], x_hw[0])
+    cols_out, cols_in = _inside(q * dw - left, sw, out_hw[1], x_hw[1])
+    return rows_out, cols_out, rows_in, cols_in
 
-    ``out``: an optional buffer of that shape to write into (returned).
+
+def _zero_outside(block, rows, columns):
+    """Zero ``block (N, C, Ho, Wo)`` outside the rectangle ``[rows, columns]``."""
+    ho, wo = block.shape[2:]
+    if rows.stop == rows.start or columns.stop == columns.start:
+        block[...] = 0
+        return
+    if rows.start > 0:
+        block[:, :, :rows.start] = 0
+    if rows.stop < ho:
+        block[:, :, rows.stop:] = 0
+    if columns.start > 0:
+        block[:, :, rows, :columns.start] = 0
+    if columns.stop < wo:
+        block[:, :, rows, columns.stop:] = 0
+
+
+def im2col(x, kernel_size, stride, dilation, out_hw, out=None, origin=(0, 0)):
+    """``cols (N, C, kh, kw, Ho, Wo)`` from ``x (N, C, H, W)`` zero-padded by ``origin = (top,
+    left)`` before each axis (padding after follows from ``out_hw``), without a padded copy.
+
+    ``out``: an optional array of that shape (any strides) to write into (returned).
     """
-    n, c = xp.shape[:2]
+    n, c = x.shape[:2]
     kh, kw = kernel_size
-    cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=xp.dtype) if out is None else out
+    cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=x.dtype) if out is None else out
     for p in range(kh):
         for q in range(kw):
-            rows, columns = _window(p, q, stride, dilation, out_hw)
-            cols[:, :, p, q] = xp[:, :, rows, columns]
+            rows_out, cols_out, rows_in, cols_in = _offset_slices(p, q, x.shape[2:], stride, dilation,
+                                                                  out_hw, origin)
+            block = cols[:, :, p, q]                                       # (N, C, Ho, Wo)
+            block[:, :, rows_out, cols_out] = x[:, :, rows_in, cols_in]
+            _zero_outside(block, rows_out, cols_out)
     return cols
 
 
-def col2im(cols, padded_hw, stride, dilation):
-    """Adjoint of :func:`im2col`: ``xp (N, C, Hp, Wp)`` summing every column back."""
+def col2im(cols, in_hw, stride, dilation, origin=(0, 0), out=None):
+    """Adjoint of :func:`im2col`: ``x``-shaped ``(N, C) + in_hw``, every column entry added back at
+    the input position it was read from (entries read from the padding are dropped). Added into
+    ``out`` when given (returned), into zeros otherwise."""
     n, c, kh, kw, ho, wo = cols.shape
-    xp = np.zeros((n, c) + tuple(padded_hw), dtype=cols.dtype)
+    x = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype) if out is None else out
     for p in range(kh):
         for q in range(kw):
-            rows, columns = _window(p, q, stride, dilation, (ho, wo))
-            xp[:, :, rows, columns] += cols[:, :, p, q]
-    return xp
+            rows_out, cols_out, rows_in, cols_in = _offset_slices(p, q, in_hw, stride, dilation,
+                                                                  (ho, wo), origin)
+            x[:, :, rows_in, cols_in] += cols[:, :, p, q, rows_out, cols_out]
+    return x

@@ -83,9 +83,8 @@ def test_unit_stride_gradients_from_the_transposed_convolution(padding, dilation
     wt = RNG.standard_normal(((3,) if per_sample else ()) + (6, 4 // groups, 3, 2))
     y, cache = C.conv2d_forward(x, wt, None, 1, padding, dilation, groups)
     dy = RNG.standard_normal(y.shape)
-    operands = (wt, groups, cache['geo'])
-    xp = C.pad_nchw(x, cache['geo'].pads)
-    for a, b in zip(C._unit_stride_backward(dy, x, *operands), C._strided_backward(dy, xp, *operands)):
+    operands = (dy, x, wt, groups, cache['geo'])
+    for a, b in zip(C._unit_stride_backward(*operands), C._strided_backward(*operands)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(C._flipped_transpose(C._flipped_transpose(wt, groups), groups), wt)
 
@@ -173,14 +172,22 @@ def test_per_sample_with_shared_weight_equals_plain_conv():
 
 # -- adjoint identities ---------------------------------------------------------------------------------
 @pytest.mark.parametrize('stride, dilation', [((1, 1), (1, 1)), ((2, 3), (2, 1)), ((3, 2), (3, 2))])
-def test_im2col_col2im_adjoint_and_reference(stride, dilation):
-    xp = RNG.standard_normal((2, 3, 11, 10))
-    kernel = (3, 2)
+@pytest.mark.parametrize('pads', [(0, 0, 0, 0), (2, 1, 0, 3), (-1, 2, 1, -2)])
+def test_im2col_col2im_adjoint_and_reference(stride, dilation, pads):
+    # padding on the fly (origin = (top, left); negative crops) == im2col of the padded copy
+    x = RNG.standard_normal((2, 3, 11, 10))
+    top, bottom, left, right = pads
+    cropped = x[:, :, max(0, -top):11 - max(0, -bottom), max(0, -left):10 - max(0, -right)]
+    kernel, xp = (3, 2), C.pad_nchw(cropped, tuple(max(0, p) for p in pads))
     out_hw = tuple((xp.shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in (0, 1))
-    cols = im2col(xp, kernel, stride, dilation, out_hw)
+    cols = im2col(x, kernel, stride, dilation, out_hw, origin=(pads[0], pads[2]))
     np.testing.assert_array_equal(cols, ref.im2col(xp, kernel, stride, dilation, out_hw))
+    stale = np.full(cols.shape, np.nan)                  # every entry written, padding included
+    np.testing.assert_array_equal(im2col(x, kernel, stride, dilation, out_hw, out=stale,
+                                         origin=(pads[0], pads[2])), cols)
     c = RNG.standard_normal(cols.shape)
-    lhs, rhs = np.vdot(cols, c), np.vdot(xp, col2im(c, xp.shape[2:], stride, dilation))
+    back = col2im(c, x.shape[2:], stride, dilation, origin=(pads[0], pads[2]))
+    lhs, rhs = np.vdot(cols, c), np.vdot(x, back)
     assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
 
 
@@ -202,7 +209,7 @@ def test_column_budget_chunks_give_identical_results():
         assert nc.column_budget() == 2 * 4 * 9 * 64 * 8
         y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
         kept = max(v.nbytes for v in cache2.values() if isinstance(v, np.ndarray))
-        assert kept <= x.nbytes and cache2['xp'] is None   # no columns kept; stride 1 keeps only x
+        assert kept <= x.nbytes and cache2['xp'] is None   # no columns, no padded copy: only x
         grads2 = C.conv2d_backward(np.ones_like(y), cache2)
     finally:
         set_column_budget(previous)
@@ -224,9 +231,9 @@ def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, stride
     row_bytes = 4 * 9 * y.shape[3] * 8                                   # one output row's columns
     sizes = []
 
-    def recording_im2col(xp, *args, out=None):
+    def recording_im2col(x, *args, out=None, origin=(0, 0)):
         sizes.append(out.nbytes)
-        return im2col(xp, *args, out=out)
+        return im2col(x, *args, out=out, origin=origin)
     monkeypatch.setattr(C, 'im2col', recording_im2col)
     previous = set_column_budget(3 * row_bytes)                          # bands of three rows
     try:
@@ -243,7 +250,7 @@ def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, stride
 def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak():
     first = scratch('columns', (4, 5), np.float64)
     assert np.shares_memory(first, scratch('columns', (2, 3), np.float32))  # reused call after call
-    assert not np.shares_memory(first, scratch('padded', (2, 3), np.float32))  # one memory per slot
+    assert not np.shares_memory(first, scratch('kernel', (2, 3), np.float32))  # one memory per slot
     assert not np.shares_memory(first, scratch('columns', (GEMM_BLOCK,), np.float64))  # too big: fresh
     other = []
     worker = threading.Thread(target=lambda: other.append(scratch('columns', (4, 5), np.float64)))
@@ -254,7 +261,7 @@ def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak():
     y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
     dy = RNG.standard_normal(y.shape)
     grads = C.conv2d_backward(dy, cache)
-    slots = ('columns', 'padded', 'kernel', 'kernel_grad')
+    slots = ('columns', 'kernel', 'kernel_grad')
     for _ in range(2):                                                   # NaN left in the scratch
         for slot in slots:
             scratch(slot, (2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
