@@ -334,8 +334,8 @@ def _flipped_transpose(weight, groups, out=None):
     twice it gives ``weight`` back, so it also maps that kernel's gradient to ``dweight`` (eq. 6a).
     Written into ``out`` (any shape of the same size) when given."""
     lead, (c_out, c_g, kh, kw) = weight.shape[:-4], weight.shape[-4:]
-    w = weight.reshape(lead + (groups, c_out // groups, c_g, kh, kw))     # ([N,] G, Og, C_g, kh, kw)
-    flipped = w.swapaxes(-4, -3)[..., ::-1, ::-1]                         # ([N,] G, C_g, Og, kh, kw)
+    w = weight.reshape(lead + (groups, c_out // groups, c_g, kh * kw))    # ([N,] G, Og, C_g, kh*kw)
+    flipped = w.swapaxes(-3, -2)[..., ::-1]      # ([N,] G, C_g, Og, kh*kw): reversed kh*kw flips both axes
     w_t = np.empty(flipped.shape, dtype=weight.dtype) if out is None else out.reshape(flipped.shape)
     w_t[...] = flipped
     return w_t.reshape(lead + (groups * c_g, c_out // groups, kh, kw))
