@@ -303,9 +303,9 @@ def conv_table(dtype, repeat=5, quick=False, torch=None):
         rows.append(dict(layer=f"N={n} {c_in}->{c_out} {h}x{w} {k}x{k}", dtype=np.dtype(dtype).name,
                          flops=2 * n * c_out * h * w * c_in * k * k))
         engines.append([conv_pair(x, wt)] + ([torch_conv_pair(torch, x, wt)] if torch is not None else []))
+    per_layer = len(engines[0])                                           # ours [, torch]
     for label, step in (('fwd', 0), ('fwdbwd', 1)):
         times = interleaved_best([pair[step] for pairs in engines for pair in pairs], repeat)
-        per_layer = len(engines[0])
         for i, row in enumerate(rows):
             row[f'{label}_ms'] = 1e3 * times[i * per_layer]
             row[f'torch_{label}_ms'] = 1e3 * times[i * per_layer + 1] if torch is not None else None

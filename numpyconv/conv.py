@@ -49,7 +49,7 @@ from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_output_size, crop_n
                      im2col, pad_nchw, scratch)
 from .module import Module, default_bias, kaiming_uniform
 
-Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw padded_hw in_hw')
+Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw in_hw')
 _ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
 
 
@@ -67,15 +67,15 @@ def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
     if min(in_hw) < 1:
         raise ValueError(f"the input must have H, W >= 1 (only the batch may be empty), got spatial "
                          f"size {tuple(in_hw)}")
-    padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
     out_hw = tuple(conv_output_size(in_hw[a], kernel[a], stride[a], pads[2 * a], pads[2 * a + 1],
                                     dilation[a]) for a in (0, 1))
     if min(out_hw) < 1:
         span = tuple(dilation[a] * (kernel[a] - 1) + 1 for a in (0, 1))
+        padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
         raise ValueError(f"kernel_size {kernel} with dilation {dilation} spans {span}, larger than "
                          f"the padded input {padded} (input {tuple(in_hw)}, padding {pads[::2]}); "
                          f"the output would be {out_hw}")
-    return Geometry(kernel, stride, dilation, pads, out_hw, padded, tuple(in_hw))
+    return Geometry(kernel, stride, dilation, pads, out_hw, tuple(in_hw))
 
 
 def check_hyper_parameters(kernel_size, stride, padding, dilation):
@@ -171,14 +171,13 @@ def cols_matmul(cols, weight, groups):
 def cols_weight_grad(dy, cols, weight, groups):
     """``dweight`` of :func:`cols_matmul` (eq. 6): summed over the batch for a shared weight, per
     sample otherwise. On the block layout the batch sum is one GEMM of depth ``n*Ho*Wo``."""
+    if weight.ndim == 4 and _batch_inside(cols):
+        dw = np.matmul(_block_matrix(dy, groups), _block_matrix(cols, groups).swapaxes(-1, -2))
+        return dw.reshape(weight.shape)                                   # (G, Og, Kg)
     xc = _grouped(cols, groups)                                           # (n, G, Kg, L)
     dyr = dy.reshape(xc.shape[:2] + (dy.shape[1] // groups, xc.shape[3]))  # (n, G, Og, L)
-    if weight.ndim == 5:
-        return np.matmul(dyr, xc.swapaxes(-1, -2)).reshape(weight.shape)  # (n, G, Og, Kg)
-    if not _batch_inside(cols):
-        return np.matmul(dyr, xc.swapaxes(-1, -2)).sum(axis=0).reshape(weight.shape)
-    dw = np.matmul(_block_matrix(dy, groups), _block_matrix(cols, groups).swapaxes(-1, -2))
-    return dw.reshape(weight.shape)                                       # (G, Og, Kg)
+    dw = np.matmul(dyr, xc.swapaxes(-1, -2))                              # (n, G, Og, Kg)
+    return (dw if weight.ndim == 5 else dw.sum(axis=0)).reshape(weight.shape)
 
 
 def cols_input_grad(dy, weight, groups, cols_shape):
@@ -236,11 +235,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
-    xp = pad_nchw(x, geo.pads) if depthwise else None                     # (N, C_in, Hp, Wp)
     if depthwise:
+        xp = pad_nchw(x, geo.pads)                                        # (N, C_in, Hp, Wp)
         y = _depthwise_forward(xp, weight, geo)
     else:
-        y = _conv_gemm(x, weight, groups, geo, (geo.pads[0], geo.pads[2]))
+        xp, y = None, _conv_gemm(x, weight, groups, geo, (geo.pads[0], geo.pads[2]))
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
     cache = dict(x=x, xp=xp, weight=weight, has_bias=bias is not None, groups=groups, geo=geo,
