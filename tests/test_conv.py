@@ -200,19 +200,16 @@ def test_conv2d_adjoint_dot_product():
     assert np.isclose(np.vdot(y, v), np.vdot(wt, dw), rtol=1e-12)  # <conv(x;W), v> = <W, dW(x, v)>
 
 
-def test_column_budget_chunks_give_identical_results():
+def test_column_budget_chunks_give_identical_results(set_budget):
     x, wt, b = operands(5, 4, 6, 8, 8, 3, 2)
     y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
     grads = C.conv2d_backward(np.ones_like(y), cache)
-    previous = set_column_budget(2 * 4 * 9 * 64 * 8)      # two samples' columns per chunk
-    try:
-        assert nc.column_budget() == 2 * 4 * 9 * 64 * 8
-        y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
-        kept = max(v.nbytes for v in cache2.values() if isinstance(v, np.ndarray))
-        assert kept <= x.nbytes and cache2['xp'] is None   # no columns, no padded copy: only x
-        grads2 = C.conv2d_backward(np.ones_like(y), cache2)
-    finally:
-        set_column_budget(previous)
+    set_budget(2 * 4 * 9 * 64 * 8)                         # two samples' columns per chunk
+    assert nc.column_budget() == 2 * 4 * 9 * 64 * 8
+    y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+    kept = max(v.nbytes for v in cache2.values() if isinstance(v, np.ndarray))
+    assert kept <= x.nbytes and cache2['xp'] is None       # no columns, no padded copy: only x
+    grads2 = C.conv2d_backward(np.ones_like(y), cache2)
     np.testing.assert_allclose(y, y2, atol=1e-12)
     for a, c in zip(grads, grads2):
         np.testing.assert_allclose(a, c, atol=1e-12)
@@ -221,7 +218,8 @@ def test_column_budget_chunks_give_identical_results():
 
 
 @pytest.mark.parametrize('stride, dilation, per_sample', [(1, 1, False), (2, 2, False), ((3, 1), 1, True)])
-def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, stride, dilation, per_sample):
+def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, set_budget, stride, dilation,
+                                                            per_sample):
     x, wt, b = operands(2, 4, 6, 11, 9, 3, 2)
     if per_sample:
         wt, b = np.stack([wt, 2 * wt]), np.stack([b, -b])
@@ -235,12 +233,9 @@ def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, stride
         sizes.append(out.nbytes)
         return im2col(x, *args, out=out, origin=origin)
     monkeypatch.setattr(C, 'im2col', recording_im2col)
-    previous = set_column_budget(3 * row_bytes)                          # bands of three rows
-    try:
-        y2, cache2 = C.conv2d_forward(x, wt, b, stride, 2, dilation, 2)
-        grads2 = C.conv2d_backward(dy, cache2)
-    finally:
-        set_column_budget(previous)
+    set_budget(3 * row_bytes)                                            # bands of three rows
+    y2, cache2 = C.conv2d_forward(x, wt, b, stride, 2, dilation, 2)
+    grads2 = C.conv2d_backward(dy, cache2)
     assert max(sizes) <= 3 * row_bytes and len(sizes) >= 2 * 2 * -(-y.shape[2] // 3)
     np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
     for a, c in zip(grads2, grads):
@@ -470,15 +465,12 @@ def test_conv2d_layer_loads_torch_state_dict():
     np.testing.assert_allclose(layer(x), module(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_column_budget_changed_between_forward_and_backward():
+def test_column_budget_changed_between_forward_and_backward(set_budget):
     x, wt, b = operands(4, 4, 6, 8, 8, 3, 2)
     y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)          # two-sample blocks in the forward
     expected = C.conv2d_backward(np.ones_like(y), cache)
-    previous = set_column_budget(4 * 9 * 64 * 8)                 # one sample's columns per block
-    try:
-        got = C.conv2d_backward(np.ones_like(y), cache)
-    finally:
-        set_column_budget(previous)
+    set_budget(4 * 9 * 64 * 8)                                   # one sample's columns per block
+    got = C.conv2d_backward(np.ones_like(y), cache)
     for a, c in zip(expected, got):
         np.testing.assert_allclose(a, c, atol=1e-12)
 

@@ -8,7 +8,6 @@ import numpyconv._parallel
 from numpyconv import deformable as D
 from numpyconv.check import registered, run_case
 from numpyconv.conv import conv2d_forward
-from numpyconv.im2col import set_column_budget
 from numpyconv.reference import deformable as ref
 
 RNG = np.random.default_rng(2024)
@@ -171,20 +170,17 @@ def test_constant_mask_scales_output():
     np.testing.assert_allclose(y2, 0.3 * y1, rtol=1e-12, atol=1e-12)
 
 
-def test_column_budget_chunks_give_same_result():
+def test_column_budget_chunks_give_same_result(set_budget):
     case = GRID[2]
     inputs = operands(*case)
     y, cache = forward_of(case)(*inputs)
     dy = RNG.standard_normal(y.shape)
     grads = D.deform_conv2d_backward(dy, cache)
     _, cache3 = forward_of(case)(*inputs)
-    previous = set_column_budget(1)                                    # one sample per chunk
-    try:
-        y2, cache2 = forward_of(case)(*inputs)
-        grads2 = D.deform_conv2d_backward(dy, cache2)
-        grads3 = D.deform_conv2d_backward(dy, cache3)                  # budget changed in between
-    finally:
-        set_column_budget(previous)
+    set_budget(1)                                                      # one sample per chunk
+    y2, cache2 = forward_of(case)(*inputs)
+    grads2 = D.deform_conv2d_backward(dy, cache2)
+    grads3 = D.deform_conv2d_backward(dy, cache3)                      # budget changed in between
     assert cache2['cols'] is None
     np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
     for g1, g2, g3 in zip(grads, grads2, grads3):

@@ -9,7 +9,6 @@ import pytest
 
 from numpyconv import blocks, conv as C, dcnv3, octave
 from numpyconv.gradcheck import gradcheck
-from numpyconv.im2col import set_column_budget
 
 RNG = np.random.default_rng(7)
 
@@ -30,18 +29,15 @@ def test_cols_matmul_pair(per_sample, groups):
 @pytest.mark.parametrize('budget', [None, 1])
 @pytest.mark.parametrize('stride, padding, per_sample', [((2, 1), 1, False), (1, (2, 1), False),
                                                         (1, 0, True), (3, 2, True)])
-def test_conv_gemm_backward_in_blocks(budget, stride, padding, per_sample):
+def test_conv_gemm_backward_in_blocks(set_budget, budget, stride, padding, per_sample):
     """The blocked GEMM backward: col2im at stride > 1, the transposed convolution at stride 1,
     padding applied on the fly; budget 1 byte gives blocks of one output row."""
     x = RNG.standard_normal((3, 4, 6, 5))
     w = RNG.standard_normal(((3,) if per_sample else ()) + (6, 2, 3, 3))
-    previous = set_column_budget(budget) if budget else None
-    try:
-        gradcheck(lambda x, w: C.conv2d_forward(x, w, stride=stride, padding=padding, groups=2),
-                  lambda dy, cache: C.conv2d_backward(dy, cache)[:2], (x, w))
-    finally:
-        if previous:
-            set_column_budget(previous)
+    if budget:
+        set_budget(budget)
+    gradcheck(lambda x, w: C.conv2d_forward(x, w, stride=stride, padding=padding, groups=2),
+              lambda dy, cache: C.conv2d_backward(dy, cache)[:2], (x, w))
 
 
 @pytest.mark.parametrize('axes', [(0,), (0, 2, 3), (-1,)])
