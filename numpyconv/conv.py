@@ -25,7 +25,7 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
   ``dyp`` serves both.
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
-im2col and the GEMM run block by block (at most ``GEMM_BLOCK`` bytes of columns, in a buffer laid
+im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
 no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass;
 depthwise also keeps its padded input).
@@ -50,6 +50,7 @@ from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_output_size, crop_n
 from .module import Module, default_bias, kaiming_uniform
 
 Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw in_hw')
+MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
 _ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
 
 
@@ -248,20 +249,31 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
 
 def _col_bytes(x, geo):
-    return x.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw) * x.itemsize
+    return int(x.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw)) * x.itemsize
+
+
+def _even_steps(total, most):
+    """``range(total)`` cut into the fewest slices of at most ``most`` (>= 1) items, their sizes
+    differing by at most one (no small last block)."""
+    pieces = -(-total // most)
+    return [slice(k * total // pieces, (k + 1) * total // pieces) for k in range(pieces)]
 
 
 def _blocks(x, geo):
-    """``(s, r)`` pairs (batch slice, output-row slice) whose columns take at most ``GEMM_BLOCK``
-    bytes (and the column budget): several whole samples, or, when one sample's columns are larger,
-    bands of one sample's output rows (at least one row)."""
-    n, ho = x.shape[0], geo.out_hw[0]
-    limit, per_sample = min(GEMM_BLOCK, column_budget()), max(1, _col_bytes(x, geo))
-    if per_sample <= limit:
-        step = limit // per_sample
-        return [(slice(i, min(i + step, n)), slice(0, ho)) for i in range(0, n, step)]
-    step = max(1, limit // (per_sample // ho))
-    return [(slice(i, i + 1), slice(r, min(r + step, ho))) for i in range(n) for r in range(0, ho, step)]
+    """``(s, r)`` pairs (batch slice, output-row slice), blocks of equal size: several whole samples,
+    or, when one sample's columns are larger than a block, bands of one sample's output rows (at
+    least one row). A block takes ``GEMM_BLOCK`` bytes of columns (cache-sized), or more when that
+    holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most ``2 * GEMM_BLOCK`` and the
+    column budget."""
+    n, (ho, wo) = x.shape[0], geo.out_hw
+    row_bytes = max(1, _col_bytes(x, geo) // ho)                          # one output row's columns
+    most = min(2 * GEMM_BLOCK, column_budget()) // row_bytes              # rows the bounds allow
+    cache, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)    # rows: cache-sized, wide GEMM
+    if max(cache, wide) >= ho and most >= ho:
+        samples = min(most // ho, max(cache // ho, -(-wide // ho)))
+        return [(s, slice(0, ho)) for s in _even_steps(n, samples)]
+    bands = _even_steps(ho, max(1, min(most, max(cache, wide))))
+    return [(slice(i, i + 1), r) for i in range(n) for r in bands]
 
 
 def _band_origin(r, geo, origin):

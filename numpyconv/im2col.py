@@ -9,7 +9,9 @@ Shapes (NCHW), with ``origin = (top, left)`` the zero padding before each spatia
 ``im2col`` loops over the ``kh*kw`` kernel offsets and copies one strided slice of the whole batch
 per offset (Chainer's design), padding on the fly: for each offset, the output rows and columns
 whose input index lies inside ``x`` form one rectangle, copied as a slice, and the rest of that
-offset's columns is zero. No padded copy of ``x`` is made. ``col2im`` is its exact adjoint, adding
+offset's columns is zero. No padded copy of ``x`` is made. At stride 1 with ``Wo == W`` (``'same'``
+padding) an offset is one shift of each flattened ``(H*W)`` plane, copied as one run per ``(N, C)``
+instead of one per row (eq. 3a). ``col2im`` is its exact adjoint, adding
 each rectangle back into ``x``'s shape with ``+=`` because overlapping windows read one pixel
 several times (entries that came from the padding are dropped: padding's adjoint is cropping).
 Within one offset the strided slice has no repeated index, so slice ``+=`` is exact and no
@@ -22,9 +24,10 @@ Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 offset ``p = 0`` the output row ``i = 0`` reads input row ``-1``: zero.
 
 Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d never holds
-more than one block of columns, at most ``min(GEMM_BLOCK, column_budget())`` bytes: several whole
-samples, or, when one sample's columns are larger, bands of one sample's output rows (one output
-row's columns is the smallest block). The GEMM reads the columns im2col has just written while they
+more than one block of columns, ``GEMM_BLOCK`` bytes (more when that holds too few output pixels for
+a fast GEMM), at most ``min(2 * GEMM_BLOCK, column_budget())``: several whole samples, or, when one
+sample's columns are larger, bands of one sample's output rows (one output row's columns is the
+smallest block). The GEMM reads the columns im2col has just written while they
 are still in cache, and the backward pass recomputes each block's columns instead of keeping the
 batch's. The deformable convolutions, whose columns cost more to rebuild, keep the whole batch's
 columns while they fit in :func:`column_budget` bytes (default 256 MiB, set with
@@ -136,6 +139,25 @@ def _zero_outside(block, rows, columns):
         block[:, :, rows, columns.stop:] = 0
 
 
+def _rows_align(x, cols, stride, out_hw):
+    """Whether an offset's columns are one shift of ``x``'s flattened ``(H*W)`` plane: stride 1,
+    ``Wo == W``, and rows of ``x`` and of ``cols`` contiguous (``'same'`` padding, the common case)."""
+    w, item = x.shape[3], x.itemsize
+    return (tuple(stride) == (1, 1) and out_hw[1] == w and x.strides[3] == cols.strides[5] == item
+            and x.strides[2] == cols.strides[4] == w * item)
+
+
+def _shifted_copy(block, x, rows, shift):
+    """``block[n, c, i, j] = x[n, c].flat[i*W + j + shift]`` for the rows ``i`` in ``rows`` (source
+    indices clipped to the plane): one copy of ``len(rows)*W`` elements per ``(n, c)`` instead of
+    one per row (eq. 3a). Columns that wrapped into a neighbouring row read the padding: the caller zeroes
+    them (:func:`_zero_outside`)."""
+    n, c, h, w = x.shape
+    lo, hi = max(rows.start * w, -shift), min(rows.stop * w, h * w - shift)
+    plane = block.reshape(n, c, block.shape[2] * w)                       # (N, C, Ho*W), a view
+    plane[:, :, lo:hi] = x.reshape(n, c, h * w)[:, :, lo + shift:hi + shift]
+
+
 def im2col(x, kernel_size, stride, dilation, out_hw, out=None, origin=(0, 0)):
     """``cols (N, C, kh, kw, Ho, Wo)`` from ``x (N, C, H, W)`` zero-padded by ``origin = (top,
     left)`` before each axis (padding after follows from ``out_hw``), without a padded copy.
@@ -145,12 +167,17 @@ def im2col(x, kernel_size, stride, dilation, out_hw, out=None, origin=(0, 0)):
     n, c = x.shape[:2]
     kh, kw = kernel_size
     cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=x.dtype) if out is None else out
+    flat = _rows_align(x, cols, stride, out_hw)
     for p in range(kh):
         for q in range(kw):
             rows_out, cols_out, rows_in, cols_in = _offset_slices(p, q, x.shape[2:], stride, dilation,
                                                                   out_hw, origin)
             block = cols[:, :, p, q]                                       # (N, C, Ho, Wo)
-            block[:, :, rows_out, cols_out] = x[:, :, rows_in, cols_in]
+            if flat and rows_out.stop > rows_out.start and cols_out.stop > cols_out.start:
+                shift = (rows_in.start - rows_out.start) * x.shape[3] + cols_in.start - cols_out.start
+                _shifted_copy(block, x, rows_out, shift)
+            else:
+                block[:, :, rows_out, cols_out] = x[:, :, rows_in, cols_in]
             _zero_outside(block, rows_out, cols_out)
     return cols
 

@@ -191,6 +191,30 @@ def test_im2col_col2im_adjoint_and_reference(stride, dilation, pads):
     assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
 
 
+@pytest.mark.parametrize('kernel, dilation, pads, width', [
+    ((3, 3), (1, 1), (1, 1, 1, 1), 10),     # 'same' 3x3
+    ((3, 2), (2, 3), (2, 2, 1, 2), 10),     # dilated, asymmetric
+    ((5, 3), (1, 1), (-2, 4, 0, 2), 10),    # top cropped (a band's origin), all left-right pad on the right
+    ((1, 3), (1, 1), (0, 0, 2, 0), 10),     # all on the left
+    ((2, 4), (1, 1), (0, 1, 3, 0), 10),
+    ((3, 1), (1, 1), (1, 1, 0, 0), 1),      # W = 1
+])
+def test_im2col_same_width_shifted_plane_path(kernel, dilation, pads, width):
+    # stride 1 and Wo == W: each offset is one shift of the flattened plane (wrapped columns
+    # zeroed); equal to the padded reference and to the per-rectangle copy into a strided buffer
+    x = RNG.standard_normal((2, 3, 9, width))
+    top, bottom, left, right = pads
+    xp = C.pad_nchw(x[:, :, max(0, -top):9 - max(0, -bottom)], (max(0, top), max(0, bottom), left, right))
+    out_hw = (xp.shape[2] - dilation[0] * (kernel[0] - 1), xp.shape[3] - dilation[1] * (kernel[1] - 1))
+    assert out_hw[1] == width
+    expected = ref.im2col(xp, kernel, (1, 1), dilation, out_hw)
+    block_layout = np.full((3,) + kernel + (2,) + out_hw, np.nan).transpose(3, 0, 1, 2, 4, 5)
+    strided = np.full((2, 3) + kernel + (out_hw[0], 2 * width), np.nan)[..., ::2]  # rows not contiguous
+    for out in (None, block_layout, strided):
+        cols = im2col(x, kernel, (1, 1), dilation, out_hw, out=out, origin=(top, left))
+        np.testing.assert_array_equal(cols, expected)
+
+
 def test_conv2d_adjoint_dot_product():
     x, wt, _ = operands(2, 4, 6, 9, 8, 3, 2)
     y, cache = C.conv2d_forward(x, wt, None, 2, 1, 2, 2)
@@ -240,6 +264,34 @@ def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, set_bu
     np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
     for a, c in zip(grads2, grads):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def block_sizes(shape, dtype):
+    """conv2d's blocks (3x3, padding 1) as (samples, rows), and one output row's column bytes."""
+    blocks = C._blocks(np.empty(shape, dtype), C.conv_geometry(shape[2:], (3, 3), 1, 1, 1))
+    covered = sorted((i, j) for s, r in blocks for i in range(s.start, s.stop)
+                     for j in range(r.start, r.stop))
+    assert covered == [(i, j) for i in range(shape[0]) for j in range(shape[2])]   # each (sample, row) once
+    row_bytes = shape[1] * 9 * shape[3] * np.dtype(dtype).itemsize
+    return [(s.stop - s.start, r.stop - r.start) for s, r in blocks], row_bytes
+
+
+@pytest.mark.parametrize('shape, dtype, expected', [
+    ((8, 256, 14, 14), np.float64, [(4, 14)] * 2),   # 8 MiB holds 2 samples (392 pixels): widened to 4
+    ((7, 256, 14, 14), np.float64, [(3, 14), (4, 14)]),  # equal sizes, no small last block
+    ((8, 256, 14, 14), np.float32, [(4, 14)] * 2),   # 8 MiB: 4 samples, 784 pixels
+    ((8, 128, 28, 28), np.float64, [(1, 28)] * 8),
+    ((2, 64, 56, 56), np.float64, [(1, 28)] * 4),    # a sample is 14.4 MB: two bands of 28 rows
+    ((1, 16, 3, 1), np.float64, [(1, 3)]),
+    ((0, 4, 5, 5), np.float64, []),
+])
+def test_blocks_are_even_wide_and_bounded(set_budget, shape, dtype, expected):
+    sizes, row_bytes = block_sizes(shape, dtype)
+    assert sizes == expected
+    assert max((n * rows * row_bytes for n, rows in sizes), default=0) <= 2 * GEMM_BLOCK
+    set_budget(5 * row_bytes)                                            # the budget bounds every block
+    sizes, _ = block_sizes(shape, dtype)
+    assert max((n * rows for n, rows in sizes), default=0) <= 5
 
 
 def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak():
