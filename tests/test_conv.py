@@ -241,7 +241,8 @@ def test_column_budget_chunks_give_identical_results(set_budget):
         set_column_budget(0)
 
 
-@pytest.mark.parametrize('stride, dilation, per_sample', [(1, 1, False), (2, 2, False), ((3, 1), 1, True)])
+@pytest.mark.parametrize('stride, dilation, per_sample', [(1, 1, False), (1, 2, True), (2, 2, False),
+                                                         ((3, 1), 1, True)])
 def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, set_budget, stride, dilation,
                                                             per_sample):
     x, wt, b = operands(2, 4, 6, 11, 9, 3, 2)
