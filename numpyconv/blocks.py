@@ -17,13 +17,16 @@ Shapes, forward and gradients (``dt`` is the gradient of the loss with respect t
     batch_norm         x (N, C) or (N, C, L) or (N, C, H, W); weight, bias, running stats (C,)
                        train: x_hat = (x - mu) / sqrt(var + eps) with batch mean and biased var
                        over R = all axes but 1, y = gamma x_hat + beta           (eq. 14-15)
-                       IN PLACE, with rho = momentum and m = |R| (unbiased variance):  (eq. 19)
-                       running_mean <- rho mu + (1 - rho) running_mean
-                       running_var  <- rho var m/(m-1) + (1 - rho) running_var
+                       new running stats, cache['running_mean' / 'running_var'] (inputs
+                       untouched), rho = momentum, m = |R| (unbiased variance):  (eq. 19)
+                       running_mean' = rho mu + (1 - rho) running_mean
+                       running_var'  = rho var m/(m-1) + (1 - rho) running_var
                        dgamma = sum_R dy x_hat, dbeta = sum_R dy                 (eq. 18)
                        dx = gamma s (dy - mean_R dy - x_hat mean_R(dy x_hat)), s = 1/sqrt(var+eps)
                        (couples every sample of the batch)                       (eq. 20)
                        eval: running stats instead of batch stats, dx = dy gamma s  (eq. 21-22)
+                       d running_mean = -s sum_R g, d running_var = -s^2/2 sum_R g x_hat,
+                       g = dy gamma (eval; zeros in training)                  (eq. 22a)
     layer_norm         over the last axis (size D), weight and bias (D,)         (eq. 23)
                        g = dy gamma, dx = s (g - mean_D g - x_hat mean_D(g x_hat))  (eq. 24)
     avg_pool2d         x (N, C, H, W), kernel k, stride s (default k), no padding, floor mode
@@ -34,8 +37,9 @@ Shapes, forward and gradients (``dt`` is the gradient of the loss with respect t
     cross_entropy      logits (N, K), integer labels (N,): L = mean_n(logsumexp(z_n) - z_n[t_n])
                        dz = dL (softmax(z) - onehot(t)) / N                      (eq. 31-32)
 
-Float dtypes are preserved and inputs are never modified, except ``batch_norm_forward``'s running
-buffers in training mode (documented PyTorch behaviour). Batch 0 works wherever PyTorch allows it.
+Float dtypes are preserved and inputs are never modified (``batch_norm_forward`` returns the
+updated running statistics in its cache, where PyTorch updates its buffers in place). Batch 0
+works wherever PyTorch allows it.
 
 Example::
 
@@ -237,58 +241,67 @@ def _check_batch_norm(x, weight, bias, running_mean, running_var, training):
                ('running_var', running_var))
     if not training and (running_mean is None or running_var is None):
         raise ValueError("eval-mode batch_norm needs running_mean and running_var, got None")
-    for name, v in (('running_mean', running_mean), ('running_var', running_var)):
-        if training and v is not None and not v.flags.writeable:
-            raise ValueError(f"{name} is updated in place in training mode, got a read-only array")
 
 
 def _batch_statistics(x, axes, eps, running_mean, running_var, momentum):
-    """Train-mode ``(x_hat, inv_std)``; updates the running buffers in place (eq. 14, 15, 19)."""
+    """Train-mode ``(x_hat, inv_std, new_running_mean, new_running_var)`` (eq. 14, 15, 19); the
+    new running statistics are new arrays (None for None; the old ones for batch 0)."""
     count = math.prod(x.shape[a] for a in axes)               # m = |R|
     if count == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of "
                          f"shape {x.shape}")
     x_hat, inv_std, mean, var = _normalize(x, axes, eps)
     if count > 1 and running_mean is not None:
-        running_mean[...] = momentum * mean.ravel() + (1 - momentum) * running_mean
+        running_mean = momentum * mean.ravel() + (1 - momentum) * running_mean
     if count > 1 and running_var is not None:
         unbiased = var.ravel() * (count / (count - 1))
-        running_var[...] = momentum * unbiased + (1 - momentum) * running_var
-    return x_hat, inv_std
+        running_var = momentum * unbiased + (1 - momentum) * running_var
+    return x_hat, inv_std, running_mean, running_var
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
                        eps=1e-5):
     """BatchNorm as ``torch.nn.functional.batch_norm`` on ``(N, C[, L])`` or ``(N, C, H, W)``.
 
-    Training: batch statistics over every axis but 1 (eq. 14-15); ``running_mean`` and
-    ``running_var`` (if not None) are updated IN PLACE with the unbiased variance (eq. 19).
-    Eval: the running statistics are used (eq. 21). ``weight``/``bias`` may be None (affine=False).
+    Training: batch statistics over every axis but 1 (eq. 14-15), and the running statistics of
+    this step (eq. 19, unbiased variance) are returned as ``cache['running_mean']`` /
+    ``cache['running_var']``: new arrays, what PyTorch writes into the buffers in place. No input is
+    modified. Eval: the running statistics are used (eq. 21) and the cache holds them unchanged.
+    ``weight``/``bias`` may be None (affine=False); running statistics may be None in training.
     """
     _check_batch_norm(x, weight, bias, running_mean, running_var, training)
     momentum, eps = _real(momentum, 'momentum', 0, 1), _real(eps, 'eps', 0)
     axes = (0,) + tuple(range(2, x.ndim))                  # R: batch and spatial axes
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # per-channel vectors against x
+    given = (running_mean is not None, running_var is not None)
     if training:
-        x_hat, inv_std = _batch_statistics(x, axes, eps, running_mean, running_var, momentum)
+        x_hat, inv_std, running_mean, running_var = _batch_statistics(x, axes, eps, running_mean,
+                                                                      running_var, momentum)
     else:
         inv_std = 1 / np.sqrt(running_var.reshape(shape) + eps)               # (eq. 21)
         x_hat = (x - running_mean.reshape(shape)) * inv_std
     y = _scale_shift(x_hat, weight, bias, shape)
     return y, dict(x_hat=x_hat, inv_std=inv_std, weight=weight, has_bias=bias is not None,
-                   shape=shape, axes=axes, training=bool(training))
+                   shape=shape, axes=axes, training=bool(training), given=given,
+                   running_mean=running_mean, running_var=running_var)
 
 
 def batch_norm_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward` (eq. 18, 20, 22)."""
-    x_hat, axes = cache['x_hat'], cache['axes']
+    """Gradients ``(dx, dweight, dbias, drunning_mean, drunning_var)`` of :func:`batch_norm_forward`
+    (eq. 18, 20, 22, 22a). The running statistics get their eval-mode gradient (eq. 22a); in
+    training the output does not depend on them: zeros (None for statistics given as None)."""
+    x_hat, axes, inv_std = cache['x_hat'], cache['axes'], cache['inv_std']
     dout = _grad_out(dout, x_hat.shape, x_hat.dtype)
     g, dweight, dbias = _scale_shift_backward(dout, cache, axes)
+    c = x_hat.shape[1]
     if cache['training']:
-        dx = _normalize_backward(g, x_hat, cache['inv_std'], axes)          # (eq. 20)
+        dx = _normalize_backward(g, x_hat, inv_std, axes)                   # (eq. 20)
+        dmean, dvar = (np.zeros(c, x_hat.dtype) if given else None for given in cache['given'])
     else:
-        dx = g * cache['inv_std']                                           # (eq. 22)
-    return dx, dweight, dbias
+        dx = g * inv_std                                                    # (eq. 22)
+        dmean = -(g.sum(axis=axes) * inv_std.ravel())                       # (eq. 22a)
+        dvar = -0.5 * (g * x_hat).sum(axis=axes) * inv_std.ravel() ** 2     # (eq. 22a)
+    return dx, dweight, dbias, dmean, dvar
 
 
 # -- layer_norm ------------------------------------------------------------------------------------
@@ -413,7 +426,8 @@ def cross_entropy_forward(logits, labels):
 
 
 def cross_entropy_backward(dout, cache):
-    """``(dlogits,)`` with ``dlogits = dL (softmax(z) - onehot(t)) / N`` (eq. 32).
+    """``(dlogits, None)`` with ``dlogits = dL (softmax(z) - onehot(t)) / N`` (eq. 32); the integer
+    labels have no gradient.
 
     ``dout`` is the upstream scalar (1.0 when the loss is the final output).
     """
@@ -425,7 +439,7 @@ def cross_entropy_backward(dout, cache):
     dlogits = p.copy()
     dlogits[np.arange(n), labels] -= 1
     dlogits *= float(dout) / max(n, 1)
-    return (dlogits,)
+    return dlogits, None
 
 
 # -- self-test cases for `numpyconv check` (float64, reference = plain loops) --------------------
@@ -457,12 +471,18 @@ def _gelu_case(rng):
     return CheckCase(gelu_forward, gelu_backward, (rng.standard_normal((3, 5)),), reference.gelu)
 
 
-@register('batch_norm')
-def _batch_norm_case(rng):
-    x, w, b = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(2), rng.standard_normal(2)
-    return CheckCase(lambda x, w, b: batch_norm_forward(x, w, b, None, None, True),
-                     batch_norm_backward, (x, w, b),
-                     lambda x, w, b: reference.batch_norm(x, w, b, None, None, True))
+def _batch_norm_case(training):
+    """Check case of every input, the running statistics included (eq. 22a in eval)."""
+    def case(rng):
+        x, w, b = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(2), rng.standard_normal(2)
+        stats = rng.standard_normal(2), 0.5 + rng.random(2)
+        return CheckCase(lambda *a: batch_norm_forward(*a, training), batch_norm_backward,
+                         (x, w, b) + stats, lambda *a: reference.batch_norm(*a, training))
+    return case
+
+
+register('batch_norm')(_batch_norm_case(True))
+register('batch_norm_eval')(_batch_norm_case(False))
 
 
 @register('layer_norm')
@@ -494,5 +514,5 @@ def _upsample_case(rng):
 @register('cross_entropy')
 def _cross_entropy_case(rng):
     labels = rng.integers(0, 4, size=5)
-    return CheckCase(lambda z: cross_entropy_forward(z, labels), cross_entropy_backward,
-                     (rng.standard_normal((5, 4)),), lambda z: reference.cross_entropy(z, labels))
+    return CheckCase(cross_entropy_forward, cross_entropy_backward, (rng.standard_normal((5, 4)), labels),
+                     reference.cross_entropy)

@@ -203,8 +203,9 @@ def kw_attention_forward(x, fc1_weight, norm1_weight, norm1_bias, running_mean, 
     Plain mode (``fc3_weight`` and ``basis_bias`` None) or basis mode (``nonlocal_basis_ratio < 1``;
     ``fc2_bias`` None there, officially). ``start_cell_idx`` is the layer's first own cell (used by the
     basis mode only); ``temp_bias (m*(M+1),)`` and ``temperature`` blend as in eq. 8 (``temp_bias``
-    None means zeros). In training mode BatchNorm uses batch statistics and updates ``running_mean``
-    / ``running_var`` in place, as ``nn.BatchNorm1d``. Returns ``(A, cache)``.
+    None means zeros). In training mode BatchNorm uses batch statistics; the running statistics after
+    this step are ``cache['running_mean']`` / ``cache['running_var']`` (no input is modified; the
+    layer stores them, as ``nn.BatchNorm1d`` does in place). Returns ``(A, cache)``.
     """
     sizes = _check_attention(x, fc1_weight, norm1_weight, norm1_bias, running_mean, running_var,
                              fc2_weight, fc2_bias, fc3_weight, basis_bias, num_cells, temp_bias)
@@ -228,14 +229,16 @@ def kw_attention_forward(x, fc1_weight, norm1_weight, norm1_bias, running_mean, 
         blend.reshape(n, sizes.m, sizes.P)[...] += temperature * temp_bias.reshape(sizes.m, sizes.P)
     attention = np.ascontiguousarray(blend[:, :sizes.M])                  # (N*m, M) (eq. 9)
     cache = dict(gap=gap_cache, fc1=fc1_cache, bn=bn_cache, relu=relu_cache, fc2=fc2_cache,
-                 fc3=fc3_cache, caf=caf_cache, sizes=sizes, start=start, temperature=temperature)
+                 fc3=fc3_cache, caf=caf_cache, sizes=sizes, start=start, temperature=temperature,
+                 running_mean=bn_cache['running_mean'], running_var=bn_cache['running_var'])
     return attention, cache
 
 
 def kw_attention_backward(dout, cache):
     """Gradients of :func:`kw_attention_forward`, one per array input in its positional order:
-    ``(dx, dfc1_weight, dnorm1_weight, dnorm1_bias, None, None, dfc2_weight, dfc2_bias, dfc3_weight,
-    dbasis_bias)`` (None for the running statistics and for absent inputs) (eq. 18-26)."""
+    ``(dx, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var, dfc2_weight,
+    dfc2_bias, dfc3_weight, dbasis_bias)`` (None for absent inputs; the running statistics get their
+    eval-mode gradient, zeros in training: blocks eq. 22a) (eq. 18-26)."""
     sizes = cache['sizes']
     float_array(dout, 'dout', 2, "(N*m, M)")
     z = cache['caf'][0]
@@ -250,10 +253,11 @@ def kw_attention_backward(dout, cache):
                                                             cache['start'])  # (eq. 21)
     dactive, dfc2_weight, dfc2_bias = linear_backward(dlogits, cache['fc2'])  # (eq. 22)
     dnormed, = relu_backward(dactive, cache['relu'])                       # (eq. 23)
-    dhidden, dnorm1_weight, dnorm1_bias = batch_norm_backward(dnormed, cache['bn'])  # (eq. 24)
+    dhidden, dnorm1_weight, dnorm1_bias, dmean, dvar = batch_norm_backward(dnormed,
+                                                                          cache['bn'])  # (eq. 24)
     dpooled, dfc1_weight, _ = linear_backward(dhidden, cache['fc1'])       # (eq. 25)
     dx, = global_avg_pool2d_backward(dpooled, cache['gap'])                # (eq. 26)
-    return (dx, dfc1_weight, dnorm1_weight, dnorm1_bias, None, None, dfc2_weight, dfc2_bias,
+    return (dx, dfc1_weight, dnorm1_weight, dnorm1_bias, dmean, dvar, dfc2_weight, dfc2_bias,
             dfc3_weight, dbasis_bias)
 
 
@@ -312,7 +316,8 @@ def kw_conv2d_forward(x, warehouse, fc1_weight, norm1_weight, norm1_bias, runnin
 
     ``warehouse (M, c_out, c_in, ckh, ckw)``; the number of mixtures ``m`` comes from the attention
     weights and ``C_out = go * c_out`` from ``m``, ``kernel_size`` and ``C_in / groups``. Attention
-    arguments as :func:`kw_attention_forward`. Returns ``(y, cache)``.
+    arguments as :func:`kw_attention_forward` (the new running statistics are ``cache['running_mean']``
+    / ``cache['running_var']``). Returns ``(y, cache)``.
     """
     groups = positive_int(groups, 'groups')
     float_array(warehouse, 'warehouse', 5, "(M, c_out, c_in, ckh, ckw)")
@@ -328,16 +333,17 @@ def kw_conv2d_forward(x, warehouse, fc1_weight, norm1_weight, norm1_bias, runnin
     y, conv_cache = conv2d_forward(x, kernels, per_sample_bias, stride, padding, dilation,
                                    groups)                                # (eq. 12)
     return y, dict(attention=att_cache, conv=conv_cache, weights=attention, warehouse=warehouse,
-                   layout=layout)
+                   layout=layout, running_mean=att_cache['running_mean'],
+                   running_var=att_cache['running_var'])
 
 
 def kw_conv2d_backward(dout, cache):
     """Gradients of :func:`kw_conv2d_forward` in its positional order (eq. 13-27)::
 
-        (dx, dwarehouse, dfc1_weight, dnorm1_weight, dnorm1_bias, None, None, dfc2_weight,
-         dfc2_bias, dfc3_weight, dbasis_bias, dbias)
+        (dx, dwarehouse, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var,
+         dfc2_weight, dfc2_bias, dfc3_weight, dbasis_bias, dbias)
 
-    None for the running statistics and for inputs given as None.
+    None for inputs given as None; the running statistics as in :func:`kw_attention_backward`.
     """
     dx, dkernels, dbias = conv2d_backward(dout, cache['conv'])            # (eq. 13, 14)
     dattention, dwarehouse = _assemble_backward(dkernels, cache['weights'], cache['warehouse'],
@@ -489,6 +495,8 @@ class KWConv2d(Module):
             start_cell_idx=self.start_cell_idx, temperature=self.temperature, temp_bias=self.temp_bias,
             training=self.training)
         if self.training:
+            self._buffers['attention.norm1.running_mean'][...] = self._cache['running_mean']
+            self._buffers['attention.norm1.running_var'][...] = self._cache['running_var']
             self._buffers['attention.norm1.num_batches_tracked'] += 1
         return y
 
@@ -496,7 +504,7 @@ class KWConv2d(Module):
         dx, dwarehouse, *grads = kw_conv2d_backward(dout, self._cache)
         self._manager.grads[f'weights.{self.warehouse_id}'] += dwarehouse
         for key, grad in zip(self._ARG_KEYS, grads):
-            if grad is not None:
+            if key in self._grads and grad is not None:                   # buffers have no grads
                 self._grads[key] += grad
         return dx
 
@@ -711,7 +719,7 @@ def _register_checks():
         x, (w1, g, b, w2, w3, bb), (rm, rv), hyper = attention_case(rng)
 
         def forward(x, w1, g, b, w2, w3, bb):
-            return kw_attention_forward(x, w1, g, b, rm.copy(), rv.copy(), w2, None, w3, bb, **hyper)
+            return kw_attention_forward(x, w1, g, b, rm, rv, w2, None, w3, bb, **hyper)
 
         def backward(dout, cache):
             dx, dw1, dg, db, _, _, dw2, _, dw3, dbb = kw_attention_backward(dout, cache)

@@ -73,7 +73,9 @@ class Linear(Module):
         return dx
 
     def macs(self, input_shape):
-        out_shape = tuple(input_shape[:-1]) + (self.out_features,)
+        input_shape = self._check_input_shape(input_shape, self.in_features, ranks=None, axis=-1,
+                                              hint="(..., {c})")
+        out_shape = input_shape[:-1] + (self.out_features,)
         return math.prod(input_shape[:-1]) * self.in_features * self.out_features, out_shape
 
 
@@ -113,6 +115,8 @@ class _BatchNorm(Module):
             training=self.training or not tracking, momentum=self._factor() if update else 0.0,
             eps=self.eps)
         if update:
+            self._buffers['running_mean'][...] = self._cache['running_mean']   # (eq. 19)
+            self._buffers['running_var'][...] = self._cache['running_var']
             self._buffers['num_batches_tracked'] += 1
         return y
 
@@ -123,14 +127,15 @@ class _BatchNorm(Module):
         return 1.0 / (int(self._buffers['num_batches_tracked']) + 1)
 
     def backward(self, dout):
-        dx, dweight, dbias = batch_norm_backward(dout, self._cache)
+        dx, dweight, dbias, _, _ = batch_norm_backward(dout, self._cache)   # buffers: no gradient
         if dweight is not None:
             self._grads['weight'] += dweight
             self._grads['bias'] += dbias
         return dx
 
     def macs(self, input_shape):
-        return 0, tuple(input_shape)
+        hint = self._hint.replace('C', '{c}')
+        return 0, self._check_input_shape(input_shape, self.num_features, self._ranks, hint=hint)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -191,7 +196,10 @@ class LayerNorm(Module):
         return np.ascontiguousarray(dx.transpose(0, 3, 1, 2)) if self.channels_first else dx
 
     def macs(self, input_shape):
-        return 0, tuple(input_shape)
+        (d,) = self.normalized_shape
+        if self.channels_first:
+            return 0, self._check_input_shape(input_shape, d)
+        return 0, self._check_input_shape(input_shape, d, ranks=None, axis=-1, hint="(..., {c})")
 
 
 # -- parameter-free layers -----------------------------------------------------------------------
@@ -207,7 +215,7 @@ class _Stateless(Module):
         return type(self)._backward_fn(dout, self._cache)[0]
 
     def macs(self, input_shape):
-        return 0, tuple(input_shape)
+        return 0, self._check_input_shape(input_shape, ranks=None, hint="a tuple of sizes >= 0")
 
 
 class ReLU(_Stateless):
@@ -230,7 +238,7 @@ class GlobalAvgPool2d(_Stateless):
     _forward_fn, _backward_fn = global_avg_pool2d_forward, global_avg_pool2d_backward
 
     def macs(self, input_shape):
-        return 0, tuple(input_shape[:2])
+        return 0, self._check_input_shape(input_shape, hint="(N, C, H, W)")[:2]
 
 
 class AvgPool2d(_Stateless):
@@ -249,6 +257,7 @@ class AvgPool2d(_Stateless):
         return avg_pool2d_backward(dout, self._cache)[0]
 
     def macs(self, input_shape):
+        input_shape = self._check_input_shape(input_shape, hint="(N, C, H, W)")
         geo = conv_geometry(input_shape[2:], self.kernel_size, self.stride, 0, 1)
         return 0, tuple(input_shape[:2]) + geo.out_hw
 
@@ -270,7 +279,7 @@ class Upsample(_Stateless):
         return upsample_nearest2d_backward(dout, self._cache)[0]
 
     def macs(self, input_shape):
-        (sh, sw), (n, c, h, w) = self.scale_factor, input_shape
+        (sh, sw), (n, c, h, w) = self.scale_factor, self._check_input_shape(input_shape, hint="(N, C, H, W)")
         return 0, (n, c, h * sh, w * sw)
 
 
@@ -295,14 +304,14 @@ class Flatten(Module):
 
     def forward(self, x):
         float_array(x, 'x')
-        self._cache = (x.shape, self._out_shape(x.shape))                  # (input, output) shapes
+        self._cache = (x.shape, self._out_shape(x.shape), x.dtype)         # (input, output) shapes
         return x.reshape(self._cache[1])
 
     def backward(self, dout):
-        x_shape, y_shape = self._cache
+        x_shape, y_shape, dtype = self._cache
         float_array(dout, 'dout')
         expect_shape(dout, y_shape, 'dout')
-        return dout.reshape(x_shape)
+        return dout.astype(dtype, copy=False).reshape(x_shape)
 
     def macs(self, input_shape):
         return 0, self._out_shape(input_shape)

@@ -18,6 +18,7 @@ Subclasses call :meth:`add_param`, :meth:`add_buffer` and :meth:`add_module` in 
 reach their own arrays through ``self._params[name]`` / ``self._grads[name]``.
 """
 import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -185,11 +186,16 @@ class Module:
     def num_params(self):
         return sum(int(v.size) for v in self.params.values())
 
-    def _check_input_shape(self, input_shape, channels):
-        """Check the ``input_shape`` given to ``macs``: ``(N, channels, H, W)``; return it as a tuple."""
+    def _check_input_shape(self, input_shape, channels=None, ranks=(4,), axis=1,
+                           hint="(N, {c}, H, W)"):
+        """Check the ``input_shape`` given to ``macs``: non-negative ints, a rank in ``ranks``
+        (None: any rank >= 1) and ``channels`` (if given) at ``axis``; return it as a tuple."""
         input_shape = tuple(input_shape)
-        if len(input_shape) != 4 or input_shape[1] != channels:
-            raise ValueError(f"input_shape must be (N, {channels}, H, W), got {input_shape}")
+        valid = all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, bool) and s >= 0
+                    for s in input_shape)
+        valid = valid and (len(input_shape) in ranks if ranks else len(input_shape) >= 1)
+        if not valid or (channels is not None and input_shape[axis] != channels):
+            raise ValueError(f"input_shape must be {hint.format(c=channels)}, got {input_shape}")
         return input_shape
 
     def _check_input(self, x, name='x', channels=None):
@@ -207,6 +213,10 @@ class Sequential(Module):
     """Layers applied in order; keys ``'0.weight'``, ``'1.running_mean'`` as ``nn.Sequential``."""
 
     def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes numpyconv layers (Module instances), got "
+                                f"{type(layer).__name__} at position {i}")
         dtypes = {layer.dtype for layer in layers if layer.params}     # parameter-free layers adapt
         if len(dtypes) > 1:
             raise TypeError(f"Sequential layers must share one dtype, got {sorted(map(str, dtypes))}")

@@ -50,8 +50,9 @@ Backward (given dy)::
     dx_n += dp_n / (H W)   (broadcast over h, w)                                (eq. 26)
 
 Train mode needs a batch of at least 2 (the BatchNorm statistics are over the batch; PyTorch
-raises the same error) and updates ``bn_running_mean`` / ``bn_running_var`` IN PLACE, as
-``torch.nn.functional.batch_norm`` does. Temperature: :func:`odconv_temperature` is the official
+raises the same error). It modifies no input: the running statistics after a train-mode step
+are ``cache['running_mean']`` / ``cache['running_var']`` (the layer stores them in its buffers, as
+``nn.BatchNorm2d``). Temperature: :func:`odconv_temperature` is the official
 schedule (eq. 28); the temperature is not part of the state_dict and is 1 for inference.
 MACs: eq. 27 (conv, attention FCs, aggregation, channel and filter scaling).
 """
@@ -187,19 +188,8 @@ def _attention_forward(x, fc_weight, bn, heads, temperature, training, momentum,
         else:
             att, act_cache = sigmoid_forward(logits, temperature)                # (eq. 5, 6)
         attentions[head], head_caches[head] = att, (linear_cache, act_cache)
-    cache = dict(gap=gap_cache, fc=fc_cache, bn=bn_cache, relu=relu_cache, heads=head_caches,
-                 hidden=hidden, running=(bn[2], bn[3]), training=training, eps=eps)
+    cache = dict(gap=gap_cache, fc=fc_cache, bn=bn_cache, relu=relu_cache, heads=head_caches)
     return attentions, cache
-
-
-def _running_stat_grads(dhidden, cache):
-    """``(d running_mean, d running_var)`` (eq. 24): used in eval mode only, 0 in train mode."""
-    running_mean, running_var = cache['running']
-    if cache['training']:
-        return np.zeros_like(running_mean), np.zeros_like(running_var)
-    dmean = -dhidden.sum(axis=0)
-    dvar = -(dhidden * (cache['hidden'] - running_mean)).sum(axis=0) / (2 * (running_var + cache['eps']))
-    return dmean, dvar
 
 
 def _attention_backward(datt, cache):
@@ -212,8 +202,7 @@ def _attention_backward(datt, cache):
         dactive = dactive + dactive_head
         head_grads[head] = (dweight[:, :, None, None], dbias)                 # (width, A, 1, 1)
     dnormed, = relu_backward(dactive, cache['relu'])                          # (eq. 22)
-    dhidden, dgamma, dbeta = batch_norm_backward(dnormed, cache['bn'])        # (eq. 23)
-    dmean, dvar = _running_stat_grads(dhidden, cache)                         # (eq. 24)
+    dhidden, dgamma, dbeta, dmean, dvar = batch_norm_backward(dnormed, cache['bn'])  # (eq. 23, 24)
     dpooled, dfc, _ = linear_backward(dhidden, cache['fc'])                   # (eq. 25)
     dx, = global_avg_pool2d_backward(dpooled, cache['gap'])                   # (eq. 26)
     return dx, (dfc[:, :, None, None], dgamma, dbeta, dmean, dvar), head_grads
@@ -259,7 +248,8 @@ def odconv2d_forward(x, weight, fc_weight, bn_weight, bn_bias, bn_running_mean, 
 
     The arrays are the official state_dict values (1x1 conv weights stay 4-D). A head the official
     module skips must be None (see :func:`head_widths`). ``training`` selects BatchNorm batch
-    statistics (and updates the running buffers in place) or the running statistics.
+    statistics or the running statistics; the running statistics after this step are
+    ``cache['running_mean']`` / ``cache['running_var']`` (no input is modified).
     """
     heads = dict(channel=(channel_fc_weight, channel_fc_bias), filter=(filter_fc_weight, filter_fc_bias),
                  spatial=(spatial_fc_weight, spatial_fc_bias), kernel=(kernel_fc_weight, kernel_fc_bias))
@@ -277,7 +267,8 @@ def odconv2d_forward(x, weight, fc_weight, bn_weight, bn_bias, bn_running_mean, 
     filt = att['filter']
     y = u if filt is None else u * filt[:, :, None, None]                     # (eq. 11)
     cache = dict(x=x, u=None if filt is None else u, att=att, attention=att_cache, conv=conv_cache,
-                 weight=weight, mixed=mixed, pw1x=pw1x)
+                 weight=weight, mixed=mixed, pw1x=pw1x, running_mean=att_cache['bn']['running_mean'],
+                 running_var=att_cache['bn']['running_var'])
     return y, cache
 
 
@@ -347,8 +338,11 @@ class _ODConvAttention(Module):
     def update_temperature(self, temperature):
         self.temperature = _real(temperature, 'temperature', 0, strict_low=True)
 
-    def count_batch(self):
-        """``num_batches_tracked += 1`` after a train-mode forward, as ``nn.BatchNorm2d``."""
+    def track(self, cache):
+        """After a train-mode forward, as ``nn.BatchNorm2d``: store the new running statistics
+        (``cache`` of :func:`odconv2d_forward`) and count the batch."""
+        self._buffers['bn.running_mean'][...] = cache['running_mean']
+        self._buffers['bn.running_var'][...] = cache['running_var']
         self._buffers['bn.num_batches_tracked'] += 1
 
     def arrays(self):
@@ -406,7 +400,7 @@ class ODConv2d(Module):
             padding=self.padding, dilation=self.dilation, groups=self.groups,
             temperature=self.attention.temperature, training=self.training)
         if self.training:
-            self.attention.count_batch()
+            self.attention.track(self._cache)
         return y
 
     def backward(self, dout):

@@ -42,26 +42,30 @@ CASES = {
     'softmax_axis0_T': (lambda x: B.softmax_forward(x, axis=-3, temperature=3.0), B.softmax_backward,
                         lambda dt: (normal(3, 2, 2, dtype=dt),), lambda x: ref.softmax(x, 0, 3.0)),
     'gelu': (B.gelu_forward, B.gelu_backward, lambda dt: (3 * normal(4, 5, dtype=dt),), ref.gelu),
-    'bn_train_2d': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
-                    B.batch_norm_backward,
-                    lambda dt: (normal(4, 3, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
-                    lambda x, w, b: ref.batch_norm(x, w, b, None, None, True)),
-    'bn_train_3d': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True, eps=1e-3),
-                    B.batch_norm_backward,
-                    lambda dt: (normal(2, 3, 4, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
-                    lambda x, w, b: ref.batch_norm(x, w, b, None, None, True, eps=1e-3)),
-    'bn_train_4d': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
-                    B.batch_norm_backward,
-                    lambda dt: (normal(2, 3, 3, 2, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
-                    lambda x, w, b: ref.batch_norm(x, w, b, None, None, True)),
-    'bn_train_no_affine': (lambda x, w, b: B.batch_norm_forward(x, w, b, None, None, True),
-                           B.batch_norm_backward, lambda dt: (normal(3, 3, 2, 2, dtype=dt), None, None),
-                           lambda x, w, b: ref.batch_norm(x, w, b, None, None, True)),
-    'bn_eval_4d': (lambda x, w, b: B.batch_norm_forward(x, w, b, RM.astype(x.dtype), RV.astype(x.dtype),
-                                                        False),
-                   B.batch_norm_backward,
-                   lambda dt: (normal(2, 3, 2, 3, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt)),
-                   lambda x, w, b: ref.batch_norm(x, w, b, RM, RV, False)),
+    # batch_norm: every array input checked, the running statistics too (zero gradient in training,
+    # eq. 22a in eval)
+    'bn_train_2d': (lambda *a: B.batch_norm_forward(*a, True), B.batch_norm_backward,
+                    lambda dt: (normal(4, 3, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt),
+                                RM.astype(dt), RV.astype(dt)),
+                    lambda x, w, b, rm, rv: ref.batch_norm(x, w, b, rm, rv, True)),
+    'bn_train_3d': (lambda *a: B.batch_norm_forward(*a, True, eps=1e-3), B.batch_norm_backward,
+                    lambda dt: (normal(2, 3, 4, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt),
+                                None, None),
+                    lambda x, w, b, rm, rv: ref.batch_norm(x, w, b, None, None, True, eps=1e-3)),
+    'bn_train_4d': (lambda *a: B.batch_norm_forward(*a, True), B.batch_norm_backward,
+                    lambda dt: (normal(2, 3, 3, 2, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt),
+                                RM.astype(dt), RV.astype(dt)),
+                    lambda x, w, b, rm, rv: ref.batch_norm(x, w, b, rm, rv, True)),
+    'bn_train_no_affine': (lambda *a: B.batch_norm_forward(*a, True), B.batch_norm_backward,
+                           lambda dt: (normal(3, 3, 2, 2, dtype=dt), None, None, None, None),
+                           lambda x, w, b, rm, rv: ref.batch_norm(x, w, b, None, None, True)),
+    'bn_eval_4d': (lambda *a: B.batch_norm_forward(*a, False), B.batch_norm_backward,
+                   lambda dt: (normal(2, 3, 2, 3, dtype=dt), normal(3, dtype=dt), normal(3, dtype=dt),
+                               RM.astype(dt), RV.astype(dt)),
+                   lambda x, w, b, rm, rv: ref.batch_norm(x, w, b, rm, rv, False)),
+    'bn_eval_no_affine': (lambda *a: B.batch_norm_forward(*a, False, eps=1e-3), B.batch_norm_backward,
+                          lambda dt: (normal(3, 3, 2, dtype=dt), None, None, RM.astype(dt), RV.astype(dt)),
+                          lambda x, w, b, rm, rv: ref.batch_norm(x, w, b, rm, rv, False, eps=1e-3)),
     'layer_norm': (B.layer_norm_forward, B.layer_norm_backward,
                    lambda dt: (normal(4, 5, dtype=dt), normal(5, dtype=dt), normal(5, dtype=dt)),
                    ref.layer_norm),
@@ -80,8 +84,8 @@ CASES = {
     'upsample_pair': (lambda x: B.upsample_nearest2d_forward(x, (3, 2)), B.upsample_nearest2d_backward,
                       lambda dt: (normal(1, 2, 2, 3, dtype=dt),),
                       lambda x: ref.upsample_nearest2d(x, (3, 2))),
-    'cross_entropy': (lambda z: B.cross_entropy_forward(z, labels_for(5, 4)), B.cross_entropy_backward,
-                      lambda dt: (normal(5, 4, dtype=dt),), lambda z: ref.cross_entropy(z, labels_for(5, 4))),
+    'cross_entropy': (B.cross_entropy_forward, B.cross_entropy_backward,      # labels: integer, no gradient
+                      lambda dt: (normal(5, 4, dtype=dt), labels_for(5, 4)), ref.cross_entropy),
 }
 
 
@@ -107,7 +111,8 @@ def test_float32_preserved_and_close(name):
     grads = backward(np.ones(np.shape(out), dtype=np.float32), cache)
     assert out.dtype == np.float32
     assert all(g is None or g.dtype == np.float32 for g in grads)
-    expected = reference(*[None if a is None else a.astype(np.float64) for a in inputs])
+    expected = reference(*[a.astype(np.float64) if a is not None and a.dtype.kind == 'f' else a
+                           for a in inputs])
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -132,7 +137,9 @@ def test_gradient_tuple_has_none_for_none_inputs():
     y, cache = B.layer_norm_forward(x, None, None)
     assert B.layer_norm_backward(np.ones_like(y), cache)[1:] == (None, None)
     y, cache = B.batch_norm_forward(x, None, None, None, None, True)
-    assert B.batch_norm_backward(np.ones_like(y), cache)[1:] == (None, None)
+    assert B.batch_norm_backward(np.ones_like(y), cache)[1:] == (None, None, None, None)
+    y, cache = B.cross_entropy_forward(x, np.array([0, 3, 1]))
+    assert B.cross_entropy_backward(1.0, cache)[1] is None                  # integer labels
 
 
 # -- identities ------------------------------------------------------------------------------
@@ -191,26 +198,26 @@ def test_batch_norm_eval_equals_train_with_batch_statistics():
 
 
 @pytest.mark.parametrize('shape', [(5, 3), (2, 3, 4), (2, 3, 2, 3)])
-def test_batch_norm_running_stats_update_in_place(shape):
+def test_batch_norm_running_stats_returned_in_cache_inputs_untouched(shape):
     x = normal(*shape)
     running_mean, running_var = normal(3), 1 + RNG.random(3)
-    ids = id(running_mean), id(running_var)
+    before = running_mean.copy(), running_var.copy()
     expected = ref.batch_norm_running_stats(x, running_mean, running_var, momentum=0.3)
-    B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.3)
-    assert (id(running_mean), id(running_var)) == ids
-    np.testing.assert_allclose(running_mean, expected[0], rtol=1e-13)
-    np.testing.assert_allclose(running_var, expected[1], rtol=1e-13)
+    _, cache = B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.3)
+    np.testing.assert_array_equal(running_mean, before[0])
+    np.testing.assert_array_equal(running_var, before[1])
+    np.testing.assert_allclose(cache['running_mean'], expected[0], rtol=1e-13)
+    np.testing.assert_allclose(cache['running_var'], expected[1], rtol=1e-13)
 
 
 def test_batch_norm_running_stats_by_hand():
     x = np.array([[1.0], [2.0], [4.0]])                     # one channel, m = 3
-    running_mean, running_var = np.array([0.0]), np.array([1.0])
-    B.batch_norm_forward(x, None, None, running_mean, running_var, True)
+    _, cache = B.batch_norm_forward(x, None, None, np.array([0.0]), np.array([1.0]), True)
     # mean 7/3; unbiased variance ((1-7/3)^2 + (2-7/3)^2 + (4-7/3)^2) / 2 = 7/3
-    np.testing.assert_allclose(running_mean, [0.1 * 7 / 3])
-    np.testing.assert_allclose(running_var, [0.9 + 0.1 * 7 / 3])
-    B.batch_norm_forward(x, None, None, running_mean, running_var, False)   # eval: untouched
-    np.testing.assert_allclose(running_mean, [0.1 * 7 / 3])
+    np.testing.assert_allclose(cache['running_mean'], [0.1 * 7 / 3])
+    np.testing.assert_allclose(cache['running_var'], [0.9 + 0.1 * 7 / 3])
+    _, cache = B.batch_norm_forward(x, None, None, cache['running_mean'], cache['running_var'], False)
+    np.testing.assert_allclose(cache['running_mean'], [0.1 * 7 / 3])   # eval: unchanged
 
 
 def test_batch_norm_train_couples_samples_eval_does_not():
@@ -396,13 +403,12 @@ def test_backward_checks_dout_shape():
         B.cross_entropy_backward(np.ones(2), cache)
 
 
-def test_read_only_running_stats_rejected_before_any_update():
+def test_read_only_running_stats_are_fine_in_training():
     running_mean, running_var = np.zeros(3), np.ones(3)
-    running_var.flags.writeable = False                # was numpy's 'assignment destination is read-only'
-    with pytest.raises(ValueError, match='running_var is updated in place in training mode'):
-        B.batch_norm_forward(normal(4, 3), None, None, running_mean, running_var, True)
-    np.testing.assert_array_equal(running_mean, np.zeros(3))   # nothing half-updated
-    B.batch_norm_forward(normal(4, 3), None, None, running_mean, running_var, False)   # eval reads only
+    running_mean.flags.writeable = running_var.flags.writeable = False   # never written
+    _, cache = B.batch_norm_forward(normal(4, 3), None, None, running_mean, running_var, True)
+    assert cache['running_mean'].flags.writeable and np.abs(cache['running_mean']).max() > 0
+    B.batch_norm_forward(normal(4, 3), None, None, running_mean, running_var, False)
 
 
 def test_cross_entropy_backward_rejects_bool_dout():
@@ -477,8 +483,9 @@ def test_batch_norm_running_stats_match_torch():
     x = normal(4, 3, 2, 2)
     running_mean, running_var = normal(3), 1 + RNG.random(3)
     t_mean, t_var = torch.tensor(running_mean), torch.tensor(running_var)
-    for _ in range(3):
-        B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.2)
+    for _ in range(3):                                   # torch updates in place; ours returns them
+        _, cache = B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.2)
+        running_mean, running_var = cache['running_mean'], cache['running_var']
         torch.nn.functional.batch_norm(torch.tensor(x), t_mean, t_var, training=True, momentum=0.2)
     np.testing.assert_allclose(running_mean, t_mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(running_var, t_var.numpy(), rtol=1e-12)

@@ -119,7 +119,8 @@ def test_batch_norm_layer_bookkeeping():
     running_mean, running_var = np.zeros(3), np.ones(3)
     for step in range(1, 3):
         bn(x)
-        B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.3)
+        _, cache = B.batch_norm_forward(x, None, None, running_mean, running_var, True, momentum=0.3)
+        running_mean, running_var = cache['running_mean'], cache['running_var']
         assert int(bn.buffers['num_batches_tracked']) == step
     np.testing.assert_allclose(bn.buffers['running_mean'], running_mean, rtol=1e-14)
     np.testing.assert_allclose(bn.buffers['running_var'], running_var, rtol=1e-14)
@@ -329,6 +330,33 @@ def test_flatten_dims_must_be_ints():
         L.Flatten(1.5)
     with pytest.raises(TypeError, match="end_dim must be an int, got 'a'"):
         L.Flatten(1, 'a')
+
+
+def test_flatten_backward_keeps_the_input_dtype():
+    layer = L.Flatten()
+    y = layer(np.ones((2, 3, 2, 2), np.float32))
+    assert layer.backward(y.astype(np.float64)).dtype == np.float32      # was float64
+
+
+def test_sequential_rejects_what_is_not_a_layer():
+    with pytest.raises(TypeError, match='Sequential takes numpyconv layers .* got int at position 1'):
+        Sequential(L.ReLU(), 3)                                          # was an AttributeError
+
+
+@pytest.mark.parametrize('layer, shape, match', [
+    (L.Linear(4, 3), (2, 5), r'input_shape must be \(\.\.\., 4\), got \(2, 5\)'),
+    (L.BatchNorm2d(3), (2, 5, 4, 4), r'input_shape must be \(N, 3, H, W\), got \(2, 5, 4, 4\)'),
+    (L.BatchNorm1d(3), (2, 3, 4, 4), r'input_shape must be \(N, 3\) or \(N, 3, L\)'),
+    (L.LayerNorm(6), (2, 5), r'input_shape must be \(\.\.\., 6\)'),
+    (L.LayerNorm(4, channels_first=True), (2, 3, 4, 4), r'input_shape must be \(N, 4, H, W\)'),
+    (L.GlobalAvgPool2d(), (2, 3), r'input_shape must be \(N, C, H, W\), got \(2, 3\)'),
+    (L.Upsample(2), (2, 3), r'input_shape must be \(N, C, H, W\)'),           # was an unpacking error
+    (L.AvgPool2d(2), (2, 3, 1), r'input_shape must be \(N, C, H, W\)'),
+    (L.ReLU(), (2, -1), r'input_shape must be a tuple of sizes >= 0'),
+])
+def test_count_checks_the_input_shape(layer, shape, match):
+    with pytest.raises(ValueError, match=match):                         # were silently counted
+        count(layer, shape)
 
 
 def test_channels_first_layer_norm_dout_error_in_nchw():
