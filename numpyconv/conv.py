@@ -181,16 +181,26 @@ def cols_weight_grad(dy, cols, weight, groups):
     return (dw if weight.ndim == 5 else dw.sum(axis=0)).reshape(weight.shape)
 
 
-def cols_input_grad(dy, weight, groups, cols_shape):
-    """``dcols = Wr^T @ dYr`` per group (eq. 7), shaped ``cols_shape (n, C_in, kh, kw, Ho, Wo)``."""
+def cols_input_grad(dy, weight, groups, cols_shape, batch_inside=False):
+    """``dcols = Wr^T @ dYr`` per group (eq. 7), shaped ``cols_shape (n, C_in, kh, kw, Ho, Wo)``.
+
+    ``batch_inside`` (a shared weight): one GEMM over the whole batch, the result a view of a
+    ``(C_in, kh, kw, n, Ho, Wo)`` array (the block layout); otherwise one GEMM per sample."""
     n, pixels = dy.shape[0], cols_shape[4] * cols_shape[5]
+    wt = _grouped_weight(weight, groups).swapaxes(-1, -2)                # ([n,] G, Kg, Og)
+    if batch_inside and weight.ndim == 4:
+        dcols = np.matmul(wt, _block_matrix(dy, groups))                 # (G, Kg, n*L)
+        block = (cols_shape[1:4]) + (n,) + tuple(cols_shape[4:])         # (C_in, kh, kw, n, Ho, Wo)
+        return dcols.reshape(block).transpose(3, 0, 1, 2, 4, 5)
     dyr = dy.reshape(n, groups, dy.shape[1] // groups, pixels)      # (n, G, Og, L)
-    return np.matmul(_grouped_weight(weight, groups).swapaxes(-1, -2), dyr).reshape(cols_shape)
+    return np.matmul(wt, dyr).reshape(cols_shape)
 
 
 def cols_matmul_backward(dy, cols, weight, groups):
-    """Gradients of :func:`cols_matmul`: ``(dcols, dweight)`` (eq. 6, 7)."""
-    return cols_input_grad(dy, weight, groups, cols.shape), cols_weight_grad(dy, cols, weight, groups)
+    """Gradients of :func:`cols_matmul`: ``(dcols, dweight)`` (eq. 6, 7), ``dcols`` in ``cols``'s
+    layout family (one GEMM for the block layout with a shared weight)."""
+    return (cols_input_grad(dy, weight, groups, cols.shape, _batch_inside(cols)),
+            cols_weight_grad(dy, cols, weight, groups))
 
 
 # -- depthwise kernels (no im2col) -----------------------------------------------------------
@@ -334,7 +344,7 @@ def _strided_backward(dout, x, weight, groups, geo):
         w_s, dw_s = (weight[s], dw[s]) if per_sample else (weight, dw)
         dy = dout[s, :, r]
         dw_s += cols_weight_grad(dy, cols, w_s, groups)                               # (eq. 6)
-        dcols = cols_input_grad(dy, w_s, groups, cols.shape)                          # (eq. 7)
+        dcols = cols_input_grad(dy, w_s, groups, cols.shape, _batch_inside(cols))    # (eq. 7)
         col2im(dcols, geo.in_hw, geo.stride, geo.dilation, _band_origin(r, geo, origin), out=dx[s])
     return dx, dw
 

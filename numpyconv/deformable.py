@@ -21,7 +21,9 @@ scaled by the mask (eq. 4)::
 
     cols[n, c, i, j, y, x] = m * B(x[n, c], h, w)
 
-and ``y = W cols + b`` is conv2d's grouped GEMM on these columns (eq. 5, ``conv.cols_matmul``).
+and ``y = W cols + b`` is conv2d's grouped GEMM on these columns (eq. 5, ``conv.cols_matmul``). The
+columns are stored as conv2d's blocks, ``(C, kh, kw, n, Ho, Wo)``, so that with a shared weight each
+GEMM of (eq. 5, 6) takes the whole batch at once.
 
 Backward, with ``dcols = W^T dy`` per group (eq. 6, ``conv.cols_matmul_backward``, which also gives
 ``dW = dy cols^T``; ``db = sum dy``):
@@ -208,8 +210,12 @@ def _sampling_plan(offset, mask, geo, dtype):
 
 
 def _deform_im2col(xr, plan, geo):
-    """Deformable columns ``(n, C, kh, kw, Ho, Wo)`` of the ringed input ``xr`` (eq. 4)."""
-    cols = np.empty(xr.shape[:2] + geo.kernel + geo.out_hw, dtype=xr.dtype)
+    """Deformable columns ``(n, C, kh, kw, Ho, Wo)`` of the ringed input ``xr`` (eq. 4), a view of
+    a ``(C, kh, kw, n, Ho, Wo)`` array: conv2d's block layout, in which the GEMMs of (eq. 5, 6) take
+    the whole batch at once."""
+    n, channels = xr.shape[:2]
+    block = np.empty((channels,) + geo.kernel + (n,) + geo.out_hw, dtype=xr.dtype)
+    cols = block.transpose(3, 0, 1, 2, 4, 5)                             # (n, C, kh, kw, Ho, Wo)
     _im2col_kernel(_rows(xr), xr.shape[3], *plan, _by_point(cols))
     return cols
 

@@ -26,6 +26,23 @@ def test_cols_matmul_pair(per_sample, groups):
     gradcheck(forward, backward, (cols, weight))
 
 
+@pytest.mark.parametrize('groups', [1, 2])
+def test_cols_matmul_block_layout_equals_per_sample(groups):
+    # columns laid out (C, kh, kw, n, Ho, Wo) (conv2d's blocks, the deformable columns): one GEMM
+    # over the batch for y, dweight and dcols; same values as the per-sample GEMMs, and dcols comes
+    # back in the block layout
+    cols = RNG.standard_normal((3, 4, 3, 2, 4, 5))                       # (n, C, kh, kw, Ho, Wo)
+    block = np.ascontiguousarray(cols.transpose(1, 2, 3, 0, 4, 5)).transpose(3, 0, 1, 2, 4, 5)
+    weight, dy = RNG.standard_normal((6, 4 // groups, 3, 2)), RNG.standard_normal((3, 6, 4, 5))
+    assert C._batch_inside(block) and not C._batch_inside(cols)
+    np.testing.assert_allclose(C.cols_matmul(block, weight, groups), C.cols_matmul(cols, weight, groups),
+                               rtol=1e-13, atol=1e-13)
+    (dcols_b, dw_b), (dcols, dw) = (C.cols_matmul_backward(dy, c, weight, groups) for c in (block, cols))
+    assert C._batch_inside(dcols_b)
+    np.testing.assert_allclose(dcols_b, dcols, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dw_b, dw, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize('budget', [None, 1])
 @pytest.mark.parametrize('stride, padding, per_sample', [((2, 1), 1, False), (1, (2, 1), False),
                                                         (1, 0, True), (3, 2, True)])
