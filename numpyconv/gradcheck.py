@@ -29,6 +29,7 @@ from functools import partial
 import numpy as np
 
 from ._checks import positive_int
+from .module import float64_copy
 from .blocks import _real
 
 
@@ -334,7 +335,11 @@ def _compare(result, probe, shape, grad, directions, atol, rtol, mode):
 
 
 def gradcheck_layer(layer, x, *, wrt=None, **options):
-    """Check ``dx`` and every parameter gradient of a numpyconv layer (built with float64).
+    """Check ``dx`` and every parameter gradient of a numpyconv layer.
+
+    A layer of another dtype (float32, the default) is checked through a float64 copy of itself
+    (:func:`~numpyconv.module.float64_copy`; finite differences need float64), which checks its math,
+    not its float32 rounding; the layer itself is then not touched.
 
     ``x`` is an array or a tuple of arrays/None (OctaveConv2d's ``(x_h, x_l)``); report names are
     ``'x'`` (or ``'x[0]'``, ``'x[1]'``) and the parameter keys. The parameters are perturbed in place
@@ -343,8 +348,7 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     check (default all); other options as :func:`gradcheck`.
     """
     if np.dtype(layer.dtype) != np.float64:
-        raise TypeError(f"gradcheck_layer needs a float64 layer, got {type(layer).__name__} with "
-                        f"dtype {np.dtype(layer.dtype)}; build it with dtype=np.float64")
+        layer = float64_copy(layer)
     is_tuple = isinstance(x, (tuple, list))
     parts = tuple(x) if is_tuple else (x,)
     x_names = [f'x[{k}]' for k in range(len(parts))] if is_tuple else ['x']

@@ -17,6 +17,7 @@ Contract of every layer (API.md):
 Subclasses call :meth:`add_param`, :meth:`add_buffer` and :meth:`add_module` in ``__init__`` and
 reach their own arrays through ``self._params[name]`` / ``self._grads[name]``.
 """
+import copy
 import math
 import numbers
 from collections.abc import Mapping
@@ -256,3 +257,31 @@ def count(layer, input_shape):
     """
     macs, _ = layer.macs(tuple(input_shape))
     return layer.num_params(), int(macs)
+
+
+def float64_copy(layer):
+    """A deep copy of ``layer`` in float64: every module it reaches (children, a KernelWarehouse
+    manager) gets ``dtype`` float64 and every float array it holds a float64 copy (one copy per
+    original array, so arrays shared between modules stay shared). The original is untouched."""
+    twin = copy.deepcopy(layer)
+    memo = {}
+
+    def cast(obj):
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.kind != 'f':
+                return obj
+            if id(obj) not in memo:
+                memo[id(obj)] = (obj, obj.astype(np.float64))           # keep obj alive: ids stay unique
+            return memo[id(obj)][1]
+        if isinstance(obj, Module):
+            if id(obj) not in memo:
+                memo[id(obj)] = (obj, obj)
+                obj.dtype = np.dtype(np.float64)
+                obj.__dict__.update({k: cast(v) for k, v in vars(obj).items()})
+            return obj
+        if isinstance(obj, dict):
+            return {k: cast(v) for k, v in obj.items()}
+        if type(obj) in (list, tuple):
+            return type(obj)(cast(v) for v in obj)
+        return obj
+    return cast(twin)

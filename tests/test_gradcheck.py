@@ -240,9 +240,49 @@ def test_gradcheck_layer_sabotaged_backward_fails():
     assert [r.name for r in info.value.report.results if not r.ok] == ['weight']
 
 
-def test_gradcheck_layer_needs_float64():
-    with pytest.raises(TypeError, match='dtype=np.float64'):
-        gradcheck_layer(Conv2d(3, 4, 3), np.zeros((1, 3, 5, 5), np.float32))
+def _float32_layers():
+    """``name -> (layer, x)`` for float32 (default dtype) layers, a KernelWarehouse one included."""
+    import numpyconv as nc
+    rng = _rng()
+    manager = nc.WarehouseManager(rng=0)
+    kw = manager.reserve(4, 4, 3, padding=1)
+    manager.store()
+    manager.allocate([kw])
+
+    def x(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    return {
+        'Conv2d': (Conv2d(3, 4, 3, padding=1, rng=0), x(2, 3, 5, 5)),
+        'OctaveConv2d': (nc.OctaveConv2d(4, 4, 3, padding=1, rng=0), (x(2, 2, 6, 6), x(2, 2, 3, 3))),
+        'ODConv2d': (nc.ODConv2d(4, 4, 3, padding=1, rng=0), x(2, 4, 5, 5)),
+        'KWConv2d': (kw, x(2, 4, 5, 5)),
+        'DCNv4': (nc.DCNv4(channels=16, group=2, rng=0), x(2, 16, 5, 5)),
+        'Involution2d': (nc.Involution2d(16, 3, rng=0), x(2, 16, 4, 4)),
+        'Sequential': (nc.Sequential(Conv2d(3, 4, 3, rng=0), nc.BatchNorm2d(4), nc.ReLU(),
+                                     nc.GlobalAvgPool2d(), nc.Linear(4, 2, rng=0)), x(2, 3, 5, 5)),
+    }
+
+
+@pytest.mark.parametrize('name', list(_float32_layers()))
+def test_gradcheck_layer_checks_a_float32_layer_through_a_float64_copy(name):
+    layer, x = _float32_layers()[name]                                   # was a TypeError
+    before, grads = layer.state_dict(), {k: g.copy() for k, g in layer.grads.items()}
+    report = gradcheck_layer(layer, x, mode='random', n_directions=4)
+    assert report.ok and {r.name for r in report.results} >= set(layer.params)
+    assert layer.dtype == np.float32 and all(v.dtype == np.float32 for v in layer.params.values())
+    for key, value in layer.state_dict().items():                      # the layer is not touched
+        np.testing.assert_array_equal(value, before[key])
+    for key, value in layer.grads.items():
+        np.testing.assert_array_equal(value, grads[key])
+
+
+def test_float64_copy_keeps_shared_arrays_shared():
+    from numpyconv.module import float64_copy
+    layer = Conv2d(3, 4, 3, rng=0)
+    layer.alias = layer.params['weight']                                 # one array, two references
+    twin = float64_copy(layer)
+    assert twin.alias is twin.params['weight'] and twin.alias.dtype == np.float64
+    np.testing.assert_array_equal(twin.alias, layer.alias.astype(np.float64))
 
 
 class _CentreTrackMean(Module):
