@@ -149,57 +149,84 @@ class BatchNorm2d(_BatchNorm):
 
 
 class LayerNorm(Module):
-    """``torch.nn.LayerNorm(D, eps, elementwise_affine, bias)`` over the last axis of ``x (..., D)``;
-    keys ``weight``, ``bias`` (those present).
+    """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)`` over the trailing
+    axes ``normalized_shape`` (an int or a tuple) of ``x``; keys ``weight``, ``bias`` (those present),
+    shaped ``normalized_shape``. Several axes are normalised as one axis of their product size.
 
-    ``channels_first=True`` normalises ``(N, C, H, W)`` over ``C`` per pixel instead (the same math
-    on the NHWC view; ConvNeXt's / InternImage's channels-first LayerNorm).
+    ``channels_first=True`` (one ``normalized_shape`` axis ``C``) normalises ``(N, C, H, W)`` over
+    ``C`` per pixel instead (the same math on the NHWC view; ConvNeXt's / InternImage's
+    channels-first LayerNorm).
     """
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
                  channels_first=False, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        if isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) == 1:
-            normalized_shape = normalized_shape[0]
-        self.normalized_shape = (positive_int(normalized_shape, 'normalized_shape'),)
+        dims = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+        if not dims:
+            raise ValueError("normalized_shape must name at least one axis, got ()")
+        self.normalized_shape = tuple(positive_int(d, 'normalized_shape') for d in dims)
         self.eps = _real(eps, 'eps', 0)
         self.channels_first = bool(channels_first)
+        if self.channels_first and len(self.normalized_shape) != 1:
+            raise ValueError(f"channels_first LayerNorm normalises one axis (C), got normalized_shape "
+                             f"{normalized_shape!r}")
         if elementwise_affine:
             self.add_param('weight', np.ones(self.normalized_shape))
             if bias:
                 self.add_param('bias', np.zeros(self.normalized_shape))
 
+    def _hint(self):
+        return f"(..., {', '.join(map(str, self.normalized_shape))})"
+
+    def _flat_param(self, name):
+        """The parameter as one axis ``(prod(normalized_shape),)`` (a view), or None."""
+        p = self._params.get(name)
+        return None if p is None else p.reshape(-1)
+
     def forward(self, x):
-        (d,) = self.normalized_shape
+        k = len(self.normalized_shape)
         if self.channels_first:
-            x = self._check_input(x, channels=d).transpose(0, 2, 3, 1)     # (N, H, W, C)
+            x = self._check_input(x, channels=self.normalized_shape[0]).transpose(0, 2, 3, 1)  # NHWC
         else:
             float_array(x, 'x')
             _check_dtype(self, x)
-            if x.ndim == 0 or x.shape[-1] != d:
-                raise ValueError(f"x must have shape (..., {d}), got {x.shape}")
-        y, self._cache = layer_norm_forward(x, self._params.get('weight'), self._params.get('bias'),
+            if x.ndim < k or x.shape[x.ndim - k:] != self.normalized_shape:
+                raise ValueError(f"x must have shape {self._hint()}, got {x.shape}")
+            x = x.reshape(x.shape[:x.ndim - k] + (math.prod(self.normalized_shape),))
+        y, self._cache = layer_norm_forward(x, self._flat_param('weight'), self._flat_param('bias'),
                                             self.eps)
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if self.channels_first else y
+        if self.channels_first:
+            return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return y.reshape(y.shape[:-1] + self.normalized_shape)
 
     def backward(self, dout):
+        x_hat = self._cache['x_hat']
         if self.channels_first:
-            n, h, w, c = self._cache['x_hat'].shape
+            n, h, w, c = x_hat.shape
             float_array(dout, 'dout', 4, "(N, C, H, W)")
             expect_shape(dout, (n, c, h, w), 'dout')
             dout = dout.transpose(0, 2, 3, 1)                              # (N, H, W, C)
+        else:
+            float_array(dout, 'dout')
+            expect_shape(dout, x_hat.shape[:-1] + self.normalized_shape, 'dout')
+            dout = dout.reshape(x_hat.shape)                               # (..., prod(normalized_shape))
         dx, dweight, dbias = layer_norm_backward(dout, self._cache)
         if dweight is not None:
-            self._grads['weight'] += dweight
+            self._grads['weight'] += dweight.reshape(self.normalized_shape)
         if dbias is not None:
-            self._grads['bias'] += dbias
-        return np.ascontiguousarray(dx.transpose(0, 3, 1, 2)) if self.channels_first else dx
+            self._grads['bias'] += dbias.reshape(self.normalized_shape)
+        if self.channels_first:
+            return np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
+        return dx.reshape(dx.shape[:-1] + self.normalized_shape)
 
     def macs(self, input_shape):
-        (d,) = self.normalized_shape
         if self.channels_first:
-            return 0, self._check_input_shape(input_shape, d)
-        return 0, self._check_input_shape(input_shape, d, ranks=None, axis=-1, hint="(..., {c})")
+            return 0, self._check_input_shape(input_shape, self.normalized_shape[0])
+        shape = self._check_input_shape(input_shape, ranks=None, hint=self._hint())
+        k = len(self.normalized_shape)
+        if len(shape) < k or shape[len(shape) - k:] != self.normalized_shape:
+            raise ValueError(f"input_shape must be {self._hint()}, got {shape}")
+        return 0, shape
 
 
 # -- parameter-free layers -----------------------------------------------------------------------

@@ -217,7 +217,11 @@ def test_batch_zero(layer, shape):
      ValueError, r'x must have shape \(\.\.\., 4\)'),
     (lambda: L.LayerNorm(4, channels_first=True)(np.zeros((2, 4), dtype=np.float32)),
      ValueError, r'\(N, C, H, W\)'),
-    (lambda: L.LayerNorm((2, 3)), TypeError, 'normalized_shape'),
+    (lambda: L.LayerNorm((2, 3.5)), TypeError, 'normalized_shape must be an int, got 3.5'),
+    (lambda: L.LayerNorm(()), ValueError, 'normalized_shape must name at least one axis'),
+    (lambda: L.LayerNorm((2, 3), channels_first=True), ValueError, 'channels_first LayerNorm normalises one'),
+    (lambda: L.LayerNorm((2, 3))(np.zeros((4, 3, 2), dtype=np.float32)), ValueError,
+     r'x must have shape \(\.\.\., 2, 3\), got \(4, 3, 2\)'),
     (lambda: L.AvgPool2d(0), ValueError, 'kernel_size must be >= 1'),
     (lambda: L.AvgPool2d(3)(np.zeros((1, 1, 2, 2), dtype=np.float32)), ValueError, 'larger than'),
     (lambda: L.Upsample(mode='bilinear'), ValueError, "mode must be 'nearest'"),
@@ -366,11 +370,11 @@ def test_channels_first_layer_norm_dout_error_in_nchw():
         layer.backward(normal(2, 2, 3, 5))                               # was reported as NHWC shapes
 
 
-@pytest.mark.parametrize('affine, bias', [(False, True), (True, False)])
-def test_layer_norm_elementwise_affine_and_bias_as_torch(affine, bias):
+@pytest.mark.parametrize('shape, affine, bias', [(5, False, True), (5, True, False), ((3, 5), True, True)])
+def test_layer_norm_elementwise_affine_bias_and_shape_as_torch(shape, affine, bias):
     torch = pytest.importorskip('torch')
-    tmod = torch.nn.LayerNorm(5, 1e-5, affine, bias).double()
-    layer = L.LayerNorm(5, 1e-5, affine, bias, **F64)
+    tmod = torch.nn.LayerNorm(shape, 1e-5, affine, bias).double()
+    layer = L.LayerNorm(shape, 1e-5, affine, bias, **F64)
     assert list(layer.state_dict()) == list(tmod.state_dict())
     if affine:
         with torch.no_grad():
@@ -384,6 +388,19 @@ def test_layer_norm_elementwise_affine_and_bias_as_torch(affine, bias):
     for key, p in tmod.named_parameters():
         np.testing.assert_allclose(layer.grads[key], p.grad.numpy(), rtol=1e-10, atol=1e-12)
     gradcheck_layer(layer, x, mode='full')
+
+
+def test_layer_norm_over_two_axes_is_layer_norm_of_their_product():
+    layer = randomise(L.LayerNorm((3, 4), **F64))                       # torch's normalized_shape tuple
+    x, dout = normal(2, 5, 3, 4), normal(2, 5, 3, 4)
+    flat = L.LayerNorm(12, **F64)
+    flat.load_state_dict({k: v.reshape(12) for k, v in layer.state_dict().items()})
+    np.testing.assert_allclose(layer(x), flat(x.reshape(2, 5, 12)).reshape(x.shape), rtol=1e-13)
+    np.testing.assert_allclose(layer.backward(dout), flat.backward(dout.reshape(2, 5, 12)).reshape(x.shape),
+                               rtol=1e-13)
+    assert layer.grads['weight'].shape == (3, 4) and count(layer, (2, 5, 3, 4)) == (24, 0)
+    gradcheck_layer(layer, x, mode='full')
+    assert layer(np.zeros((0, 3, 4))).shape == (0, 3, 4)                 # batch 0
 
 
 def test_state_dict_key_order_matches_torch():
