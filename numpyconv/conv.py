@@ -185,11 +185,13 @@ def cols_input_grad(dy, weight, groups, cols_shape, batch_inside=False):
     """``dcols = Wr^T @ dYr`` per group (eq. 7), shaped ``cols_shape (n, C_in, kh, kw, Ho, Wo)``.
 
     ``batch_inside`` (a shared weight): one GEMM over the whole batch, the result a view of a
-    ``(C_in, kh, kw, n, Ho, Wo)`` array (the block layout); otherwise one GEMM per sample."""
+    ``(C_in, kh, kw, n, Ho, Wo)`` array (the block layout) in this thread's ``'dcols'`` scratch
+    memory (valid until the next such call); otherwise one GEMM per sample."""
     n, pixels = dy.shape[0], cols_shape[4] * cols_shape[5]
     wt = _grouped_weight(weight, groups).swapaxes(-1, -2)                # ([n,] G, Kg, Og)
     if batch_inside and weight.ndim == 4:
-        dcols = np.matmul(wt, _block_matrix(dy, groups))                 # (G, Kg, n*L)
+        out = scratch('dcols', (groups, wt.shape[-2], n * pixels), dy.dtype)
+        dcols = np.matmul(wt, _block_matrix(dy, groups), out=out)        # (G, Kg, n*L)
         block = (cols_shape[1:4]) + (n,) + tuple(cols_shape[4:])         # (C_in, kh, kw, n, Ho, Wo)
         return dcols.reshape(block).transpose(3, 0, 1, 2, 4, 5)
     dyr = dy.reshape(n, groups, dy.shape[1] // groups, pixels)      # (n, G, Og, L)

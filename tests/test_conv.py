@@ -295,7 +295,8 @@ def test_blocks_are_even_wide_and_bounded(set_budget, shape, dtype, expected):
     assert max((n * rows for n, rows in sizes), default=0) <= 5
 
 
-def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak():
+@pytest.mark.parametrize('stride', [1, 2])      # stride 2: dcols of the column GEMM in scratch too
+def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak(stride):
     first = scratch('columns', (4, 5), np.float64)
     assert np.shares_memory(first, scratch('columns', (2, 3), np.float32))  # reused call after call
     assert not np.shares_memory(first, scratch('kernel', (2, 3), np.float32))  # one memory per slot
@@ -306,14 +307,14 @@ def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak():
     worker.join()
     assert not np.shares_memory(first, other[0])                         # one per thread
     x, wt, b = operands(3, 4, 6, 8, 7, 3, 2)
-    y, cache = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+    y, cache = C.conv2d_forward(x, wt, b, stride, 1, 1, 2)
     dy = RNG.standard_normal(y.shape)
     grads = C.conv2d_backward(dy, cache)
-    slots = ('columns', 'kernel', 'kernel_grad')
+    slots = ('columns', 'kernel', 'kernel_grad', 'dcols')
     for _ in range(2):                                                   # NaN left in the scratch
         for slot in slots:
             scratch(slot, (2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
-        y2, cache2 = C.conv2d_forward(x, wt, b, 1, 1, 1, 2)
+        y2, cache2 = C.conv2d_forward(x, wt, b, stride, 1, 1, 2)
         for slot in slots:
             scratch(slot, (2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
         np.testing.assert_array_equal(y2, y)

@@ -516,3 +516,20 @@ def test_against_torchvision_on_integer_and_border_coordinates():
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
     for ours, theirs in zip(D.deform_conv2d_backward(dy, cache), grads):
         np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_interleaved_passes_of_two_calls_do_not_share_memory():
+    # fwd a, fwd b, bwd b, bwd a (two layers in a network) equals each pair run on its own: the
+    # kept columns are per call, and dcols (per-thread scratch) only lives inside one backward
+    def operands(seed):
+        rng = np.random.default_rng(seed)
+        return (rng.standard_normal((2, 4, 5, 6)), 2 * rng.standard_normal((2, 18, 5, 6)),
+                rng.standard_normal((6, 4, 3, 3)), None, 1, 1, 1, rng.uniform(0, 1, (2, 9, 5, 6)))
+    (ya, ca), (yb, cb) = (D.deform_conv2d_forward(*operands(s)) for s in (1, 2))
+    grads_b = D.deform_conv2d_backward(np.ones_like(yb), cb)
+    grads_a = D.deform_conv2d_backward(np.ones_like(ya), ca)
+    for seed, (y, grads) in ((1, (ya, grads_a)), (2, (yb, grads_b))):
+        y_alone, cache = D.deform_conv2d_forward(*operands(seed))
+        np.testing.assert_array_equal(y, y_alone)
+        for g, g_alone in zip(grads, D.deform_conv2d_backward(np.ones_like(y_alone), cache)):
+            np.testing.assert_array_equal(g, g_alone)
