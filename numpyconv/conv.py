@@ -40,43 +40,15 @@ Example::
     ((1, 4, 3, 3), 18.0)
     >>> dx, dw, db = conv2d_backward(np.ones_like(y), cache)
 """
-from collections import namedtuple
-
 import numpy as np
 
-from ._checks import expect_shape, float_array, padding4, pair, positive_int, same_dtype
-from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_output_size, crop_nchw,
-                     im2col, pad_nchw, scratch)
+from ._checks import expect_shape, float_array, positive_int, same_dtype
+from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_geometry, crop_nchw, im2col, pad_nchw,
+                     scratch)
 from .module import Module, default_bias, kaiming_uniform
 
-Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw in_hw')
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
 _ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
-
-
-def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
-    """Resolve and check the hyper-parameters of a 2-D convolution-like op.
-
-    Returns a :class:`Geometry` (all pairs; ``pads = (top, bottom, left, right)``). Raises when the
-    input has no rows or columns (as PyTorch) or the dilated kernel does not fit in the padded input
-    (``Ho < 1`` or ``Wo < 1``).
-    """
-    kernel = pair(kernel_size, 'kernel_size', minimum=1)
-    stride = pair(stride, 'stride', minimum=1)
-    dilation = pair(dilation, 'dilation', minimum=1)
-    pads = padding4(padding, kernel, stride, dilation)
-    if min(in_hw) < 1:
-        raise ValueError(f"the input must have H, W >= 1 (only the batch may be empty), got spatial "
-                         f"size {tuple(in_hw)}")
-    out_hw = tuple(conv_output_size(in_hw[a], kernel[a], stride[a], pads[2 * a], pads[2 * a + 1],
-                                    dilation[a]) for a in (0, 1))
-    if min(out_hw) < 1:
-        span = tuple(dilation[a] * (kernel[a] - 1) + 1 for a in (0, 1))
-        padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
-        raise ValueError(f"kernel_size {kernel} with dilation {dilation} spans {span}, larger than "
-                         f"the padded input {padded} (input {tuple(in_hw)}, padding {pads[::2]}); "
-                         f"the output would be {out_hw}")
-    return Geometry(kernel, stride, dilation, pads, out_hw, tuple(in_hw))
 
 
 def check_hyper_parameters(kernel_size, stride, padding, dilation):
@@ -305,8 +277,8 @@ def _column_blocks(x, geo, origin):
         if buffer is None or buffer.shape != shape:
             buffer = scratch('columns', shape, x.dtype)                  # (C, kh, kw, n_s, rows, Wo)
         cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, rows, Wo)
-        yield s, r, im2col(x[s], geo.kernel, geo.stride, geo.dilation, cols.shape[-2:], out=cols,
-                           origin=_band_origin(r, geo, origin))
+        yield s, r, im2col(x[s], geo.kernel, geo.stride, dilation=geo.dilation, out=cols,
+                           out_hw=cols.shape[-2:], origin=_band_origin(r, geo, origin))
 
 
 def _conv_gemm(x, weight, groups, geo, origin):
@@ -347,7 +319,8 @@ def _strided_backward(dout, x, weight, groups, geo):
         dy = dout[s, :, r]
         dw_s += cols_weight_grad(dy, cols, w_s, groups)                               # (eq. 6)
         dcols = cols_input_grad(dy, w_s, groups, cols.shape, _batch_inside(cols))    # (eq. 7)
-        col2im(dcols, geo.in_hw, geo.stride, geo.dilation, _band_origin(r, geo, origin), out=dx[s])
+        col2im(dcols, geo.in_hw, geo.stride, dilation=geo.dilation, out=dx[s],
+               origin=_band_origin(r, geo, origin))
     return dx, dw
 
 

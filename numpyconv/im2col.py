@@ -1,6 +1,9 @@
-"""The shared core: ``im2col`` / ``col2im`` (an adjoint pair) and the output-size rule.
+"""The shared core: ``im2col`` / ``col2im`` (an adjoint pair) and the output-size rule
+(:func:`conv_geometry`).
 
-Shapes (NCHW), with ``origin = (top, left)`` the zero padding before each spatial axis::
+``im2col(x, kernel_size, stride=1, padding=0, dilation=1)`` takes conv2d's hyper-parameters
+(``padding`` an int, a pair, ``'valid'`` or ``'same'``). Shapes (NCHW), with ``origin = (top,
+left)`` the zero padding before each spatial axis::
 
     x     (N, C, H, W)
     cols  (N, C, kh, kw, Ho, Wo)    cols[n, c, p, q, i, j] = x[n, c, i*sh + p*dh - top, j*sw + q*dw - left]
@@ -34,8 +37,11 @@ columns while they fit in :func:`column_budget` bytes (default 256 MiB, set with
 :func:`set_column_budget`) and otherwise work in chunks of whole samples.
 """
 import threading
+from collections import namedtuple
 
 import numpy as np
+
+from ._checks import float_array, padding4, pair
 
 _COLUMN_BUDGET = 256 * 2 ** 20
 GEMM_BLOCK = 8 * 2 ** 20       # bytes of columns per im2col + GEMM step (cache-sized)
@@ -84,6 +90,34 @@ def scratch(slot, shape, dtype):
 def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
     """``floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1`` (specs README)."""
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw in_hw')
+
+
+def conv_geometry(in_hw, kernel_size, stride, padding, dilation):
+    """Resolve and check the hyper-parameters of a 2-D convolution-like op.
+
+    Returns a :class:`Geometry` (all pairs; ``pads = (top, bottom, left, right)``). Raises when the
+    input has no rows or columns (as PyTorch) or the dilated kernel does not fit in the padded input
+    (``Ho < 1`` or ``Wo < 1``).
+    """
+    kernel = pair(kernel_size, 'kernel_size', minimum=1)
+    stride = pair(stride, 'stride', minimum=1)
+    dilation = pair(dilation, 'dilation', minimum=1)
+    pads = padding4(padding, kernel, stride, dilation)
+    if min(in_hw) < 1:
+        raise ValueError(f"the input must have H, W >= 1 (only the batch may be empty), got spatial "
+                         f"size {tuple(in_hw)}")
+    out_hw = tuple(conv_output_size(in_hw[a], kernel[a], stride[a], pads[2 * a], pads[2 * a + 1],
+                                    dilation[a]) for a in (0, 1))
+    if min(out_hw) < 1:
+        span = tuple(dilation[a] * (kernel[a] - 1) + 1 for a in (0, 1))
+        padded = (in_hw[0] + pads[0] + pads[1], in_hw[1] + pads[2] + pads[3])
+        raise ValueError(f"kernel_size {kernel} with dilation {dilation} spans {span}, larger than "
+                         f"the padded input {padded} (input {tuple(in_hw)}, padding {pads[::2]}); "
+                         f"the output would be {out_hw}")
+    return Geometry(kernel, stride, dilation, pads, out_hw, tuple(in_hw))
 
 
 def pad_nchw(x, pads):
@@ -158,15 +192,32 @@ def _shifted_copy(block, x, rows, shift):
     plane[:, :, lo:hi] = x.reshape(n, c, h * w)[:, :, lo + shift:hi + shift]
 
 
-def im2col(x, kernel_size, stride, dilation, out_hw, out=None, origin=(0, 0)):
-    """``cols (N, C, kh, kw, Ho, Wo)`` from ``x (N, C, H, W)`` zero-padded by ``origin = (top,
-    left)`` before each axis (padding after follows from ``out_hw``), without a padded copy.
+def _placement(in_hw, kernel_size, stride, padding, dilation, out_hw, origin):
+    """``(kernel, stride, dilation, out_hw, origin)``, all pairs: from ``padding`` by the output-size
+    rule, or, when ``out_hw`` and ``origin`` are both given, those (a block of output rows)."""
+    if out_hw is None or origin is None:
+        geo = conv_geometry(in_hw, kernel_size, stride, padding, dilation)
+        return geo.kernel, geo.stride, geo.dilation, geo.out_hw, (geo.pads[0], geo.pads[2])
+    return (pair(kernel_size, 'kernel_size', minimum=1), pair(stride, 'stride', minimum=1),
+            pair(dilation, 'dilation', minimum=1), tuple(out_hw), tuple(origin))
 
-    ``out``: an optional array of that shape (any strides) to write into (returned).
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=None, origin=None):
+    """``cols (N, C, kh, kw, Ho, Wo)`` from ``x (N, C, H, W)`` zero-padded by ``padding`` (an int, a
+    pair, ``'valid'`` or ``'same'``, as conv2d), without a padded copy: what
+    ``torch.nn.functional.unfold`` returns, before its reshape to ``(N, C*kh*kw, Ho*Wo)``.
+
+    ``origin = (top, left)`` and ``out_hw`` together place the windows instead of ``padding``: the
+    padding before each axis (negative: rows or columns cropped), the padding after following from
+    ``out_hw`` (conv2d's bands of output rows use this). ``out``: an array of the columns' shape (any
+    strides) to write into (returned).
     """
+    float_array(x, 'x', 4, "(N, C, H, W)")
+    kernel_size, stride, dilation, out_hw, origin = _placement(x.shape[2:], kernel_size, stride, padding,
+                                                              dilation, out_hw, origin)
     n, c = x.shape[:2]
     kh, kw = kernel_size
-    cols = np.empty((n, c, kh, kw) + tuple(out_hw), dtype=x.dtype) if out is None else out
+    cols = np.empty((n, c, kh, kw) + out_hw, dtype=x.dtype) if out is None else out
     flat = _rows_align(x, cols, stride, out_hw)
     for p in range(kh):
         for q in range(kw):
@@ -182,11 +233,22 @@ def im2col(x, kernel_size, stride, dilation, out_hw, out=None, origin=(0, 0)):
     return cols
 
 
-def col2im(cols, in_hw, stride, dilation, origin=(0, 0), out=None):
-    """Adjoint of :func:`im2col`: ``x``-shaped ``(N, C) + in_hw``, every column entry added back at
-    the input position it was read from (entries read from the padding are dropped). Added into
-    ``out`` when given (returned), into zeros otherwise."""
+def col2im(cols, in_hw, stride=1, padding=0, dilation=1, *, out=None, origin=None):
+    """Adjoint of :func:`im2col` (``torch.nn.functional.fold`` of the reshaped columns): the
+    ``x``-shaped ``(N, C) + in_hw`` array in which every entry of ``cols (N, C, kh, kw, Ho, Wo)`` is
+    added back at the input position it was read from (entries read from the padding are dropped).
+
+    ``padding`` as :func:`im2col` (``Ho, Wo`` must be the output size it gives), or ``origin = (top,
+    left)`` instead. Added into ``out`` when given (returned), into zeros otherwise.
+    """
+    float_array(cols, 'cols', 6, "(N, C, kh, kw, Ho, Wo)")
     n, c, kh, kw, ho, wo = cols.shape
+    in_hw = pair(in_hw, 'in_hw', minimum=1)
+    _, stride, dilation, out_hw, origin = _placement(in_hw, (kh, kw), stride, padding, dilation,
+                                                     None if origin is None else (ho, wo), origin)
+    if out_hw != (ho, wo):
+        raise ValueError(f"cols must have shape (N, C, {kh}, {kw}) + {out_hw}, the output size of "
+                         f"in_hw {in_hw} with this stride, padding and dilation; got {cols.shape}")
     x = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype) if out is None else out
     for p in range(kh):
         for q in range(kw):

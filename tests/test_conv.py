@@ -180,15 +180,58 @@ def test_im2col_col2im_adjoint_and_reference(stride, dilation, pads):
     cropped = x[:, :, max(0, -top):11 - max(0, -bottom), max(0, -left):10 - max(0, -right)]
     kernel, xp = (3, 2), C.pad_nchw(cropped, tuple(max(0, p) for p in pads))
     out_hw = tuple((xp.shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in (0, 1))
-    cols = im2col(x, kernel, stride, dilation, out_hw, origin=(pads[0], pads[2]))
+    cols = im2col(x, kernel, stride, dilation=dilation, out_hw=out_hw, origin=(pads[0], pads[2]))
     np.testing.assert_array_equal(cols, ref.im2col(xp, kernel, stride, dilation, out_hw))
     stale = np.full(cols.shape, np.nan)                  # every entry written, padding included
-    np.testing.assert_array_equal(im2col(x, kernel, stride, dilation, out_hw, out=stale,
+    np.testing.assert_array_equal(im2col(x, kernel, stride, dilation=dilation, out=stale, out_hw=out_hw,
                                          origin=(pads[0], pads[2])), cols)
     c = RNG.standard_normal(cols.shape)
-    back = col2im(c, x.shape[2:], stride, dilation, origin=(pads[0], pads[2]))
+    back = col2im(c, x.shape[2:], stride, dilation=dilation, origin=(pads[0], pads[2]))
     lhs, rhs = np.vdot(cols, c), np.vdot(x, back)
     assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize('kernel, stride, padding, dilation', [
+    (3, 1, 1, 1), ((3, 2), (2, 3), (1, 2), (2, 1)), (2, 1, 'same', 2), ((2, 3), 1, 'same', 1),
+    (3, 2, 'valid', 1), ((1, 3), (3, 1), 0, (1, 2)),
+])
+def test_im2col_col2im_take_padding_as_conv2d(kernel, stride, padding, dilation):
+    # the public pair takes conv2d's hyper-parameters; same as the padded reference, adjoint
+    x = RNG.standard_normal((2, 3, 7, 8))
+    geo = C.conv_geometry(x.shape[2:], kernel, stride, padding, dilation)
+    cols = im2col(x, kernel, stride, padding, dilation)
+    assert cols.shape == (2, 3) + geo.kernel + geo.out_hw
+    np.testing.assert_array_equal(cols, ref.im2col(C.pad_nchw(x, geo.pads), geo.kernel, geo.stride,
+                                                   geo.dilation, geo.out_hw))
+    c = RNG.standard_normal(cols.shape)
+    back = col2im(c, (7, 8), stride, padding, dilation)
+    assert abs(np.vdot(cols, c) - np.vdot(x, back)) < 1e-12 * abs(np.vdot(cols, c))
+
+
+def test_im2col_col2im_match_torch_unfold_and_fold():
+    torch = pytest.importorskip('torch')
+    F = torch.nn.functional
+    x = RNG.standard_normal((2, 3, 7, 8))
+    cols = im2col(x, (3, 2), (2, 1), (1, 2), (1, 2))
+    n, c, kh, kw, ho, wo = cols.shape
+    unfolded = F.unfold(torch.tensor(x), (3, 2), dilation=(1, 2), padding=(1, 2), stride=(2, 1))
+    np.testing.assert_array_equal(cols.reshape(n, c * kh * kw, ho * wo), unfolded.numpy())
+    folded = F.fold(torch.tensor(cols.reshape(n, c * kh * kw, ho * wo)), (7, 8), (3, 2), dilation=(1, 2),
+                    padding=(1, 2), stride=(2, 1))
+    np.testing.assert_allclose(col2im(cols, (7, 8), (2, 1), (1, 2), (1, 2)), folded.numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize('call, error, match', [
+    (lambda: im2col(np.zeros((2, 3, 4)), 3), ValueError, r'x must be \(N, C, H, W\)'),
+    (lambda: im2col(np.zeros((1, 1, 4, 4), np.int64), 3), TypeError, 'x must be float32 or float64'),
+    (lambda: im2col(np.zeros((1, 1, 2, 2)), 3), ValueError, 'larger than the padded input'),
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, 2, 'same'), ValueError, "padding='same' is not supported"),
+    (lambda: col2im(np.zeros((1, 1, 3, 3, 2, 2)), (4, 4), padding=1), ValueError,
+     r'cols must have shape \(N, C, 3, 3\) \+ \(4, 4\)'),
+])
+def test_im2col_col2im_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
 
 
 @pytest.mark.parametrize('kernel, dilation, pads, width', [
@@ -211,7 +254,7 @@ def test_im2col_same_width_shifted_plane_path(kernel, dilation, pads, width):
     block_layout = np.full((3,) + kernel + (2,) + out_hw, np.nan).transpose(3, 0, 1, 2, 4, 5)
     strided = np.full((2, 3) + kernel + (out_hw[0], 2 * width), np.nan)[..., ::2]  # rows not contiguous
     for out in (None, block_layout, strided):
-        cols = im2col(x, kernel, (1, 1), dilation, out_hw, out=out, origin=(top, left))
+        cols = im2col(x, kernel, dilation=dilation, out=out, out_hw=out_hw, origin=(top, left))
         np.testing.assert_array_equal(cols, expected)
 
 
@@ -254,9 +297,9 @@ def test_one_sample_larger_than_the_budget_runs_in_row_bands(monkeypatch, set_bu
     row_bytes = 4 * 9 * y.shape[3] * 8                                   # one output row's columns
     sizes = []
 
-    def recording_im2col(x, *args, out=None, origin=(0, 0)):
-        sizes.append(out.nbytes)
-        return im2col(x, *args, out=out, origin=origin)
+    def recording_im2col(x, *args, **options):
+        sizes.append(options['out'].nbytes)
+        return im2col(x, *args, **options)
     monkeypatch.setattr(C, 'im2col', recording_im2col)
     set_budget(3 * row_bytes)                                            # bands of three rows
     y2, cache2 = C.conv2d_forward(x, wt, b, stride, 2, dilation, 2)
