@@ -43,8 +43,8 @@ Example::
 import numpy as np
 
 from ._checks import expect_shape, float_array, positive_int, same_dtype
-from .im2col import (GEMM_BLOCK, col2im, column_budget, conv_geometry, crop_nchw, im2col, pad_nchw,
-                     scratch)
+from .im2col import (GEMM_BLOCK, Geometry, col2im, column_budget, conv_geometry,  # noqa: F401 (re-exported)
+                     crop_nchw, im2col, pad_nchw, scratch)
 from .module import Module, default_bias, kaiming_uniform
 
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
@@ -153,27 +153,30 @@ def cols_weight_grad(dy, cols, weight, groups):
     return (dw if weight.ndim == 5 else dw.sum(axis=0)).reshape(weight.shape)
 
 
-def cols_input_grad(dy, weight, groups, cols_shape, batch_inside=False):
+def cols_input_grad(dy, weight, groups, cols_shape, batch_inside=False, reuse=False):
     """``dcols = Wr^T @ dYr`` per group (eq. 7), shaped ``cols_shape (n, C_in, kh, kw, Ho, Wo)``.
 
     ``batch_inside`` (a shared weight): one GEMM over the whole batch, the result a view of a
-    ``(C_in, kh, kw, n, Ho, Wo)`` array (the block layout) in this thread's ``'dcols'`` scratch
-    memory (valid until the next such call); otherwise one GEMM per sample."""
+    ``(C_in, kh, kw, n, Ho, Wo)`` array (the block layout); otherwise one GEMM per sample.
+    ``reuse``: that array is this thread's ``'dcols'`` scratch memory, overwritten by the next such
+    call (for a caller done with it by then)."""
     n, pixels = dy.shape[0], cols_shape[4] * cols_shape[5]
     wt = _grouped_weight(weight, groups).swapaxes(-1, -2)                # ([n,] G, Kg, Og)
     if batch_inside and weight.ndim == 4:
-        out = scratch('dcols', (groups, wt.shape[-2], n * pixels), dy.dtype)
-        dcols = np.matmul(wt, _block_matrix(dy, groups), out=out)        # (G, Kg, n*L)
+        shape = (groups, wt.shape[-2], n * pixels)                       # (G, Kg, n*L)
+        out = scratch('dcols', shape, dy.dtype) if reuse else np.empty(shape, dy.dtype)
+        dcols = np.matmul(wt, _block_matrix(dy, groups), out=out)
         block = (cols_shape[1:4]) + (n,) + tuple(cols_shape[4:])         # (C_in, kh, kw, n, Ho, Wo)
         return dcols.reshape(block).transpose(3, 0, 1, 2, 4, 5)
     dyr = dy.reshape(n, groups, dy.shape[1] // groups, pixels)      # (n, G, Og, L)
     return np.matmul(wt, dyr).reshape(cols_shape)
 
 
-def cols_matmul_backward(dy, cols, weight, groups):
+def cols_matmul_backward(dy, cols, weight, groups, reuse=False):
     """Gradients of :func:`cols_matmul`: ``(dcols, dweight)`` (eq. 6, 7), ``dcols`` in ``cols``'s
-    layout family (one GEMM for the block layout with a shared weight)."""
-    return (cols_input_grad(dy, weight, groups, cols.shape, _batch_inside(cols)),
+    layout family (one GEMM for the block layout with a shared weight; ``reuse`` as
+    :func:`cols_input_grad`)."""
+    return (cols_input_grad(dy, weight, groups, cols.shape, _batch_inside(cols), reuse),
             cols_weight_grad(dy, cols, weight, groups))
 
 
@@ -246,9 +249,10 @@ def _even_steps(total, most):
 def _blocks(x, geo):
     """``(s, r)`` pairs (batch slice, output-row slice), blocks of equal size: several whole samples,
     or, when one sample's columns are larger than a block, bands of one sample's output rows (at
-    least one row). A block takes ``GEMM_BLOCK`` bytes of columns (cache-sized), or more when that
-    holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most ``2 * GEMM_BLOCK`` and the
-    column budget."""
+    least one row). The largest block takes ``GEMM_BLOCK`` bytes of columns (cache-sized), or more
+    when that holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most ``2 * GEMM_BLOCK`` and
+    the column budget; evening the sizes out can leave blocks narrower than that (a batch of 5 at
+    14x14 float64: 2 + 3 samples rather than 4 + 1)."""
     n, (ho, wo) = x.shape[0], geo.out_hw
     row_bytes = max(1, _col_bytes(x, geo) // ho)                          # one output row's columns
     most = min(2 * GEMM_BLOCK, column_budget()) // row_bytes              # rows the bounds allow
@@ -318,7 +322,7 @@ def _strided_backward(dout, x, weight, groups, geo):
         w_s, dw_s = (weight[s], dw[s]) if per_sample else (weight, dw)
         dy = dout[s, :, r]
         dw_s += cols_weight_grad(dy, cols, w_s, groups)                               # (eq. 6)
-        dcols = cols_input_grad(dy, w_s, groups, cols.shape, _batch_inside(cols))    # (eq. 7)
+        dcols = cols_input_grad(dy, w_s, groups, cols.shape, _batch_inside(cols), reuse=True)  # (eq. 7)
         col2im(dcols, geo.in_hw, geo.stride, dilation=geo.dilation, out=dx[s],
                origin=_band_origin(r, geo, origin))
     return dx, dw

@@ -88,7 +88,7 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
                remove_center):
     """Validate ``x`` and the hyper-parameters shared by dcnv3 and dcnv4; return a setup dict.
 
-    Keys: ``geo`` (a :class:`numpyconv.im2col.Geometry`), ``taps`` (eq. 1), ``points`` (``P``),
+    Keys: ``geo`` (the ``Geometry`` of :func:`numpyconv.conv_geometry`), ``taps`` (eq. 1), ``points`` (``P``),
     ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``base`` (the integer part of
     eq. 2: ``(sh, sw, pt, pl, half_h, half_w)``).
     """

@@ -321,7 +321,7 @@ def deform_conv2d_backward(dout, cache):
             with threads_for(_work(xr[s], geo)):
                 plan = _sampling_plan(offset[s], mask_s, geo, xr.dtype)
                 cols = _deform_im2col(xr[s], plan, geo)
-        dcols, dw = cols_matmul_backward(dout[s], cols, weight, cache['groups'])      # (eq. 6)
+        dcols, dw = cols_matmul_backward(dout[s], cols, weight, cache['groups'], reuse=True)  # (eq. 6)
         dweight += dw
         with threads_for(_work(xr[s], geo)):
             dxr[s] = _deform_col2im(dcols, plan, xr.shape[2:])                       # (eq. 7)

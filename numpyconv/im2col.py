@@ -41,7 +41,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import float_array, padding4, pair
+from ._checks import expect_shape, float_array, padding4, pair
 
 _COLUMN_BUDGET = 256 * 2 ** 20
 GEMM_BLOCK = 8 * 2 ** 20       # bytes of columns per im2col + GEMM step (cache-sized)
@@ -195,7 +195,11 @@ def _shifted_copy(block, x, rows, shift):
 def _placement(in_hw, kernel_size, stride, padding, dilation, out_hw, origin):
     """``(kernel, stride, dilation, out_hw, origin)``, all pairs: from ``padding`` by the output-size
     rule, or, when ``out_hw`` and ``origin`` are both given, those (a block of output rows)."""
-    if out_hw is None or origin is None:
+    padded = not (isinstance(padding, int) and padding == 0)
+    if (out_hw is None) != (origin is None) or (origin is not None and padded):
+        raise TypeError(f"give either padding or both origin and out_hw, got padding={padding!r}, "
+                        f"origin={origin!r}, out_hw={out_hw!r}")
+    if out_hw is None:
         geo = conv_geometry(in_hw, kernel_size, stride, padding, dilation)
         return geo.kernel, geo.stride, geo.dilation, geo.out_hw, (geo.pads[0], geo.pads[2])
     return (pair(kernel_size, 'kernel_size', minimum=1), pair(stride, 'stride', minimum=1),
@@ -215,9 +219,15 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=
     float_array(x, 'x', 4, "(N, C, H, W)")
     kernel_size, stride, dilation, out_hw, origin = _placement(x.shape[2:], kernel_size, stride, padding,
                                                               dilation, out_hw, origin)
-    n, c = x.shape[:2]
+    shape = x.shape[:2] + kernel_size + out_hw                            # (N, C, kh, kw, Ho, Wo)
+    if out is None:
+        cols = np.empty(shape, dtype=x.dtype)
+    else:
+        cols = float_array(out, 'out', 6, "(N, C, kh, kw, Ho, Wo)")
+        expect_shape(cols, shape, 'out')
+        if cols.dtype != x.dtype:
+            raise TypeError(f"out must have x's dtype {x.dtype}, got {cols.dtype}")
     kh, kw = kernel_size
-    cols = np.empty((n, c, kh, kw) + out_hw, dtype=x.dtype) if out is None else out
     flat = _rows_align(x, cols, stride, out_hw)
     for p in range(kh):
         for q in range(kw):
@@ -243,6 +253,8 @@ def col2im(cols, in_hw, stride=1, padding=0, dilation=1, *, out=None, origin=Non
     """
     float_array(cols, 'cols', 6, "(N, C, kh, kw, Ho, Wo)")
     n, c, kh, kw, ho, wo = cols.shape
+    if min(kh, kw) < 1:
+        raise ValueError(f"cols must have shape (N, C, kh, kw, Ho, Wo) with kh, kw >= 1, got {cols.shape}")
     in_hw = pair(in_hw, 'in_hw', minimum=1)
     _, stride, dilation, out_hw, origin = _placement(in_hw, (kh, kw), stride, padding, dilation,
                                                      None if origin is None else (ho, wo), origin)

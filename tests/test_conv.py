@@ -228,6 +228,19 @@ def test_im2col_col2im_match_torch_unfold_and_fold():
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, 2, 'same'), ValueError, "padding='same' is not supported"),
     (lambda: col2im(np.zeros((1, 1, 3, 3, 2, 2)), (4, 4), padding=1), ValueError,
      r'cols must have shape \(N, C, 3, 3\) \+ \(4, 4\)'),
+    (lambda: col2im(np.zeros((1, 1, 0, 3, 2, 2)), (4, 4)), ValueError, 'cols must have shape .* kh, kw >= 1'),
+    # placement: padding, or origin together with out_hw (was: the lone one silently ignored)
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, origin=(1, 1)), TypeError, 'both origin and out_hw'),
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out_hw=(4, 4)), TypeError, 'both origin and out_hw'),
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, padding=1, origin=(1, 1), out_hw=(4, 4)), TypeError,
+     'give either padding or both'),
+    (lambda: col2im(np.zeros((1, 1, 3, 3, 2, 2)), (4, 4), padding=5, origin=(0, 0)), TypeError,
+     'give either padding or both'),
+    # out is checked (was: written into whatever it was)
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out=np.empty((1, 1, 3, 3, 4, 4))), ValueError,
+     r'out must have shape \(1, 1, 3, 3, 2, 2\)'),
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out=np.empty((1, 1, 3, 3, 2, 2), np.float32)), TypeError,
+     "out must have x's dtype float64"),
 ])
 def test_im2col_col2im_bad_input(call, error, match):
     with pytest.raises(error, match=match):
@@ -323,6 +336,7 @@ def block_sizes(shape, dtype):
 @pytest.mark.parametrize('shape, dtype, expected', [
     ((8, 256, 14, 14), np.float64, [(4, 14)] * 2),   # 8 MiB holds 2 samples (392 pixels): widened to 4
     ((7, 256, 14, 14), np.float64, [(3, 14), (4, 14)]),  # equal sizes, no small last block
+    ((5, 256, 14, 14), np.float64, [(2, 14), (3, 14)]),  # not 4 + 1: evening out can go below 768 px
     ((8, 256, 14, 14), np.float32, [(4, 14)] * 2),   # 8 MiB: 4 samples, 784 pixels
     ((8, 128, 28, 28), np.float64, [(1, 28)] * 8),
     ((2, 64, 56, 56), np.float64, [(1, 28)] * 4),    # a sample is 14.4 MB: two bands of 28 rows

@@ -39,6 +39,10 @@ def test_cols_matmul_block_layout_equals_per_sample(groups):
                                rtol=1e-13, atol=1e-13)
     (dcols_b, dw_b), (dcols, dw) = (C.cols_matmul_backward(dy, c, weight, groups) for c in (block, cols))
     assert C._batch_inside(dcols_b)
+    again, _ = C.cols_matmul_backward(2 * dy, block, weight, groups)
+    assert not np.shares_memory(again, dcols_b)                          # fresh unless reuse=True
+    reused, _ = C.cols_matmul_backward(dy, block, weight, groups, reuse=True)
+    assert np.shares_memory(reused, C.cols_matmul_backward(dy, block, weight, groups, reuse=True)[0])
     np.testing.assert_allclose(dcols_b, dcols, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(dw_b, dw, rtol=1e-13, atol=1e-13)
 
