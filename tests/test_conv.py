@@ -593,3 +593,24 @@ def test_count_rejects_a_wrong_input_shape(layer):
         nc.count(layer, (2, 3, 8, 8))
     with pytest.raises(ValueError, match=r'input_shape must be \(N, \d+, H, W\), got \(3, 8, 8\)'):
         nc.count(layer, (3, 8, 8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_random_geometry_im2col_matches_reference_and_col2im_is_its_adjoint(data):
+    d = data.draw
+    kh, kw, sh, sw = d(st.integers(1, 3)), d(st.integers(1, 3)), d(st.integers(1, 3)), d(st.integers(1, 3))
+    dh, dw = d(st.integers(1, 2)), d(st.integers(1, 2))
+    padding = d(st.sampled_from(['same', 'valid', 0, 1, 2, (0, 2), (2, 1)])) if (sh, sw) == (1, 1) \
+        else d(st.sampled_from(['valid', 0, 1, (0, 2)]))
+    geo0 = C.conv_geometry((50, 50), (kh, kw), (sh, sw), padding, (dh, dw))      # the pads it resolves to
+    h = d(st.integers(max(1, dh * (kh - 1) + 1 - geo0.pads[0] - geo0.pads[1]), 8))
+    w = d(st.integers(max(1, dw * (kw - 1) + 1 - geo0.pads[2] - geo0.pads[3]), 8))
+    x = RNG.standard_normal((d(st.integers(0, 2)), d(st.integers(1, 3)), h, w))
+    geo = C.conv_geometry((h, w), (kh, kw), (sh, sw), padding, (dh, dw))
+    cols = im2col(x, (kh, kw), (sh, sw), padding, (dh, dw))
+    np.testing.assert_array_equal(cols, ref.im2col(C.pad_nchw(x, geo.pads), geo.kernel, geo.stride,
+                                                   geo.dilation, geo.out_hw))
+    c = RNG.standard_normal(cols.shape)
+    back = col2im(c, (h, w), (sh, sw), padding, (dh, dw))
+    assert abs(np.vdot(cols, c) - np.vdot(x, back)) <= 1e-12 * max(1.0, abs(np.vdot(cols, c)))
