@@ -273,7 +273,6 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     momentum, eps = _real(momentum, 'momentum', 0, 1), _real(eps, 'eps', 0)
     axes = (0,) + tuple(range(2, x.ndim))                  # R: batch and spatial axes
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # per-channel vectors against x
-    given = (running_mean is not None, running_var is not None)
     if training:
         x_hat, inv_std, running_mean, running_var = _batch_statistics(x, axes, eps, running_mean,
                                                                       running_var, momentum)
@@ -282,8 +281,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         x_hat = (x - running_mean.reshape(shape)) * inv_std
     y = _scale_shift(x_hat, weight, bias, shape)
     return y, dict(x_hat=x_hat, inv_std=inv_std, weight=weight, has_bias=bias is not None,
-                   shape=shape, axes=axes, training=bool(training), given=given,
-                   running_mean=running_mean, running_var=running_var)
+                   shape=shape, axes=axes, training=bool(training), running_mean=running_mean,
+                   running_var=running_var)
 
 
 def batch_norm_backward(dout, cache):
@@ -296,7 +295,8 @@ def batch_norm_backward(dout, cache):
     c = x_hat.shape[1]
     if cache['training']:
         dx = _normalize_backward(g, x_hat, inv_std, axes)                   # (eq. 20)
-        dmean, dvar = (np.zeros(c, x_hat.dtype) if given else None for given in cache['given'])
+        dmean, dvar = (None if cache[k] is None else np.zeros(c, x_hat.dtype)        # no dependence
+                       for k in ('running_mean', 'running_var'))
     else:
         dx = g * inv_std                                                    # (eq. 22)
         dmean = -(g.sum(axis=axes) * inv_std.ravel())                       # (eq. 22a)

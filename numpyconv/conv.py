@@ -320,9 +320,8 @@ def _strided_backward(dout, x, weight, groups, geo):
     dw, dx = np.zeros_like(weight), np.zeros_like(x)
     for s, r, cols in _column_blocks(x, geo, origin):
         w_s, dw_s = (weight[s], dw[s]) if per_sample else (weight, dw)
-        dy = dout[s, :, r]
-        dw_s += cols_weight_grad(dy, cols, w_s, groups)                               # (eq. 6)
-        dcols = cols_input_grad(dy, w_s, groups, cols.shape, _batch_inside(cols), reuse=True)  # (eq. 7)
+        dcols, dw_block = cols_matmul_backward(dout[s, :, r], cols, w_s, groups, reuse=True)  # (eq. 6, 7)
+        dw_s += dw_block
         col2im(dcols, geo.in_hw, geo.stride, dilation=geo.dilation, out=dx[s],
                origin=_band_origin(r, geo, origin))
     return dx, dw

@@ -495,9 +495,7 @@ class KWConv2d(Module):
             start_cell_idx=self.start_cell_idx, temperature=self.temperature, temp_bias=self.temp_bias,
             training=self.training)
         if self.training:
-            self._buffers['attention.norm1.running_mean'][...] = self._cache['running_mean']
-            self._buffers['attention.norm1.running_var'][...] = self._cache['running_var']
-            self._buffers['attention.norm1.num_batches_tracked'] += 1
+            self._track_batch_norm(self._cache, 'attention.norm1.')
         return y
 
     def backward(self, dout):

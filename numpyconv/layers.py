@@ -115,9 +115,7 @@ class _BatchNorm(Module):
             training=self.training or not tracking, momentum=self._factor() if update else 0.0,
             eps=self.eps)
         if update:
-            self._buffers['running_mean'][...] = self._cache['running_mean']   # (eq. 19)
-            self._buffers['running_var'][...] = self._cache['running_var']
-            self._buffers['num_batches_tracked'] += 1
+            self._track_batch_norm(self._cache)                              # (eq. 19)
         return y
 
     def _factor(self):

@@ -187,6 +187,15 @@ class Module:
     def num_params(self):
         return sum(int(v.size) for v in self.params.values())
 
+    def _track_batch_norm(self, cache, prefix=''):
+        """After a train-mode BatchNorm step, what ``torch.nn.BatchNorm`` does in place: the new
+        running statistics (``cache['running_mean']`` / ``cache['running_var']`` of
+        ``batch_norm_forward`` or of an op built on it) into this layer's ``<prefix>running_*``
+        buffers, and ``<prefix>num_batches_tracked += 1``."""
+        self._buffers[prefix + 'running_mean'][...] = cache['running_mean']
+        self._buffers[prefix + 'running_var'][...] = cache['running_var']
+        self._buffers[prefix + 'num_batches_tracked'] += 1
+
     def _check_input_shape(self, input_shape, channels=None, ranks=(4,), axis=1,
                            hint="(N, {c}, H, W)"):
         """Check the ``input_shape`` given to ``macs``: non-negative ints, a rank in ``ranks``

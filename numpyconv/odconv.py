@@ -338,13 +338,6 @@ class _ODConvAttention(Module):
     def update_temperature(self, temperature):
         self.temperature = _real(temperature, 'temperature', 0, strict_low=True)
 
-    def track(self, cache):
-        """After a train-mode forward, as ``nn.BatchNorm2d``: store the new running statistics
-        (``cache`` of :func:`odconv2d_forward`) and count the batch."""
-        self._buffers['bn.running_mean'][...] = cache['running_mean']
-        self._buffers['bn.running_var'][...] = cache['running_var']
-        self._buffers['bn.num_batches_tracked'] += 1
-
     def arrays(self):
         """The arrays in :func:`odconv2d_forward` order after ``x, weight`` (None for skipped heads)."""
         p, b = self._params, self._buffers
@@ -400,7 +393,7 @@ class ODConv2d(Module):
             padding=self.padding, dilation=self.dilation, groups=self.groups,
             temperature=self.attention.temperature, training=self.training)
         if self.training:
-            self.attention.track(self._cache)
+            self.attention._track_batch_norm(self._cache, 'bn.')
         return y
 
     def backward(self, dout):
