@@ -176,6 +176,11 @@ class LayerNorm(Module):
     def _hint(self):
         return f"(..., {', '.join(map(str, self.normalized_shape))})"
 
+    def _ends_normalized(self, shape):
+        """Whether ``shape`` ends with ``normalized_shape``."""
+        k = len(self.normalized_shape)
+        return len(shape) >= k and tuple(shape[len(shape) - k:]) == self.normalized_shape
+
     def _flat_param(self, name):
         """The parameter as one axis ``(prod(normalized_shape),)`` (a view), or None."""
         p = self._params.get(name)
@@ -188,7 +193,7 @@ class LayerNorm(Module):
         else:
             float_array(x, 'x')
             _check_dtype(self, x)
-            if x.ndim < k or x.shape[x.ndim - k:] != self.normalized_shape:
+            if not self._ends_normalized(x.shape):
                 raise ValueError(f"x must have shape {self._hint()}, got {x.shape}")
             x = x.reshape(x.shape[:x.ndim - k] + (math.prod(self.normalized_shape),))
         y, self._cache = layer_norm_forward(x, self._flat_param('weight'), self._flat_param('bias'),
@@ -221,8 +226,7 @@ class LayerNorm(Module):
         if self.channels_first:
             return 0, self._check_input_shape(input_shape, self.normalized_shape[0])
         shape = self._check_input_shape(input_shape, ranks=None, hint=self._hint())
-        k = len(self.normalized_shape)
-        if len(shape) < k or shape[len(shape) - k:] != self.normalized_shape:
+        if not self._ends_normalized(shape):
             raise ValueError(f"input_shape must be {self._hint()}, got {shape}")
         return 0, shape
 
