@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .conv import Conv2d, conv2d_backward, conv2d_forward
+from .winograd import winograd_mode
 
 # (N, C_in, C_out, H, W, k): the three 3x3 stages of a ResNet at batch 8
 RESNET_LAYERS = [(8, 64, 64, 56, 56, 3), (8, 128, 128, 28, 28, 3), (8, 256, 256, 14, 14, 3)]
@@ -151,9 +152,20 @@ def layer_pair(layer, x, dy=None):
     return forward, forward_backward
 
 
-def conv_pair(x, w):
-    """Closures of numpyconv ``conv2d`` with padding 1 (no bias)."""
-    return op_pair(conv2d_forward, conv2d_backward, (x, w), padding=1)
+def conv_pair(x, w, winograd='auto'):
+    """Closures of numpyconv ``conv2d`` with padding 1 (no bias), run under ``winograd_mode(winograd)``."""
+    def under_mode(fn):
+        def run():
+            with winograd_mode(winograd):
+                return fn()
+        return run
+    return tuple(under_mode(fn) for fn in op_pair(conv2d_forward, conv2d_backward, (x, w), padding=1))
+
+
+def conv_path(x, w, winograd='auto'):
+    """Which path conv2d takes for :func:`conv_pair`'s operands: ``'winograd'`` or ``'im2col'``."""
+    with winograd_mode(winograd):
+        return 'winograd' if conv2d_forward(x, w, padding=1)[1]['winograd'] else 'im2col'
 
 
 def torch_tensors(torch, *arrays):
@@ -287,7 +299,11 @@ def compare_with_conv(ours, official, x, repeat, detail, **table_options):
 
 
 def conv_table(dtype, repeat=5, quick=False, torch=None):
-    """Rows ``dict(layer, dtype, fwd_ms, fwdbwd_ms, gemm_fraction, torch_fwd_ms, torch_fwdbwd_ms)``.
+    """Rows ``dict(layer, dtype, path, fwd_ms, fwdbwd_ms, gemm_fraction, torch_fwd_ms, torch_fwdbwd_ms)``.
+
+    A layer conv2d computes by Winograd gets a second row timed on the im2col path (``'never'``).
+    ``gemm_fraction`` counts the direct convolution's multiply-adds, so on the Winograd path, which
+    does 4/9 of them, it is an effective figure and may pass 100%.
 
     The rounds of :func:`interleaved_best` run every layer and engine in turn, so each layer's best
     is drawn from the whole run: a stretch of time when the machine is slower (other tenants of a
@@ -300,9 +316,11 @@ def conv_table(dtype, repeat=5, quick=False, torch=None):
         n = 2 if quick else n
         x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
         wt = rng.standard_normal((c_out, c_in, k, k)).astype(dtype)
-        rows.append(dict(layer=f"N={n} {c_in}->{c_out} {h}x{w} {k}x{k}", dtype=np.dtype(dtype).name,
-                         flops=2 * n * c_out * h * w * c_in * k * k))
-        engines.append([conv_pair(x, wt)] + ([torch_conv_pair(torch, x, wt)] if torch is not None else []))
+        for mode in ('auto', 'never') if conv_path(x, wt) == 'winograd' else ('auto',):
+            rows.append(dict(layer=f"N={n} {c_in}->{c_out} {h}x{w} {k}x{k}", dtype=np.dtype(dtype).name,
+                             path=conv_path(x, wt, mode), flops=2 * n * c_out * h * w * c_in * k * k))
+            engines.append([conv_pair(x, wt, mode)]
+                           + ([torch_conv_pair(torch, x, wt)] if torch is not None else []))
     per_layer = len(engines[0])                                           # ours [, torch]
     for label, step in (('fwd', 0), ('fwdbwd', 1)):
         times = interleaved_best([pair[step] for pairs in engines for pair in pairs], repeat)
@@ -315,13 +333,14 @@ def conv_table(dtype, repeat=5, quick=False, torch=None):
 
 
 def format_rows(rows):
-    head = ('| layer | dtype | fwd ms | fwd % of GEMM peak | fwd+bwd ms | torch fwd ms | torch fwd+bwd ms '
-            '| fwd+bwd ratio (ours/torch) |\n|---|---|---|---|---|---|---|---|\n')
+    head = ('| layer | dtype | path | fwd ms | fwd % of GEMM peak | fwd+bwd ms | torch fwd ms '
+            '| torch fwd+bwd ms | fwd+bwd ratio (ours/torch) |\n|---|---|---|---|---|---|---|---|---|\n')
     lines = []
     for r in rows:
         t_f, t_fb = r['torch_fwd_ms'], r['torch_fwdbwd_ms']
         ratio = f"{r['fwdbwd_ms'] / t_fb:.2f}" if t_fb else 'n/a'
-        lines.append(f"| {r['layer']} | {r['dtype']} | {r['fwd_ms']:.1f} | {100 * r['gemm_fraction']:.0f}% | "
+        lines.append(f"| {r['layer']} | {r['dtype']} | {r['path']} | {r['fwd_ms']:.1f} | "
+                     f"{100 * r['gemm_fraction']:.0f}% | "
                      f"{r['fwdbwd_ms']:.1f} | {t_f and f'{t_f:.1f}' or 'n/a'} | "
                      f"{t_fb and f'{t_fb:.1f}' or 'n/a'} | {ratio} |")
     return head + '\n'.join(lines)

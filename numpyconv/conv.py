@@ -25,6 +25,9 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
   ``dyp`` serves both.
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
+A shared 3x3 kernel at stride 1, dilation 1, groups 1, with channels many enough (192 -> 192 and up),
+is computed by Winograd F(2x2, 3x3) instead: 16 GEMMs on transformed tiles, 4 multiplications per
+output instead of 9 (``numpyconv/winograd.py``, docs/derivations/winograd.md; ``set_winograd``).
 im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
 no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass;
@@ -46,6 +49,7 @@ from ._checks import expect_shape, float_array, positive_int, same_dtype
 from .im2col import (GEMM_BLOCK, Geometry, col2im, column_budget, conv_geometry,  # noqa: F401 (re-exported)
                      crop_nchw, im2col, pad_nchw, scratch)
 from .module import Module, default_bias, kaiming_uniform
+from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_mode, winograd_pays
 
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
 _ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
@@ -223,15 +227,18 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
+    winograd = not depthwise and winograd_pays(x, weight, groups, geo)
     if depthwise:
         xp = pad_nchw(x, geo.pads)                                        # (N, C_in, Hp, Wp)
         y = _depthwise_forward(xp, weight, geo)
+    elif winograd:
+        xp, y = None, winograd_conv2d(x, weight, geo)                    # (winograd.py, eq. 1)
     else:
         xp, y = None, _conv_gemm(x, weight, groups, geo, (geo.pads[0], geo.pads[2]))
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
     cache = dict(x=x, xp=xp, weight=weight, has_bias=bias is not None, groups=groups, geo=geo,
-                 depthwise=depthwise)
+                 depthwise=depthwise, winograd=winograd)
     return y, cache
 
 
@@ -303,6 +310,8 @@ def conv2d_backward(dout, cache):
     if cache['depthwise']:
         dxp, dw = _depthwise_backward(dout, cache['xp'], weight, geo)
         dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
+    elif cache['winograd']:
+        dx, dw = winograd_conv2d_backward(dout, x, weight, geo)           # (winograd.py, eq. 6-9)
     elif geo.stride == (1, 1):
         dx, dw = _unit_stride_backward(dout, x, weight, cache['groups'], geo)
     else:
@@ -550,6 +559,16 @@ def _register_checks():
         hyper = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
         return CheckCase(lambda x, w, b: conv2d_forward(x, w, b, **hyper), conv2d_backward,
                          (x, w, b), lambda x, w, b: ref.conv2d(x, w, b, **hyper))
+
+    @register('conv2d_winograd')
+    def _conv2d_winograd(rng):
+        x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+
+        def forward(x, w, b):
+            with winograd_mode('always'):                                 # F(2x2, 3x3) on small channels
+                return conv2d_forward(x, w, b, padding=(1, 2))
+        return CheckCase(forward, conv2d_backward, (x, w, b),
+                         lambda x, w, b: ref.conv2d(x, w, b, padding=(1, 2)))
 
     @register('conv2d_per_sample')
     def _conv2d_per_sample(rng):

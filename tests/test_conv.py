@@ -379,22 +379,14 @@ def test_scratch_is_reused_per_thread_and_slot_and_stale_contents_do_not_leak(st
             np.testing.assert_array_equal(a, c)
 
 
-def test_concurrent_calls_from_threads_match_sequential_results():
+def test_concurrent_calls_from_threads_match_sequential_results(concurrently):
     cases = [operands(3, 4, 6, 9, 8, 3, 2) for _ in range(4)]
-    expected = [C.conv2d_backward(np.ones((3, 6, 9, 8)), C.conv2d_forward(x, wt, b, 1, 1, 1, 2)[1])
-                for x, wt, b in cases]
-    got = [None] * len(cases)
 
-    def run(k):
-        x, wt, b = cases[k]
-        for _ in range(20):                          # many calls, interleaved with the other threads
-            got[k] = C.conv2d_backward(np.ones((3, 6, 9, 8)), C.conv2d_forward(x, wt, b, 1, 1, 1, 2)[1])
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(cases))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for e, g in zip(expected, got):
+    def run(case):
+        x, wt, b = case
+        return C.conv2d_backward(np.ones((3, 6, 9, 8)), C.conv2d_forward(x, wt, b, 1, 1, 1, 2)[1])
+    expected = [run(case) for case in cases]
+    for e, g in zip(expected, concurrently(run, cases, repeats=20)):   # interleaved with the other threads
         for a, c in zip(e, g):
             np.testing.assert_array_equal(a, c)
 

@@ -1,0 +1,249 @@
+r"""Winograd F(2x2, 3x3): conv2d's fast path for 3x3 kernels at stride 1 (Lavin and Gray, 2016).
+
+conv2d (``numpyconv.conv``) takes this path for a shared 3x3 kernel at stride 1, dilation 1 and
+groups 1 when the channels are many enough that the GEMM dominates (:func:`winograd_pays`; about
+192 -> 192 channels and up); :func:`set_winograd` forces it or turns it off. Its results equal the
+im2col path's to rounding: relative error ~1e-15 in float64, and in float32 within about 1.5x of
+the im2col path's own rounding error.
+
+Each 2x2 output tile ``Y`` is computed from the 4x4 input tile ``d`` around it (input tiles overlap
+by 2) as (docs/derivations/winograd.md)::
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A     * elementwise; per (input, output) channel pair, summed
+                                             over input channels                            (eq. 1)
+
+    B^T = [[1, 0,-1, 0],   G = [[ 1,   0,   0 ],   A^T = [[1, 1, 1, 0],
+           [0, 1, 1, 0],        [1/2, 1/2, 1/2],          [0, 1,-1,-1]]
+           [0,-1, 1, 0],        [1/2,-1/2, 1/2],
+           [0, 1, 0,-1]]        [ 0,   0,   1 ]]
+
+The sum over input channels turns the 16 elementwise products into 16 GEMMs, one per tile
+position ``xi = (a, b)``, 4 by 4 (eq. 2). Shapes, with ``P = n * Th * Tw`` tiles (``Th = ceil(Ho/2)``)
+and the transforms in a channels-last layout so that every slice copies long runs::
+
+    V  (16, P, C_in)      V[xi]  = tiles of x, transformed by B^T . B         (eq. 3)
+    U  (16, C_out, C_in)  U[xi]  = G W G^T                                    (eq. 4)
+    M  (16, P, C_out)     M[xi]  = V[xi] @ U[xi]^T                            (eq. 2)
+    y                     tiles of A^T M A                                    (eq. 5)
+
+Backward: every transform is linear, so its gradient is its transpose (eq. 6-9)::
+
+    dM     = A dY A^T per tile  (the adjoint of eq. 5: gather with A^T's columns)     (eq. 6)
+    dU[xi] = dM[xi]^T @ V[xi],   dW = G^T dU G                                        (eq. 7)
+    dV[xi] = dM[xi] @ U[xi]                                                           (eq. 8)
+    dx     = B dV B^T per tile, overlapping tiles added (the adjoint of eq. 3)        (eq. 9)
+
+Multiplications per output pixel and channel pair: 16/4 = 4 instead of 9. The transforms are
+memory passes over ``V`` and ``M``, so the path pays only when ``C_in * C_out / (C_in + C_out)`` is
+large. Batches are cut into chunks of whole samples whose ``V`` and ``M`` take at most
+``2 * GEMM_BLOCK`` bytes (the column bound); a layer whose single sample exceeds it uses im2col.
+"""
+from contextlib import contextmanager
+
+import numpy as np
+
+from .im2col import GEMM_BLOCK, column_budget, scratch
+
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
+G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
+G2 = np.kron(G, G)                  # (16, 9): U[(a,b)] = sum_{p,q} G[a,p] G[b,q] W[p,q]   (eq. 4)
+MIN_CHANNELS = 96     # C_in*C_out/(C_in+C_out) from which the path pays (benchmarks/bench_winograd.py)
+MODES = ('auto', 'always', 'never')
+_mode = 'auto'
+
+
+def set_winograd(mode):
+    """When conv2d takes this path: ``'auto'`` (the default: where it applies and pays),
+    ``'always'`` (wherever it applies) or ``'never'``. Returns the previous mode. The setting is
+    process-wide; a conv2d call's backward pass follows the path its forward pass took."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    previous, _mode = _mode, mode
+    return previous
+
+
+@contextmanager
+def winograd_mode(mode):
+    """``with winograd_mode('never'): ...``: :func:`set_winograd` for the block, then restored."""
+    previous = set_winograd(mode)
+    try:
+        yield
+    finally:
+        set_winograd(previous)
+
+
+def applies(x, weight, groups, geo):
+    """Whether (eq. 1) computes this convolution: a shared 3x3 kernel, stride 1, dilation 1,
+    groups 1, a non-empty batch, and one sample's ``V`` and ``M`` within the column bound."""
+    return (weight.ndim == 4 and groups == 1 and geo.kernel == (3, 3) and geo.stride == (1, 1)
+            and geo.dilation == (1, 1) and x.shape[0] > 0
+            and _sample_bytes(x, weight, geo) <= min(2 * GEMM_BLOCK, column_budget()))
+
+
+def winograd_pays(x, weight, groups, geo):
+    """conv2d's choice under the mode of :func:`set_winograd` (``'auto'``: it applies and
+    ``C_in*C_out >= MIN_CHANNELS * (C_in + C_out)``)."""
+    if _mode == 'never' or not applies(x, weight, groups, geo):
+        return False
+    c_out, c_in = weight.shape[:2]
+    return _mode == 'always' or c_in * c_out >= MIN_CHANNELS * (c_in + c_out)
+
+
+def _tiles(geo):
+    """``(Th, Tw)``: 2x2 output tiles covering ``Ho x Wo`` (the last row/column may overhang)."""
+    return tuple(-(-size // 2) for size in geo.out_hw)
+
+
+def _sample_bytes(x, weight, geo):
+    th, tw = _tiles(geo)
+    return 16 * th * tw * max(weight.shape[:2]) * x.itemsize
+
+
+def _chunks(x, weight, geo):
+    """Slices of whole samples whose ``V`` and ``M`` each take at most ``2 * GEMM_BLOCK`` bytes."""
+    n, per = x.shape[0], 2 * GEMM_BLOCK // _sample_bytes(x, weight, geo)
+    pieces = -(-n // per)
+    return [slice(k * n // pieces, (k + 1) * n // pieces) for k in range(pieces)]
+
+
+# -- the tile transforms: gather (overlapping tiles in, eq. 3, 6), scatter (tiles out, eq. 5, 9) --
+def _combine(terms, coefficients, out):
+    """``out = sum_k coefficients[k] * terms[k]`` for coefficients in {-1, 0, 1}."""
+    plus = [t for t, c in zip(terms, coefficients) if c > 0]
+    minus = [t for t, c in zip(terms, coefficients) if c < 0]
+    if plus and minus:
+        np.subtract(plus.pop(0), minus.pop(0), out=out)
+    elif len(plus) > 1:
+        np.add(plus.pop(0), plus.pop(0), out=out)
+    elif plus:
+        out[...] = plus.pop(0)
+    else:
+        np.negative(minus.pop(0), out=out)
+    for term in plus:
+        out += term
+    for term in minus:
+        out -= term
+    return out
+
+
+def _along(axis, index):
+    return (slice(None),) * axis + (index,)
+
+
+def _gather(src, matrix, axis, out):
+    """``out[a][.., i, ..] = sum_k matrix[a, k] * src[.., 2i + k, ..]`` along ``axis``: tiles of
+    ``matrix.shape[1]`` entries at step 2 (overlapping when wider than 2), ``T = out.shape[axis+1]``
+    of them."""
+    tiles = out.shape[axis + 1]
+    terms = [src[_along(axis, slice(k, k + 2 * tiles, 2))] for k in range(matrix.shape[1])]
+    for a, row in enumerate(matrix):
+        _combine(terms, row, out[a])
+    return out
+
+
+def _scatter(stacked, matrix, axis, out):
+    """The adjoint of :func:`_gather`: ``out[.., 2i + k, ..] = sum_a matrix[a, k] * stacked[a][.., i, ..]``
+    summed over the tiles that overlap there. Offsets 0 and 1 tile ``out`` once (assigned); wider
+    tiles add the rest."""
+    tiles = stacked.shape[axis + 1]
+    out[_along(axis, slice(2 * tiles, None))] = 0
+    for k, column in enumerate(matrix.T):
+        target = out[_along(axis, slice(k, k + 2 * tiles, 2))]
+        if k < 2:
+            _combine(stacked, column, target)
+        else:
+            for term, c in zip(stacked, column):
+                if c:
+                    np.add(target, term, out=target) if c > 0 else np.subtract(target, term, out=target)
+    return out
+
+
+def _tile_gather(src, matrix, slot):
+    """``src (H', W', n, ch)`` (channels last) gathered along both spatial axes (eq. 3, 6):
+    ``(4, 4, Th, Tw, n, ch)`` in the scratch ``slot``, one ``(n*Th*Tw, ch)`` matrix per tile position."""
+    width = matrix.shape[1]
+    th, tw = (src.shape[0] - width) // 2 + 1, (src.shape[1] - width) // 2 + 1
+    rows = scratch('wino_rows', (len(matrix), th) + src.shape[1:], src.dtype)   # (4a, Th, W', n, ch)
+    _gather(src, matrix, 0, rows)
+    out = scratch(slot, (len(matrix),) * 2 + (th, tw) + src.shape[2:], src.dtype)  # (4a, 4b, Th, Tw, n, ch)
+    _gather(rows, matrix, 2, out.swapaxes(0, 1))
+    return out
+
+
+def _tile_scatter(tiles, matrix, out):
+    """The adjoint of :func:`_tile_gather`: ``tiles (4a, 4b, Th, Tw, n, ch)`` -> ``out (H', W', n, ch)``
+    (eq. 5, 9)."""
+    _, b, th, tw = tiles.shape[:4]
+    rows = scratch('wino_rows', (b, out.shape[0], tw) + tiles.shape[4:], tiles.dtype)  # (4b, H', Tw, n, ch)
+    _scatter(tiles, matrix, 1, rows)
+    return _scatter(rows, matrix, 1, out)
+
+
+def _channels_last(a, shape, top, left, slot):
+    """``a (n, ch, h, w)`` placed at ``(top, left)`` in a zeroed ``shape (H', W', n, ch)`` scratch array."""
+    h, w = a.shape[2:]
+    out = scratch(slot, shape, a.dtype)
+    out[:top], out[top + h:], out[top:top + h, :left], out[top:top + h, left + w:] = 0, 0, 0, 0
+    out[top:top + h, left:left + w] = a.transpose(2, 3, 0, 1)
+    return out
+
+
+def _channels_first(a, top, left, out):
+    """``out (n, ch, h, w) = a[top:top+h, left:left+w]`` for ``a (H', W', n, ch)``."""
+    h, w = out.shape[2:]
+    out[...] = a[top:top + h, left:left + w].transpose(2, 3, 0, 1)
+    return out
+
+
+# -- forward and backward -----------------------------------------------------------------------
+def _kernel_transform(weight):
+    """``U (16, C_out, C_in)`` of ``weight (C_out, C_in, 3, 3)`` (eq. 4), in scratch memory."""
+    c_out, c_in = weight.shape[:2]
+    u = scratch('kernel', (16, c_out * c_in), weight.dtype)
+    np.matmul(G2.astype(weight.dtype), weight.reshape(c_out * c_in, 9).T, out=u)
+    return u.reshape(16, c_out, c_in)
+
+
+def _input_tiles(x, geo):
+    """``V (16, n*Th*Tw, C_in)`` of ``x (n, C_in, H, W)`` zero-padded by ``geo.pads`` (eq. 3)."""
+    th, tw = _tiles(geo)
+    xt = _channels_last(x, (2 * th + 2, 2 * tw + 2) + x.shape[:2], geo.pads[0], geo.pads[2], 'padded')
+    return _tile_gather(xt, B_T, 'columns').reshape(16, -1, x.shape[1])
+
+
+def winograd_conv2d(x, weight, geo):
+    """``y (N, C_out, Ho, Wo)`` (no bias) by (eq. 1-5), chunk by chunk of samples."""
+    u_t = _kernel_transform(weight).transpose(0, 2, 1)                    # (16, C_in, C_out)
+    (th, tw), c_out = _tiles(geo), weight.shape[0]
+    y = np.empty((x.shape[0], c_out) + geo.out_hw, dtype=x.dtype)
+    for s in _chunks(x, weight, geo):
+        v = _input_tiles(x[s], geo)                                       # (16, P, C_in)
+        m = np.matmul(v, u_t, out=scratch('dcols', v.shape[:2] + (c_out,), x.dtype))   # (eq. 2)
+        m = m.reshape((4, 4, th, tw, s.stop - s.start, c_out))
+        yt = _tile_scatter(m, A_T.T, scratch('padded', (2 * th, 2 * tw) + m.shape[-2:], x.dtype))
+        _channels_first(yt, 0, 0, y[s])                                   # (eq. 5)
+    return y
+
+
+def winograd_conv2d_backward(dout, x, weight, geo):
+    """``(dx, dweight)`` of :func:`winograd_conv2d` (eq. 6-9)."""
+    u = _kernel_transform(weight)                                         # (16, C_out, C_in)
+    (th, tw), (c_out, c_in) = _tiles(geo), weight.shape[:2]
+    du = scratch('kernel_grad', u.shape, u.dtype)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    for k, s in enumerate(_chunks(x, weight, geo)):
+        dyt = _channels_last(dout[s], (2 * th, 2 * tw, s.stop - s.start, c_out), 0, 0, 'padded')
+        dm = _tile_gather(dyt, A_T.T, 'wino_dm').reshape(16, -1, c_out)   # (16, P, C_out)  (eq. 6)
+        v = _input_tiles(x[s], geo)                                       # (16, P, C_in)
+        if k == 0:
+            np.matmul(dm.transpose(0, 2, 1), v, out=du)                   # (eq. 7)
+        else:
+            du += np.matmul(dm.transpose(0, 2, 1), v)
+        dv = np.matmul(dm, u, out=scratch('dcols', v.shape, x.dtype))     # (eq. 8)
+        dxt = scratch('padded', (2 * th + 2, 2 * tw + 2, s.stop - s.start, c_in), x.dtype)
+        _tile_scatter(dv.reshape((4, 4, th, tw) + dxt.shape[2:]), B_T, dxt)   # (eq. 9)
+        _channels_first(dxt, geo.pads[0], geo.pads[2], dx[s])
+    dw = du.reshape(16, c_out * c_in).T @ G2.astype(x.dtype)              # G^T dU G  (eq. 7)
+    return dx, dw.reshape(weight.shape)
