@@ -72,7 +72,8 @@ def batch_chunks(n, bytes_per_sample, budget=None):
 
 def scratch(slot, shape, dtype):
     """An uninitialised temporary array, in memory this thread reuses for ``slot`` (conv2d's:
-    'columns', 'kernel', 'kernel_grad', 'dcols') from call to call, when it takes at most
+    'columns', 'kernel', 'kernel_grad', 'dcols'; its Winograd path also 'padded', 'wino_rows',
+    'wino_dm') from call to call, when it takes at most
     ``2 * GEMM_BLOCK`` bytes (a fresh array otherwise). Fresh memory costs a page fault per 4 KiB on
     first touch, about 10% of a small convolution's time. The caller must be done with a slot's
     array before it asks that slot for another, and must not return it."""

@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 import numpyconv as nc
 from numpyconv import conv as C
 from numpyconv import winograd as W
+from numpyconv.im2col import GEMM_BLOCK, scratch
 from numpyconv.reference import conv as ref
 
 RNG = np.random.default_rng(77)
@@ -127,6 +128,26 @@ def test_chunks_of_samples_give_the_unchunked_result(monkeypatch):
     np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-13)
     for g2, g in zip(C.conv2d_backward(dy, cache2), grads):
         np.testing.assert_allclose(g2, g, rtol=1e-13, atol=1e-13)
+
+
+def test_stale_scratch_contents_do_not_leak():
+    # every slot the path uses filled with NaN before the forward and before the backward pass:
+    # zero borders, overhanging tiles and the overlapping scatter must all be written, not assumed
+    x, wt, b = operands(3, 5, 4, 7, 6)
+    y, cache = winograd_conv((2, 1))(x, wt, b)
+    dy = RNG.standard_normal(y.shape)
+    grads = C.conv2d_backward(dy, cache)
+    slots = ('columns', 'kernel', 'kernel_grad', 'dcols', 'padded', 'wino_rows', 'wino_dm')
+
+    def poison():
+        for slot in slots:
+            scratch(slot, (2 * GEMM_BLOCK // 8,), np.float64)[...] = np.nan
+    poison()
+    y2, cache2 = winograd_conv((2, 1))(x, wt, b)
+    poison()
+    np.testing.assert_array_equal(y2, y)
+    for a, c in zip(C.conv2d_backward(dy, cache2), grads):
+        np.testing.assert_array_equal(a, c)
 
 
 def test_dispatch_rule():
