@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .conv import Conv2d, conv2d_backward, conv2d_forward
-from .winograd import winograd_mode
+from .conv import Conv2d, conv2d_backward, conv2d_forward, conv_geometry
+from .winograd import winograd_mode, winograd_pays
 
 # (N, C_in, C_out, H, W, k): the three 3x3 stages of a ResNet at batch 8
 RESNET_LAYERS = [(8, 64, 64, 56, 56, 3), (8, 128, 128, 28, 28, 3), (8, 256, 256, 14, 14, 3)]
@@ -163,9 +163,10 @@ def conv_pair(x, w, winograd='auto'):
 
 
 def conv_path(x, w, winograd='auto'):
-    """Which path conv2d takes for :func:`conv_pair`'s operands: ``'winograd'`` or ``'im2col'``."""
+    """Which path conv2d takes for :func:`conv_pair`'s operands: ``'Winograd'`` or ``'im2col'``."""
+    geo = conv_geometry(x.shape[2:], w.shape[2:], 1, 1, 1)
     with winograd_mode(winograd):
-        return 'winograd' if conv2d_forward(x, w, padding=1)[1]['winograd'] else 'im2col'
+        return 'Winograd' if winograd_pays(x, w, 1, geo) else 'im2col'
 
 
 def torch_tensors(torch, *arrays):
@@ -316,9 +317,11 @@ def conv_table(dtype, repeat=5, quick=False, torch=None):
         n = 2 if quick else n
         x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
         wt = rng.standard_normal((c_out, c_in, k, k)).astype(dtype)
-        for mode in ('auto', 'never') if conv_path(x, wt) == 'winograd' else ('auto',):
+        winograd = conv_path(x, wt) == 'Winograd'
+        for mode in ('auto', 'never') if winograd else ('auto',):
+            path = conv_path(x, wt, mode) + (' (forced)' if mode == 'never' else '')
             rows.append(dict(layer=f"N={n} {c_in}->{c_out} {h}x{w} {k}x{k}", dtype=np.dtype(dtype).name,
-                             path=conv_path(x, wt, mode), flops=2 * n * c_out * h * w * c_in * k * k))
+                             path=path, flops=2 * n * c_out * h * w * c_in * k * k))
             engines.append([conv_pair(x, wt, mode)]
                            + ([torch_conv_pair(torch, x, wt)] if torch is not None else []))
     per_layer = len(engines[0])                                           # ours [, torch]
@@ -339,8 +342,9 @@ def format_rows(rows):
     for r in rows:
         t_f, t_fb = r['torch_fwd_ms'], r['torch_fwdbwd_ms']
         ratio = f"{r['fwdbwd_ms'] / t_fb:.2f}" if t_fb else 'n/a'
-        lines.append(f"| {r['layer']} | {r['dtype']} | {r['path']} | {r['fwd_ms']:.1f} | "
-                     f"{100 * r['gemm_fraction']:.0f}% | "
+        fraction = f"{100 * r['gemm_fraction']:.0f}%"                  # effective (in brackets) on Winograd
+        fraction = f"({fraction})" if r['path'] == 'Winograd' else fraction
+        lines.append(f"| {r['layer']} | {r['dtype']} | {r['path']} | {r['fwd_ms']:.1f} | {fraction} | "
                      f"{r['fwdbwd_ms']:.1f} | {t_f and f'{t_f:.1f}' or 'n/a'} | "
                      f"{t_fb and f'{t_fb:.1f}' or 'n/a'} | {ratio} |")
     return head + '\n'.join(lines)

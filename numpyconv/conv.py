@@ -25,9 +25,10 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
   ``dyp`` serves both.
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
-A shared 3x3 kernel at stride 1, dilation 1, groups 1, with channels many enough (192 -> 192 and up),
-is computed by Winograd F(2x2, 3x3) instead: 16 GEMMs on transformed tiles, 4 multiplications per
-output instead of 9 (``numpyconv/winograd.py``, docs/derivations/winograd.md; ``set_winograd``).
+A shared 3x3 kernel at stride 1, dilation 1, groups 1, with channels and output tiles many enough
+(192 -> 192 and up, at least 128 2x2 tiles), is computed by Winograd F(2x2, 3x3) instead: 16 GEMMs on
+transformed tiles, 4 multiplications per output instead of 9 (``numpyconv/winograd.py``,
+docs/derivations/winograd.md; ``set_winograd``, ``winograd_mode``).
 im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
 no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass;
@@ -47,7 +48,7 @@ import numpy as np
 
 from ._checks import expect_shape, float_array, positive_int, same_dtype
 from .im2col import (GEMM_BLOCK, Geometry, col2im, column_budget, conv_geometry,  # noqa: F401 (re-exported)
-                     crop_nchw, im2col, pad_nchw, scratch)
+                     crop_nchw, even_steps, im2col, pad_nchw, scratch)
 from .module import Module, default_bias, kaiming_uniform
 from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_mode, winograd_pays
 
@@ -246,13 +247,6 @@ def _col_bytes(x, geo):
     return int(x.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw)) * x.itemsize
 
 
-def _even_steps(total, most):
-    """``range(total)`` cut into the fewest slices of at most ``most`` (>= 1) items, their sizes
-    differing by at most one (no small last block)."""
-    pieces = -(-total // most)
-    return [slice(k * total // pieces, (k + 1) * total // pieces) for k in range(pieces)]
-
-
 def _blocks(x, geo):
     """``(s, r)`` pairs (batch slice, output-row slice), blocks of equal size: several whole samples,
     or, when one sample's columns are larger than a block, bands of one sample's output rows (at
@@ -266,8 +260,8 @@ def _blocks(x, geo):
     cache, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)    # rows: cache-sized, wide GEMM
     if max(cache, wide) >= ho and most >= ho:
         samples = min(most // ho, max(cache // ho, -(-wide // ho)))
-        return [(s, slice(0, ho)) for s in _even_steps(n, samples)]
-    bands = _even_steps(ho, max(1, min(most, max(cache, wide))))
+        return [(s, slice(0, ho)) for s in even_steps(n, samples)]
+    bands = even_steps(ho, max(1, min(most, max(cache, wide))))
     return [(slice(i, i + 1), r) for i in range(n) for r in bands]
 
 

@@ -70,6 +70,13 @@ def batch_chunks(n, bytes_per_sample, budget=None):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
 
 
+def even_steps(total, most):
+    """``range(total)`` cut into the fewest slices of at most ``most`` (>= 1) items, their sizes
+    differing by at most one (no small last block)."""
+    pieces = -(-total // most)
+    return [slice(k * total // pieces, (k + 1) * total // pieces) for k in range(pieces)]
+
+
 def scratch(slot, shape, dtype):
     """An uninitialised temporary array, in memory this thread reuses for ``slot`` (conv2d's:
     'columns', 'kernel', 'kernel_grad', 'dcols'; its Winograd path also 'padded', 'wino_rows',

@@ -1,10 +1,11 @@
 r"""Winograd F(2x2, 3x3): conv2d's fast path for 3x3 kernels at stride 1 (Lavin and Gray, 2016).
 
 conv2d (``numpyconv.conv``) takes this path for a shared 3x3 kernel at stride 1, dilation 1 and
-groups 1 when the channels are many enough that the GEMM dominates (:func:`winograd_pays`; about
-192 -> 192 channels and up); :func:`set_winograd` forces it or turns it off. Its results equal the
-im2col path's to rounding: relative error ~1e-15 in float64, and in float32 within about 1.5x of
-the im2col path's own rounding error.
+groups 1 when the channels and tiles are many enough that the GEMMs dominate (:func:`winograd_pays`:
+about 192 -> 192 channels and up, at least 128 output tiles); :func:`set_winograd` (process-wide)
+and :func:`winograd_mode` (one thread, a block) force it or turn it off. Its results equal the
+im2col path's to rounding: relative error ~1e-15 in float64; in float32 the error against a float64
+reference is within about 1.5x of the im2col path's own for ``y`` and ``dx``, about 2x for ``dweight``.
 
 Each 2x2 output tile ``Y`` is computed from the 4x4 input tile ``d`` around it (input tiles overlap
 by 2) as (docs/derivations/winograd.md)::
@@ -38,57 +39,75 @@ memory passes over ``V`` and ``M``, so the path pays only when ``C_in * C_out / 
 large. Batches are cut into chunks of whole samples whose ``V`` and ``M`` take at most
 ``2 * GEMM_BLOCK`` bytes (the column bound); a layer whose single sample exceeds it uses im2col.
 """
+import threading
 from contextlib import contextmanager
 
 import numpy as np
 
-from .im2col import GEMM_BLOCK, column_budget, scratch
+from .im2col import GEMM_BLOCK, column_budget, even_steps, scratch
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
 G2 = np.kron(G, G)                  # (16, 9): U[(a,b)] = sum_{p,q} G[a,p] G[b,q] W[p,q]   (eq. 4)
-MIN_CHANNELS = 96     # C_in*C_out/(C_in+C_out) from which the path pays (benchmarks/bench_winograd.py)
+# 'auto' takes the path from these (benchmarks/bench_winograd.py): the GEMMs' share of the work
+# grows with C_in*C_out/(C_in+C_out); the kernel transforms (eq. 4, 7) cost the same at any batch,
+# and thin GEMMs run slowly, so a few tiles do not pay either
+MIN_CHANNELS = 96     # C_in*C_out/(C_in+C_out) at least this: 192 -> 192 channels and up
+MIN_TILES = 128       # n * Th * Tw output tiles at least this: 8 samples at 8x8 outputs
 MODES = ('auto', 'always', 'never')
-_mode = 'auto'
+_mode = 'auto'                      # set_winograd's, process-wide
+_thread = threading.local()         # winograd_mode's, this thread's (None: none in force)
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def set_winograd(mode):
-    """When conv2d takes this path: ``'auto'`` (the default: where it applies and pays),
-    ``'always'`` (wherever it applies) or ``'never'``. Returns the previous mode. The setting is
-    process-wide; a conv2d call's backward pass follows the path its forward pass took."""
+    """When conv2d takes this path, for every thread: ``'auto'`` (the default: where it applies
+    and pays), ``'always'`` (wherever it applies) or ``'never'``. Returns the previous setting.
+    A conv2d call's backward pass follows the path its forward pass took."""
     global _mode
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_mode(mode)
     previous, _mode = _mode, mode
     return previous
 
 
 @contextmanager
 def winograd_mode(mode):
-    """``with winograd_mode('never'): ...``: :func:`set_winograd` for the block, then restored."""
-    previous = set_winograd(mode)
+    """``with winograd_mode('never'): ...``: the mode for this thread's calls in the block (it
+    overrides :func:`set_winograd`'s; blocks nest; other threads are not affected)."""
+    _check_mode(mode)
+    previous, _thread.mode = getattr(_thread, 'mode', None), mode
     try:
         yield
     finally:
-        set_winograd(previous)
+        _thread.mode = previous
+
+
+def _column_bound():
+    return min(2 * GEMM_BLOCK, column_budget())
 
 
 def applies(x, weight, groups, geo):
     """Whether (eq. 1) computes this convolution: a shared 3x3 kernel, stride 1, dilation 1,
-    groups 1, a non-empty batch, and one sample's ``V`` and ``M`` within the column bound."""
+    groups 1, a non-empty batch and input, and one sample's ``V`` and ``M`` within the column bound."""
     return (weight.ndim == 4 and groups == 1 and geo.kernel == (3, 3) and geo.stride == (1, 1)
-            and geo.dilation == (1, 1) and x.shape[0] > 0
-            and _sample_bytes(x, weight, geo) <= min(2 * GEMM_BLOCK, column_budget()))
+            and geo.dilation == (1, 1) and min(x.shape[:2]) > 0
+            and _sample_bytes(x, weight, geo) <= _column_bound())
 
 
 def winograd_pays(x, weight, groups, geo):
-    """conv2d's choice under the mode of :func:`set_winograd` (``'auto'``: it applies and
-    ``C_in*C_out >= MIN_CHANNELS * (C_in + C_out)``)."""
-    if _mode == 'never' or not applies(x, weight, groups, geo):
+    """conv2d's choice under the mode in force (``'auto'``: it applies, ``C_in*C_out >=
+    MIN_CHANNELS * (C_in + C_out)`` and there are at least ``MIN_TILES`` output tiles)."""
+    mode = getattr(_thread, 'mode', None) or _mode
+    if mode == 'never' or not applies(x, weight, groups, geo):
         return False
-    c_out, c_in = weight.shape[:2]
-    return _mode == 'always' or c_in * c_out >= MIN_CHANNELS * (c_in + c_out)
+    (c_out, c_in), (th, tw) = weight.shape[:2], _tiles(geo)
+    return mode == 'always' or (c_in * c_out >= MIN_CHANNELS * (c_in + c_out)
+                                and x.shape[0] * th * tw >= MIN_TILES)
 
 
 def _tiles(geo):
@@ -102,25 +121,26 @@ def _sample_bytes(x, weight, geo):
 
 
 def _chunks(x, weight, geo):
-    """Slices of whole samples whose ``V`` and ``M`` each take at most ``2 * GEMM_BLOCK`` bytes."""
-    n, per = x.shape[0], 2 * GEMM_BLOCK // _sample_bytes(x, weight, geo)
-    pieces = -(-n // per)
-    return [slice(k * n // pieces, (k + 1) * n // pieces) for k in range(pieces)]
+    """Slices of whole samples, of equal size, whose ``V`` and ``M`` each take at most
+    ``min(2 * GEMM_BLOCK, column_budget())`` bytes."""
+    return even_steps(x.shape[0], _column_bound() // _sample_bytes(x, weight, geo))
 
 
 # -- the tile transforms: gather (overlapping tiles in, eq. 3, 6), scatter (tiles out, eq. 5, 9) --
-def _combine(terms, coefficients, out):
-    """``out = sum_k coefficients[k] * terms[k]`` for coefficients in {-1, 0, 1}."""
+def _combine(terms, coefficients, out, accumulate=False):
+    """``out = sum_k coefficients[k] * terms[k]`` (``+=`` with ``accumulate``) for coefficients
+    in {-1, 0, 1}: additions only."""
     plus = [t for t, c in zip(terms, coefficients) if c > 0]
     minus = [t for t, c in zip(terms, coefficients) if c < 0]
-    if plus and minus:
-        np.subtract(plus.pop(0), minus.pop(0), out=out)
-    elif len(plus) > 1:
-        np.add(plus.pop(0), plus.pop(0), out=out)
-    elif plus:
-        out[...] = plus.pop(0)
-    else:
-        np.negative(minus.pop(0), out=out)
+    if not accumulate:                        # the first one or two terms write out; the rest add
+        if plus and minus:
+            np.subtract(plus.pop(0), minus.pop(0), out=out)
+        elif len(plus) > 1:
+            np.add(plus.pop(0), plus.pop(0), out=out)
+        elif plus:
+            out[...] = plus.pop(0)
+        else:
+            np.negative(minus.pop(0), out=out)
     for term in plus:
         out += term
     for term in minus:
@@ -150,13 +170,7 @@ def _scatter(stacked, matrix, axis, out):
     tiles = stacked.shape[axis + 1]
     out[_along(axis, slice(2 * tiles, None))] = 0
     for k, column in enumerate(matrix.T):
-        target = out[_along(axis, slice(k, k + 2 * tiles, 2))]
-        if k < 2:
-            _combine(stacked, column, target)
-        else:
-            for term, c in zip(stacked, column):
-                if c:
-                    np.add(target, term, out=target) if c > 0 else np.subtract(target, term, out=target)
+        _combine(stacked, column, out[_along(axis, slice(k, k + 2 * tiles, 2))], accumulate=k >= 2)
     return out
 
 
@@ -185,7 +199,8 @@ def _channels_last(a, shape, top, left, slot):
     """``a (n, ch, h, w)`` placed at ``(top, left)`` in a zeroed ``shape (H', W', n, ch)`` scratch array."""
     h, w = a.shape[2:]
     out = scratch(slot, shape, a.dtype)
-    out[:top], out[top + h:], out[top:top + h, :left], out[top:top + h, left + w:] = 0, 0, 0, 0
+    for border in np.s_[:top], np.s_[top + h:], np.s_[top:top + h, :left], np.s_[top:top + h, left + w:]:
+        out[border] = 0
     out[top:top + h, left:left + w] = a.transpose(2, 3, 0, 1)
     return out
 
@@ -237,10 +252,11 @@ def winograd_conv2d_backward(dout, x, weight, geo):
         dyt = _channels_last(dout[s], (2 * th, 2 * tw, s.stop - s.start, c_out), 0, 0, 'padded')
         dm = _tile_gather(dyt, A_T.T, 'wino_dm').reshape(16, -1, c_out)   # (16, P, C_out)  (eq. 6)
         v = _input_tiles(x[s], geo)                                       # (16, P, C_in)
+        dm_t = dm.transpose(0, 2, 1)                                      # (16, C_out, P)
         if k == 0:
-            np.matmul(dm.transpose(0, 2, 1), v, out=du)                   # (eq. 7)
+            np.matmul(dm_t, v, out=du)                                    # (eq. 7): the first chunk's tiles
         else:
-            du += np.matmul(dm.transpose(0, 2, 1), v)
+            du += dm_t @ v                                                # the other chunks' tiles add
         dv = np.matmul(dm, u, out=scratch('dcols', v.shape, x.dtype))     # (eq. 8)
         dxt = scratch('padded', (2 * th + 2, 2 * tw + 2, s.stop - s.start, c_in), x.dtype)
         _tile_scatter(dv.reshape((4, 4, th, tw) + dxt.shape[2:]), B_T, dxt)   # (eq. 9)

@@ -152,9 +152,13 @@ def test_stale_scratch_contents_do_not_leak():
 
 def test_dispatch_rule():
     geo = C.conv_geometry((14, 14), 3, 1, 1, 1)
-    big, small = (np.zeros((2, c, 14, 14)) for c in (256, 64))
+    big, small = (np.zeros((8, c, 14, 14)) for c in (256, 64))                  # 8 * 7 * 7 = 392 tiles
     w_big, w_small = np.zeros((256, 256, 3, 3)), np.zeros((64, 64, 3, 3))
     assert W.winograd_pays(big, w_big, 1, geo) and not W.winograd_pays(small, w_small, 1, geo)
+    assert W.winograd_pays(big[:3], w_big, 1, geo) and not W.winograd_pays(big[:2], w_big, 1, geo)  # 147, 98
+    # C_in * 256 >= 96 * (C_in + 256) from C_in = 154 on
+    assert not W.winograd_pays(big[:, :153], np.zeros((256, 153, 3, 3)), 1, geo)
+    assert W.winograd_pays(big[:, :154], np.zeros((256, 154, 3, 3)), 1, geo)
     with W.winograd_mode('always'):
         assert W.winograd_pays(small, w_small, 1, geo)
     with W.winograd_mode('never'):
@@ -164,10 +168,20 @@ def test_dispatch_rule():
                          (small, w_small, dict(padding=2, dilation=2)),
                          (small, np.zeros((64, 32, 3, 3)), dict(padding=1, groups=2)),
                          (small, np.zeros((64, 64, 3, 2)), dict(padding=1)),
-                         (small, np.zeros((2, 64, 64, 3, 3)), dict(padding=1)),
-                         (np.zeros((0, 64, 14, 14)), w_small, dict(padding=1))]:
+                         (small, np.zeros((8, 64, 64, 3, 3)), dict(padding=1)),
+                         (np.zeros((0, 64, 14, 14)), w_small, dict(padding=1)),
+                         (np.zeros((2, 0, 14, 14)), np.zeros((3, 0, 3, 3)), dict(padding=1))]:
         with W.winograd_mode('always'):
             assert not C.conv2d_forward(x, wt, **hyper)[1]['winograd']
+
+
+def test_chunks_keep_the_column_budget(set_budget):
+    x, wt, b = operands(5, 6, 4, 9, 7)
+    geo = C.conv_geometry((9, 7), 3, 1, (2, 1), 1)
+    set_budget(2 * W._sample_bytes(x, wt, geo))
+    assert [s.stop - s.start for s in W._chunks(x, wt, geo)] == [1, 2, 2]
+    np.testing.assert_allclose(winograd_conv((2, 1))(x, wt, b)[0], ref.conv2d(x, wt, b, 1, (2, 1)),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_one_sample_beyond_the_column_bound_uses_im2col(set_budget):
@@ -182,20 +196,40 @@ def test_one_sample_beyond_the_column_bound_uses_im2col(set_budget):
 def test_set_winograd_checks_and_returns_the_previous_mode():
     assert W.set_winograd('never') == 'auto'
     assert W.set_winograd('auto') == 'never'
-    with pytest.raises(ValueError, match="mode must be one of"):
-        W.set_winograd(True)
+    for bad in (W.set_winograd, W.winograd_mode):
+        with pytest.raises(ValueError, match="mode must be one of"):
+            with bad(True):
+                pass
+
+
+def test_winograd_mode_is_per_thread_and_nests_and_set_winograd_is_process_wide(concurrently):
+    x, wt = np.zeros((1, 4, 6, 6)), np.zeros((4, 4, 3, 3))
+
+    def path(_):
+        return C.conv2d_forward(x, wt, padding=1)[1]['winograd']
+    with W.winograd_mode('always'):
+        assert path(None) and concurrently(path, [None], repeats=1) == [False]   # not in other threads
+        with W.winograd_mode('never'):
+            assert not path(None)
+        assert path(None)                                                        # restored
+    previous = W.set_winograd('always')
+    try:
+        assert concurrently(path, [None], repeats=1) == [True]                   # every thread
+        with W.winograd_mode('never'):
+            assert not path(None)                                                # the block overrides it
+    finally:
+        W.set_winograd(previous)
+    assert not path(None)
 
 
 def test_concurrent_calls_from_threads_match_sequential_results(concurrently):
     cases = [operands(2, 4 + k, 3 + k, 6 + k, 7) for k in range(4)]
 
     def run(case):
-        y, cache = C.conv2d_forward(*case, 1, 1)
-        assert cache['winograd']
+        y, cache = winograd_conv(1)(*case)            # each thread's own winograd_mode block
         return [y] + list(C.conv2d_backward(np.ones_like(y), cache))
-    with W.winograd_mode('always'):               # process-wide: set once, outside the threads
-        expected = [run(case) for case in cases]
-        results = concurrently(run, cases, repeats=5)
+    expected = [run(case) for case in cases]
+    results = concurrently(run, cases, repeats=5)
     for got, want in zip(results, expected):
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
@@ -206,7 +240,7 @@ def test_layer_at_a_winograd_size_matches_torch():
     module = torch.nn.Conv2d(192, 192, 3, padding=1).double()
     layer = nc.Conv2d(192, 192, 3, padding=1, dtype=np.float64)
     layer.load_state_dict({k: v.detach().numpy() for k, v in module.state_dict().items()})
-    x = RNG.standard_normal((2, 192, 9, 8))
+    x = RNG.standard_normal((8, 192, 9, 8))                  # 8 * 5 * 4 = 160 tiles: 'auto' takes it
     y = layer(x)
     assert layer._cache['winograd']
     tx = torch.tensor(x, requires_grad=True)
