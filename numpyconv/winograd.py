@@ -36,8 +36,9 @@ Backward: every transform is linear, so its gradient is its transpose (eq. 6-9):
 
 Multiplications per output pixel and channel pair: 16/4 = 4 instead of 9. The transforms are
 memory passes over ``V`` and ``M``, so the path pays only when ``C_in * C_out / (C_in + C_out)`` is
-large. Batches are cut into chunks of whole samples whose ``V`` and ``M`` take at most
-``2 * GEMM_BLOCK`` bytes (the column bound); a layer whose single sample exceeds it uses im2col.
+large (and the tiles many). Batches are cut into chunks of whole samples whose ``V`` and ``M`` take
+at most ``min(2 * GEMM_BLOCK, column_budget())`` bytes (conv2d's column bound); a layer whose single
+sample exceeds it uses im2col.
 """
 import threading
 from contextlib import contextmanager
