@@ -342,7 +342,8 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     not its float32 rounding; the layer itself is then not touched.
 
     ``x`` is an array or a tuple of arrays/None (OctaveConv2d's ``(x_h, x_l)``); report names are
-    ``'x'`` (or ``'x[0]'``, ``'x[1]'``) and the parameter keys. The parameters are perturbed in place
+    ``'x'`` (or ``'x[0]'``, ``'x[1]'``) and the parameter keys (a KWConv2d's warehouse, which its
+    manager holds, as ``'warehouse_manager.weights.<id>'``). The parameters are perturbed in place
     and restored exactly; every buffer (BatchNorm running statistics) is restored after every forward,
     so all evaluations see the same function; ``grads`` are restored at the end. ``wrt``: names to
     check (default all); other options as :func:`gradcheck`.
@@ -352,10 +353,11 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     is_tuple = isinstance(x, (tuple, list))
     parts = tuple(x) if is_tuple else (x,)
     x_names = [f'x[{k}]' for k in range(len(parts))] if is_tuple else ['x']
-    live = layer.params
-    keys = list(live)
+    checked = layer._checked_params()                 # name -> (parameter, gradient)
+    keys = list(checked)
+    live, live_grads = ({k: pair[i] for k, pair in checked.items()} for i in (0, 1))
     saved = {k: v.copy() for k, v in live.items()}
-    saved_grads = {k: g.copy() for k, g in layer.grads.items()}
+    saved_grads = {k: g.copy() for k, g in live_grads.items()}
     saved_buffers = {k: b.copy() for k, b in layer.buffers.items()}
 
     def restore(arrays, values):
@@ -372,19 +374,19 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
             restore(layer.buffers, saved_buffers)
 
     def backward(dout, _cache):
-        layer.zero_grad()
+        for g in live_grads.values():
+            g.fill(0)
         dx = layer.backward(dout)
         if is_tuple:
             dx = tuple(dx)
         else:   # a pair layer (OctaveConv2d) given a bare x returns (dx, None)
             dx = dx[:1] if isinstance(dx, tuple) else (dx,)
-        grads = layer.grads
-        return dx + tuple(grads[k].copy() for k in keys)
+        return dx + tuple(live_grads[k].copy() for k in keys)
 
     try:
         return gradcheck(forward, backward, parts + tuple(saved[k] for k in keys),
                          names=x_names + keys, wrt=wrt, **options)
     finally:
         restore(live, saved)
-        restore(layer.grads, saved_grads)
+        restore(live_grads, saved_grads)
         restore(layer.buffers, saved_buffers)

@@ -481,6 +481,11 @@ class KWConv2d(Module):
         """The shared warehouse array ``(M, c_out, c_in, ckh, ckw)`` (owned by the manager)."""
         return self._manager.params[f'weights.{self.warehouse_id}']
 
+    def _outside_params(self):
+        """The warehouse: this layer's backward adds its gradient into the manager's."""
+        key = f'weights.{self.warehouse_id}'
+        return {f'warehouse_manager.{key}': (self._manager.params[key], self._manager.grads[key])}
+
     def update_temperature(self, temperature):
         """Set the blend ``t`` of eq. 8 (official ``update_temperature(temp_value)``)."""
         self.temperature = _real(temperature, 'temperature')

@@ -155,6 +155,23 @@ class Module:
         for g in self.grads.values():
             g.fill(0)
 
+    def _outside_params(self):
+        """``name -> (parameter, its gradient)`` held by another module that this one's backward
+        adds into (KWConv2d's warehouse, in its manager); :func:`~numpyconv.gradcheck_layer` checks
+        them too."""
+        return {}
+
+    def _checked_params(self):
+        """``name -> (parameter, its gradient)``: every parameter of this module and its children,
+        and those outside it that they write gradients into (each array once)."""
+        grads = self.grads
+        checked = {k: (p, grads[k]) for k, p in self.params.items()}
+        for prefix, module in self.named_modules():
+            for k, (p, g) in module._outside_params().items():
+                if not any(p is q for q, _ in checked.values()):
+                    checked[prefix + k] = (p, g)
+        return checked
+
     def train(self, mode=True):
         for _, m in self.named_modules():
             m.training = mode

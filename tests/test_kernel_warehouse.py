@@ -803,3 +803,31 @@ def test_caf_gradient_at_zero_matches_torch(torch):
     expected = zt.grad.numpy()
     np.testing.assert_allclose(kw.kw_caf_backward(g, cache)[0], expected, rtol=1e-12,
                                atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('holder', ['layer', 'chain without manager', 'chain with manager'])
+def test_gradcheck_layer_checks_the_warehouse_held_by_the_manager(holder):
+    # the warehouse lives in the manager; gradcheck_layer on the layer alone (or on a network that
+    # does not hold the manager) must still check its gradient, once, and fail when it is dropped
+    wm, (layer,) = build([(4, 4, 3, dict(padding=1))])
+    target = {'layer': layer, 'chain without manager': Chain(None, [layer]),
+              'chain with manager': Chain(wm, [layer])}[holder]
+    report = nc.gradcheck_layer(target, RNG.standard_normal((2, 4, 5, 5)), mode='random', n_directions=3)
+    names = [r.name for r in report.results]
+    assert [n for n in names if n.endswith('weights.0')] in (['warehouse_manager.weights.0'],
+                                                              ['l0.warehouse_manager.weights.0']), names
+    wm.grads['weights.0'][...] = 7.0                                     # restored afterwards
+    broken = type(layer).backward
+
+    def backward_dropping_the_warehouse(self, dout):
+        saved = self._manager.grads['weights.0'].copy()
+        dx = broken(self, dout)
+        self._manager.grads['weights.0'][...] = saved
+        return dx
+    type(layer).backward = backward_dropping_the_warehouse
+    try:
+        with pytest.raises(nc.GradcheckError, match='weights.0'):
+            nc.gradcheck_layer(target, RNG.standard_normal((2, 4, 5, 5)), mode='random', n_directions=3)
+    finally:
+        type(layer).backward = broken
+    assert (wm.grads['weights.0'] == 7.0).all()
