@@ -25,9 +25,9 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
   ``dyp`` serves both.
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
-A shared 3x3 kernel at stride 1, dilation 1, groups 1, with channels and output tiles many enough
-(192 -> 192 and up, at least 128 2x2 tiles), is computed by Winograd F(2x2, 3x3) instead: 16 GEMMs on
-transformed tiles, 4 multiplications per output instead of 9 (``numpyconv/winograd.py``,
+A shared float64 3x3 kernel at stride 1, dilation 1, groups 1, with channels and output tiles many
+enough (192 -> 192 and up, at least 128 2x2 tiles), is computed by Winograd F(2x2, 3x3) instead:
+16 GEMMs on transformed tiles, 4 multiplications per output instead of 9 (``numpyconv/winograd.py``,
 docs/derivations/winograd.md; ``set_winograd``, ``winograd_mode``).
 im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and

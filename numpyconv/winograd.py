@@ -1,11 +1,14 @@
 r"""Winograd F(2x2, 3x3): conv2d's fast path for 3x3 kernels at stride 1 (Lavin and Gray, 2016).
 
 conv2d (``numpyconv.conv``) takes this path for a shared 3x3 kernel at stride 1, dilation 1 and
-groups 1 when the channels and tiles are many enough that the GEMMs dominate (:func:`winograd_pays`:
-about 192 -> 192 channels and up, at least 128 output tiles); :func:`set_winograd` (process-wide)
-and :func:`winograd_mode` (one thread, a block) force it or turn it off. Its results equal the
-im2col path's to rounding: relative error ~1e-15 in float64; in float32 the error against a float64
-reference is within about 1.5x of the im2col path's own for ``y`` and ``dx``, about 2x for ``dweight``.
+groups 1, in float64, when the channels and tiles are many enough that the GEMMs dominate
+(:func:`winograd_pays`: about 192 -> 192 channels and up, at least 128 output tiles);
+:func:`set_winograd` (process-wide) and :func:`winograd_mode` (one thread, a block) force it (any
+float dtype) or turn it off. Its results equal the im2col path's to rounding: relative error
+~1e-15 in float64. In float32 its largest errors are like the im2col path's, but an output's error
+is not proportional to that output (the transforms mix values of both signs), so small outputs and
+weight gradients carry larger relative errors (against PyTorch, ``allclose(rtol=1e-4, atol=1e-4)``
+fails where the im2col path passes): 'auto' leaves float32 on im2col.
 
 Each 2x2 output tile ``Y`` is computed from the 4x4 input tile ``d`` around it (input tiles overlap
 by 2) as (docs/derivations/winograd.md)::
@@ -101,13 +104,13 @@ def applies(x, weight, groups, geo):
 
 
 def winograd_pays(x, weight, groups, geo):
-    """conv2d's choice under the mode in force (``'auto'``: it applies, ``C_in*C_out >=
+    """conv2d's choice under the mode in force (``'auto'``: it applies, float64, ``C_in*C_out >=
     MIN_CHANNELS * (C_in + C_out)`` and there are at least ``MIN_TILES`` output tiles)."""
     mode = getattr(_thread, 'mode', None) or _mode
     if mode == 'never' or not applies(x, weight, groups, geo):
         return False
     (c_out, c_in), (th, tw) = weight.shape[:2], _tiles(geo)
-    return mode == 'always' or (c_in * c_out >= MIN_CHANNELS * (c_in + c_out)
+    return mode == 'always' or (x.dtype == np.float64 and c_in * c_out >= MIN_CHANNELS * (c_in + c_out)
                                 and x.shape[0] * th * tw >= MIN_TILES)
 
 

@@ -156,6 +156,10 @@ def test_dispatch_rule():
     w_big, w_small = np.zeros((256, 256, 3, 3)), np.zeros((64, 64, 3, 3))
     assert W.winograd_pays(big, w_big, 1, geo) and not W.winograd_pays(small, w_small, 1, geo)
     assert W.winograd_pays(big[:3], w_big, 1, geo) and not W.winograd_pays(big[:2], w_big, 1, geo)  # 147, 98
+    # float32: the im2col path (its rounding is proportional to each output), unless forced
+    assert not W.winograd_pays(big.astype(np.float32), w_big.astype(np.float32), 1, geo)
+    with W.winograd_mode('always'):
+        assert W.winograd_pays(big.astype(np.float32), w_big.astype(np.float32), 1, geo)
     # C_in * 256 >= 96 * (C_in + 256) from C_in = 154 on
     assert not W.winograd_pays(big[:, :153], np.zeros((256, 153, 3, 3)), 1, geo)
     assert W.winograd_pays(big[:, :154], np.zeros((256, 154, 3, 3)), 1, geo)
