@@ -39,9 +39,9 @@ Backward: every transform is linear, so its gradient is its transpose (eq. 6-9):
 
 Multiplications per output pixel and channel pair: 16/4 = 4 instead of 9. The transforms are
 memory passes over ``V`` and ``M``, so the path pays only when ``C_in * C_out / (C_in + C_out)`` is
-large (and the tiles many). Batches are cut into chunks of whole samples whose ``V`` and ``M`` take
-at most ``min(2 * GEMM_BLOCK, column_budget())`` bytes (conv2d's column bound); a layer whose single
-sample exceeds it uses im2col.
+large (and the tiles many). Batches are cut into blocks whose ``V`` and ``M`` take at most
+``min(2 * GEMM_BLOCK, column_budget())`` bytes (conv2d's column bound): chunks of whole samples, or
+bands of one sample's tile rows; a layer whose single row of tiles exceeds it uses im2col.
 """
 import threading
 from contextlib import contextmanager
@@ -97,10 +97,10 @@ def _column_bound():
 
 def applies(x, weight, groups, geo):
     """Whether (eq. 1) computes this convolution: a shared 3x3 kernel, stride 1, dilation 1,
-    groups 1, a non-empty batch and input, and one sample's ``V`` and ``M`` within the column bound."""
+    groups 1, a non-empty batch and input, and one tile row's ``V`` and ``M`` within the column bound."""
     return (weight.ndim == 4 and groups == 1 and geo.kernel == (3, 3) and geo.stride == (1, 1)
             and geo.dilation == (1, 1) and min(x.shape[:2]) > 0
-            and _sample_bytes(x, weight, geo) <= _column_bound())
+            and _tile_row_bytes(x, weight, geo) <= _column_bound())
 
 
 def winograd_pays(x, weight, groups, geo):
@@ -119,15 +119,20 @@ def _tiles(geo):
     return tuple(-(-size // 2) for size in geo.out_hw)
 
 
-def _sample_bytes(x, weight, geo):
-    th, tw = _tiles(geo)
-    return 16 * th * tw * max(weight.shape[:2]) * x.itemsize
+def _tile_row_bytes(x, weight, geo):
+    """Bytes of the larger of ``V`` and ``M`` for one row of tiles of one sample."""
+    return 16 * _tiles(geo)[1] * max(weight.shape[:2]) * x.itemsize
 
 
-def _chunks(x, weight, geo):
-    """Slices of whole samples, of equal size, whose ``V`` and ``M`` each take at most
-    ``min(2 * GEMM_BLOCK, column_budget())`` bytes."""
-    return even_steps(x.shape[0], _column_bound() // _sample_bytes(x, weight, geo))
+def _blocks(x, weight, geo):
+    """``(s, t)`` pairs, a slice of samples and a slice of tile rows, whose ``V`` and ``M`` each take
+    at most ``min(2 * GEMM_BLOCK, column_budget())`` bytes: chunks of whole samples, of equal size,
+    when one sample fits; bands of one sample's tile rows otherwise (their input rows overlap by 2)."""
+    th, row_bytes, bound = _tiles(geo)[0], _tile_row_bytes(x, weight, geo), _column_bound()
+    if th * row_bytes <= bound:
+        return [(s, slice(0, th)) for s in even_steps(x.shape[0], bound // (th * row_bytes))]
+    bands = even_steps(th, bound // row_bytes)
+    return [(slice(i, i + 1), t) for i in range(x.shape[0]) for t in bands]
 
 
 # -- the tile transforms: gather (overlapping tiles in, eq. 3, 6), scatter (tiles out, eq. 5, 9) --
@@ -200,19 +205,26 @@ def _tile_scatter(tiles, matrix, out):
 
 
 def _channels_last(a, shape, top, left, slot):
-    """``a (n, ch, h, w)`` placed at ``(top, left)`` in a zeroed ``shape (H', W', n, ch)`` scratch array."""
+    """``a (n, ch, h, w)`` placed with its row 0 at row ``top`` (negative: above the array) and its
+    column 0 at ``left`` in a zeroed ``shape (H', W', n, ch)`` scratch array; rows outside are cut."""
     h, w = a.shape[2:]
+    first, last = max(0, -top), max(0, min(h, shape[0] - top))            # rows of a that land inside
+    rows = slice(top + first, top + max(first, last))
     out = scratch(slot, shape, a.dtype)
-    for border in np.s_[:top], np.s_[top + h:], np.s_[top:top + h, :left], np.s_[top:top + h, left + w:]:
+    for border in np.s_[:rows.start], np.s_[rows.stop:], np.s_[rows, :left], np.s_[rows, left + w:]:
         out[border] = 0
-    out[top:top + h, left:left + w] = a.transpose(2, 3, 0, 1)
+    out[rows, left:left + w] = a[:, :, first:last].transpose(2, 3, 0, 1)
     return out
 
 
-def _channels_first(a, top, left, out):
-    """``out (n, ch, h, w) = a[top:top+h, left:left+w]`` for ``a (H', W', n, ch)``."""
+def _channels_first(a, top, left, out, add=False):
+    """``out (n, ch, h, w) = a[top:top+h, left:left+w]`` (``+=`` with ``add``) for ``a (H', W', n, ch)``."""
     h, w = out.shape[2:]
-    out[...] = a[top:top + h, left:left + w].transpose(2, 3, 0, 1)
+    block = a[top:top + h, left:left + w].transpose(2, 3, 0, 1)
+    if add:
+        out += block
+    else:
+        out[...] = block
     return out
 
 
@@ -225,24 +237,40 @@ def _kernel_transform(weight):
     return u.reshape(16, c_out, c_in)
 
 
-def _input_tiles(x, geo):
-    """``V (16, n*Th*Tw, C_in)`` of ``x (n, C_in, H, W)`` zero-padded by ``geo.pads`` (eq. 3)."""
-    th, tw = _tiles(geo)
-    xt = _channels_last(x, (2 * th + 2, 2 * tw + 2) + x.shape[:2], geo.pads[0], geo.pads[2], 'padded')
+def _input_tiles(x, geo, t):
+    """``V (16, n*T*Tw, C_in)`` of the tile rows ``t`` of ``x (n, C_in, H, W)`` zero-padded by
+    ``geo.pads`` (eq. 3): padded input rows ``2*t.start`` to ``2*t.stop + 2``."""
+    rows, tw = t.stop - t.start, _tiles(geo)[1]
+    xt = _channels_last(x, (2 * rows + 2, 2 * tw + 2) + x.shape[:2], geo.pads[0] - 2 * t.start,
+                        geo.pads[2], 'padded')
     return _tile_gather(xt, B_T, 'columns').reshape(16, -1, x.shape[1])
 
 
+def _output_rows(t, geo):
+    """The output rows of the tile rows ``t`` (the last tile may overhang ``Ho``)."""
+    return slice(2 * t.start, min(2 * t.stop, geo.out_hw[0]))
+
+
+def _input_grad_rows(dxt, t, geo, dx, add):
+    """Write (``add``: add) the padded-input gradient ``dxt (2T+2, W', n, C_in)`` of the tile rows
+    ``t`` into ``dx (n, C_in, H, W)``: the rows inside ``x``, the padding's share dropped."""
+    top, h = geo.pads[0], geo.in_hw[0]
+    first = max(0, 2 * t.start - top)                                     # x rows of the band
+    rows = slice(first, max(first, min(h, 2 * t.stop + 2 - top)))
+    _channels_first(dxt, first - 2 * t.start + top, geo.pads[2], dx[:, :, rows], add)
+
+
 def winograd_conv2d(x, weight, geo):
-    """``y (N, C_out, Ho, Wo)`` (no bias) by (eq. 1-5), chunk by chunk of samples."""
+    """``y (N, C_out, Ho, Wo)`` (no bias) by (eq. 1-5), block by block (:func:`_blocks`)."""
     u_t = _kernel_transform(weight).transpose(0, 2, 1)                    # (16, C_in, C_out)
-    (th, tw), c_out = _tiles(geo), weight.shape[0]
+    tw, c_out = _tiles(geo)[1], weight.shape[0]
     y = np.empty((x.shape[0], c_out) + geo.out_hw, dtype=x.dtype)
-    for s in _chunks(x, weight, geo):
-        v = _input_tiles(x[s], geo)                                       # (16, P, C_in)
+    for s, t in _blocks(x, weight, geo):
+        v = _input_tiles(x[s], geo, t)                                    # (16, P, C_in)
         m = np.matmul(v, u_t, out=scratch('dcols', v.shape[:2] + (c_out,), x.dtype))   # (eq. 2)
-        m = m.reshape((4, 4, th, tw, s.stop - s.start, c_out))
-        yt = _tile_scatter(m, A_T.T, scratch('padded', (2 * th, 2 * tw) + m.shape[-2:], x.dtype))
-        _channels_first(yt, 0, 0, y[s])                                   # (eq. 5)
+        m = m.reshape((4, 4, t.stop - t.start, tw, s.stop - s.start, c_out))
+        yt = _tile_scatter(m, A_T.T, scratch('padded', (2 * m.shape[2], 2 * tw) + m.shape[-2:], x.dtype))
+        _channels_first(yt, 0, 0, y[s, :, _output_rows(t, geo)])          # (eq. 5)
     return y
 
 
@@ -251,19 +279,22 @@ def winograd_conv2d_backward(dout, x, weight, geo):
     u = _kernel_transform(weight)                                         # (16, C_out, C_in)
     (th, tw), (c_out, c_in) = _tiles(geo), weight.shape[:2]
     du = scratch('kernel_grad', u.shape, u.dtype)
-    dx = np.empty(x.shape, dtype=x.dtype)
-    for k, s in enumerate(_chunks(x, weight, geo)):
-        dyt = _channels_last(dout[s], (2 * th, 2 * tw, s.stop - s.start, c_out), 0, 0, 'padded')
+    blocks = _blocks(x, weight, geo)
+    bands = blocks[0][1] != slice(0, th)                      # their input rows overlap: dx adds up
+    dx = (np.zeros if bands else np.empty)(x.shape, dtype=x.dtype)
+    for k, (s, t) in enumerate(blocks):
+        n_s, rows = s.stop - s.start, t.stop - t.start
+        dyt = _channels_last(dout[s, :, _output_rows(t, geo)], (2 * rows, 2 * tw, n_s, c_out), 0, 0, 'padded')
         dm = _tile_gather(dyt, A_T.T, 'wino_dm').reshape(16, -1, c_out)   # (16, P, C_out)  (eq. 6)
-        v = _input_tiles(x[s], geo)                                       # (16, P, C_in)
+        v = _input_tiles(x[s], geo, t)                                    # (16, P, C_in)
         dm_t = dm.transpose(0, 2, 1)                                      # (16, C_out, P)
         if k == 0:
-            np.matmul(dm_t, v, out=du)                                    # (eq. 7): the first chunk's tiles
+            np.matmul(dm_t, v, out=du)                                    # (eq. 7): the first block's tiles
         else:
-            du += dm_t @ v                                                # the other chunks' tiles add
+            du += dm_t @ v                                                # the other blocks' tiles add
         dv = np.matmul(dm, u, out=scratch('dcols', v.shape, x.dtype))     # (eq. 8)
-        dxt = scratch('padded', (2 * th + 2, 2 * tw + 2, s.stop - s.start, c_in), x.dtype)
-        _tile_scatter(dv.reshape((4, 4, th, tw) + dxt.shape[2:]), B_T, dxt)   # (eq. 9)
-        _channels_first(dxt, geo.pads[0], geo.pads[2], dx[s])
+        dxt = scratch('padded', (2 * rows + 2, 2 * tw + 2, n_s, c_in), x.dtype)
+        _tile_scatter(dv.reshape((4, 4, rows, tw) + dxt.shape[2:]), B_T, dxt)   # (eq. 9)
+        _input_grad_rows(dxt, t, geo, dx[s], add=bands)
     dw = du.reshape(16, c_out * c_in).T @ G2.astype(x.dtype)              # G^T dU G  (eq. 7)
     return dx, dw.reshape(weight.shape)

@@ -121,19 +121,23 @@ def test_chunks_of_samples_give_the_unchunked_result(monkeypatch):
     y, cache = winograd_conv(1)(x, wt, b)
     dy = RNG.standard_normal(y.shape)
     grads = C.conv2d_backward(dy, cache)
-    one_sample = W._sample_bytes(x, wt, cache['geo'])
+    one_sample = 3 * W._tile_row_bytes(x, wt, cache['geo'])            # 3 rows of 2x2 tiles
     monkeypatch.setattr(W, 'GEMM_BLOCK', one_sample * 3 // 2)   # 3 samples per chunk: 2 + 3 of 5
-    assert [s.stop - s.start for s in W._chunks(x, wt, cache['geo'])] == [2, 3]
+    assert [(s.stop - s.start, t) for s, t in W._blocks(x, wt, cache['geo'])] == [(2, slice(0, 3)),
+                                                                                 (3, slice(0, 3))]
     y2, cache2 = winograd_conv(1)(x, wt, b)
     np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-13)
     for g2, g in zip(C.conv2d_backward(dy, cache2), grads):
         np.testing.assert_allclose(g2, g, rtol=1e-13, atol=1e-13)
 
 
-def test_stale_scratch_contents_do_not_leak():
+@pytest.mark.parametrize('bands', [False, True])
+def test_stale_scratch_contents_do_not_leak(set_budget, bands):
     # every slot the path uses filled with NaN before the forward and before the backward pass:
     # zero borders, overhanging tiles and the overlapping scatter must all be written, not assumed
     x, wt, b = operands(3, 5, 4, 7, 6)
+    if bands:                                                            # 2 tile rows per block
+        set_budget(2 * W._tile_row_bytes(x, wt, C.conv_geometry((7, 6), 3, 1, (2, 1), 1)))
     y, cache = winograd_conv((2, 1))(x, wt, b)
     dy = RNG.standard_normal(y.shape)
     grads = C.conv2d_backward(dy, cache)
@@ -181,16 +185,31 @@ def test_dispatch_rule():
 
 def test_chunks_keep_the_column_budget(set_budget):
     x, wt, b = operands(5, 6, 4, 9, 7)
-    geo = C.conv_geometry((9, 7), 3, 1, (2, 1), 1)
-    set_budget(2 * W._sample_bytes(x, wt, geo))
-    assert [s.stop - s.start for s in W._chunks(x, wt, geo)] == [1, 2, 2]
+    geo = C.conv_geometry((9, 7), 3, 1, (2, 1), 1)                     # 11x7 output: 6 tile rows
+    set_budget(2 * 6 * W._tile_row_bytes(x, wt, geo))
+    assert [s.stop - s.start for s, _ in W._blocks(x, wt, geo)] == [1, 2, 2]
     np.testing.assert_allclose(winograd_conv((2, 1))(x, wt, b)[0], ref.conv2d(x, wt, b, 1, (2, 1)),
                                rtol=1e-12, atol=1e-12)
 
 
-def test_one_sample_beyond_the_column_bound_uses_im2col(set_budget):
+@pytest.mark.parametrize('h, padding, rows_per_band', [(9, (2, 1), 2), (10, 1, 1), (3, (4, 2), 1), (2, 5, 2)])
+def test_bands_of_tile_rows_when_one_sample_exceeds_the_budget(set_budget, h, padding, rows_per_band):
+    # a sample larger than the bound is cut into bands of tile rows; neighbouring bands read 2 shared
+    # input rows, whose gradients add. Padding 4-5 puts whole bands in the padding (no input row).
+    x, wt, b = operands(2, 3, 4, h, 7)
+    geo = C.conv_geometry((h, 7), 3, 1, padding, 1)
+    set_budget(rows_per_band * W._tile_row_bytes(x, wt, geo))
+    blocks = W._blocks(x, wt, geo)
+    assert all(s.stop - s.start == 1 and t.stop - t.start <= rows_per_band for s, t in blocks)
+    assert len(blocks) == 2 * -(-W._tiles(geo)[0] // rows_per_band)
+    forward = winograd_conv(padding)
+    np.testing.assert_allclose(forward(x, wt, b)[0], ref.conv2d(x, wt, b, 1, padding), rtol=1e-12, atol=1e-12)
+    nc.gradcheck(forward, C.conv2d_backward, (x, wt, b))
+
+
+def test_one_tile_row_beyond_the_column_bound_uses_im2col(set_budget):
     x, wt, b = operands(2, 4, 4, 10, 10)
-    set_budget(W._sample_bytes(x, wt, C.conv_geometry((10, 10), 3, 1, 1, 1)) - 1)
+    set_budget(W._tile_row_bytes(x, wt, C.conv_geometry((10, 10), 3, 1, 1, 1)) - 1)
     with W.winograd_mode('always'):
         y, cache = C.conv2d_forward(x, wt, b, 1, 1)
     assert not cache['winograd']
