@@ -342,11 +342,12 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     not its float32 rounding; the layer itself is then not touched.
 
     ``x`` is an array or a tuple of arrays/None (OctaveConv2d's ``(x_h, x_l)``); report names are
-    ``'x'`` (or ``'x[0]'``, ``'x[1]'``) and the parameter keys (a KWConv2d's warehouse, which its
-    manager holds, as ``'warehouse_manager.weights.<id>'``). The parameters are perturbed in place
-    and restored exactly; every buffer (BatchNorm running statistics) is restored after every forward,
-    so all evaluations see the same function; ``grads`` are restored at the end. ``wrt``: names to
-    check (default all); other options as :func:`gradcheck`.
+    ``'x'`` (or ``'x[0]'``, ``'x[1]'``) and the parameter keys. A KWConv2d's warehouse, which its
+    manager holds, is checked too: as ``'warehouse_manager.weights.<id>'`` prefixed by the layer's
+    own key, or under the manager's key when ``layer`` holds the manager. The parameters are
+    perturbed in place and restored exactly; every buffer (BatchNorm running statistics) is restored
+    after every forward, so all evaluations see the same function; ``grads`` are restored at the end.
+    ``wrt``: names to check (default all); other options as :func:`gradcheck`.
     """
     if np.dtype(layer.dtype) != np.float64:
         layer = float64_copy(layer)
@@ -355,7 +356,8 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     x_names = [f'x[{k}]' for k in range(len(parts))] if is_tuple else ['x']
     checked = layer._checked_params()                 # name -> (parameter, gradient)
     keys = list(checked)
-    live, live_grads = ({k: pair[i] for k, pair in checked.items()} for i in (0, 1))
+    live = {k: p for k, (p, _) in checked.items()}
+    live_grads = {k: g for k, (_, g) in checked.items()}
     saved = {k: v.copy() for k, v in live.items()}
     saved_grads = {k: g.copy() for k, g in live_grads.items()}
     saved_buffers = {k: b.copy() for k, b in layer.buffers.items()}

@@ -163,7 +163,8 @@ class Module:
 
     def _checked_params(self):
         """``name -> (parameter, its gradient)``: every parameter of this module and its children,
-        and those outside it that they write gradients into (each array once)."""
+        and those outside it that they write gradients into (an outside array already listed, e.g.
+        a warehouse whose manager is a child, is not listed again)."""
         grads = self.grads
         checked = {k: (p, grads[k]) for k, p in self.params.items()}
         for prefix, module in self.named_modules():

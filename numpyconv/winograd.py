@@ -131,7 +131,7 @@ def _blocks(x, weight, geo):
     th, row_bytes, bound = _tiles(geo)[0], _tile_row_bytes(x, weight, geo), _column_bound()
     if th * row_bytes <= bound:
         return [(s, slice(0, th)) for s in even_steps(x.shape[0], bound // (th * row_bytes))]
-    bands = even_steps(th, bound // row_bytes)
+    bands = even_steps(th, max(1, bound // row_bytes))     # (1: a budget lowered after the forward)
     return [(slice(i, i + 1), t) for i in range(x.shape[0]) for t in bands]
 
 
@@ -204,12 +204,19 @@ def _tile_scatter(tiles, matrix, out):
     return _scatter(rows, matrix, 1, out)
 
 
+def _rows_inside(top, h, length):
+    """``(first, last)``: the rows of an ``h``-row array whose row 0 sits at row ``top`` (negative:
+    above) of a ``length``-row buffer that land inside it (``first == last`` when none do)."""
+    first = max(0, -top)
+    return first, max(first, min(h, length - top))
+
+
 def _channels_last(a, shape, top, left, slot):
     """``a (n, ch, h, w)`` placed with its row 0 at row ``top`` (negative: above the array) and its
     column 0 at ``left`` in a zeroed ``shape (H', W', n, ch)`` scratch array; rows outside are cut."""
     h, w = a.shape[2:]
-    first, last = max(0, -top), max(0, min(h, shape[0] - top))            # rows of a that land inside
-    rows = slice(top + first, top + max(first, last))
+    first, last = _rows_inside(top, h, shape[0])
+    rows = slice(top + first, top + last)
     out = scratch(slot, shape, a.dtype)
     for border in np.s_[:rows.start], np.s_[rows.stop:], np.s_[rows, :left], np.s_[rows, left + w:]:
         out[border] = 0
@@ -217,11 +224,12 @@ def _channels_last(a, shape, top, left, slot):
     return out
 
 
-def _channels_first(a, top, left, out, add=False):
-    """``out (n, ch, h, w) = a[top:top+h, left:left+w]`` (``+=`` with ``add``) for ``a (H', W', n, ch)``."""
+def _channels_first(a, top, left, out, accumulate=False):
+    """``out (n, ch, h, w) = a[top:top+h, left:left+w]`` (``+=`` with ``accumulate``) for
+    ``a (H', W', n, ch)``."""
     h, w = out.shape[2:]
     block = a[top:top + h, left:left + w].transpose(2, 3, 0, 1)
-    if add:
+    if accumulate:
         out += block
     else:
         out[...] = block
@@ -251,13 +259,12 @@ def _output_rows(t, geo):
     return slice(2 * t.start, min(2 * t.stop, geo.out_hw[0]))
 
 
-def _input_grad_rows(dxt, t, geo, dx, add):
-    """Write (``add``: add) the padded-input gradient ``dxt (2T+2, W', n, C_in)`` of the tile rows
-    ``t`` into ``dx (n, C_in, H, W)``: the rows inside ``x``, the padding's share dropped."""
-    top, h = geo.pads[0], geo.in_hw[0]
-    first = max(0, 2 * t.start - top)                                     # x rows of the band
-    rows = slice(first, max(first, min(h, 2 * t.stop + 2 - top)))
-    _channels_first(dxt, first - 2 * t.start + top, geo.pads[2], dx[:, :, rows], add)
+def _input_grad_rows(dxt, t, geo, dx, accumulate):
+    """Write (or add) the padded-input gradient ``dxt (2T+2, W', n, C_in)`` of the tile rows ``t``
+    into ``dx (n, C_in, H, W)``: the rows inside ``x``, the padding's share dropped."""
+    top = geo.pads[0] - 2 * t.start                                       # x's row 0 in dxt's rows
+    first, last = _rows_inside(top, geo.in_hw[0], dxt.shape[0])
+    _channels_first(dxt, top + first, geo.pads[2], dx[:, :, first:last], accumulate)
 
 
 def winograd_conv2d(x, weight, geo):
@@ -280,8 +287,8 @@ def winograd_conv2d_backward(dout, x, weight, geo):
     (th, tw), (c_out, c_in) = _tiles(geo), weight.shape[:2]
     du = scratch('kernel_grad', u.shape, u.dtype)
     blocks = _blocks(x, weight, geo)
-    bands = blocks[0][1] != slice(0, th)                      # their input rows overlap: dx adds up
-    dx = (np.zeros if bands else np.empty)(x.shape, dtype=x.dtype)
+    overlapping = blocks[0][1] != slice(0, th)         # bands: their input rows overlap, dx adds up
+    dx = (np.zeros if overlapping else np.empty)(x.shape, dtype=x.dtype)
     for k, (s, t) in enumerate(blocks):
         n_s, rows = s.stop - s.start, t.stop - t.start
         dyt = _channels_last(dout[s, :, _output_rows(t, geo)], (2 * rows, 2 * tw, n_s, c_out), 0, 0, 'padded')
@@ -295,6 +302,6 @@ def winograd_conv2d_backward(dout, x, weight, geo):
         dv = np.matmul(dm, u, out=scratch('dcols', v.shape, x.dtype))     # (eq. 8)
         dxt = scratch('padded', (2 * rows + 2, 2 * tw + 2, n_s, c_in), x.dtype)
         _tile_scatter(dv.reshape((4, 4, rows, tw) + dxt.shape[2:]), B_T, dxt)   # (eq. 9)
-        _input_grad_rows(dxt, t, geo, dx[s], add=bands)
+        _input_grad_rows(dxt, t, geo, dx[s], accumulate=overlapping)
     dw = du.reshape(16, c_out * c_in).T @ G2.astype(x.dtype)              # G^T dU G  (eq. 7)
     return dx, dw.reshape(weight.shape)

@@ -207,6 +207,17 @@ def test_bands_of_tile_rows_when_one_sample_exceeds_the_budget(set_budget, h, pa
     nc.gradcheck(forward, C.conv2d_backward, (x, wt, b))
 
 
+def test_budget_lowered_between_forward_and_backward(set_budget):
+    # the backward recomputes the blocks under the budget of the moment: one tile row at the least
+    x, wt, b = operands(2, 4, 4, 10, 10)
+    y, cache = winograd_conv(1)(x, wt, b)
+    dy = RNG.standard_normal(y.shape)
+    grads = C.conv2d_backward(dy, cache)
+    set_budget(64)                                                       # below one row of tiles
+    for g2, g in zip(C.conv2d_backward(dy, cache), grads):
+        np.testing.assert_allclose(g2, g, rtol=1e-12, atol=1e-12)
+
+
 def test_one_tile_row_beyond_the_column_bound_uses_im2col(set_budget):
     x, wt, b = operands(2, 4, 4, 10, 10)
     set_budget(W._tile_row_bytes(x, wt, C.conv_geometry((10, 10), 3, 1, 1, 1)) - 1)
