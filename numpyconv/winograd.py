@@ -48,7 +48,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .im2col import GEMM_BLOCK, column_budget, even_steps, scratch
+from .im2col import GEMM_BLOCK, _inside, column_budget, even_steps, scratch
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
@@ -204,23 +204,15 @@ def _tile_scatter(tiles, matrix, out):
     return _scatter(rows, matrix, 1, out)
 
 
-def _rows_inside(top, h, length):
-    """``(first, last)``: the rows of an ``h``-row array whose row 0 sits at row ``top`` (negative:
-    above) of a ``length``-row buffer that land inside it (``first == last`` when none do)."""
-    first = max(0, -top)
-    return first, max(first, min(h, length - top))
-
-
 def _channels_last(a, shape, top, left, slot):
     """``a (n, ch, h, w)`` placed with its row 0 at row ``top`` (negative: above the array) and its
     column 0 at ``left`` in a zeroed ``shape (H', W', n, ch)`` scratch array; rows outside are cut."""
     h, w = a.shape[2:]
-    first, last = _rows_inside(top, h, shape[0])
-    rows = slice(top + first, top + last)
+    rows, src = _inside(-top, 1, shape[0], h)                  # buffer rows, and a's rows there
     out = scratch(slot, shape, a.dtype)
     for border in np.s_[:rows.start], np.s_[rows.stop:], np.s_[rows, :left], np.s_[rows, left + w:]:
         out[border] = 0
-    out[rows, left:left + w] = a[:, :, first:last].transpose(2, 3, 0, 1)
+    out[rows, left:left + w] = a[:, :, src].transpose(2, 3, 0, 1)
     return out
 
 
@@ -263,8 +255,8 @@ def _input_grad_rows(dxt, t, geo, dx, accumulate):
     """Write (or add) the padded-input gradient ``dxt (2T+2, W', n, C_in)`` of the tile rows ``t``
     into ``dx (n, C_in, H, W)``: the rows inside ``x``, the padding's share dropped."""
     top = geo.pads[0] - 2 * t.start                                       # x's row 0 in dxt's rows
-    first, last = _rows_inside(top, geo.in_hw[0], dxt.shape[0])
-    _channels_first(dxt, top + first, geo.pads[2], dx[:, :, first:last], accumulate)
+    rows, src = _inside(-top, 1, dxt.shape[0], geo.in_hw[0])         # dxt's rows, and x's rows there
+    _channels_first(dxt, rows.start, geo.pads[2], dx[:, :, src], accumulate)
 
 
 def winograd_conv2d(x, weight, geo):

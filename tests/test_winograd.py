@@ -64,6 +64,19 @@ def test_property_equals_im2col_path_forward_and_backward(n, c_in, c_out, h, w, 
         np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('h, w, padding', [(5, 7, (1, 1, 1, 1)), (6, 4, (2, 0, 0, 3))])
+def test_winograd_kernels_gradcheck_directly(h, w, padding):
+    # the two kernels themselves, float64, without conv2d's dispatch: (eq. 1-5) and (eq. 6-9)
+    x, wt, _ = operands(2, 3, 4, h, w)
+    out_hw = (h + padding[0] + padding[1] - 2, w + padding[2] + padding[3] - 2)
+    geo = C.Geometry((3, 3), (1, 1), (1, 1), padding, out_hw, (h, w))   # asymmetric pads, set directly
+    np.testing.assert_allclose(W.winograd_conv2d(x, wt, geo),
+                               ref.conv2d(np.pad(x, ((0, 0), (0, 0), padding[:2], padding[2:])), wt),
+                               rtol=1e-12, atol=1e-12)
+    nc.gradcheck(lambda x, wt: W.winograd_conv2d(x, wt, geo),
+                 lambda dy, x, wt: W.winograd_conv2d_backward(dy, x, wt, geo), (x, wt), returns_cache=False)
+
+
 def test_adjoint_dot_products():
     # <conv(x), dy> == <x, dx(dy)> (the input transform's adjoint, eq. 9) and <conv(x; w), dy> ==
     # <w, dw(dy)> (eq. 7): the convolution is linear in x and in w
