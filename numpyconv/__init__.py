@@ -3,7 +3,8 @@
 Every op is a pair ``out, cache = <op>_forward(...)`` / ``grads = <op>_backward(dout, cache)``;
 every layer has ``forward``/``backward``/``params``/``grads``/``state_dict``. See README.md.
 """
-from .im2col import (col2im, column_budget, conv_output_size, im2col, set_column_budget)
+from .im2col import col2im, conv_output_size, im2col
+from .memory import column_budget, set_column_budget
 from .winograd import set_winograd, winograd_mode
 from .module import Module, Sequential, count
 from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, conv2d_backward,

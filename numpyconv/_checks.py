@@ -4,6 +4,7 @@ Every public function checks its inputs here first, so that bad input fails earl
 message naming the argument, the shape received and the shape expected (API contract).
 Nothing in this module copies or mutates an array it is given.
 """
+import math
 import numbers
 
 import numpy as np
@@ -96,3 +97,72 @@ def dtype_arg(dtype):
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def real(value, name, low=-math.inf, high=math.inf, strict_low=False):
+    """``value`` as a float, checked to be finite and in ``[low, high]`` (``(low, high]`` if strict)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    above = value > low if strict_low else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        interval = f"{'(' if strict_low else '['}{low}, {high}{']' if high < math.inf else ')'}"
+        raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
+    return float(value)
+
+
+# -- caches and output gradients: what every backward checks first ------------------------------
+class Cache(dict):
+    """What a forward pass keeps for its backward pass: a dict of arrays and hyper-parameters that
+    knows which op made it (``cache.op``, e.g. ``'conv2d'``). A backward never modifies its cache,
+    so it may be called again on the same cache."""
+
+    def __init__(self, op, **fields):
+        super().__init__(**fields)
+        self.op = op
+
+    def __repr__(self):
+        return f"Cache(op={self.op!r}, keys={sorted(self)})"
+
+    def __reduce__(self):                                  # copy / deepcopy / pickle keep the op
+        return (_rebuild_cache, (self.op, dict(self)))
+
+
+def _rebuild_cache(op, fields):
+    return Cache(op, **fields)
+
+
+def check_cache(cache, op):
+    """Return ``cache`` if ``op``'s forward made it; otherwise a ``TypeError`` naming both ops.
+
+    >>> check_cache(Cache('relu', positive=None), 'relu').op
+    'relu'
+    """
+    if isinstance(cache, Cache) and cache.op == op:
+        return cache
+    if isinstance(cache, Cache):
+        raise TypeError(f"{op}_backward was given the cache of {cache.op}_forward; pass the cache "
+                        f"that {op}_forward returned")
+    raise TypeError(f"{op}_backward needs the cache returned by {op}_forward, got "
+                    f"{type(cache).__name__} {_short(cache)}")
+
+
+def _short(obj):
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
+def grad_out(dout, shape, dtype, name='dout'):
+    """Check an output gradient and return it in the forward's ``dtype``.
+
+    ``dout`` must be a real floating array (float16, float32 or float64) of the output's ``shape``;
+    one of another float dtype than the forward's is cast to the forward's, as PyTorch's autograd
+    casts a gradient to its tensor's dtype. Integer, bool and complex gradients raise ``TypeError``.
+    """
+    if not isinstance(dout, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of shape {tuple(shape)}, got "
+                        f"{type(dout).__name__}")
+    if dout.dtype.kind != 'f':
+        raise TypeError(f"{name} must be a real floating array (float32 or float64, cast to the "
+                        f"forward's {np.dtype(dtype)}), got dtype {dout.dtype}")
+    expect_shape(dout, shape, name)
+    return dout.astype(dtype, copy=False)

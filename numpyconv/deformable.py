@@ -68,8 +68,10 @@ from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
 from ._parallel import threads_for
 from .blocks import sigmoid_backward, sigmoid_forward
 from .check import CheckCase, register
-from .conv import Conv2d, cols_matmul, cols_matmul_backward, conv_geometry
-from .im2col import batch_chunks, crop_nchw, pad_nchw
+from .conv import Conv2d, conv_geometry
+from .gemm import cols_matmul, cols_matmul_backward
+from .im2col import crop_nchw, pad_nchw
+from .memory import batch_chunks
 from .module import Module, kaiming_uniform
 
 _RING = (1, 1, 1, 1)   # the zero ring around the input read by the kernels

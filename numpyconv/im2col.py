@@ -26,77 +26,19 @@ Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 ``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``, and for the kernel
 offset ``p = 0`` the output row ``i = 0`` reads input row ``-1``: zero.
 
-Memory bound: the column buffer is ``kh*kw`` times the (output-sized) input. conv2d never holds
-more than one block of columns, ``GEMM_BLOCK`` bytes (more when that holds too few output pixels for
-a fast GEMM), at most ``min(2 * GEMM_BLOCK, column_budget())``: several whole samples, or, when one
-sample's columns are larger, bands of one sample's output rows (one output row's columns is the
-smallest block). The GEMM reads the columns im2col has just written while they
-are still in cache, and the backward pass recomputes each block's columns instead of keeping the
-batch's. The deformable convolutions, whose columns cost more to rebuild, keep the whole batch's
-columns while they fit in :func:`column_budget` bytes (default 256 MiB, set with
-:func:`set_column_budget`) and otherwise work in chunks of whole samples.
+Memory: the column buffer is ``kh*kw`` times the (output-sized) input; how much of it a caller
+holds at once is the memory policy's (``numpyconv/memory.py``): conv2d works block by block,
+the deformable convolutions keep at most :func:`~numpyconv.memory.column_budget` bytes.
 """
-import threading
 from collections import namedtuple
 
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair
 
-_COLUMN_BUDGET = 256 * 2 ** 20
-GEMM_BLOCK = 8 * 2 ** 20       # bytes of columns per im2col + GEMM step (cache-sized)
-_SCRATCH = threading.local()   # each thread's reusable temporaries: slot name -> memory
-
-
-def column_budget():
-    """Bytes a column buffer may take before the batch is processed in chunks."""
-    return _COLUMN_BUDGET
-
-
-def set_column_budget(nbytes):
-    """Set the column-buffer bound in bytes; returns the previous value."""
-    global _COLUMN_BUDGET
-    if int(nbytes) < 1:
-        raise ValueError(f"nbytes must be a positive number of bytes, got {nbytes!r}")
-    previous, _COLUMN_BUDGET = _COLUMN_BUDGET, int(nbytes)
-    return previous
-
-
-def batch_chunks(n, bytes_per_sample, budget=None):
-    """Slices covering ``range(n)`` whose buffers each stay below ``budget`` (default: the
-    column budget) bytes; a slice is never smaller than one sample."""
-    budget = _COLUMN_BUDGET if budget is None else budget
-    step = max(1, budget // max(1, bytes_per_sample))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
-
-
-def even_steps(total, most):
-    """``range(total)`` cut into the fewest slices of at most ``most`` (>= 1) items, their sizes
-    differing by at most one (no small last block)."""
-    pieces = -(-total // most)
-    return [slice(k * total // pieces, (k + 1) * total // pieces) for k in range(pieces)]
-
-
-def scratch(slot, shape, dtype):
-    """An uninitialised temporary array, in memory this thread reuses for ``slot`` (conv2d's:
-    'columns', 'kernel', 'kernel_grad', 'dcols'; its Winograd path also 'padded', 'wino_rows',
-    'wino_dm') from call to call, when it takes at most
-    ``2 * GEMM_BLOCK`` bytes (a fresh array otherwise). Fresh memory costs a page fault per 4 KiB on
-    first touch, about 10% of a small convolution's time. The caller must be done with a slot's
-    array before it asks that slot for another, and must not return it."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes > 2 * GEMM_BLOCK:
-        return np.empty(shape, dtype=dtype)
-    memory = getattr(_SCRATCH, slot, None)
-    if memory is None or memory.nbytes < nbytes:
-        memory = np.empty(nbytes, dtype=np.uint8)
-        setattr(_SCRATCH, slot, memory)
-    return memory[:nbytes].view(dtype).reshape(shape)
-
 
 def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
-    """``floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1`` (specs README)."""
+    """``floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1`` (docs/derivations/conv.md)."""
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 

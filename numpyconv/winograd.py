@@ -48,7 +48,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .im2col import GEMM_BLOCK, _inside, column_budget, even_steps, scratch
+from .im2col import _inside
+from .memory import GEMM_BLOCK, column_budget, even_steps, scratch
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 import numpyconv as nc
 from numpyconv import conv as C
-from numpyconv.im2col import GEMM_BLOCK, col2im, im2col, scratch, set_column_budget
+from numpyconv.im2col import col2im, im2col
+from numpyconv.memory import GEMM_BLOCK, scratch, set_column_budget
 from numpyconv.reference import conv as ref
 
 RNG = np.random.default_rng(1234)

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 import numpyconv as nc
 from numpyconv import conv as C
 from numpyconv import winograd as W
-from numpyconv.im2col import GEMM_BLOCK, scratch
+from numpyconv.memory import GEMM_BLOCK, scratch
 from numpyconv.reference import conv as ref
 
 RNG = np.random.default_rng(77)
