@@ -252,7 +252,7 @@ def test_conv2d_winograd_backward_matches_reference():
 
 @pytest.mark.parametrize('stride', [1, 2])
 def test_conv2d_row_bands_backward_matches_reference(set_budget, stride):
-    """One output row per column block (a tiny column budget): the bands' gradients add up."""
+    """Bands of one or two output rows per column block (a tiny column budget): their gradients add."""
     set_budget(2000)
     check('conv2d', (normal(2, 2, 7, 6), normal(3, 2, 3, 3), normal(3)), dict(stride=stride, padding=(1, 2)))
 

@@ -3,9 +3,13 @@
 ``numpyconv.reference.<op>(*forward_args, **forward_kwargs)`` is the definition of the output of
 ``numpyconv.<op>_forward`` (its first element); ``numpyconv.reference.<op>_backward(dout,
 *forward_args, **forward_kwargs)`` returns the tuple ``numpyconv.<op>_backward(dout, cache)``
-returns. Both take the fast op's arguments, with its names, order and defaults. Every line of a loop
-is one equation of docs/derivations/<technique>.md and cites its number. NumPy arrays, Python loops
-and ``math`` only: no module here calls a fast op, so the two are independent definitions.
+returns: one gradient per array input of forward, in forward's order, each of its input's shape and
+dtype (None for an input given as None, and for cross_entropy's integer labels). Both take the fast
+op's arguments, with its names, order and defaults; ``dout`` has the shape of the output (a pair for
+octave, a scalar for cross_entropy). A forward's docstring names its equation; the backward loops
+cite, line by line, the equation of docs/derivations/<technique>.md each line implements. NumPy
+arrays, Python loops and ``math`` only: no module here calls a fast op, so the two are independent
+definitions.
 
 Example::
 
