@@ -209,7 +209,7 @@ def involution_backward(dout, cache):
 @register('involution')
 def _involution_case(rng):
     """Two groups of 3 channels, 3x3 kernel, stride (2, 1), dilation (1, 2): taps cross the borders."""
-    from .reference import involution as reference
+    from . import reference
     hyper = dict(kernel_size=3, stride=(2, 1), dilation=(1, 2))
     x = rng.standard_normal((2, 6, 5, 6))
     kernel = rng.standard_normal((2, 2 * 9, 3, 6))
