@@ -127,7 +127,7 @@ class CondConv2d(MixtureConv2dBase):
 # -- numpyconv check --------------------------------------------------------------------------------
 def _register_checks():
     from .check import CheckCase, register
-    from .reference import dynamic as ref
+    from .reference import condconv as ref
 
     @register('condconv2d')
     def _condconv(rng):

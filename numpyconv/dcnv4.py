@@ -221,7 +221,7 @@ class DCNv4(Module):
 @register('dcnv4')
 def _dcnv4_case(rng):
     """5x3 kernel without centre (P = 14, 2 groups: 84 used of 88 channels), offset_scale 2."""
-    from .reference.dcnv3 import dcnv4
+    from .reference.dcnv4 import dcnv4
     hyper = ((5, 3), 1, (2, 1), 1, 2, 3, 2.0, True)
     x = rng.standard_normal((2, 5, 4, 6))
     offset_mask = rng.uniform(-3, 3, (2, 5, 4, 88))

@@ -38,3 +38,16 @@ from .octave import octave_conv2d, octave_conv2d_backward  # noqa: F401 (re-expo
 
 # -- involution (reference/involution.py) --------------------------------------------------------
 from .involution import involution, involution_backward  # noqa: F401 (re-exported)
+
+# -- the dynamic family: DY-CNN, CondConv, ODConv, KernelWarehouse -------------------------------
+from .condconv import condconv2d, condconv2d_backward  # noqa: F401
+from .dynamic import aggregated_conv2d, aggregated_conv2d_backward  # noqa: F401
+from .dynamic import dynamic_conv2d, dynamic_conv2d_backward  # noqa: F401
+from .kernel_warehouse import kw_attention, kw_attention_backward, kw_caf, kw_caf_backward  # noqa: F401
+from .kernel_warehouse import kw_conv2d, kw_conv2d_backward  # noqa: F401
+from .odconv import odconv2d, odconv2d_backward  # noqa: F401
+
+# -- deformable convolution v1/v2, DCNv3, DCNv4 --------------------------------------------------
+from .deformable import deform_conv2d, deform_conv2d_backward  # noqa: F401
+from .dcnv3 import dcnv3, dcnv3_backward  # noqa: F401
+from .dcnv4 import dcnv4, dcnv4_backward  # noqa: F401
