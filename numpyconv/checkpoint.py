@@ -36,8 +36,9 @@ become the upper half of a float32). Quantized, float8 and complex32 tensors are
 
 Memory: each storage is read once, into its own buffer; with ``mmap=True`` the stored (uncompressed)
 members of a zip archive, an npz and the buffer of a safetensors file are mapped, not read: the arrays
-are read-only views of the file (except bfloat16, widened into new float32 arrays). Declared sizes are
-checked against the file's size before anything is allocated.
+are read-only views of the file, except where a conversion is needed (bfloat16 widened to float32, a
+big-endian archive swapped to native order: read-only copies). Declared sizes are checked against
+the file's size before anything is allocated.
 """
 import ast
 import contextlib
@@ -102,6 +103,7 @@ _SAFETENSORS_DTYPES = {
 _SAFETENSORS_HEADER_LIMIT = 100_000_000      # the safetensors library's own bound
 _DEFLATE_MAX_RATIO = 1032                    # deflate can not expand one byte into more than ~1032
 _MAX_NDIM = 64
+_PICKLE_STARTS = {b'(', b'c', b'}', b']', b')'}    # how protocol 0/1 pickles of objects start
 
 
 def _itemsize(dtype):
@@ -152,11 +154,11 @@ def _typed(raw, dtype, byteorder, key):
                          f"elements ({stored.itemsize} bytes each)")
     order = '>' if byteorder == 'big' else '<'
     values = raw.view(stored.newbyteorder(order) if stored.itemsize > 1 else stored)
-    if dtype == 'bfloat16':
-        return bfloat16_to_float32(values)
-    if byteorder == 'big' and stored.itemsize > 1 and raw.flags.writeable:
-        return values.astype(loaded)         # read into memory: native byte order (a copy)
-    return values                            # mapped big-endian data stays a non-native view
+    if dtype == 'bfloat16' or (byteorder == 'big' and stored.itemsize > 1):
+        converted = bfloat16_to_float32(values) if dtype == 'bfloat16' else values.astype(loaded)
+        converted.flags.writeable = raw.flags.writeable       # mapped files give read-only arrays
+        return converted
+    return values
 
 
 def _int_arg(value, what, minimum=0):
@@ -185,15 +187,16 @@ def tensor_view(storage, offset, size, stride, dtype=None):
     count = 1
     for n in size:
         count *= n
-    if count == 0:                       # nothing is read; PyTorch accepts any offset here
-        return typed[:0].reshape(size)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= typed.size:
-        raise ValueError(f"tensor of size {size} and stride {stride} at offset {offset} reaches "
-                         f"element {last} of storage {storage.key}, which holds {typed.size}")
     itemsize = typed.itemsize
     if count * itemsize >= 2 ** 62 or max(stride, default=0) * itemsize >= 2 ** 62:
         raise ValueError(f"tensor of size {size} and stride {stride} is too large to address")
+    if count == 0:                       # nothing is read; PyTorch accepts any offset here
+        offset = 0
+    else:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= typed.size:
+            raise ValueError(f"tensor of size {size} and stride {stride} at offset {offset} reaches "
+                             f"element {last} of storage {storage.key}, which holds {typed.size}")
     return np.lib.stride_tricks.as_strided(typed[offset:], shape=size,
                                            strides=tuple(s * itemsize for s in stride),
                                            writeable=typed.flags.writeable)
@@ -386,7 +389,7 @@ class _Archive:
             self.zip = zipfile.ZipFile(f)
             infos = self.zip.infolist()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-                struct.error) as exc:
+                NotImplementedError, struct.error) as exc:
             raise ValueError(f"{what}: not a readable zip archive ({exc})") from None
         self.infos, self.offsets = {}, {}
         for info in infos:
@@ -457,7 +460,7 @@ class _Archive:
                     view[filled:filled + len(chunk)] = chunk
                     filled += len(chunk)
                 extra = member.read(1)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
             raise ValueError(f"{self.what}: member {info.filename!r} is corrupt ({exc})") from None
         if filled != info.file_size or extra:
             raise ValueError(f"{self.what}: member {info.filename!r} does not hold its declared "
@@ -759,10 +762,10 @@ def _load(f, size, head, mapped, path, allow, unknown):
         return _load_npz(archive, f"{path} (npz)")
     if head[:6] == b'\x93NUMPY':
         return _npy_array(_read_region(f, mapped, 0, size), f"{path} (npy)")
-    if head[:1] == b'\x80':
-        return _load_stream(f, size, f"{path} (PyTorch legacy stream)", allow, unknown)
-    if len(head) >= 9 and head[8:9] == b'{':
+    if len(head) >= 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] <= size - 8:
         return _load_safetensors(f, size, mapped, f"{path} (safetensors)")
+    if head[:1] == b'\x80' or head[:1] in _PICKLE_STARTS:
+        return _load_stream(f, size, f"{path} (PyTorch legacy stream or pickle)", allow, unknown)
     if head[257:262] == b'ustar':
         raise ValueError(f"{path}: a tar archive: PyTorch's tar format (before 0.4) is not supported")
     raise ValueError(f"{path}: unknown format (not a PyTorch zip or legacy checkpoint, safetensors, "
