@@ -773,6 +773,17 @@ def _load(f, size, head, mapped, path, allow, unknown):
 
 
 # -- the model inside a checkpoint ------------------------------------------------------------
+def state_dict_key(checkpoint, key=None):
+    """The key of ``checkpoint`` that :func:`state_dict_of` reads (None: the checkpoint itself)."""
+    if key is not None:
+        if key not in checkpoint:
+            raise StateDictError(f"state_dict_of: key {key!r} is not in the checkpoint; its keys are "
+                                 f"{list(checkpoint)[:20]}")
+        return key
+    found = [k for k in ('state_dict', 'model', 'model_ema') if isinstance(checkpoint.get(k), Mapping)]
+    return found[0] if found else None
+
+
 def state_dict_of(checkpoint, prefix=None, key=None):
     """The model's state_dict inside a loaded checkpoint.
 
@@ -794,15 +805,8 @@ def state_dict_of(checkpoint, prefix=None, key=None):
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"checkpoint must be a dict (what load_checkpoint returns), got "
                         f"{type(checkpoint).__name__}")
-    if key is not None:
-        if key not in checkpoint:
-            raise StateDictError(f"state_dict_of: key {key!r} is not in the checkpoint; its keys are "
-                                 f"{list(checkpoint)[:20]}")
-        state, where = checkpoint[key], f"checkpoint[{key!r}]"
-    else:
-        found = [k for k in ('state_dict', 'model', 'model_ema') if isinstance(checkpoint.get(k), Mapping)]
-        state, where = (checkpoint[found[0]], f"checkpoint[{found[0]!r}]") if found else (checkpoint,
-                                                                                          'checkpoint')
+    key = state_dict_key(checkpoint, key)
+    state, where = (checkpoint, 'checkpoint') if key is None else (checkpoint[key], f"checkpoint[{key!r}]")
     if not isinstance(state, Mapping):
         raise TypeError(f"state_dict_of: {where} is a {type(state).__name__}, not a state_dict")
     if prefix is None:
