@@ -555,7 +555,7 @@ class Unpickler:
         elif isinstance(inst, Stub):
             inst.state = state
         elif type(inst) in (OrderedDict, Counter, argparse.Namespace):
-            _set_attributes(inst, state)
+            _set_attributes(inst, state, dunders=False)
         elif self._is_trusted(type(inst)):           # pickle's own BUILD
             setstate = getattr(inst, '__setstate__', None)
             if setstate is not None:
@@ -573,8 +573,10 @@ class Unpickler:
         return self.persistent_load(pid)
 
 
-def _set_attributes(inst, state, slots=False):
-    """pickle's default ``BUILD``: ``__dict__`` from a dict, slots from ``(dict, slots)``."""
+def _set_attributes(inst, state, slots=False, dunders=True):
+    """pickle's default ``BUILD``: ``__dict__`` from a dict, slots from ``(dict, slots)``. Without
+    ``dunders``, names such as ``__setstate__`` or ``__reduce_ex__`` are refused (the objects this
+    module makes never have them)."""
     slotstate = None
     if slots and isinstance(state, tuple) and len(state) == 2:
         state, slotstate = state
@@ -582,6 +584,9 @@ def _set_attributes(inst, state, slots=False):
         if part is not None and (not isinstance(part, dict) or not all(isinstance(k, str) for k in part)):
             raise ValueError(f"the state of a {type(inst).__name__} must be a dict of attributes, "
                              f"got {type(part).__name__}")
+        if not dunders and part and any(k.startswith('__') and k.endswith('__') for k in part):
+            raise UnsafeCheckpointError(f"attribute {sorted(part)[0]!r} of a {type(inst).__name__} refused "
+                                        f"(special names are never set from a file)")
     if state:
         inst.__dict__.update(state)
     for key, value in (slotstate or {}).items():
@@ -676,8 +681,8 @@ def _bool(u):
 @_op('INT')
 def _int_line(u):
     line = u.src.readline()
-    u.stack.append({b'00': False, b'01': True}.get(line) if line in (b'00', b'01')
-                   else _line_int(line, 'INT'))
+    booleans = {b'00': False, b'01': True}           # protocol 0 writes True and False as INT
+    u.stack.append(booleans[line] if line in booleans else _line_int(line, 'INT'))
 
 
 @_op('LONG')

@@ -216,6 +216,16 @@ def _usable_dtype(name):
     return name
 
 
+def _copyable(array, what):
+    """``array`` if copying it costs no more than the memory it spans: a view whose elements
+    overlap (stride 0, an expanded tensor) would turn a small storage into a huge copy."""
+    span = 1 + sum((n - 1) * abs(s) for n, s in zip(array.shape, array.strides)) // max(array.itemsize, 1)
+    if array.size > span:
+        raise ValueError(f"{what}: a tensor of shape {array.shape} over {span} stored elements "
+                         f"(an expanded view) would be copied in full; refused")
+    return array
+
+
 def _with_metadata(array, metadata):
     """PyTorch's tensor metadata: the lazy ``neg`` and ``conj`` bits, applied (a copy)."""
     if metadata is None or metadata == {}:
@@ -223,9 +233,9 @@ def _with_metadata(array, metadata):
     if not isinstance(metadata, dict) or not set(metadata) <= {'neg', 'conj'}:
         raise ValueError(f"tensor metadata {metadata!r} is not understood")
     if metadata.get('neg'):
-        array = np.negative(array)
+        array = np.negative(_copyable(array, 'neg bit'))
     if metadata.get('conj'):
-        array = np.conj(array)
+        array = np.conj(_copyable(array, 'conj bit'))
     return array
 
 
@@ -280,7 +290,8 @@ def _rebuild_device_tensor(args):
     if len(args) != 4:
         raise ValueError(f"device tensor rebuild takes 4 arguments, got {len(args)}")
     data = _array_arg(args[0], 'device tensor data')
-    return data.astype(_DTYPES[_dtype_of(args[1], 'device tensor dtype')][0], copy=False)
+    dtype = _DTYPES[_dtype_of(args[1], 'device tensor dtype')][0]
+    return data if data.dtype == dtype else _copyable(data, 'device tensor').astype(dtype)
 
 
 def _parameter_new(args, kwargs=None):
@@ -385,6 +396,7 @@ class _Archive:
 
     def __init__(self, f, size, mapped, what):
         self.f, self.size, self.mapped, self.what = f, size, mapped, what
+        self.inflated = 0
         try:
             self.zip = zipfile.ZipFile(f)
             infos = self.zip.infolist()
@@ -447,8 +459,9 @@ class _Archive:
             raise ValueError(f"{self.what}: member {info.filename!r} declares {info.file_size} bytes "
                              f"from {info.compress_size} compressed, more than deflate can produce "
                              f"(a zip bomb or a corrupt archive)")
-        require_memory((info.file_size,), np.uint8, f"member {info.filename!r} of {self.what}",
-                       'the decompressed member')
+        self.inflated += info.file_size
+        require_memory((self.inflated,), np.uint8, f"the compressed members of {self.what}",
+                       'the decompressed members together')
         out = np.empty(info.file_size, dtype=np.uint8)
         view, filled = memoryview(out), 0
         try:

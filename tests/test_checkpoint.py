@@ -339,16 +339,23 @@ def test_payload_fixtures_in_pytorch_files(name):
 
 def test_build_on_loaded_objects_never_calls_setstate(tmp_path):
     """A second BUILD after putting ``__setstate__`` into an object's dict is the classic way to make
-    pickle call it; here BUILD only fills the dict."""
+    pickle call it; here BUILD only fills the dict, with ordinary names."""
     stub = b'cunknown_pkg.mod\nfn\n'
-    first = b'\x80\x02ccollections\nOrderedDict\n)R}X\x0c\x00\x00\x00__setstate__' + stub + b'sb'
-    (tmp_path / 'b.pkl').write_bytes(first + b'}X\x01\x00\x00\x00xK\x01sb.')
-    loaded = nc.load_checkpoint(tmp_path / 'b.pkl', unknown='stub')
-    assert isinstance(loaded, OrderedDict) and isinstance(loaded.__dict__['__setstate__'], GlobalRef)
-    assert loaded.x == 1
-    (tmp_path / 'b.pkl').write_bytes(first + b'X\x03\x00\x00\x00argb.')
+    for name in (b'__setstate__', b'__reduce_ex__'):
+        first = (b'\x80\x02ccollections\nOrderedDict\n)R}X' + struct.pack('<I', len(name)) + name + stub
+                 + b'sb')
+        (tmp_path / 'b.pkl').write_bytes(first + b'X\x03\x00\x00\x00argb.')
+        with pytest.raises(nc.UnsafeCheckpointError, match=f"attribute '{name.decode()}' of a OrderedDict"):
+            nc.load_checkpoint(tmp_path / 'b.pkl', unknown='stub')
+    (tmp_path / 'b.pkl').write_bytes(b'\x80\x02ccollections\nOrderedDict\n)R}X\x01\x00\x00\x00x' + stub
+                                     + b'sbX\x03\x00\x00\x00argb.')
     with pytest.raises(ValueError, match='must be a dict of attributes, got str'):
         nc.load_checkpoint(tmp_path / 'b.pkl', unknown='stub')
+    (tmp_path / 'b.pkl').write_bytes(b'\x80\x02ccollections\nOrderedDict\n)R}X\x01\x00\x00\x00x' + stub
+                                     + b'sb.')
+    loaded = nc.load_checkpoint(tmp_path / 'b.pkl', unknown='stub')
+    assert isinstance(loaded, OrderedDict) and isinstance(loaded.x, GlobalRef)
+    assert loaded.x.name == 'unknown_pkg.mod.fn'
 
 
 @pytest.mark.parametrize('opcodes, message', [
@@ -506,6 +513,13 @@ def test_legacy_storages_are_checked_against_the_file_before_allocation(tmp_path
     ({'t': Reduce(Global('torch._utils', '_rebuild_tensor_v2'), ('0', 0, (1,), (1,), False, hooks()))}, {},
      "storage must be a storage persistent id, got str"),
     ({'t': Reduce(Global('torch._utils', '_rebuild_tensor_v2'), ())}, {}, 'takes 6 or 7 arguments'),
+    ({'t': Reduce(Global('torch._utils', '_rebuild_tensor_v2'),
+                  (PersistentId(('storage', Global('torch', 'FloatStorage'), '0', 'cpu', 1)), 0,
+                   (2 ** 16, 2 ** 16), (0, 0), False, hooks(), {'neg': True}))}, {'0': floats(1)},
+     'expanded view'),
+    ({'t': Reduce(Global('torch._utils', '_rebuild_tensor_v2'),
+                  (PersistentId(('storage', Global('torch', 'FloatStorage'), '0', 'cpu', 1)), 0, (1,),
+                   (1,), False, hooks(), {'sparse': True}))}, {'0': floats(1)}, 'metadata .* not understood'),
     ({'t': PersistentId(('module', Global('torch', 'FloatStorage'), 'x', 'y'))}, {}, "kind 'module' refused"),
     ({'t': PersistentId('storage')}, {}, 'must be a tuple'),
     ({'t': PersistentId(('storage', 'FloatStorage', '0', 'cpu', 1))}, {'0': floats(1)},
