@@ -38,6 +38,7 @@ import pickle
 import re
 import struct
 from collections import Counter, OrderedDict
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -93,7 +94,7 @@ DANGEROUS_MODULES = frozenset(
     'os posix nt posixpath ntpath sys subprocess pty shutil importlib imp zipimport runpy code '
     'codeop ctypes _ctypes socket ssl select signal webbrowser multiprocessing threading _thread '
     'asyncio concurrent pickle _pickle cPickle copy_reg marshal shelve dbm sqlite3 pdb bdb '
-    'timeit trace inspect gc types functools operator _operator io _io pathlib tempfile glob '
+    'timeit trace inspect gc types operator _operator io _io pathlib tempfile glob '
     'fileinput platform sysconfig site ensurepip pip setuptools distutils urllib http ftplib '
     'smtplib telnetlib xmlrpc commands popen2 builtins __builtin__ __main__'.split())
 DANGEROUS_NAMES = frozenset(
@@ -298,10 +299,12 @@ def _ordered_dict(args, kind=OrderedDict):
     raise ValueError(f"{kind.__name__} called with {args!r}")
 
 
-def _namespace(args, kwargs=None):
-    if args or kwargs:
-        raise ValueError("argparse.Namespace is rebuilt from its state, not from arguments")
-    return argparse.Namespace()
+def _namespace(kind):
+    def make(args, kwargs=None):
+        if args or kwargs:
+            raise ValueError(f"{kind.__name__} is rebuilt from its state, not from arguments")
+        return kind()
+    return make
 
 
 def _codecs_encode(args):
@@ -371,7 +374,8 @@ BASE_GLOBALS = {
     'collections.OrderedDict': Callable(call=_ordered_dict, new=lambda a, k: _ordered_dict(a)),
     'collections.Counter': Callable(call=lambda a: _ordered_dict(a, Counter),
                                     new=lambda a, k: _ordered_dict(a, Counter)),
-    'argparse.Namespace': Callable(call=_namespace, new=_namespace),
+    'argparse.Namespace': Callable(call=_namespace(argparse.Namespace), new=_namespace(argparse.Namespace)),
+    'types.SimpleNamespace': Callable(call=_namespace(SimpleNamespace), new=_namespace(SimpleNamespace)),
     '_codecs.encode': Callable(call=_codecs_encode),
     'copyreg._reconstructor': Callable(call=_reconstructor),
     'builtins.set': Callable(call=_set),
@@ -554,7 +558,7 @@ class Unpickler:
             self._replace_top(inst, spec_build(inst, state))
         elif isinstance(inst, Stub):
             inst.state = state
-        elif type(inst) in (OrderedDict, Counter, argparse.Namespace):
+        elif type(inst) in (OrderedDict, Counter, argparse.Namespace, SimpleNamespace):
             _set_attributes(inst, state, dunders=False)
         elif self._is_trusted(type(inst)):           # pickle's own BUILD
             setstate = getattr(inst, '__setstate__', None)
@@ -584,8 +588,9 @@ def _set_attributes(inst, state, slots=False, dunders=True):
         if part is not None and (not isinstance(part, dict) or not all(isinstance(k, str) for k in part)):
             raise ValueError(f"the state of a {type(inst).__name__} must be a dict of attributes, "
                              f"got {type(part).__name__}")
-        if not dunders and part and any(k.startswith('__') and k.endswith('__') for k in part):
-            raise UnsafeCheckpointError(f"attribute {sorted(part)[0]!r} of a {type(inst).__name__} refused "
+        special = [k for k in part or () if k.startswith('__') and k.endswith('__')]
+        if special and not dunders:
+            raise UnsafeCheckpointError(f"attribute {special[0]!r} of a {type(inst).__name__} refused "
                                         f"(special names are never set from a file)")
     if state:
         inst.__dict__.update(state)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import types
+import warnings
 import zipfile
 from collections import OrderedDict
 from fractions import Fraction
@@ -288,7 +290,8 @@ def test_npy_and_plain_pickles(tmp_path):
     np.save(tmp_path / 'a.npy', array)
     assert_same(nc.load_checkpoint(tmp_path / 'a.npy'), array)
     obj = {'w': np.arange(3.0), 'n': np.int64(4), 's': {1, 2}, 'f': frozenset('ab'), 'c': 1 + 2j,
-           'b': b'\x00\xff', 'ba': bytearray(b'xy'), 'r': range(3), 'sl': slice(1, None)}
+           'b': b'\x00\xff', 'ba': bytearray(b'xy'), 'r': range(3), 'sl': slice(1, None),
+           'ns': types.SimpleNamespace(a=1, b=[2.5])}
     for protocol in range(6):
         (tmp_path / 'p.pkl').write_bytes(pickle.dumps(obj, protocol=protocol))
         loaded = nc.load_checkpoint(tmp_path / 'p.pkl')
@@ -992,3 +995,24 @@ def test_whole_modules_pickled_by_torch_load_in_stub_mode(tmp_path):
         conv = loaded.state['_modules']['0']
         assert conv.name == 'torch.nn.modules.conv.Conv2d'
         assert_same(conv.state['_parameters']['weight'], model[0].weight.detach().numpy())
+
+
+def test_files_torch_writes_in_less_common_ways(tmp_path):
+    torch = pytest.importorskip('torch')
+    u16 = torch.tensor([1, 65535, 7], dtype=torch.int32).to(torch.uint16)
+    torch.save({'u': u16}, tmp_path / 'u.pth', _use_new_zipfile_serialization=False)   # torch can not read it
+    assert_same(nc.load_checkpoint(tmp_path / 'u.pth')['u'], np.array([1, 65535, 7], np.uint16))
+    torch.serialization.set_crc32_options(False)                 # members with a zero CRC-32
+    try:
+        torch.save({'w': torch.arange(3.0)}, tmp_path / 'nocrc.pth')
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert_same(nc.load_checkpoint(tmp_path / 'nocrc.pth')['w'], np.arange(3, dtype=np.float32))
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1))
+    with warnings.catch_warnings():                              # TorchScript is deprecated
+        warnings.simplefilter('ignore')
+        torch.jit.save(torch.jit.script(module), tmp_path / 'ts.pt')
+    with pytest.raises(nc.UnsafeCheckpointError, match='TorchScript archive'):
+        nc.load_checkpoint(tmp_path / 'ts.pt')
+    conv = nc.load_checkpoint(tmp_path / 'ts.pt', unknown='stub').state['0']
+    assert_same(conv.state['weight'], module[0].weight.detach().numpy())
