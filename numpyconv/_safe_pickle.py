@@ -34,6 +34,7 @@ import argparse
 import codecs
 import importlib
 import io
+import os
 import pickle
 import re
 import struct
@@ -154,16 +155,34 @@ class _Source:
         return data
 
     def readinto(self, buffer):
-        n = len(buffer)
-        if n > self.left() or self.f.readinto(buffer) != n:
-            raise ValueError(f"needs {n} bytes at byte {self.tell()} but the data ends at byte "
+        start, n = self.tell(), memoryview(buffer).nbytes
+        if n > self.left() or read_into(self.f, start, buffer) != n:
+            raise ValueError(f"needs {n} bytes at byte {start} but the data ends at byte "
                              f"{self.end} (truncated)")
+        self.f.seek(start + n)
 
     def readline(self):
         line = self.f.readline(max(self.left(), 0))
         if not line.endswith(b'\n'):
             raise ValueError(f"unterminated line at byte {self.tell() - len(line)} (truncated or corrupt)")
         return line[:-1]
+
+
+def read_into(f, offset, buffer):
+    """Fill ``buffer`` with the bytes of file ``f`` at ``offset``; returns how many were read. Large
+    reads go straight to the file (positional reads) rather than through Python's buffered reader,
+    several times faster into freshly allocated memory."""
+    view = memoryview(buffer).cast('B')
+    if not hasattr(os, 'preadv'):
+        f.seek(offset)
+        return f.readinto(view) or 0
+    done = 0
+    while done < len(view):
+        n = os.preadv(f.fileno(), [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 def source(data):
