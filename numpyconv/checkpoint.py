@@ -112,13 +112,31 @@ def _itemsize(dtype):
 
 # -- bfloat16 ---------------------------------------------------------------------------------
 def bfloat16_to_float32(bits):
-    """float32 array with the values of the bfloat16 ``bits`` (uint16, any byte order): exact."""
+    """The float32 values of bfloat16 numbers, exactly (the 16 bits become the upper half).
+
+    Parameters
+    ----------
+    bits : array of uint16 (any byte order and shape), the bfloat16 bit patterns.
+
+    Returns
+    -------
+    float32 array of the same shape (a new array).
+    """
     return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
 
 
 def float32_to_bfloat16(x):
-    """uint16 bfloat16 bits of ``x`` (float16/32/64, converted to float32 first as PyTorch does),
-    rounded to nearest, ties to even; NaN becomes PyTorch's quiet NaN ``0x7fc0``."""
+    """The bfloat16 bit patterns nearest to ``x``, ties to even, as ``tensor.to(torch.bfloat16)``.
+
+    Parameters
+    ----------
+    x : float16/32/64 array of any shape (converted to float32 first, as PyTorch does).
+
+    Returns
+    -------
+    uint16 array of the same shape; NaN becomes PyTorch's quiet NaN ``0x7fc0``, values beyond the
+    largest bfloat16 round to infinity.
+    """
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
     return np.where(np.isnan(bits.view(np.float32)), np.uint32(0x7FC0), rounded).astype(np.uint16)
@@ -173,7 +191,7 @@ def _int_tuple(values, what):
     return tuple(_int_arg(v, f"{what} entry") for v in values)
 
 
-def tensor_view(storage, offset, size, stride, dtype=None):
+def _tensor_view(storage, offset, size, stride, dtype=None):
     """The tensor ``storage[offset + sum(i_k * stride_k)]`` of shape ``size`` as a NumPy view,
     after checking that every element it reaches lies inside the storage (``ValueError``)."""
     if not isinstance(storage, _Storage):
@@ -243,14 +261,14 @@ def _rebuild_tensor(args):
     """``_rebuild_tensor(storage, offset, size, stride)`` (PyTorch before 1.0)."""
     if len(args) != 4:
         raise ValueError(f"_rebuild_tensor takes 4 arguments, got {len(args)}")
-    return tensor_view(*args)
+    return _tensor_view(*args)
 
 
 def _rebuild_tensor_v2(args):
     """``(storage, offset, size, stride, requires_grad, backward_hooks[, metadata])``."""
     if len(args) not in (6, 7):
         raise ValueError(f"_rebuild_tensor_v2 takes 6 or 7 arguments, got {len(args)}")
-    return _with_metadata(tensor_view(*args[:4]), args[6] if len(args) == 7 else None)
+    return _with_metadata(_tensor_view(*args[:4]), args[6] if len(args) == 7 else None)
 
 
 def _rebuild_tensor_v3(args):
@@ -258,7 +276,7 @@ def _rebuild_tensor_v3(args):
     if len(args) not in (7, 8):
         raise ValueError(f"_rebuild_tensor_v3 takes 7 or 8 arguments, got {len(args)}")
     dtype = _dtype_of(args[6], '_rebuild_tensor_v3 dtype')
-    return _with_metadata(tensor_view(*args[:4], dtype=dtype), args[7] if len(args) == 8 else None)
+    return _with_metadata(_tensor_view(*args[:4], dtype=dtype), args[7] if len(args) == 8 else None)
 
 
 def _array_arg(value, what):
@@ -381,8 +399,8 @@ def _storage_pid(pid, length):
 # -- reading files ----------------------------------------------------------------------------
 def _new_buffer(nbytes):
     """A writable, zeroed uint8 array of ``nbytes`` for a storage's bytes. Large ones are anonymous
-    memory maps: NumPy advises huge pages for its own large arrays, and where the kernel then
-    compacts memory on first touch, filling them from a file was measured several times slower."""
+    memory maps rather than NumPy arrays: NumPy advises huge pages for its large arrays, and a
+    kernel that compacts memory to provide them on first touch makes filling them from a file slow."""
     if nbytes < 1 << 20:
         return np.zeros(nbytes, dtype=np.uint8)
     return np.frombuffer(_mmap.mmap(-1, nbytes), dtype=np.uint8)

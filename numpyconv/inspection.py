@@ -304,8 +304,17 @@ def _match(shapes):
 
 
 def format_inspection(groups):
-    """The table :func:`inspect_state_dict` returned, as text: one line per module (prefix, layer,
-    parameters), then its tensors (key, shape, dtype), then the total."""
+    """The groups of :func:`inspect_state_dict` as text.
+
+    Parameters
+    ----------
+    groups : list of :class:`Group`
+
+    Returns
+    -------
+    str: per module a line (prefix, matching layer and what the shapes say, parameter count) and a
+    line per tensor (key, shape, dtype); then the total.
+    """
     lines = []
     for g in groups:
         name = g.prefix.rstrip('.') or '(root)'

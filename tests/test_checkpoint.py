@@ -232,6 +232,15 @@ def test_a_config_object_from_a_missing_package_needs_stub_mode():
         nc.load_checkpoint(DATA / 'config_stub.pth', allow=['yacs.config.CfgNode'])
 
 
+def test_newobj_ex_of_an_unknown_class_is_a_stub_with_its_keywords(tmp_path):
+    path = tmp_path / 'k.pkl'
+    path.write_bytes(b'\x80\x04cunknown_mod\nCls\n\x8c\x01x\x85}\x8c\x01aK\x01s\x92.')
+    with pytest.raises(nc.UnsafeCheckpointError, match='unknown_mod.Cls is not in the allow-list'):
+        nc.load_checkpoint(path)
+    stub = nc.load_checkpoint(path, unknown='stub')
+    assert stub.name == 'unknown_mod.Cls' and stub.args == ('x',) and stub.kwargs == {'a': 1}
+
+
 def test_allowed_globals_are_imported_and_called_as_pickle_would(tmp_path):
     path = tmp_path / 'fraction.pkl'
     path.write_bytes(pickle.dumps({'third': Fraction(1, 3)}, protocol=2))
@@ -378,12 +387,15 @@ def test_build_on_loaded_objects_never_calls_setstate(tmp_path):
     (b'\x80\x02X\x07\x00\x00\x00storageQ.', 'persistent ids are read only inside PyTorch'),
     (b'\x80\x05\x97.', 'out-of-band'),
     (b'\x80\x02\x83\x01\x00.', 'extension codes'),
+    (b'\x80\x04csubprocess\nPopen\n)}\x92.', 'refused global subprocess.Popen'),
+    (b'\x80\x04ccollections\nOrderedDict\n)}\x8c\x01aK\x01s\x92.', None),
 ])
 def test_calling_opcodes_are_restricted(opcodes, message, tmp_path):
     (tmp_path / 'x.pkl').write_bytes(opcodes)
     for unknown in ('error', 'stub'):
-        if message is None:         # a class named but never called comes back as a reference
-            assert isinstance(nc.load_checkpoint(tmp_path / 'x.pkl', unknown=unknown), GlobalRef)
+        if message is None:         # harmless: a reference, or NEWOBJ_EX of an allowed class
+            loaded = nc.load_checkpoint(tmp_path / 'x.pkl', unknown=unknown)
+            assert isinstance(loaded, (GlobalRef, OrderedDict))
             continue
         with pytest.raises(ValueError, match=message.replace('.', r'\.')):
             nc.load_checkpoint(tmp_path / 'x.pkl', unknown=unknown)
