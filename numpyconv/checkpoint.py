@@ -441,6 +441,9 @@ class _Archive:
     def _locate(self, infos):
         spans = []
         for info in infos:
+            if not 0 <= info.header_offset <= self.size - 30:
+                raise ValueError(f"{self.what}: member {info.filename!r} starts at byte "
+                                 f"{info.header_offset}, outside the file")
             self.f.seek(info.header_offset)
             header = self.f.read(30)
             if len(header) != 30 or header[:4] != b'PK\x03\x04':

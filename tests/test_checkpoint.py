@@ -671,6 +671,14 @@ def test_zip_bombs_and_broken_archives(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match='past the end of the file'):
         load_small(path)
+    # a member whose local header would be outside the file
+    path = write_zip(tmp_path / 'outside.pth', {'t': tensor('0', (1,), (1,), numel=1)}, {'0': floats(1)})
+    data = bytearray(path.read_bytes())
+    entry = [i for i in range(len(data)) if data[i:i + 4] == b'PK\x01\x02'][2]
+    data[entry + 42:entry + 46] = struct.pack('<I', len(data) + 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match='outside the file|not a readable zip'):
+        load_small(path)
 
 
 def test_corrupt_storage_bytes_fail_the_crc_check(tmp_path):
