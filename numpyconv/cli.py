@@ -1,4 +1,4 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``."""
 import argparse
 import sys
 
@@ -22,6 +22,11 @@ def _demo(args):
     return demo.main(args)
 
 
+def _inspect(args):
+    from . import inspection
+    return inspection.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -36,6 +41,12 @@ def build_parser():
     bench.add_argument('--repeat', type=int, default=5, help='timed repetitions (best is reported)')
     bench.add_argument('--quick', action='store_true', help='smaller batch, for a smoke run')
     bench.set_defaults(run=_bench)
+
+    inspect = sub.add_parser('inspect', help="a checkpoint's tensors by module, and the numpyconv layer each "
+                                             "module matches (no code from the file is run)")
+    from .inspection import add_arguments as inspect_arguments
+    inspect_arguments(inspect)
+    inspect.set_defaults(run=_inspect)
 
     demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
     try:
