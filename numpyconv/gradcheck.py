@@ -324,8 +324,7 @@ def _options(given):
     mode = o['mode']
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
-    for name in ('eps',):
-        o[name] = None if o[name] is None else real(o[name], name, 0, strict_low=True)
+    o['eps'] = None if o['eps'] is None else real(o['eps'], 'eps', 0, strict_low=True)
     for name in ('atol', 'rtol'):
         o[name] = None if o[name] is None else real(o[name], name, 0)
     if o['atol'] == 0 and o['rtol'] == 0:
@@ -373,25 +372,9 @@ def _gradcheck(forward, backward, inputs, opts, *, returns_cache, check='gradche
     dout, dout64 = _random_douts(out, rng, dtype)
     layout = _Layout(out, dout)
     mode = _gradcheck_mode(opts, impl, wrt, layout)
-    snapshot = _freeze(cache) if opts['check_reentrant'] else None
-    given = _copy(dout)
-    pristine = _copy(impl)
-    raw = back(given, cache)
-    changed = _changes(snapshot, _freeze(cache), 'cache') if opts['check_reentrant'] else []
-    _check_unchanged(impl, pristine, names, who[1], problems)
-    if not _same(given, dout):
-        problems.append(f'{who[1]} mutated dout')
-    grads = _grad_tuple(raw, impl, names, wrt, problems, who[1])
-    if opts['check_reentrant']:
-        checks['reentrant'] = _reentrant(lambda: back(_copy(dout), cache), cache, raw, snapshot, changed,
-                                         names, opts['nondet_tol'], who[1], problems)
+    grads = _backward_once(back, cache, dout, impl, names, wrt, opts, who[1], problems, checks)
     jacobians = _analytical_jacobians(back, cache, layout, impl, wrt, grads) if mode == 'jacobian' else {}
-
-    xs, differences, why = _difference_inputs(call, impl, dtype)
-    eps = opts['eps'] or _default_eps(differences)
-    size = sum(a.size for a in impl if _is_float(a)) + layout.size
-    tol = _tolerances(dtype, differences, why, eps, opts['atol'], opts['rtol'], size)
-    diffs = _Differences(call, xs, layout, dout64, eps, names)
+    diffs, tol = _numerical_side(call, impl, dtype, layout, dout64, opts, names)
     results = []
     for i in wrt:
         result = GradcheckResult(i, names[i], impl[i].shape)
@@ -401,13 +384,44 @@ def _gradcheck(forward, backward, inputs, opts, *, returns_cache, check='gradche
             _check_gradient(result, diffs, mode, grads[i], jacobians.get(i), rng, opts['n_directions'], tol)
         results.append(result)
     if batch:
+        size = _problem_size(impl, layout)
         found = _batch_consistency(call, back, impl, names, wrt, batch, out, dout, grads,
                                    _batch_tolerance(dtype, size), opts['nondet_tol'])
         checks['batch'] = not found
         problems += found
         tol.note += f'; check_batch: {_batch_note(dtype, size)}'
-    return GradcheckReport(results, mode, eps, tol.atol, tol.rtol, problems, check=check, dtype=str(dtype),
-                           differences=differences, tolerances=tol.note, checks=checks)
+    return GradcheckReport(results, mode, diffs.eps, tol.atol, tol.rtol, problems, check=check,
+                           dtype=str(dtype), differences=diffs.dtype, tolerances=tol.note, checks=checks)
+
+
+def _backward_once(back, cache, dout, impl, names, wrt, opts, who, problems, checks):
+    """Run ``back(dout, cache)`` (twice with check_reentrant); return the checked gradient tuple."""
+    snapshot = _freeze(cache) if opts['check_reentrant'] else None
+    given, pristine = _copy(dout), _copy(impl)
+    raw = back(given, cache)
+    changed = _changes(snapshot, _freeze(cache), 'cache') if opts['check_reentrant'] else []
+    _check_unchanged(impl, pristine, names, who, problems)
+    if not _same(given, dout):
+        problems.append(f'{who} mutated dout')
+    grads = _grad_tuple(raw, impl, names, wrt, problems, who)
+    if opts['check_reentrant']:
+        checks['reentrant'] = _reentrant(lambda: back(_copy(dout), cache), cache, raw, snapshot, changed,
+                                         names, opts['nondet_tol'], who, problems)
+    return grads
+
+
+def _numerical_side(call, impl, dtype, layout, dout64, opts, names):
+    """The finite differences (:class:`_Differences`, in float64 when the forward accepts it) and
+    the tolerances they are judged with."""
+    xs, differences, why = _difference_inputs(call, impl, dtype)
+    eps = opts['eps'] or _default_eps(differences)
+    tol = _tolerances(dtype, differences, why, eps, opts['atol'], opts['rtol'], _problem_size(impl, layout))
+    return _Differences(call, xs, layout, dout64, eps, names, differences), tol
+
+
+def _problem_size(impl, layout):
+    """``n`` of the float32 tolerances: the elements of the float inputs and outputs."""
+    return sum(a.size for a in impl if _is_float(a)) + layout.size
 
 
 def _convention(forward, backward, returns_cache):
@@ -595,11 +609,7 @@ def _jvpcheck(forward, jvp, inputs, opts):
         return layout.vector(jvp(tangents, cache), 'jvp')
 
     first = _first_jvp(jvp, cache, impl, names, wrt, rng, layout, opts, problems, checks)
-    xs, differences, why = _difference_inputs(call, impl, dtype)
-    eps = opts['eps'] or _default_eps(differences)
-    size = sum(a.size for a in impl if _is_float(a)) + layout.size
-    tol = _tolerances(dtype, differences, why, eps, opts['atol'], opts['rtol'], size)
-    diffs = _Differences(call, xs, layout, None, eps, names)
+    diffs, tol = _numerical_side(call, impl, dtype, layout, None, opts, names)
     results = []
     for i in wrt:
         result = GradcheckResult(i, names[i], impl[i].shape)
@@ -614,8 +624,8 @@ def _jvpcheck(forward, jvp, inputs, opts):
             except Exception as e:  # noqa: BLE001 -- the user's jvp: reported, not raised
                 result.message, result.ok = f'jvp raised {type(e).__name__}: {e}', False
         results.append(result)
-    return GradcheckReport(results, mode, eps, tol.atol, tol.rtol, problems, check='jvpcheck',
-                           dtype=str(dtype), differences=differences, tolerances=tol.note, checks=checks)
+    return GradcheckReport(results, mode, diffs.eps, tol.atol, tol.rtol, problems, check='jvpcheck',
+                           dtype=str(dtype), differences=diffs.dtype, tolerances=tol.note, checks=checks)
 
 
 def _first_jvp(jvp, cache, impl, names, wrt, rng, layout, opts, problems, checks):
@@ -732,32 +742,41 @@ class _Tolerance:
 
 
 def _tolerances(dtype, differences, why, eps, atol, rtol, n):
-    """The tolerances of a check in ``dtype`` with differences in ``differences`` (module docstring)."""
+    """The tolerances of a check in ``dtype`` with differences in ``differences`` (module docstring);
+    ``why``: why the differences are in that precision; ``n``: the problem size."""
     if dtype == np.float64:
         a = _FLOAT64_TOL[0] if atol is None else atol
         r = _FLOAT64_TOL[1] if rtol is None else rtol
         source = 'float64 defaults' if atol is None and rtol is None and eps == _FLOAT64_EPS else 'as given'
         return _Tolerance(a, r, a, r, f'float64 implementation, differences in float64, {source} '
                                       f'(eps {eps:g}, atol {a:g}, rtol {r:g})')
+    derived, explained = _derived_rtol(dtype, differences, eps, n)
+    r = derived if rtol is None else rtol
+    if differences == 'float64':        # accurate differences: kinks are judged as in a float64 check
+        kink_atol, kink_rtol = _FLOAT64_TOL
+        kinks = 'kinks judged with the float64 defaults'
+    else:                               # a smooth function's one-sided slopes differ by about eps |f''|
+        kink_atol, kink_rtol = None, max(r, _KINK_STEPS * eps)
+        kinks = f'a kink when the one-sided slopes differ by more than {_KINK_STEPS} eps of the largest |num|'
+    scaled = 'atol = rtol * the largest |num| of each input' if atol is None else f'atol {atol:g} as given'
+    note = (f'{dtype} implementation: {explained if rtol is None else f"rtol {r:g} as given"}; '
+            f'differences in {differences} ({why}; eps {eps:g}), {kinks}; {scaled}')
+    return _Tolerance(atol, r, kink_atol, kink_rtol, note)
+
+
+def _derived_rtol(dtype, differences, eps, n):
+    """``(rtol, its explanation)`` for an implementation in ``dtype`` (machine epsilon ``u``): a sum
+    of ``n`` rounded terms is off by about ``sqrt(n) u``; differences in ``dtype`` add the outputs'
+    rounding over the step, ``sqrt(n) u / eps``, and the truncation error ``eps^2``."""
     u = float(np.finfo(dtype).eps)
+    size = f'n = {n} elements of the float inputs and outputs'
     if differences == 'float64':
-        r0 = _MARGIN * math.sqrt(n) * u
-        why_r = (f'rtol = {_MARGIN} sqrt(n) eps({dtype}) = {r0:.3g}, n = {n} elements of the float inputs '
-                 f'and outputs (a {dtype} sum of n terms is off by about sqrt(n) eps); differences in '
-                 f'float64 ({why}; eps {eps:g}), kinks judged with the float64 defaults')
-        kink = _FLOAT64_TOL
-    else:
-        r0 = _MARGIN * (math.sqrt(n) * u / eps + eps ** 2)
-        why_r = (f'rtol = {_MARGIN} (sqrt(n) eps({dtype}) / eps + eps^2) = {r0:.3g}, n = {n} elements of the '
-                 f'float inputs and outputs, eps = {eps:g} (the {dtype} outputs\' rounding over the step '
-                 f'plus the truncation error); differences in {dtype} ({why}); a kink when the one-sided '
-                 f'slopes differ by more than {_KINK_STEPS} eps of the largest |num|')
-        kink = (None, max(r0 if rtol is None else rtol, _KINK_STEPS * eps))
-    r = r0 if rtol is None else rtol
-    note = f'{dtype} implementation: ' + (why_r if rtol is None else f'rtol {r:g} as given; differences in '
-                                                                   f'{differences} ({why}; eps {eps:g})')
-    note += '; atol = rtol * the largest |num| of each input' if atol is None else f'; atol {atol:g} as given'
-    return _Tolerance(atol, r, kink[0], kink[1], note)
+        r = _MARGIN * math.sqrt(n) * u
+        return r, (f'rtol = {_MARGIN} sqrt(n) eps({dtype}) = {r:.3g}, {size} (a {dtype} sum of n terms '
+                   f'is off by about sqrt(n) eps)')
+    r = _MARGIN * (math.sqrt(n) * u / eps + eps ** 2)
+    return r, (f'rtol = {_MARGIN} (sqrt(n) eps({dtype}) / eps + eps^2) = {r:.3g}, {size} (the {dtype} '
+               f'outputs\' rounding over the step plus the truncation error)')
 
 
 def _batch_tolerance(dtype, n):
@@ -893,8 +912,9 @@ class _Differences:
     """Central and one-sided differences of the outputs around ``xs`` (``(central, right, left)``),
     reduced to a scalar with ``dout`` (``scalar``) or kept as the output vector (``vector``)."""
 
-    def __init__(self, call, xs, layout, douts, eps, names):
+    def __init__(self, call, xs, layout, douts, eps, names, dtype):
         self.call, self.xs, self.layout, self.eps, self.names = call, xs, layout, eps, names
+        self.dtype = dtype                                        # 'float64' or the implementation's
         self.douts = None if douts is None else [douts[j] for j in layout.positions]
         self.base = self._outputs(xs)
 
