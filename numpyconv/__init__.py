@@ -13,7 +13,7 @@ from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, co
                    separable_conv2d_backward, separable_conv2d_forward)
 
 # -- techniques register below, one import line each ------------------------------------------
-from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_layer
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_layer, gradgradcheck, jvpcheck
 from .octave import OctaveConv2d, octave_conv2d_backward, octave_conv2d_forward
 from .dynamic import (DynamicConv2d, aggregated_conv2d_backward, aggregated_conv2d_forward,
                       dynamic_conv2d_backward, dynamic_conv2d_forward, dynamic_temperature)
