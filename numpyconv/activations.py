@@ -16,7 +16,10 @@ of the loss with respect to ``t``, ``[.]`` is 1 where true and 0 elsewhere)::
 
 At the kinks the gradients are PyTorch's: relu 0 at 0; relu6 0 at 0 and at 6; hardsigmoid 0 at
 -3 and 3; hardswish 0 at -3 and 1 at 3. A NaN input gives a NaN output; its gradient is PyTorch's
-(the comparisons above with NaN false: relu and hardsigmoid 0, relu6 and hardswish ``dy``).
+(its comparisons with NaN false: relu, relu6 and hardswish pass ``dy``, hardsigmoid gives 0, silu
+NaN; PyTorch's vectorised relu6 / hardswish kernels give 0 / NaN there instead, depending on the
+element's position in the tensor). PyTorch's hardsigmoid backward multiplies by the float32 constant
+``1/6`` in float64 too (a relative difference of 3e-8); the exact ``1/6`` is used here.
 
 Layers: ``ReLU``, ``ReLU6``, ``Sigmoid``, ``GELU``, ``SiLU``, ``Hardswish``, ``Hardsigmoid``,
 ``Softmax(dim)``, ``Identity``: no parameters, empty state_dict, 0 multiply-adds; the ``inplace``
@@ -54,11 +57,11 @@ def _temperature(temperature):
 def relu_forward(x):
     """``y = max(x, 0)`` (eq. 5)."""
     float_array(x, 'x')
-    return np.maximum(x, 0), Cache('relu', positive=x > 0, dtype=x.dtype)
+    return np.maximum(x, 0), Cache('relu', positive=~(x <= 0), dtype=x.dtype)
 
 
 def relu_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout [x > 0]``, gradient 0 at 0 as in PyTorch (eq. 6)."""
+    """``(dx,)`` with ``dx = dout [x > 0]``, gradient 0 at 0 (``dout`` at NaN) as in PyTorch (eq. 6)."""
     cache = check_cache(cache, 'relu')
     positive = cache['positive']
     dout = grad_out(dout, positive.shape, cache['dtype'])
@@ -169,10 +172,11 @@ def hardswish_backward(dout, cache):
 
 
 def silu_forward(x):
-    """``y = x sigmoid(x)`` (SiLU, Swish-1) (eq. 42)."""
+    """``y = x sigmoid(x)`` (SiLU, Swish-1), computed as PyTorch: ``x / (1 + exp(-x))`` (eq. 42)."""
     float_array(x, 'x')
-    s = expit(x)
-    return x * s, Cache('silu', x=x, s=s)
+    with np.errstate(over='ignore'):                       # exp(-x) = inf for x < -709: y = -0, s = 0
+        denominator = 1 + np.exp(-x)
+    return x / denominator, Cache('silu', x=x, s=1 / denominator)
 
 
 def silu_backward(dout, cache):

@@ -161,7 +161,8 @@ def _upsample_case(op, shape, **hyper):
 
 
 register('upsample_nearest2d')(_upsample_case('upsample_nearest2d', (2, 2, 3, 2), scale_factor=(2, 3)))
-register('upsample_nearest2d_scale')(_upsample_case('upsample_nearest2d', (2, 2, 4, 3), scale_factor=(1.7, 0.8)))
+register('upsample_nearest2d_scale')(_upsample_case('upsample_nearest2d', (2, 2, 4, 3),
+                                                    scale_factor=(1.7, 0.8)))
 register('upsample_bilinear2d')(_upsample_case('upsample_bilinear2d', (2, 2, 4, 3), scale_factor=(1.5, 2.3)))
 register('upsample_bilinear2d_aligned')(_upsample_case('upsample_bilinear2d', (2, 2, 4, 3), size=(7, 2),
                                                       align_corners=True))
