@@ -21,8 +21,9 @@ The transposed convolution is the input gradient of the convolution ``conv2d(., 
   its output gradient, on the columns ``im2col(dy)``                                (eq. 17)
 * ``dbias[o] = sum_{n,u,v} dy[n, o, u, v]``                                          (eq. 18)
 
-Columns ``(n, C_out, kh, kw, rows, W)`` exist for one block at a time: several whole samples, or a
-band of input rows of one sample, at most :func:`~numpyconv.memory.column_budget` bytes. The cache
+Columns ``(n, C_out, kh, kw, rows, W)`` exist for one block at a time (several whole samples, or a
+band of input rows of one sample; about ``GEMM_BLOCK`` bytes, at most the column budget), laid out
+so that a block is one GEMM, in reused scratch memory (numpyconv/memory.py). The cache
 keeps ``x`` (a reference: do not modify it before the backward pass) and the weight.
 
 Example::
@@ -41,7 +42,7 @@ from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, pa
 from .conv import check_layer_channels, conv2d_forward
 from .gemm import cols_input_grad, cols_weight_grad
 from .im2col import col2im, im2col
-from .memory import column_budget, even_steps, require_memory
+from .memory import GEMM_BLOCK, column_budget, even_steps, require_memory, scratch
 from .module import Module, default_bias, kaiming_uniform
 
 
@@ -116,15 +117,23 @@ def _check_operands(x, weight, bias, groups):
 
 
 def _blocks(x, geo, c_out):
-    """``(s, r)`` pairs (batch slice, slice of x's rows) whose columns ``(n_s, C_out, kh, kw, rows,
-    W)`` stay within the column budget: whole samples, or bands of one sample's rows."""
+    """``(s, r)`` pairs (batch slice, slice of x's rows) of equal-sized blocks whose columns
+    ``(n_s, C_out, kh, kw, rows, W)`` take about ``GEMM_BLOCK`` bytes (cache-sized, as conv2d's), at
+    most twice that and the column budget: several whole samples, or bands of one sample's rows."""
     n, (h, w) = x.shape[0], geo.in_hw
     row_bytes = max(1, c_out * geo.kernel[0] * geo.kernel[1] * w * x.itemsize)
-    rows = max(1, column_budget() // row_bytes)
+    rows = max(1, min(GEMM_BLOCK, column_budget()) // row_bytes)
     if rows >= h:
         return [(s, slice(0, h)) for s in even_steps(n, max(1, rows // h))] if n else []
     bands = even_steps(h, rows)
     return [(slice(i, i + 1), r) for i in range(n) for r in bands]
+
+
+def _block_columns(n, c_out, geo, rows, dtype):
+    """Scratch columns ``(n, C_out, kh, kw, rows, W)``, a view of a ``(C_out, kh, kw, n, rows, W)``
+    buffer: the block layout in which the whole block is one GEMM (numpyconv/gemm.py)."""
+    buffer = scratch('columns', (c_out,) + geo.kernel + (n, rows, geo.in_hw[1]), dtype)
+    return buffer.transpose(3, 0, 1, 2, 4, 5)
 
 
 def _origin(r, geo):
@@ -162,7 +171,7 @@ def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_p
     for s, r in _blocks(x, geo, c_out):
         block = x[s, :, r]                                                        # (n_s, C_in, rows, W)
         cols_shape = (block.shape[0], c_out) + geo.kernel + block.shape[2:]
-        dcols = cols_input_grad(block, weight, groups, cols_shape)                # (eq. 15)
+        dcols = cols_input_grad(block, weight, groups, cols_shape, batch_inside=True, reuse=True)  # (eq. 15)
         col2im(dcols, geo.out_hw, geo.stride, dilation=geo.dilation, out=y[s], origin=_origin(r, geo))
     if bias is not None:
         y += bias[:, None, None]
@@ -184,8 +193,9 @@ def conv_transpose2d_backward(dout, cache):
         dx[...] = full[:, :, :h, :w]              # (eq. 16); rows beyond H when output_padding >= stride
     dweight = np.zeros_like(weight)
     for s, r in _blocks(x, geo, c_out):
-        cols = im2col(dout[s], geo.kernel, geo.stride, dilation=geo.dilation,
-                      out_hw=(r.stop - r.start, w), origin=_origin(r, geo))  # (n_s, C_out, kh, kw, rows, W)
+        cols = _block_columns(s.stop - s.start, c_out, geo, r.stop - r.start, x.dtype)
+        im2col(dout[s], geo.kernel, geo.stride, dilation=geo.dilation, out=cols,
+               out_hw=cols.shape[-2:], origin=_origin(r, geo))      # (n_s, C_out, kh, kw, rows, W)
         dweight += cols_weight_grad(x[s, :, r], cols, weight, groups)            # (eq. 17)
     dbias = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None               # (eq. 18)
     return dx, dweight, dbias

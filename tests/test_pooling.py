@@ -382,6 +382,19 @@ def test_layer_gradcheck_and_float32(name):
     assert y.dtype == layer.backward(np.ones_like(y)).dtype == np.float32
 
 
+def test_global_avg_pool_layer_matches_torch():
+    torch = pytest.importorskip('torch')
+    tmod = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    layer = P.GlobalAvgPool2d(**F64)
+    x, dout = normal(2, 3, 3, 4), normal(2, 3)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tmod(xt)
+    yt.backward(torch.tensor(dout))
+    np.testing.assert_allclose(layer(x), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert layer.state_dict() == {} and count(layer, x.shape) == (0, 0)
+
+
 def test_return_indices_as_torch():
     torch = pytest.importorskip('torch')
     x = ties(2, 3, 7, 6)
