@@ -2,18 +2,14 @@ r"""Building blocks shared by the techniques, each a forward / hand-derived back
 
 Every op is ``out, cache = <op>_forward(...)`` and ``grads = <op>_backward(dout, cache)``, where
 ``grads`` is a tuple with one gradient per array input of forward, in forward's positional order
-(None for an input given as None). Equations: docs/derivations/blocks.md.
+(None for an input given as None). Equations: docs/derivations/blocks.md. The activations live in
+numpyconv/activations.py, pooling in numpyconv/pooling.py, upsampling in numpyconv/upsample.py.
 
 Shapes, forward and gradients (``dt`` is the gradient of the loss with respect to ``t``)::
 
     linear             x (..., F), W (O, F), b (O,)  ->  y (..., O)
                        y = x W^T + b                                              (eq. 1)
                        dW = sum_m dy_m x_m^T,  db = sum_m dy_m,  dx = dy W         (eq. 2-4)
-    relu               y = max(x, 0);  dx = dy [x > 0]                            (eq. 5-6)
-    sigmoid            a = sigma(z / T);  dz = da a (1 - a) / T                   (eq. 7-8)
-    softmax            p = softmax(z / T) along axis;
-                       dz = p / T (dp - sum_axis p dp)                           (eq. 9-11)
-    gelu (exact erf)   y = x Phi(x);  dx = dy (Phi(x) + x phi(x))                (eq. 12-13)
     batch_norm         x (N, C) or (N, C, L) or (N, C, H, W); weight, bias, running stats (C,)
                        train: x_hat = (x - mu) / sqrt(var + eps) with batch mean and biased var
                        over R = all axes but 1, y = gamma x_hat + beta           (eq. 14-15)
@@ -29,11 +25,6 @@ Shapes, forward and gradients (``dt`` is the gradient of the loss with respect t
                        g = dy gamma (eval; zeros in training)                  (eq. 22a)
     layer_norm         over the last axis (size D), weight and bias (D,)         (eq. 23)
                        g = dy gamma, dx = s (g - mean_D g - x_hat mean_D(g x_hat))  (eq. 24)
-    avg_pool2d         x (N, C, H, W), kernel k, stride s (default k), no padding, floor mode
-                       y[i,j] = mean of the window at (i s_h, j s_w)             (eq. 25)
-                       dx: each window spreads dy / (k_h k_w), uncovered rows get 0  (eq. 26)
-    global_avg_pool2d  (N, C, H, W) -> (N, C);  dx = dz / (H W)                  (eq. 27-28)
-    upsample_nearest2d y[i,j] = x[i // s_h, j // s_w];  dx = sum over each s_h x s_w block  (eq. 29-30)
     cross_entropy      logits (N, K), integer labels (N,): L = mean_n(logsumexp(z_n) - z_n[t_n])
                        dz = dL (softmax(z) - onehot(t)) / N                      (eq. 31-32)
 
@@ -43,21 +34,18 @@ works wherever PyTorch allows it.
 
 Example::
 
-    >>> x = np.array([[1.0, -2.0], [0.5, 3.0]])
-    >>> y, cache = relu_forward(x)
-    >>> relu_backward(np.ones_like(y), cache)[0]
-    array([[1., 0.],
-           [1., 1.]])
+    >>> x, w = np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([[1.0, 1.0]])
+    >>> y, cache = linear_forward(x, w)
+    >>> linear_backward(np.ones_like(y), cache)[1]
+    array([[1.5, 1. ]])
 """
 import math
 import numbers
 
 import numpy as np
-from scipy.special import erf, expit
-
-from ._checks import expect_shape, float_array, pair, same_dtype
+from ._checks import expect_shape, float_array, same_dtype
+from .activations import _shifted_exp
 from .check import CheckCase, register
-from .conv import _window, conv_geometry
 from .reference import blocks as reference
 
 
@@ -79,14 +67,6 @@ def _vector(v, name, n):
         float_array(v, name, 1, f"({n},)")
         expect_shape(v, (n,), name)
     return v
-
-
-def _axis(axis, ndim, shape):
-    if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, np.integer)):
-        raise TypeError(f"axis must be an int, got {axis!r}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for x of shape {shape}")
-    return int(axis) % ndim
 
 
 def _grad_out(dout, shape, dtype):
@@ -128,74 +108,6 @@ def linear_backward(dout, cache):
     dweight = rows_dy.T @ rows_x                                         # (eq. 2)
     dbias = rows_dy.sum(axis=0) if cache['has_bias'] else None           # (eq. 3)
     return dout @ weight, dweight, dbias                                 # (eq. 4)
-
-
-# -- element-wise activations ---------------------------------------------------------------
-def relu_forward(x):
-    """``y = max(x, 0)`` (eq. 5)."""
-    float_array(x, 'x')
-    return np.maximum(x, 0), dict(positive=x > 0, dtype=x.dtype)
-
-
-def relu_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout [x > 0]``, gradient 0 at 0 as in PyTorch (eq. 6)."""
-    positive = cache['positive']
-    dout = _grad_out(dout, positive.shape, cache['dtype'])
-    return (dout * positive,)
-
-
-def sigmoid_forward(x, temperature=1.0):
-    """``a = sigmoid(x / temperature)`` (eq. 7)."""
-    float_array(x, 'x')
-    t = _real(temperature, 'temperature', 0, strict_low=True)
-    a = expit(x / t)
-    return a, dict(a=a, temperature=t)
-
-
-def sigmoid_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout a (1 - a) / T`` (eq. 8)."""
-    a, t = cache['a'], cache['temperature']
-    dout = _grad_out(dout, a.shape, a.dtype)
-    return (dout * a * (1 - a) / t,)
-
-
-def _shifted_exp(z, axis):
-    """``(z - max, exp(z - max), sum exp(z - max))`` along ``axis`` (keepdims): no overflow (eq. 9)."""
-    shifted = z - np.max(z, axis=axis, keepdims=True, initial=-np.inf)
-    e = np.exp(shifted)
-    return shifted, e, e.sum(axis=axis, keepdims=True)
-
-
-def softmax_forward(x, axis=-1, temperature=1.0):
-    """``p = softmax(x / temperature)`` along ``axis`` (eq. 9)."""
-    float_array(x, 'x')
-    axis = _axis(axis, x.ndim, x.shape)
-    t = _real(temperature, 'temperature', 0, strict_low=True)
-    _, e, total = _shifted_exp(x / t, axis)
-    p = e / total
-    return p, dict(p=p, axis=axis, temperature=t)
-
-
-def softmax_backward(dout, cache):
-    """``(dx,)`` with ``dx = p / T (dp - sum_axis p dp)`` (eq. 11)."""
-    p, axis, t = cache['p'], cache['axis'], cache['temperature']
-    dout = _grad_out(dout, p.shape, p.dtype)
-    return (p / t * (dout - (p * dout).sum(axis=axis, keepdims=True)),)
-
-
-def gelu_forward(x):
-    """Exact GELU ``y = x Phi(x)``, ``Phi`` the standard normal cdf (eq. 12)."""
-    float_array(x, 'x')
-    cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
-    return x * cdf, dict(x=x, cdf=cdf)
-
-
-def gelu_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout (Phi(x) + x phi(x))`` (eq. 13)."""
-    x, cdf = cache['x'], cache['cdf']
-    dout = _grad_out(dout, x.shape, x.dtype)
-    pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    return (dout * (cdf + x * pdf),)
 
 
 # -- normalisation (shared by batch_norm and layer_norm) ----------------------------------------
@@ -328,76 +240,6 @@ def layer_norm_backward(dout, cache):
     return _normalize_backward(g, x_hat, cache['inv_std'], -1), dweight, dbias
 
 
-# -- pooling and upsampling ------------------------------------------------------------------------
-def avg_pool2d_forward(x, kernel_size, stride=None):
-    """``torch.nn.functional.avg_pool2d`` without padding, floor mode (eq. 25).
-
-    ``stride`` defaults to ``kernel_size``; windows may overlap (stride < kernel).
-    """
-    float_array(x, 'x', 4, "(N, C, H, W)")
-    geo = conv_geometry(x.shape[2:], kernel_size, kernel_size if stride is None else stride, 0, 1)
-    y = np.zeros(x.shape[:2] + geo.out_hw, dtype=x.dtype)
-    for p, q in np.ndindex(*geo.kernel):
-        y += x[(..., *_window(p, q, geo))]              # offset (p, q) of every window
-    y /= geo.kernel[0] * geo.kernel[1]
-    return y, dict(geo=geo, x_shape=x.shape, dtype=x.dtype)
-
-
-def avg_pool2d_backward(dout, cache):
-    """``(dx,)``: each window spreads ``dy / (kh kw)``; uncovered rows/columns get 0 (eq. 26)."""
-    geo, x_shape = cache['geo'], cache['x_shape']
-    dout = _grad_out(dout, x_shape[:2] + geo.out_hw, cache['dtype'])
-    share = dout / (geo.kernel[0] * geo.kernel[1])
-    dx = np.zeros(x_shape, dtype=cache['dtype'])
-    for p, q in np.ndindex(*geo.kernel):
-        dx[(..., *_window(p, q, geo))] += share         # no repeated index within one offset
-    return (dx,)
-
-
-def global_avg_pool2d_forward(x):
-    """``z[n, c] = mean_{h,w} x[n, c, h, w]``: ``(N, C, H, W) -> (N, C)`` (eq. 27)."""
-    float_array(x, 'x', 4, "(N, C, H, W)")
-    if x.shape[2] * x.shape[3] == 0:
-        raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
-    return x.mean(axis=(2, 3)), dict(x_shape=x.shape, dtype=x.dtype)
-
-
-def global_avg_pool2d_backward(dout, cache):
-    """``(dx,)`` with ``dx[n, c, h, w] = dz[n, c] / (H W)`` (eq. 28)."""
-    n, c, h, w = cache['x_shape']
-    dout = _grad_out(dout, (n, c), cache['dtype'])
-    return (np.broadcast_to(dout[:, :, None, None] / (h * w), (n, c, h, w)).copy(),)
-
-
-def _integer_scale(scale_factor):
-    """``(sh, sw)`` from an int, a pair, or integral floats (``nn.Upsample(scale_factor=2.0)``)."""
-    def integral(v):
-        if isinstance(v, float):
-            if not v.is_integer():
-                raise ValueError(f"scale_factor must be an integer (or a pair); only integer nearest "
-                                 f"upsampling is supported, got {scale_factor!r}")
-            return int(v)
-        return v
-    value = (tuple(map(integral, scale_factor)) if isinstance(scale_factor, (tuple, list))
-             else integral(scale_factor))
-    return pair(value, 'scale_factor', minimum=1)
-
-
-def upsample_nearest2d_forward(x, scale_factor=2):
-    """``nn.Upsample(scale_factor, mode='nearest')`` for integer factors (eq. 29)."""
-    float_array(x, 'x', 4, "(N, C, H, W)")
-    sh, sw = _integer_scale(scale_factor)
-    y = x.repeat(sh, axis=2).repeat(sw, axis=3)            # (N, C, H*sh, W*sw)
-    return y, dict(x_shape=x.shape, scale=(sh, sw), dtype=x.dtype)
-
-
-def upsample_nearest2d_backward(dout, cache):
-    """``(dx,)``: each input pixel sums its ``sh x sw`` block of ``dy`` (eq. 30)."""
-    (n, c, h, w), (sh, sw) = cache['x_shape'], cache['scale']
-    dout = _grad_out(dout, (n, c, h * sh, w * sw), cache['dtype'])
-    return (dout.reshape(n, c, h, sh, w, sw).sum(axis=(3, 5)),)   # (N, C, H, sh, W, sw) -> (N, C, H, W)
-
-
 # -- cross-entropy loss -----------------------------------------------------------------------------
 def _check_labels(labels, logits_shape):
     n, k = logits_shape
@@ -449,28 +291,6 @@ def _linear_case(rng):
     return CheckCase(linear_forward, linear_backward, (x, w, b), reference.linear)
 
 
-@register('relu')
-def _relu_case(rng):
-    return CheckCase(relu_forward, relu_backward, (rng.standard_normal((2, 3, 4)),), reference.relu)
-
-
-@register('sigmoid')
-def _sigmoid_case(rng):
-    return CheckCase(lambda x: sigmoid_forward(x, 2.5), sigmoid_backward,
-                     (rng.standard_normal((3, 5)),), lambda x: reference.sigmoid(x, 2.5))
-
-
-@register('softmax')
-def _softmax_case(rng):
-    return CheckCase(lambda x: softmax_forward(x, 1, 0.7), softmax_backward,
-                     (rng.standard_normal((2, 4, 3)),), lambda x: reference.softmax(x, 1, 0.7))
-
-
-@register('gelu')
-def _gelu_case(rng):
-    return CheckCase(gelu_forward, gelu_backward, (rng.standard_normal((3, 5)),), reference.gelu)
-
-
 def _batch_norm_case(training):
     """Check case of every input, the running statistics included (eq. 22a in eval)."""
     def case(rng):
@@ -489,26 +309,6 @@ register('batch_norm_eval')(_batch_norm_case(False))
 def _layer_norm_case(rng):
     x, w, b = rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5)
     return CheckCase(layer_norm_forward, layer_norm_backward, (x, w, b), reference.layer_norm)
-
-
-@register('avg_pool2d')
-def _avg_pool2d_case(rng):
-    return CheckCase(lambda x: avg_pool2d_forward(x, (3, 2), (2, 2)), avg_pool2d_backward,
-                     (rng.standard_normal((2, 2, 7, 6)),),
-                     lambda x: reference.avg_pool2d(x, (3, 2), (2, 2)))
-
-
-@register('global_avg_pool2d')
-def _global_avg_pool2d_case(rng):
-    return CheckCase(global_avg_pool2d_forward, global_avg_pool2d_backward,
-                     (rng.standard_normal((2, 3, 4, 5)),), reference.global_avg_pool2d)
-
-
-@register('upsample_nearest2d')
-def _upsample_case(rng):
-    return CheckCase(lambda x: upsample_nearest2d_forward(x, (2, 3)), upsample_nearest2d_backward,
-                     (rng.standard_normal((2, 2, 3, 2)),),
-                     lambda x: reference.upsample_nearest2d(x, (2, 3)))
 
 
 @register('cross_entropy')

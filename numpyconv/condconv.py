@@ -36,8 +36,9 @@ To share one routing vector between several convolutions (EfficientNet CondConv 
 import numpy as np
 
 from ._checks import expect_shape, float_array, same_dtype
-from .blocks import (global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
-                     linear_forward, sigmoid_backward, sigmoid_forward)
+from .activations import sigmoid_backward, sigmoid_forward
+from .blocks import linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .dynamic import (MixtureConv2dBase, aggregated_conv2d_backward, aggregated_conv2d_forward,
                       check_kernel_bank)
 from .layers import Linear

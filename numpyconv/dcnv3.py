@@ -53,11 +53,11 @@ from numba import njit, prange
 from ._bilinear import corner_slopes, corners
 from ._checks import expect_shape, float_array, positive_int, same_dtype
 from ._parallel import threads_for
-from .blocks import (linear_backward, linear_forward, sigmoid_backward, sigmoid_forward,
-                     softmax_backward, softmax_forward)
+from .activations import GELU, sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward
+from .blocks import linear_backward, linear_forward
 from .check import CheckCase, register
 from .conv import DepthwiseConv2d, conv_geometry
-from .layers import GELU, LayerNorm, Linear
+from .layers import LayerNorm, Linear
 from .module import Module, Sequential, fans
 
 

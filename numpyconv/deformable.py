@@ -66,7 +66,7 @@ from numba import njit, prange
 from ._bilinear import corner_slopes_per_corner, corners
 from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
 from ._parallel import threads_for
-from .blocks import sigmoid_backward, sigmoid_forward
+from .activations import sigmoid_backward, sigmoid_forward
 from .check import CheckCase, register
 from .conv import Conv2d, conv_geometry
 from .gemm import cols_matmul, cols_matmul_backward

@@ -45,8 +45,9 @@ import numbers
 import numpy as np
 
 from ._checks import expect_shape, float_array, positive_int, same_dtype
-from .blocks import (_real, global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
-                     linear_forward, relu_backward, relu_forward, softmax_backward, softmax_forward)
+from .activations import relu_backward, relu_forward, softmax_backward, softmax_forward
+from .blocks import _real, linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (Conv2d, check_hyper_parameters, check_layer_channels, conv2d_backward,
                    conv2d_forward, conv_geometry)
 from .module import Module, kaiming_normal_fan_out

@@ -57,7 +57,9 @@ from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
 from ._parallel import threads_for
 from .check import CheckCase, register
 from .conv import PointwiseConv2d, conv_geometry
-from .layers import AvgPool2d, BatchNorm2d, ReLU
+from .activations import ReLU
+from .layers import BatchNorm2d
+from .pooling import AvgPool2d
 from .module import Module, Sequential, kaiming_normal_fan_out
 
 

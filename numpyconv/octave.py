@@ -52,8 +52,8 @@ from collections import namedtuple
 import numpy as np
 
 from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
-from .blocks import (avg_pool2d_backward, avg_pool2d_forward, upsample_nearest2d_backward,
-                     upsample_nearest2d_forward)
+from .pooling import avg_pool2d_backward, avg_pool2d_forward
+from .upsample import upsample_nearest2d_backward, upsample_nearest2d_forward
 from .check import CheckCase, register
 from .conv import Conv2d, check_hyper_parameters, conv2d_backward, conv2d_forward, conv_geometry
 from .module import Module

@@ -61,10 +61,10 @@ import numbers
 import numpy as np
 
 from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
-from .blocks import (_real, batch_norm_backward, batch_norm_forward, global_avg_pool2d_backward,
-                     global_avg_pool2d_forward, linear_backward, linear_forward, relu_backward,
-                     relu_forward, sigmoid_backward, sigmoid_forward, softmax_backward,
-                     softmax_forward)
+from .activations import (relu_backward, relu_forward, sigmoid_backward, sigmoid_forward, softmax_backward,
+                          softmax_forward)
+from .blocks import _real, batch_norm_backward, batch_norm_forward, linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
                    conv_geometry)
 from .module import Module, kaiming_normal_fan_out

@@ -46,7 +46,9 @@ from ..deformable import DeformConv2d, ModulatedDeformConv2d
 from ..dynamic import DynamicConv2d, dynamic_temperature
 from ..involution import Involution2d
 from ..kernel_warehouse import KWConv2d, WarehouseManager, kw_temperature
-from ..layers import AvgPool2d, BatchNorm2d, GlobalAvgPool2d, Linear, ReLU
+from ..activations import ReLU
+from ..layers import BatchNorm2d, Linear
+from ..pooling import AvgPool2d, GlobalAvgPool2d
 from ..module import Module, Sequential, make_rng
 from ..octave import OctaveConv2d
 from ..odconv import ODConv2d, odconv_temperature
