@@ -11,9 +11,11 @@ softmax over L*P of N(0, 1) logits. Times: forward and forward+backward (gradien
 locations and attention weights; dout all ones), best of ``--repeat`` interleaved rounds, same thread
 count for Numba and torch. ``--memory``: each engine runs one forward+backward in a fresh process;
 reported is the growth of its peak resident memory over what the inputs already take (and, for
-numpyconv, the peak of NumPy's allocations by ``tracemalloc``). Prints Markdown tables.
+numpyconv, the peak of NumPy's allocations by ``tracemalloc``). ``--cpu-time``: one thread, timed by
+the process's CPU time instead of the wall clock (little affected by other processes sharing the
+cores). Prints Markdown tables.
 
-    python benchmarks/bench_msdeformattn.py [--batch 2] [--repeat 5] [--threads 2] [--memory]
+    python benchmarks/bench_msdeformattn.py [--batch 2] [--repeat 5] [--threads 2] [--memory] [--cpu-time]
 """
 import argparse
 import ctypes
@@ -21,8 +23,10 @@ import gc
 import json
 import os
 import re
+import math
 import subprocess
 import sys
+import time
 import tracemalloc
 
 import numba
@@ -77,6 +81,20 @@ def engine_pair(engine, args, torch):
                       torch_tensors(torch, value, loc, attn))
 
 
+def cpu_time_rows(engines, repeat):
+    """As :func:`numpyconv.bench.time_rows`, timed by ``time.process_time`` (one thread)."""
+    functions = [f for pair in engines.values() for f in pair]
+    for f in functions:
+        f()
+    best = [math.inf] * len(functions)
+    for _ in range(repeat):
+        for k, f in enumerate(functions):
+            start = time.process_time()
+            f()
+            best[k] = min(best[k], time.process_time() - start)
+    return [(name, None, best[2 * k], best[2 * k + 1]) for k, name in enumerate(engines)]
+
+
 # -- memory: one forward+backward in a fresh process ---------------------------------------------
 def _status(field):
     with open('/proc/self/status') as f:
@@ -126,16 +144,18 @@ def memory_rows(engines, batch, dtype, threads):
 def main(argv=None):
     parser = arg_parser(__doc__.splitlines()[0], batch=2, threads=True)
     parser.add_argument('--memory', action='store_true', help='also measure the peak memory')
+    parser.add_argument('--cpu-time', action='store_true', help='one thread, timed by CPU time')
     parser.add_argument('--child', nargs=2, metavar=('ENGINE', 'CASE'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    threads = min(args.threads or blas_threads(), numba.config.NUMBA_NUM_THREADS)
+    threads = 1 if args.cpu_time else min(args.threads or blas_threads(), numba.config.NUMBA_NUM_THREADS)
     if args.child:
         print(json.dumps(measure_memory(*args.child, args.batch, args.dtype, threads)))
         return
     numba.set_num_threads(threads)
     torch = import_torch(threads)
     print(f"Multi-scale deformable attention, N={args.batch}, M={HEADS}, D={CHANNELS}, L={len(SHAPES)} "
-          f"({', '.join(f'{h}x{w}' for h, w in SHAPES)}), P={POINTS}, {args.dtype}, {threads} threads\n")
+          f"({', '.join(f'{h}x{w}' for h, w in SHAPES)}), P={POINTS}, {args.dtype}, {threads} threads, "
+          f"{'CPU time' if args.cpu_time else 'wall clock'}\n")
     print("| shape | engine | forward (ms) | forward+backward (ms) | speed-up fwd | speed-up fwd+bwd |")
     print("|---|---|---:|---:|---:|---:|")
     for case in CASES:
@@ -144,7 +164,8 @@ def main(argv=None):
         engines = {'numpyconv': engine_pair('numpyconv', operand, torch)}
         if torch is not None:
             engines[ENGINES[1] + ' (torch CPU)'] = engine_pair(ENGINES[1], operand, torch)
-        times = {name: (f, fb) for name, _, f, fb in time_rows(engines, args.repeat)}
+        timed = cpu_time_rows(engines, args.repeat) if args.cpu_time else time_rows(engines, args.repeat)
+        times = {name: (f, fb) for name, _, f, fb in timed}
         reference = times.get(ENGINES[1] + ' (torch CPU)')
         for name, (f, fb) in times.items():
             ratio = f"{reference[0] / f:.2f}x | {reference[1] / fb:.2f}x" if reference else "- | -"
