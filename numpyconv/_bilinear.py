@@ -21,6 +21,8 @@ At an integer coordinate ``floor`` picks the right-hand derivative, as the offic
 value is 0 but the second still gives the slope towards row / column 0 (eq. 2, boundary note).
 These functions are Numba-compiled and called from the ops' own jitted loops; they only
 compute indices and weights, the loops do the reads and the ``+=`` of the gradients.
+The row helpers at the end (``clamped_corners``, ``corner_dots``, ``axpy``) serve kernels on
+channels-last rows (multi-scale deformable attention): they read and update whole channel rows.
 """
 import math
 
