@@ -47,5 +47,7 @@ from .kernel_warehouse import (KWConv2d, WarehouseManager, kw_attention_backward
 from .dcnv3 import DCNv3, dcnv3_backward, dcnv3_forward
 from .dcnv4 import DCNv4, dcnv4_backward, dcnv4_forward, pack_offset_mask, unpack_offset_mask
 from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint, state_dict_of
+from .msdeformattn import MSDeformAttn, ms_deform_attn_backward, ms_deform_attn_forward
+from .sampling import sampling_locations
 
 __version__ = '0.1.0'

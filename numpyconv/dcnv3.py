@@ -479,6 +479,20 @@ class DCNv3(Module):
             total += n * h * w * c * self.group
         return total, tuple(input_shape)
 
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, H, W, group, P, 2)`` (points row-major) where this layer samples its
+        projected input, and the softmaxed mask ``(N, H, W, group, P)`` as weights
+        (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.channels)
+        n, _, h, w = x.shape
+        with sampling.without_caching(self):
+            x1 = self.dw_conv(x)
+            offset, logits = self.offset(x1), self.mask(x1)
+        mask, _ = softmax_forward(logits.reshape(n, h, w, self.group, self.points), axis=-1)
+        return sampling.sampling_locations('dcnv3', nchw_to_nhwc(x), offset, mask.reshape(n, h, w, -1),
+                                           *self._core_args())
+
 
 # -- self-test (numpyconv check) ---------------------------------------------------------------
 @register('dcnv3')

@@ -216,6 +216,18 @@ class DCNv4(Module):
             total += n * h * w * c * self.group
         return total, tuple(input_shape)
 
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, H, W, group, P, 2)`` (points row-major) where this layer samples its
+        projected input, and the unnormalised mask ``(N, H, W, group, P)`` as weights
+        (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.channels)
+        inp = nchw_to_nhwc(x)
+        with sampling.without_caching(self):
+            offset_mask = self.offset_mask(nchw_to_nhwc(self.offset_mask_dw(x)) if self.dw_kernel_size
+                                           else inp)
+        return sampling.sampling_locations('dcnv4', inp, offset_mask, *self._core_args())
+
 
 # -- self-test (numpyconv check) ---------------------------------------------------------------
 @register('dcnv4')

@@ -442,6 +442,16 @@ class DeformConv2d(_DeformPack):
         self._accumulate(dweight, None)
         return dx + self.conv_offset.backward(doffset)                   # (eq. 11)
 
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, Ho, Wo, deform_groups, kh*kw, 2)`` where this layer samples ``x``, and
+        ones as weights (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.in_channels)
+        with sampling.without_caching(self):
+            offset = self.conv_offset(x)
+        return sampling.sampling_locations('deform_conv2d', x, offset, self._params['weight'], None,
+                                           self.stride, self.padding, self.dilation)
+
 
 class ModulatedDeformConv2d(_DeformPack):
     """DCNv2 layer = mmcv ``ModulatedDeformConv2dPack`` (eq. 12)::
@@ -481,3 +491,15 @@ class ModulatedDeformConv2d(_DeformPack):
         dlogits, = sigmoid_backward(dmask, self._mask_cache)
         dout_offset = np.concatenate([doffset, dlogits], axis=1)         # (N, 3*dg*K, Ho, Wo)
         return dx + self.conv_offset.backward(dout_offset)               # (eq. 12)
+
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, Ho, Wo, deform_groups, kh*kw, 2)`` where this layer samples ``x``, and
+        the mask as weights (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.in_channels)
+        with sampling.without_caching(self):
+            out = self.conv_offset(x)
+        n_offsets = 2 * out.shape[1] // 3
+        mask, _ = sigmoid_forward(out[:, n_offsets:])
+        return sampling.sampling_locations('deform_conv2d', x, out[:, :n_offsets], self._params['weight'],
+                                           None, self.stride, self.padding, self.dilation, mask=mask)
