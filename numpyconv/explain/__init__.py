@@ -91,9 +91,9 @@ def _conv2d_gif(known, path):
     """One frame per output position (the window sliding row by row), 0.7 s each, looping."""
     from PIL import Image
 
-    from . import data, figures, style
-    frames = [Image.fromarray(style.rgba_frame(figures.conv2d(known, frame))).convert('RGB')
-              .quantize(colors=128, dither=Image.Dither.NONE) for frame in data.conv2d_frames(known)]
+    from . import data, figures
+    frames = [Image.fromarray(rgba).convert('RGB').quantize(colors=128, dither=Image.Dither.NONE)
+              for rgba in figures.conv2d_gif_frames(known, data.conv2d_frames(known))]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=700, loop=0, optimize=False)
     return path
 

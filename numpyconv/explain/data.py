@@ -252,17 +252,20 @@ def separable(seed=0):
 def octave(seed=0):
     """The four paths of octave convolution (octave.md eq. 6) on a digit split by frequency.
 
-    The input pair: ``x_l = P x`` (2x2 average pool: the low frequencies at half resolution) and
-    ``x_h = x - U x_l`` (nearest upsampling: the detail the low part misses). Keys: ``x``, ``x_h``
-    ``(16, 16)``, ``x_l (8, 8)``; ``paths``: ``name -> map`` for ``h2h`` (conv of ``x_h``), ``h2l``
-    (conv of ``P x_h``), ``l2h`` (``U`` of the conv of ``x_l``), ``l2l`` (conv of ``x_l``), each
-    computed by the public ops with the layer's weights; ``y_h``, ``y_l`` (the layer's outputs, =
-    ``h2h + l2h`` and ``h2l + l2l``). Counts: ``OctaveConv2d`` and ``Conv2d`` on the same input.
+    The input pair: ``x_l = P blur(x)`` (a Gaussian blur, sigma 1, then the 2x2 average pool: the low
+    frequencies at half resolution) and ``x_h = x - blur(x)`` (the detail). Keys: ``x``, ``x_h``
+    ``(16, 16)``, ``x_l (8, 8)``, ``weights`` (``name -> (3, 3)``); ``paths``: ``name -> map`` for
+    ``h2h`` (conv of ``x_h``), ``h2l`` (conv of ``P x_h``), ``l2h`` (``U`` of the conv of ``x_l``,
+    nearest upsampling), ``l2l`` (conv of ``x_l``), each computed by the public ops with the layer's
+    weights; ``y_h``, ``y_l`` (the layer's outputs, = ``h2h + l2h`` and ``h2l + l2l``). Counts:
+    ``OctaveConv2d`` and ``Conv2d`` on the same input.
     """
+    from scipy import ndimage
     images, labels, source = digits(seed, 1)
     x = upscale(images)[:, None]                                          # (1, 1, 16, 16)
-    x_l, _ = nc.avg_pool2d_forward(x, 2)                                   # (1, 1, 8, 8)
-    x_h = x - nc.upsample_nearest2d_forward(x_l, 2)[0]
+    blurred = ndimage.gaussian_filter(x[0, 0], 1.0, mode='constant')[None, None]
+    x_l, _ = nc.avg_pool2d_forward(blurred, 2)                             # (1, 1, 8, 8)
+    x_h = x - blurred
     layer = nc.OctaveConv2d(2, 2, 3, alpha_in=0.5, alpha_out=0.5, padding=1, dtype=DTYPE,
                             rng=_rng(seed, 10))
     y_h, y_l = layer((x_h, x_l))

@@ -50,10 +50,14 @@ def limits(values, signed):
     return (-top, top) if signed else (0.0, top)
 
 
-def new_figure(height):
-    """A pyplot-free ``matplotlib.figure.Figure`` :data:`WIDTH` wide and ``height`` inches high."""
+def new_figure(height, bottom=0.0):
+    """A pyplot-free ``matplotlib.figure.Figure`` :data:`WIDTH` wide and ``height + bottom`` inches
+    high; ``bottom`` inches at the foot are kept free (for the counts), and ``fig.layout_bottom``
+    records them for the placing helpers."""
     from matplotlib.figure import Figure
-    return Figure(figsize=(WIDTH, height), dpi=DPI)
+    fig = Figure(figsize=(WIDTH, height + bottom), dpi=DPI)
+    fig.layout_bottom = bottom
+    return fig
 
 
 def save(fig, path):
