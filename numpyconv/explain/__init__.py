@@ -92,7 +92,8 @@ def _conv2d_gif(known, path):
     from PIL import Image
 
     from . import data, figures
-    frames = [Image.fromarray(rgba).convert('RGB').quantize(colors=128, dither=Image.Dither.NONE)
+    no_dither = getattr(Image, 'Dither', Image).NONE                     # Pillow < 9.1: Image.NONE
+    frames = [Image.fromarray(rgba).convert('RGB').quantize(colors=128, dither=no_dither)
               for rgba in figures.conv2d_gif_frames(known, data.conv2d_frames(known))]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=700, loop=0, optimize=False)
     return path
@@ -109,7 +110,8 @@ def add_arguments(parser):
     parser.add_argument('--out', default=DEFAULT_OUT, help='output folder (%(default)s by default)')
     parser.add_argument('--seed', type=_seed_argument, default=0,
                         help='digits, layer initialisation, positions drawn (%(default)s by default)')
-    parser.add_argument('--gif', action='store_true', help='conv2d: also an animated GIF of the sliding window')
+    parser.add_argument('--gif', action='store_true',
+                        help='conv2d: also an animated GIF of the sliding window')
     return parser
 
 

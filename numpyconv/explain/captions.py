@@ -12,18 +12,22 @@ def _counts(facts):
     return 'Counts (numpyconv.count):\n' + '\n'.join(lines)
 
 
+def _values(a):
+    return '(' + ', '.join(f'{v:.2f}' for v in np.ravel(a)) + ')'
+
+
 def _digits(facts):
     names = ', '.join(str(d) for d in facts['labels'])
-    return f"Input: {facts['source']} (class {names})."
+    return f"Input: {facts['source']} ({'classes' if len(facts['labels']) > 1 else 'class'} {names})."
 
 
 def conv2d(f):
     i, j = f['position']
-    return (f"conv2d with stride {f['stride']}, padding {f['padding']}, dilation {f['dilation']} on an 8x8 digit "
-            f"(values 0..16) and a 3x3 kernel of small integers. The window of output ({i}, {j}) reads the "
-            f"outlined pixels of the zero-padded input; numpyconv.im2col lays every window out as one column "
-            f"(column {f['column_index']} is this one), so the whole convolution is one matrix product. "
-            f"Its dot product with the weight row is {f['value']:g} = y[{i}, {j}].")
+    return (f"conv2d with stride {f['stride']}, padding {f['padding']}, dilation {f['dilation']} on an 8x8 "
+            f"digit (values 0..16) and a 3x3 kernel of small integers. The window of output ({i}, {j}) reads "
+            f"the outlined pixels of the zero-padded input; numpyconv.im2col lays every window out as one "
+            f"column (column {f['column_index']} is this one), so the whole convolution is one matrix "
+            f"product. Its dot product with the weight row is {f['value']:g} = y[{i}, {j}].")
 
 
 def conv2d_backward(f):
@@ -50,7 +54,7 @@ def pointwise(f):
     i, j = f['pixel']
     return (f"PointwiseConv2d({f['matrix'].shape[1]}, {f['matrix'].shape[0]}): a 1x1 convolution is the "
             f"matrix W applied to the channel vector of every pixel; at pixel ({i}, {j}) "
-            f"W x[:, {i}, {j}] = {np.array2string(f['product'], precision=2)}. Each output channel mixes "
+            f"W x[:, {i}, {j}] = {_values(f['product'])}. Each output channel mixes "
             f"all the input digits, and no neighbouring pixel is read.")
 
 
@@ -62,14 +66,15 @@ def separable(f):
     return (f"SeparableConv2d: a depthwise 3x3 convolution (one filter per digit channel), then a pointwise "
             f"1x1 convolution mixing the channels. It needs {small:.1f}% of the multiply-adds of the "
             f"standard Conv2d it replaces at the drawn size, and {big:.1f}% at a typical "
-            f"{typical[0].split()[-1]} layer on 56x56, where the saving is 1/C_out + 1/9.")
+            f"{typical[0].split()[-1]} layer on 56x56 (the ratio is 1/C_out + 1/9 for a 3x3 kernel).")
 
 
 def octave(f):
     c = f['counts']
     saved = 100 * (1 - c['OctaveConv2d'][1] / c['Conv2d'][1])
     return (f"OctaveConv2d(2, 2, 3, alpha_in=0.5, alpha_out=0.5) on a digit split into its low frequencies "
-            f"x_l (2x2 average, half resolution) and the detail x_h = x - upsample(x_l). The four paths: "
+            f"x_l = avgpool(blur(x)) (a Gaussian blur, then 2x2 averages: half resolution) and the detail "
+            f"x_h = x - blur(x). The four paths: "
             f"H->H convolves x_h, H->L pools then convolves, L->H convolves then upsamples, L->L convolves "
             f"at half resolution; y_h = H->H + L->H and y_l = H->L + L->L. The half-resolution paths save "
             f"{saved:.0f}% of the multiply-adds of a Conv2d(2, 2, 3).")
@@ -79,17 +84,16 @@ def dynamic(f):
     dy, cc = f['dynamic']['attention'], f['condconv']['attention']
     return (f"DynamicConv2d (DY-CNN, K=4, temperature 1) and CondConv2d (4 experts), untrained (seeded), on "
             f"the stem features of two digits. Each input's attention comes from its globally pooled "
-            f"features: DY-CNN's softmax {np.array2string(dy[0], precision=2)} for A and "
-            f"{np.array2string(dy[1], precision=2)} for B (each sums to 1); CondConv's independent "
-            f"sigmoids {np.array2string(cc[0], precision=2)} and {np.array2string(cc[1], precision=2)}. "
+            f"features: DY-CNN's softmax {_values(dy[0])} for A and {_values(dy[1])} for B (each sums to 1); "
+            f"CondConv's independent sigmoids {_values(cc[0])} and {_values(cc[1])}. "
             f"The aggregated kernel is the attention-weighted sum of the K kernels, one per input; an "
-            f"untrained attention separates the inputs only slightly, training sharpens it.")
+            f"untrained attention, as here, tells the two inputs apart only slightly.")
 
 
 def odconv(f):
     a = f['attentions']
     return (f"ODConv2d(3, 4, 3, kernel_num=4), inference mode, on a digit's stem features: four attentions "
-            f"from one pooled vector: over the 4 kernels (softmax, {np.array2string(a['kernel'], precision=2)}), "
+            f"from one pooled vector: over the 4 kernels (softmax, {_values(a['kernel'])}), "
             f"over the 3x3 positions, the 3 input channels and the 4 output channels (sigmoids). The "
             f"assembled kernel filter[o] * channel[c] * spatial * sum_i kernel[i] W_i convolved with the "
             f"input gives the layer's output.")
@@ -105,23 +109,22 @@ def kernel_warehouse(f):
 
 
 def deformable(f):
-    shifts = {v: float(np.sqrt(np.mean(np.sum((f[v]['locations'] - f[v]['grid']) ** 2, axis=-1))))
-              for v in ('v1', 'v2', 'v3', 'v4')}
+    v4 = f['v4']['weights']
     return (f"Where four deformable convolutions sample around two output pixels of the same input (a "
             f"digit's stem features), against the regular 3x3 grid (hollow circles). Their offset branches "
-            f"have seeded random weights, scaled to offsets of about 1 pixel (a fresh layer's zero-"
-            f"initialised branch samples the regular grid exactly). DCNv1 weights every point 1; DCNv2 "
-            f"modulates each in (0, 1); DCNv3 softmaxes the 9 points of each of its 2 groups (they sum to "
-            f"1); DCNv4 uses the raw values, which may be negative or exceed 1. Root-mean-square "
-            f"displacement over the whole map: " + ', '.join(f"{v} {s:.2f} px" for v, s in shifts.items())
-            + ". Locations from numpyconv.sampling_locations on each op's own arguments.")
+            f"have seeded random weights, scaled so that each offset component has a root mean square of "
+            f"1 pixel over the map (a fresh layer's zero-initialised branch samples the regular grid "
+            f"exactly). DCNv1 weights every point 1; DCNv2 modulates each in (0, 1); DCNv3 softmaxes the 9 "
+            f"points of each of its 2 groups (they sum to 1); DCNv4 uses the raw values (here from "
+            f"{v4.min():.2f} to {v4.max():.2f}). The locations are computed from each op's own arguments "
+            f"(deformable.md eq. 3, dcnv3.md eq. 2) in the form of numpyconv.sampling_locations.")
 
 
 def involution(f):
-    return (f"Involution2d(8, 3, group_channels=8, reduction_ratio=2) generates a 3x3 kernel at every "
-            f"position from the features there (shared by the group's 8 channels); the four kernels shown "
-            f"are those at the marked positions (the last on the background). A Conv2d shares one kernel "
-            f"per channel pair across all positions.")
+    return ("Involution2d(8, 3, group_channels=8, reduction_ratio=2) generates a 3x3 kernel at every "
+            "position from the features there (shared by the group's 8 channels); the four kernels shown "
+            "are those at the marked positions (the last on the background). A Conv2d shares one kernel "
+            "per channel pair across all positions.")
 
 
 CAPTIONS = {'conv2d': conv2d, 'conv2d_backward': conv2d_backward, 'depthwise': depthwise,

@@ -163,7 +163,8 @@ def conv2d_backward(seed=0):
     scatter_all = np.zeros_like(padded)
     for i in range(ho):
         for j in range(wo):
-            scatter_all[i * s:i * s + 2 * d + 1:d, j * s:j * s + 2 * d + 1:d] += dout[0, 0, i, j] * weight[0, 0]
+            window = (slice(i * s, i * s + 2 * d + 1, d), slice(j * s, j * s + 2 * d + 1, d))
+            scatter_all[window] += dout[0, 0, i, j] * weight[0, 0]
     i, j = (int(v) for v in rng.integers(0, (ho, wo)))
     scatter_one = np.zeros_like(padded)
     scatter_one[i * s:i * s + 2 * d + 1:d, j * s:j * s + 2 * d + 1:d] = dout[0, 0, i, j] * weight[0, 0]
@@ -296,10 +297,10 @@ def _two_inputs(seed):
 def dynamic(seed=0):
     """DY-CNN (softmax over K kernels, temperature 1) and CondConv (sigmoid routing) on two digits.
 
-    For each of ``'dynamic'`` and ``'condconv'``: ``bank (K, C_out, C_in, 3, 3)`` (the layer's
-    kernels), ``attention (2, K)`` and ``kernels (2, C_out, C_in, 3, 3)`` (the aggregated kernel of
-    each input), ``y (2, C_out, 16, 16)`` (the op's output, equal to the layer's). Also ``x (2, C_in,
-    16, 16)`` and ``images (2, 16, 16)``.
+    For each of ``'dynamic'`` and ``'condconv'``: ``bank (K, C_out, C_in, 3, 3)`` and ``biases (K,
+    C_out)`` (the layer's kernels and biases), ``attention (2, K)`` and ``kernels (2, C_out, C_in, 3, 3)``
+    (the aggregated kernel of each input), ``y (2, C_out, 16, 16)`` (the op's output, equal to the
+    layer's). Also ``x (2, C_in, 16, 16)`` and ``images (2, 16, 16)``.
     """
     x, images, labels, source = _two_inputs(seed)
     dy = nc.DynamicConv2d(ATTENTION_CHANNELS, 1, 3, padding=1, K=4, dtype=DTYPE, rng=_rng(seed, 11))
@@ -320,8 +321,8 @@ def dynamic(seed=0):
     for name, layer, y, cache in (('dynamic', dy, y_dy, cache_dy), ('condconv', cc, y_cc, cache_cc)):
         # the attention and the per-sample aggregated kernels exist only in the op's cache:
         # cache['conv'] is aggregated_conv2d_forward's, whose 'conv' is conv2d_forward's
-        result[name] = dict(bank=layer.params['weight'], attention=cache['conv']['attention'],
-                            kernels=cache['conv']['conv']['weight'], y=y)
+        result[name] = dict(bank=layer.params['weight'], biases=layer.params['bias'], y=y,
+                            attention=cache['conv']['attention'], kernels=cache['conv']['conv']['weight'])
     result.update(x=x, images=images)
     return result
 
@@ -376,14 +377,15 @@ def kernel_warehouse(seed=0):
     x = stem_features(upscale(images), KW_CHANNELS, seed)
     manager = nc.WarehouseManager(cell_inplane_ratio=0.5, cell_outplane_ratio=0.5, spatial_partition=False,
                                   dtype=DTYPE, rng=_rng(seed, 14))
-    layers = [manager.reserve(KW_CHANNELS, KW_CHANNELS, 3, padding=1, bias=False, warehouse_name='stage1_conv')
-              for _ in range(2)]
+    layers = [manager.reserve(KW_CHANNELS, KW_CHANNELS, 3, padding=1, bias=False,
+                              warehouse_name='stage1_conv') for _ in range(2)]
     manager.store()
     manager.allocate(layers)
     layer = layers[0].eval()
     state = {**layer.params, **layer.buffers}
-    args = [state.get(f'attention.{k}') for k in ('fc1.weight', 'norm1.weight', 'norm1.bias', 'norm1.running_mean',
-                                                 'norm1.running_var', 'fc2.weight', 'fc2.bias')]
+    args = [state.get(f'attention.{k}') for k in ('fc1.weight', 'norm1.weight', 'norm1.bias',
+                                                 'norm1.running_mean', 'norm1.running_var', 'fc2.weight',
+                                                 'fc2.bias')]
     warehouse = layer.warehouse                                           # (M, 1, 1, 3, 3)
     options = dict(start_cell_idx=layer.start_cell_idx, temperature=layer.temperature,
                    temp_bias=layer.temp_bias, training=False)
@@ -441,7 +443,7 @@ def _torchvision_rule(x, offset, weight, stride, padding, dilation, mask):
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     n, _, ho, wo = offset.shape
     points = kh * kw
-    delta = offset.reshape(n, -1, points, 2, ho, wo).transpose(0, 4, 5, 1, 2, 3)   # (N, Ho, Wo, G, P, (dy, dx))
+    delta = offset.reshape(n, -1, points, 2, ho, wo).transpose(0, 4, 5, 1, 2, 3)  # (N, Ho, Wo, G, P, dy|dx)
     rows = np.arange(ho)[:, None, None] * sh - geo.pads[0] + np.repeat(np.arange(kh), kw)[None, None] * dh
     cols = np.arange(wo)[None, :, None] * sw - geo.pads[2] + np.tile(np.arange(kw), kh)[None, None] * dw
     rows, cols = np.broadcast_arrays(rows, cols)                                   # (Ho, Wo, P)

@@ -251,18 +251,20 @@ def conv2d_moving(parts, facts, frame, animated):
     parts['padded'].set_xlim(-0.5, facts['padded'].shape[1] - 0.5)
     parts['padded'].set_ylim(facts['padded'].shape[0] - 0.5, -0.5)
     artists.append(_box(parts['output'], i, j, animated=animated))
-    artists.append(_box(parts['im2col'], 0, column_index, height=facts['matrix'].shape[0], gid='column_highlight',
-                        animated=animated))
+    artists.append(_box(parts['im2col'], 0, column_index, height=facts['matrix'].shape[0],
+                        gid='column_highlight', animated=animated))
     column = facts['matrix'][:, column_index]
     weight_row = facts['weight'].ravel()
     products = weight_row * column
-    for ax, values, role, gid in zip(parts['dot'], (weight_row, column, products),
-                                     ('weights', 'input', 'output'), ('dot_weight', 'dot_column', 'dot_product')):
-        artists += _image(ax, values[None], role, gid, signed=role != 'input', numbers=True, animated=animated)
+    rows = ((weight_row, 'weights', 'dot_weight'), (column, 'input', 'dot_column'),
+            (products, 'output', 'dot_product'))
+    for ax, (values, role, gid) in zip(parts['dot'], rows):
+        artists += _image(ax, values[None], role, gid, signed=role != 'input', numbers=True,
+                          animated=animated)
     value = float(products.sum())
-    artists.append(_text(parts['fig'], (3.75, 0.34), f"column {column_index}: the window of output ({i}, {j})\n"
-                         f"sum of the products = {value:g} = y[{i}, {j}]", fontsize=9, color=style.OUTPUT,
-                         va='center', gid='dot_sum', animated=animated))
+    artists.append(_text(parts['fig'], (3.75, 0.34), f"column {column_index}: the window of output "
+                         f"({i}, {j})\nsum of the products = {value:g} = y[{i}, {j}]", fontsize=9,
+                         color=style.OUTPUT, va='center', gid='dot_sum', animated=animated))
     return artists
 
 
@@ -432,9 +434,11 @@ def _separable_bars(fig, facts):
     counts = facts['counts']
     typical = [n for n in counts if '->' in n]
     shape = counts[typical[0]][2]
-    pairs = [(f"drawn: {facts['x'].shape[0]}\u2192{facts['y'].shape[0]}, 16x16", 'SeparableConv2d', 'Conv2d'),
-             (f"typical: {typical[0].split()[-1].replace('->', chr(8594))}, {shape[2]}x{shape[3]}", typical[0],
-              typical[1])]
+    arrow = '\u2192'
+    pairs = [(f"drawn: {facts['x'].shape[0]}{arrow}{facts['y'].shape[0]}, 16x16", 'SeparableConv2d',
+              'Conv2d'),
+             (f"typical: {typical[0].split()[-1].replace('->', arrow)}, {shape[2]}x{shape[3]}",
+              typical[0], typical[1])]
     for k, (what, index) in enumerate((('parameters', 0), ('multiply-adds', 1))):
         ax = _axes(fig, 1.75 + 3.75 * k, 0.25, 1.9, 1.45)
         labels, values = [], []
@@ -464,7 +468,8 @@ def octave(facts):
     _title(ax, 'x_l = avgpool(blur(x))\n8x8', style.INPUT)
     _arrow(fig, (1.5, 3.35), (1.95, 4.3), 'high', rad=-0.1)
     _arrow(fig, (1.5, 2.75), (2.25, 1.75), 'low', rad=0.1)
-    spots = {'h2h': (4.2, 3.95, big, 'H\u2192H: conv'), 'l2h': (4.2, 2.15, big, 'L\u2192H: conv, upsample x2'),
+    spots = {'h2h': (4.2, 3.95, big, 'H\u2192H: conv'),
+             'l2h': (4.2, 2.15, big, 'L\u2192H: conv, upsample x2'),
              'h2l': (4.2 + small / 2, 0.95, small, 'H\u2192L: avgpool, conv'),
              'l2l': (4.2 + small / 2, 0.0, small, 'L\u2192L: conv')}
     sources = {'h': (3.25, 4.55), 'l': (2.95, 1.15)}
@@ -497,8 +502,8 @@ def _attention_bars(ax, attention, gid):
     """Grouped vertical bars: ``attention (2, K)`` for input A (solid) and B (hatched)."""
     k = attention.shape[1]
     for n, (offset, hatch) in enumerate(((-0.2, None), (0.2, '////'))):
-        bars = ax.bar(np.arange(k) + offset, attention[n], width=0.38, color=style.WEIGHTS if n == 0 else 'white',
-                      edgecolor=style.WEIGHTS, hatch=hatch, label=f'input {"AB"[n]}')
+        bars = ax.bar(np.arange(k) + offset, attention[n], width=0.38, edgecolor=style.WEIGHTS, hatch=hatch,
+                      color=style.WEIGHTS if n == 0 else 'white', label=f'input {"AB"[n]}')
         for kk, bar in enumerate(bars):
             bar.set_gid(f'{gid}_{"AB"[n]}{kk}')
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02, f'{attention[n, kk]:.2f}',
@@ -534,7 +539,7 @@ def _dynamic_row(fig, facts, name, label, y0):
     _title(ax, f'K = {bank.shape[0]} kernels\n(3 input channels each)', style.WEIGHTS, size=7)
     ax = _axes(fig, 2.2, y0 + 0.3, 1.9, 1.35)
     _attention_bars(ax, part['attention'], f'{name}_attention')
-    ax.legend(fontsize=6.5, frameon=False, loc='upper right', ncols=2)
+    ax.legend(fontsize=6.5, frameon=False, loc='upper right', ncol=2)
     _title(ax, 'attention over the K kernels', style.WEIGHTS)
     kernels = part['kernels'][:, 0]                                        # (2, C_in, 3, 3)
     vlim = style.limits(kernels, True)
@@ -573,7 +578,8 @@ def odconv(facts):
     ax.set_ylabel('kernel attention\n(softmax)', fontsize=7, rotation=0, ha='right', va='center')
     _plain(ax)
     ax = _axes(fig, 0.35, 0.3, 1.05, 1.05)
-    _image(ax, att['spatial'], 'weights', 'attention_spatial', numbers=True, size=6.5, signed=False, vlim=(0, 1))
+    _image(ax, att['spatial'], 'weights', 'attention_spatial', numbers=True, size=6.5, signed=False,
+           vlim=(0, 1))
     _title(ax, 'spatial attention\n(one per kernel position)', style.WEIGHTS, size=7)
     for gid, values, x0, label in (('attention_channel', att['channel'], 1.95, 'input-channel attention'),
                                    ('attention_filter', att['filter'], 3.55, 'output-channel attention')):
@@ -694,8 +700,9 @@ def _deformable_legend(fig):
     handles = [Line2D([], [], ls='', marker='*', color=style.OUTPUT, ms=10, label='output pixel'),
                Line2D([], [], ls='', marker='o', mfc='none', mec=style.NEUTRAL, label='regular 3x3 grid'),
                Line2D([], [], color=style.NEUTRAL, lw=0.8, label='offset'),
-               Line2D([], [], ls='', marker='o', color=style.WEIGHTS, label='sampling point (area ~ |weight|)')]
-    fig.legend(handles=handles, loc='center', ncols=4, frameon=False, fontsize=7.5,
+               Line2D([], [], ls='', marker='o', color=style.WEIGHTS,
+                      label='sampling point (area ~ |weight|)')]
+    fig.legend(handles=handles, loc='center', ncol=4, frameon=False, fontsize=7.5,
                bbox_to_anchor=(0.5, _inches(fig, 0, 0.05)[1]))
 
 
