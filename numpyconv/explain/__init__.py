@@ -15,6 +15,7 @@ Command line: ``numpyconv explain TECHNIQUE [--out DIR] [--seed S] [--gif]`` or
 importing this package does not.
 """
 import argparse
+import numbers
 import os
 import sys
 
@@ -31,24 +32,16 @@ def _check_technique(technique):
 
 
 def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return seed
+    return int(seed)
 
 
 def facts(technique, seed=0):
-    """The facts the figure of ``technique`` draws (a dict; see :mod:`numpyconv.explain.data`)."""
+    """The facts the figure of ``technique`` draws for ``seed``: a dict of arrays and numbers (its
+    keys are listed by the function of that name in :mod:`numpyconv.explain.data`)."""
     from . import data
     return data.TECHNIQUES[_check_technique(technique)](_check_seed(seed))
-
-
-def figure(technique, seed=0):
-    """``(fig, facts)``: the matplotlib figure of ``technique`` and the facts it draws."""
-    from . import figures, style
-    known = facts(technique, seed)
-    with style.rc_context():
-        fig = figures.DRAW[technique](known)
-    return fig, known
 
 
 def draw(technique, out_dir, seed=0, gif=False):

@@ -343,7 +343,7 @@ def _cost_bars(fig, facts, x, y, names, labels):
 
 
 def depthwise(facts):
-    fig = _figure('depthwise', facts, 4.9)
+    fig = _figure('depthwise', facts, 5.05)
     x, weight, y = facts['x'], facts['weight'], facts['y']
     vlim = style.limits(y, True)
     fmt = number_format(weight)
