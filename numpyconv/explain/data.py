@@ -58,7 +58,7 @@ def _rng(seed, purpose):
     return np.random.default_rng([int(seed), purpose])
 
 
-def digits(seed, count):
+def _digits(seed, count):
     """``(images, labels, source)``: ``count`` 8x8 digits (values 0..16) of different classes."""
     images, labels, source = _digit_set()
     rng = _rng(seed, 0)
@@ -67,14 +67,14 @@ def digits(seed, count):
     return np.stack(picked).astype(DTYPE), [int(c) for c in classes], source
 
 
-def upscale(images):
+def _upscale(images):
     """``(n, 8, 8)`` -> ``(n, 16, 16)``, values kept in 0..16 (bilinear, scipy.ndimage.zoom)."""
     from scipy import ndimage
     return np.stack([np.clip(ndimage.zoom(im, SIDE / im.shape[0], order=1), 0.0, 16.0)
                      for im in images]).astype(DTYPE)
 
 
-def stem_features(images, channels, seed):
+def _stem_features(images, channels, seed):
     """``(n, channels, 16, 16)``: the digits through a seeded ``Conv2d(1, channels, 3, padding=1)``
     and ReLU, the first layer of an untrained network: the multi-channel input of the attention,
     deformable and involution figures."""
@@ -94,7 +94,7 @@ def _base(technique, labels, source, counts):
 # -- standard convolution and its backward pass ------------------------------------------------------
 def _conv_example(seed):
     """The small example of both conv2d figures: one 8x8 digit, a 3x3 kernel of small integers."""
-    images, labels, source = digits(seed, 1)
+    images, labels, source = _digits(seed, 1)
     x = images[:1, None]                                                  # (1, 1, 8, 8), values 0..16
     weight = _rng(seed, 2).integers(-2, 3, size=(1, 1, 3, 3)).astype(DTYPE)
     weight[0, 0, 1, 1] = weight[0, 0, 1, 1] or 1.0                        # never the zero kernel
@@ -110,11 +110,19 @@ def _padded(x, pad):
 def conv2d(seed=0):
     """The forward pass as im2col and one GEMM (docs/derivations/conv.md, eq. 1, 4).
 
-    Keys: ``x (8, 8)``, ``padded (12, 12)``, ``weight (3, 3)``, ``stride``, ``padding``, ``dilation``,
-    ``y (Ho, Wo)`` (conv2d_forward), ``matrix (9, Ho*Wo)`` (numpyconv.im2col, one column per output
-    position), ``position (i, j)``, ``column_index``, ``column``, ``window`` (the ``(row, col)``
-    indices of the padded input the column reads, in kernel order), ``products`` (weight times
-    column), ``value`` (their sum, = ``y[i, j]``).
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``x (8, 8)``, ``padded (12, 12)``, ``weight (3, 3)``,
+        ``stride``, ``padding``, ``dilation``, ``y (Ho, Wo)`` (conv2d_forward), ``matrix (9, Ho*Wo)``
+        (numpyconv.im2col, one column per output position), ``position (i, j)``, ``column_index``,
+        ``column``, ``window`` (the ``(row, col)`` indices of the padded input the column reads, in
+        kernel order), ``products`` (weight times column), ``value`` (their sum, = ``y[i, j]``).
     """
     x, weight, layer, labels, source = _conv_example(seed)
     y, _ = nc.conv2d_forward(x, weight, None, **CONV)
@@ -144,11 +152,20 @@ def conv2d_backward(seed=0):
     """``dW`` as the correlation of the input with ``dout`` (eq. 6) and ``dx`` as the scatter of each
     output's gradient over its window, the transposed convolution (eq. 7).
 
-    Keys: ``x``, ``padded``, ``weight``, ``dout (Ho, Wo)`` (small integers), ``dweight (3, 3)`` and
-    ``dx (8, 8)`` (conv2d_backward), ``tap (p, q)`` with ``tap_samples (Ho, Wo)`` (the padded input
-    read by that kernel point at every output position) and ``tap_value`` (= ``dweight[p, q]``),
-    ``position (i, j)`` with ``scatter_one`` (padded-size map: ``dout[i, j] * weight`` placed on its
-    window) and ``scatter_all`` (every output's scatter added up, padded size; cropped, = ``dx``).
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``x``, ``padded``, ``weight``, ``dout (Ho, Wo)`` (small
+        integers), ``dweight (3, 3)`` and ``dx (8, 8)`` (conv2d_backward), ``tap (p, q)`` with
+        ``tap_samples (Ho, Wo)`` (the padded input read by that kernel point at every output position)
+        and ``tap_value`` (= ``dweight[p, q]``), ``position (i, j)`` with ``scatter_one`` (padded-size
+        map: ``dout[i, j] * weight`` placed on its window) and ``scatter_all`` (every output's scatter
+        added up, padded size; cropped, = ``dx``).
     """
     x, weight, layer, labels, source = _conv_example(seed)
     y, cache = nc.conv2d_forward(x, weight, None, **CONV)
@@ -179,16 +196,25 @@ def conv2d_backward(seed=0):
 def _digit_channels(seed, count=3):
     """``(1, count, 16, 16)``: ``count`` different digits as the channels of one input, so that a
     channel that mixes into another is visible."""
-    images, labels, source = digits(seed, count)
-    return upscale(images)[None], labels, source
+    images, labels, source = _digits(seed, count)
+    return _upscale(images)[None], labels, source
 
 
 def depthwise(seed=0):
     """One filter per channel, channels never mixing (conv.md eq. 8), and its cost beside conv2d's.
 
-    Keys: ``x (C, 16, 16)``, ``weight (C, 3, 3)``, ``y (C, 16, 16)`` (the layer's output),
-    ``alone (C, 16, 16)`` (channel ``c`` convolved on its own with filter ``c``: equal to ``y``).
-    Counts: ``DepthwiseConv2d`` and the ``Conv2d`` with the same channels and kernel.
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``x (C, 16, 16)``, ``weight (C, 3, 3)``, ``y (C, 16, 16)``
+        (the layer's output), ``alone (C, 16, 16)`` (channel ``c`` convolved on its own with filter
+        ``c``: equal to ``y``). Counts: ``DepthwiseConv2d`` and the ``Conv2d`` with the same channels
+        and kernel.
     """
     x, labels, source = _digit_channels(seed)
     c = x.shape[1]
@@ -206,8 +232,17 @@ def depthwise(seed=0):
 def pointwise(seed=0):
     """The 1x1 convolution as one matrix applied at every pixel (conv.md eq. 11).
 
-    Keys: ``x (C_in, 16, 16)``, ``matrix (C_out, C_in)``, ``y (C_out, 16, 16)`` (the layer's output),
-    ``pixel (i, j)``, ``vector`` (``x[:, i, j]``), ``product`` (``matrix @ vector``, = ``y[:, i, j]``).
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``x (C_in, 16, 16)``, ``matrix (C_out, C_in)``, ``y
+        (C_out, 16, 16)`` (the layer's output), ``pixel (i, j)``, ``vector`` (``x[:, i, j]``),
+        ``product`` (``matrix @ vector``, = ``y[:, i, j]``).
     """
     x, labels, source = _digit_channels(seed)
     layer = nc.PointwiseConv2d(x.shape[1], 2, bias=False, dtype=DTYPE, rng=_rng(seed, 7))
@@ -226,10 +261,18 @@ TYPICAL = dict(in_channels=64, out_channels=128, side=56)   # a ResNet stage-1-s
 def separable(seed=0):
     """Depthwise then pointwise (MobileNet), with its cost against the standard convolution.
 
-    Keys: ``x (C_in, 16, 16)``, ``dw_weight (C_in, 3, 3)``, ``middle (C_in, 16, 16)`` (depthwise
-    output), ``pw_matrix (C_out, C_in)``, ``y (C_out, 16, 16)`` (the layer's output; = pointwise of
-    ``middle``). Counts at the drawn size (``SeparableConv2d``, ``Conv2d``) and at a typical size
-    (``SeparableConv2d 64->128``, ``Conv2d 64->128``, 56x56).
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``x (C_in, 16, 16)``, ``dw_weight (C_in, 3, 3)``, ``middle
+        (C_in, 16, 16)`` (depthwise output), ``pw_matrix (C_out, C_in)``, ``y (C_out, 16, 16)`` (the
+        layer's output; = pointwise of ``middle``). Counts at the drawn size (``SeparableConv2d``,
+        ``Conv2d``) and at a typical size (``SeparableConv2d 64->128``, ``Conv2d 64->128``, 56x56).
     """
     x, labels, source = _digit_channels(seed)
     c_in, c_out = x.shape[1], 4
@@ -254,16 +297,26 @@ def octave(seed=0):
     """The four paths of octave convolution (octave.md eq. 6) on a digit split by frequency.
 
     The input pair: ``x_l = P blur(x)`` (a Gaussian blur, sigma 1, then the 2x2 average pool: the low
-    frequencies at half resolution) and ``x_h = x - blur(x)`` (the detail). Keys: ``x``, ``x_h``
-    ``(16, 16)``, ``x_l (8, 8)``, ``weights`` (``name -> (3, 3)``); ``paths``: ``name -> map`` for
-    ``h2h`` (conv of ``x_h``), ``h2l`` (conv of ``P x_h``), ``l2h`` (``U`` of the conv of ``x_l``,
-    nearest upsampling), ``l2l`` (conv of ``x_l``), each computed by the public ops with the layer's
-    weights; ``y_h``, ``y_l`` (the layer's outputs, = ``h2h + l2h`` and ``h2l + l2l``). Counts:
-    ``OctaveConv2d`` and ``Conv2d`` on the same input.
+    frequencies at half resolution) and ``x_h = x - blur(x)`` (the detail).
+
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``x``, ``x_h`` ``(16, 16)``, ``x_l (8, 8)``, ``weights``
+        (``name -> (3, 3)``); ``paths``: ``name -> map`` for ``h2h`` (conv of ``x_h``), ``h2l`` (conv
+        of ``P x_h``), ``l2h`` (``U`` of the conv of ``x_l``, nearest upsampling), ``l2l`` (conv of
+        ``x_l``), each computed by the public ops with the layer's weights; ``y_h``, ``y_l`` (the
+        layer's outputs, = ``h2h + l2h`` and ``h2l + l2l``). Counts: ``OctaveConv2d`` and ``Conv2d``
+        on the same input.
     """
     from scipy import ndimage
-    images, labels, source = digits(seed, 1)
-    x = upscale(images)[:, None]                                          # (1, 1, 16, 16)
+    images, labels, source = _digits(seed, 1)
+    x = _upscale(images)[:, None]                                          # (1, 1, 16, 16)
     blurred = ndimage.gaussian_filter(x[0, 0], 1.0, mode='constant')[None, None]
     x_l, _ = nc.avg_pool2d_forward(blurred, 2)                             # (1, 1, 8, 8)
     x_h = x - blurred
@@ -289,18 +342,27 @@ ATTENTION_CHANNELS = 3
 
 
 def _two_inputs(seed):
-    images, labels, source = digits(seed, 2)
-    images = upscale(images)
-    return stem_features(images, ATTENTION_CHANNELS, seed), images, labels, source
+    images, labels, source = _digits(seed, 2)
+    images = _upscale(images)
+    return _stem_features(images, ATTENTION_CHANNELS, seed), images, labels, source
 
 
 def dynamic(seed=0):
     """DY-CNN (softmax over K kernels, temperature 1) and CondConv (sigmoid routing) on two digits.
 
-    For each of ``'dynamic'`` and ``'condconv'``: ``bank (K, C_out, C_in, 3, 3)`` and ``biases (K,
-    C_out)`` (the layer's kernels and biases), ``attention (2, K)`` and ``kernels (2, C_out, C_in, 3, 3)``
-    (the aggregated kernel of each input), ``y (2, C_out, 16, 16)`` (the op's output, equal to the
-    layer's). Also ``x (2, C_in, 16, 16)`` and ``images (2, 16, 16)``.
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and, for each of ``'dynamic'`` and ``'condconv'``: ``bank (K,
+        C_out, C_in, 3, 3)`` and ``biases (K, C_out)`` (the layer's kernels and biases), ``attention
+        (2, K)`` and ``kernels (2, C_out, C_in, 3, 3)`` (the aggregated kernel of each input), ``y (2,
+        C_out, 16, 16)`` (the op's output, equal to the layer's). Also ``x (2, C_in, 16, 16)`` and
+        ``images (2, 16, 16)``.
     """
     x, images, labels, source = _two_inputs(seed)
     dy = nc.DynamicConv2d(ATTENTION_CHANNELS, 1, 3, padding=1, K=4, dtype=DTYPE, rng=_rng(seed, 11))
@@ -330,13 +392,22 @@ def dynamic(seed=0):
 def odconv(seed=0):
     """ODConv's four attentions for one input and the kernel they assemble (odconv.md eq. 5-11).
 
-    Keys: ``bank (n, C_out, C_in, 3, 3)``, ``attentions``: ``kernel (n,)``, ``spatial (3, 3)``,
-    ``channel (C_in,)`` (input channels), ``filter (C_out,)`` (output channels); ``kernel
-    (C_out, C_in, 3, 3)`` = ``filter[o] * channel[c] * spatial * sum_i kernel[i] bank[i]``, the
-    kernel that applied to ``x`` gives the layer's output ``y``. Also ``x``, ``image``.
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``bank (n, C_out, C_in, 3, 3)``, ``attentions``: ``kernel
+        (n,)``, ``spatial (3, 3)``, ``channel (C_in,)`` (input channels), ``filter (C_out,)`` (output
+        channels); ``kernel (C_out, C_in, 3, 3)`` = ``filter[o] * channel[c] * spatial * sum_i
+        kernel[i] bank[i]``, the kernel that applied to ``x`` gives the layer's output ``y``. Also
+        ``x``, ``image``.
     """
-    images, labels, source = digits(seed, 1)
-    x = stem_features(upscale(images), ATTENTION_CHANNELS, seed)          # (1, C_in, 16, 16)
+    images, labels, source = _digits(seed, 1)
+    x = _stem_features(_upscale(images), ATTENTION_CHANNELS, seed)          # (1, C_in, 16, 16)
     layer = nc.ODConv2d(ATTENTION_CHANNELS, 4, 3, padding=1, kernel_num=4, dtype=DTYPE,
                         rng=_rng(seed, 13)).eval()
     state = {**layer.params, **layer.buffers}
@@ -356,7 +427,7 @@ def odconv(seed=0):
                                                  _counted('Conv2d', nc.Conv2d(ATTENTION_CHANNELS, 4, 3,
                                                                               padding=1), x.shape)]),
                 bank=state['weight'], attentions=attentions, kernel=kernel, y=y, x=x,
-                image=upscale(images)[0])
+                image=_upscale(images)[0])
 
 
 KW_CHANNELS = 2
@@ -368,13 +439,24 @@ def kernel_warehouse(seed=0):
 
     Warehouse cells are whole 3x3 kernels of one input and one output channel
     (``spatial_partition=False``, cell ratios 1/2), so each ``2 -> 2`` layer's kernel is ``m = 4``
-    mixtures of the ``M = 8`` cells. Keys: ``cells (M, 3, 3)``, ``owner (M,)`` (the layer each cell
-    starts with: 0 or 1), ``attention (m, M)`` (``kw_attention_forward``, inference: temperature 0),
-    ``kernel (C_out, C_in, 3, 3)`` (the layer's assembled kernel), ``rows (C_out, C_in)`` (the
-    mixture row of each kernel slice), ``y`` (the op's output, equal to the layer's), ``x``, ``image``.
+    mixtures of the ``M = 8`` cells.
+
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``cells (M, 3, 3)``, ``owner (M,)`` (the layer each cell
+        starts with: 0 or 1), ``attention (m, M)`` (``kw_attention_forward``, inference: temperature
+        0), ``kernel (C_out, C_in, 3, 3)`` (the layer's assembled kernel), ``rows (C_out, C_in)`` (the
+        mixture row of each kernel slice), ``y`` (the op's output, equal to the layer's), ``x``,
+        ``image``.
     """
-    images, labels, source = digits(seed, 1)
-    x = stem_features(upscale(images), KW_CHANNELS, seed)
+    images, labels, source = _digits(seed, 1)
+    x = _stem_features(_upscale(images), KW_CHANNELS, seed)
     manager = nc.WarehouseManager(cell_inplane_ratio=0.5, cell_outplane_ratio=0.5, spatial_partition=False,
                                   dtype=DTYPE, rng=_rng(seed, 14))
     layers = [manager.reserve(KW_CHANNELS, KW_CHANNELS, 3, padding=1, bias=False,
@@ -401,7 +483,7 @@ def kernel_warehouse(seed=0):
               _counted('Conv2d', nc.Conv2d(KW_CHANNELS, KW_CHANNELS, 3, padding=1, bias=False), x.shape)]
     return dict(_base('kernel_warehouse', labels, source, counts), cells=warehouse[:, 0, 0],
                 owner=owner, attention=attention, kernel=kernel, rows=rows, y=y, x=x,
-                image=upscale(images)[0])
+                image=_upscale(images)[0])
 
 
 # -- deformable sampling --------------------------------------------------------------------------------
@@ -581,16 +663,26 @@ def deformable(seed=0):
     """Where DCNv1, DCNv2, DCNv3 and DCNv4 sample on the same input, against the regular grid.
 
     Input: the digit's stem features ``(1, 4, 16, 16)``; every offset branch gets seeded random
-    weights (scaled to offsets of about ``OFFSET_RMS`` pixels), since a fresh layer's zero-initialised
-    branch samples the regular grid. For each version ``'v1'``, ``'v2'``, ``'v3'``, ``'v4'``: ``op``,
-    ``args``/``kwargs`` (the op's forward arguments, from which the layer's output is reproduced),
-    ``locations (1, 16, 16, G, 9, 2)`` and ``weights (1, 16, 16, G, 9)`` (:func:`sampling_locations`),
-    ``grid`` (the same with zero offsets), ``y`` (the layer's output). Also ``image (16, 16)`` and
-    ``positions`` (the output pixels drawn).
+    weights (each offset component scaled to a root mean square of ``OFFSET_RMS`` pixels), since a
+    fresh layer's zero-initialised branch samples the regular grid.
+
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and, for each version ``'v1'``, ``'v2'``, ``'v3'``, ``'v4'``:
+        ``op``, ``args``/``kwargs`` (the op's forward arguments, from which the layer's output is
+        reproduced), ``locations (1, 16, 16, G, 9, 2)`` and ``weights (1, 16, 16, G, 9)``
+        (:func:`sampling_locations`), ``grid`` (the same with zero offsets), ``y`` (the layer's
+        output). Also ``image (16, 16)`` and ``positions`` (the output pixels drawn).
     """
-    images, labels, source = digits(seed, 1)
-    image = upscale(images)[0]
-    x = stem_features(image[None], DEFORM_CHANNELS, seed)
+    images, labels, source = _digits(seed, 1)
+    image = _upscale(images)[0]
+    x = _stem_features(image[None], DEFORM_CHANNELS, seed)
     rng = _rng(seed, 15)
     built = {**_deform_v1_v2(x, rng), **_deform_v3_v4(x, rng)}
     result = _base('deformable', labels, source,
@@ -613,14 +705,25 @@ def involution(seed=0):
     """The kernel involution generates at several positions next to a convolution's shared kernel.
 
     ``Involution2d(8, 3, group_channels=8, reduction_ratio=2)`` (one group) on the digit's stem
-    features, inference mode. Keys: ``positions`` (four output pixels: three on the strokes, one on
-    the background), ``kernels (4, 3, 3)`` (the generated kernel there), ``conv_kernel (3, 3)``
-    (``Conv2d(8, 8, 3)``'s kernel from input 0 to output 0, the same at every position),
-    ``generated (1, 9, 16, 16)`` (every generated kernel), ``y`` (the layer's output), ``x``, ``image``.
+    features, inference mode.
+
+    Parameters
+    ----------
+    seed : int
+        Chooses the digits, initialises the layers, picks the positions drawn.
+
+    Returns
+    -------
+    dict
+        The keys common to every result and ``positions`` (four output pixels: three on the strokes,
+        one on the background), ``kernels (4, 3, 3)`` (the generated kernel there), ``conv_kernel (3,
+        3)`` (``Conv2d(8, 8, 3)``'s kernel from input 0 to output 0, the same at every position),
+        ``generated (1, 9, 16, 16)`` (every generated kernel), ``y`` (the layer's output), ``x``,
+        ``image``.
     """
-    images, labels, source = digits(seed, 1)
-    image = upscale(images)[0]
-    x = stem_features(image[None], INVOLUTION_CHANNELS, seed)
+    images, labels, source = _digits(seed, 1)
+    image = _upscale(images)[0]
+    x = _stem_features(image[None], INVOLUTION_CHANNELS, seed)
     layer = nc.Involution2d(INVOLUTION_CHANNELS, 3, group_channels=INVOLUTION_CHANNELS, reduction_ratio=2,
                             dtype=DTYPE, rng=_rng(seed, 16)).eval()
     y = layer(x)
