@@ -27,6 +27,11 @@ def _inspect(args):
     return inspection.main(args)
 
 
+def _explain(args):
+    from . import explain
+    return explain.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -57,6 +62,10 @@ def build_parser():
     else:
         add_arguments(demo)
         demo.set_defaults(run=_demo)
+
+    from .explain import add_arguments as explain_arguments       # imports no matplotlib
+    explain = sub.add_parser('explain', help="draw a technique's diagram from numpyconv's own computation")
+    explain_arguments(explain).set_defaults(run=_explain)
     return parser
 
 
