@@ -1,4 +1,4 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``conform``."""
 import argparse
 import sys
 
@@ -22,6 +22,11 @@ def _demo(args):
     return demo.main(args)
 
 
+def _conform(args):
+    from .testing import command
+    return command.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -36,6 +41,12 @@ def build_parser():
     bench.add_argument('--repeat', type=int, default=5, help='timed repetitions (best is reported)')
     bench.add_argument('--quick', action='store_true', help='smaller batch, for a smoke run')
     bench.set_defaults(run=_bench)
+
+    conform = sub.add_parser('conform', help="check another implementation of an op (your kernel) against "
+                                             "numpyconv's: edge and random cases, shrunk reproducers")
+    from .testing.command import add_arguments as add_conform_arguments
+    add_conform_arguments(conform)
+    conform.set_defaults(run=_conform)
 
     demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
     try:
