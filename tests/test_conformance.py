@@ -304,13 +304,35 @@ def test_report_counts_and_unshrunk_failures():
     assert report.failures[0].shrink_calls == 0
 
 
-def test_octave_pairs_and_none_outputs():
-    def octave(*args, **kwargs):
-        y_h, y_l = numpyconv.octave_conv2d_forward(*args, **kwargs)[0]
-        return y_h, None if y_l is None else y_l + 1.0
-    report = check_against('octave_conv2d', octave, cases=40)
+def octave_low_shifted(*args, **kwargs):
+    """Adds 1 to the low-frequency output."""
+    y_h, y_l = numpyconv.octave_conv2d_forward(*args, **kwargs)[0]
+    return y_h, None if y_l is None else y_l + 1.0
+
+
+def octave_backward(dout, *args, **kwargs):
+    return numpyconv.octave_conv2d_backward(dout, numpyconv.octave_conv2d_forward(*args, **kwargs)[1])
+
+
+def test_octave_pairs_none_outputs_and_reproducer(tmp_path):
+    report = check_against('octave_conv2d', octave_low_shifted, octave_backward, cases=40)
     failure = _only_failure(report, 'mismatch', 'y_l')
-    assert failure.kwargs['x_l'] is None or failure.kwargs['x_l'].shape[2] <= 3
+    assert failure.kwargs['x_l'] is None and failure.kwargs['w_l2l'] is None      # the low input dropped
+    assert failure.kwargs['x_h'].shape[0] == 1 and _pixels(failure, 'x_h') <= 16, failure.shapes()
+    assert isinstance(failure.dout, tuple) and len(failure.dout) == 2
+    _reproduces(failure, tmp_path, 'octave_conv2d', 'AssertionError')
+
+
+@pytest.mark.parametrize('op', PRESENT)
+def test_reproducers_of_every_op_compile_and_stub_an_unimportable_candidate(op):
+    def shifted(*args, **kwargs):
+        out = own.forward(op)(*args, **kwargs)
+        return tuple(None if o is None else o + 1 for o in out) if isinstance(out, tuple) else out + 1
+    report = check_against(op, shifted, own.backward(op), cases=3, edge_cases=False, shrink=False)
+    script = report.failures[0].reproducer
+    compile(script, 'reproducer.py', 'exec')
+    assert 'def forward(*args, **kwargs):' in script
+    assert f'from numpyconv.testing.own import {op}_backward as backward' in script
 
 
 @pytest.mark.parametrize('bad, message', [

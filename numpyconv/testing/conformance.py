@@ -418,7 +418,8 @@ class Shrinker:
 # -- reports ---------------------------------------------------------------------------------------------
 @dataclass
 class Failure:
-    """One distinct failure, shrunk. ``kwargs``: the forward's arguments (arrays and hyper-parameters)
+    """One distinct failure, shrunk from ``case`` (the smallest of the ``failing_cases`` cases whose first
+    problem is the same). ``kwargs``: the forward's arguments (arrays and hyper-parameters)
     of the smallest failing case; ``dout``: its output gradient; ``error``: the :class:`Problem`
     followed (worst relative error and where); ``problems``: all problems of that case;
     ``reproducer``: a Python script reproducing it with NumPy and numpyconv alone."""
@@ -444,9 +445,10 @@ class Failure:
         return ', '.join(parts)
 
     def __str__(self):
-        first = f"first in case {self.case} ({self.label}); {self.failing_cases} failing case(s) show it"
+        first = (f"from case {self.case} ({self.label}), the smallest of {self.failing_cases} failing "
+                 f"case(s) like it")
         shrunk = f"shrunk in {self.shrink_calls} candidate calls to" if self.shrink_calls else "case"
-        lines = [f"{self.error.kind}: {self.error.message}", f"  {first}", f"  {shrunk}: {self.shapes()}"]
+        lines = [self.error.message, f"  {first}", f"  {shrunk}: {self.shapes()}"]
         lines += [f"  also: {p.message}" for p in self.problems if p is not self.error][:4]
         lines.append(f"  reproducer: failure.reproducer ({len(self.reproducer.splitlines())} lines)")
         return '\n'.join(lines)

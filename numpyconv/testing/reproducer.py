@@ -61,6 +61,8 @@ def _float_text(v):
 
 def array_source(a):
     """``np.array([...], dtype=np.<dtype>).reshape(<shape>)`` giving back ``a`` exactly."""
+    if a.size == 0:
+        return f"np.zeros({a.shape}, dtype=np.{a.dtype.name})"
     values = a.ravel().tolist()
     items = [_float_text(float(v)) for v in values] if a.dtype.kind == 'f' else [str(int(v)) for v in values]
     body = textwrap.wrap(', '.join(items), WIDTH - 4, break_long_words=False, break_on_hyphens=False)
@@ -174,7 +176,7 @@ def _output_checks(spec):
     if len(spec.outputs) == 1:
         return [f"check({spec.outputs[0]!r}, got, want)"]
     return [f"if not isinstance(got, (tuple, list)) or len(got) != {len(spec.outputs)}:",
-            f"    problems.append(f'forward returned {{type(got).__name__}}, expected {spec.outputs}')",
+            f'    problems.append(f"forward returned {{type(got).__name__}}, expected {spec.outputs}")',
             'else:',
             f"    for name, g, w in zip({spec.outputs!r}, got, want):",
             '        check(name, g, w)']
