@@ -17,8 +17,9 @@ Example::
     >>> print(report)                                                  # doctest: +SKIP
 """
 from . import own, strategies
-from .conformance import (DEFAULT_TOLERANCES, Case, ConformanceError, ConformanceReport, Failure, Problem,
-                          case_at, check_against, make_settings)
+from .cases import DEFAULT_TOLERANCES, Case, case_at, make_settings
+from .checks import Problem
+from .conformance import ConformanceError, ConformanceReport, Failure, check_against
 from .ops import OPS, available_ops
 
 __all__ = ['check_against', 'ConformanceError', 'ConformanceReport', 'Failure', 'Problem', 'Case', 'case_at',

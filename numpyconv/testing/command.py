@@ -18,7 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
-from .conformance import make_settings, run_cases, summarize
+from .cases import make_settings
+from .conformance import run_cases, summarize
 from .ops import available_ops
 
 THREAD_VARIABLES = ('NUMBA_NUM_THREADS', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')

@@ -20,7 +20,7 @@ the op's edge cases (docs/conformance.md).
 import numpy as np
 
 from . import ops as op_table
-from .conformance import build_case, make_settings, split_call
+from .cases import build_case, make_settings, split_call
 
 TRIES = 20       # geometries drawn before a case is rejected as invalid
 
