@@ -117,6 +117,10 @@ def _modified(call, given, originals):
         nan = original.dtype.kind == 'f'
         if now.shape == original.shape and np.array_equal(now, original, equal_nan=nan):
             continue
+        if now.shape != original.shape:                    # ndarray.resize in place
+            found.append(Problem('mutated', f'{call}:{name}', f"{call} changed the shape of its input {name} "
+                                                             f"from {original.shape} to {now.shape}"))
+            continue
         changed = ~((now == original) | (np.isnan(now) & np.isnan(original))) if nan else now != original
         first = tuple(int(i) for i in np.argwhere(changed)[0])
         found.append(Problem('mutated', f'{call}:{name}', f"{call} modified its input {name}: "

@@ -12,7 +12,8 @@ stride ``sh``/``sw``, padding ``ph``/``pw``, dilation ``dh``/``dw``, flags and *
   the array values drawn from ``rng`` as the value modes say;
 * ``edge_cases``: the geometries that break real ports (:class:`EdgeCase`: label, changes, why);
 * ``shrink``: the moves of the shrinker, in order (:class:`Toward`: a number towards its simplest
-  value; :class:`Simpler`: a mode towards the first entries of its list);
+  value; :class:`Each`: every entry of a tuple so; :class:`Simpler`: a mode towards the first
+  entries of its list);
 * ``params``: the forward's parameters (the API signature; the entry is active when
   ``numpyconv.<name>_forward`` exists and takes them), ``arrays``: its array parameters in
   positional order (one gradient each), ``outputs``: the names of its outputs.
@@ -22,13 +23,13 @@ geometry is valid is decided by numpyconv's own forward: the fuzzer drops a geom
 """
 import functools
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 import numpyconv
 
-from .arrays import EXTREMES, border_targets, dout_like, point_offsets, values, weights  # noqa: F401
+from .arrays import EXTREMES, border_targets, point_offsets, values, weights
 
 # value modes of a deformable op's sampling positions, simplest first (the shrinker's order)
 OFFSET_MODES = ('zero', 'integer', 'half', 'random', 'border', 'huge', 'inf', 'nan')
@@ -78,7 +79,6 @@ class OpSpec:
     shrink: tuple
     outputs: tuple = ('out',)
     layout: str = ''
-    integer_arrays: tuple = field(default=())
 
     @property
     def forward(self):
@@ -262,7 +262,7 @@ def _pick(table, *keys):
     return tuple(table[k] for k in keys)
 
 
-ALL_WINDOW_EDGES = tuple(WINDOW_EDGES)
+ALL_WINDOW_EDGES = tuple(WINDOW_EDGES.values())
 
 
 # -- conv2d, depthwise, pointwise, separable -------------------------------------------------------------
@@ -307,7 +307,7 @@ CONV2D = OpSpec(
     arrays=('x', 'weight', 'bias'),
     base=dict(CONV_BASE, groups=1, cin=3, cout=2),
     draw=_draw_conv2d, build=_build_conv2d,
-    edge_cases=_pick(WINDOW_EDGES, *ALL_WINDOW_EDGES) + PAD_FORM_EDGES + (
+    edge_cases=ALL_WINDOW_EDGES + PAD_FORM_EDGES + (
         _edge('groups', "channel c of group g is g*C_in/G + c: a wrong group offset mixes groups",
               groups=3, cin=2, cout=2),
         _edge('groups = input channels (depthwise through groups)', "the grouped path with one "
@@ -337,7 +337,7 @@ DEPTHWISE = OpSpec(
     arrays=('x', 'weight', 'bias'),
     base=dict(CONV_BASE, c=3, mult=1),
     draw=_draw_depthwise, build=_build_depthwise,
-    edge_cases=_pick(WINDOW_EDGES, *ALL_WINDOW_EDGES) + PAD_FORM_EDGES + (
+    edge_cases=ALL_WINDOW_EDGES + PAD_FORM_EDGES + (
         _edge('channel multiplier 3', "output channel o reads input channel o // multiplier, not "
               "o % C", c=2, mult=3),
         _edge('one channel', "C = 1: depthwise equals a plain convolution", c=1, mult=1),
@@ -402,7 +402,7 @@ SEPARABLE = OpSpec(
     arrays=('x', 'dw_weight', 'pw_weight', 'dw_bias', 'pw_bias'),
     base=dict(CONV_BASE, c=3, mult=1, cout=2, dw_bias=True, pw_bias=True),
     draw=_draw_separable, build=_build_separable,
-    edge_cases=_pick(WINDOW_EDGES, *ALL_WINDOW_EDGES) + PAD_FORM_EDGES + (
+    edge_cases=ALL_WINDOW_EDGES + PAD_FORM_EDGES + (
         _edge('channel multiplier 2', "the pointwise weight reads C * multiplier channels", c=2, mult=2),
         _edge('no biases', "both biases None: both gradients None", dw_bias=False, pw_bias=False),
         _edge('pointwise bias only', "the biases are independent", dw_bias=False, pw_bias=True),
@@ -502,7 +502,7 @@ DEFORM = OpSpec(
     arrays=('x', 'offset', 'weight', 'bias', 'mask'),
     base=dict(CONV_BASE, h=5, w=4, groups=1, cin=2, cout=2, og=1, mask='random', offsets='random'),
     draw=_draw_deform, build=_build_deform,
-    edge_cases=_pick(WINDOW_EDGES, *ALL_WINDOW_EDGES) + (
+    edge_cases=ALL_WINDOW_EDGES + (
         _edge('groups 2', "weight groups are inferred from weight.shape[1]", groups=2, cin=2, cout=1),
         _edge('offset groups 2', "input channel c uses offset group c // (C_in / og)", cin=4, og=2),
         _edge('offset groups = input channels', "one offset field per channel", cin=3, og=3),
@@ -572,7 +572,7 @@ def _build_dcnv3(g, rng):
 
 DCN_BASE = dict(CONV_BASE, h=5, w=4, group=2, gc=2, scale=1.0, remove_center=False, offsets='random',
                 mask='random')
-DCN_EDGES = _pick(WINDOW_EDGES, *ALL_WINDOW_EDGES) + (
+DCN_EDGES = ALL_WINDOW_EDGES + (
     _edge('remove_center', "the centre point skipped: P = k*k - 1 shifts every later point",
           kh=3, kw=3, remove_center=True),
     _edge('offset_scale 0.5', "offset_scale also scales the base grid (around its centre), not only "
@@ -914,7 +914,6 @@ MSDA = OpSpec(
     name='ms_deform_attn',
     params=('value', 'spatial_shapes', 'level_start_index', 'sampling_locations', 'attention_weights'),
     arrays=('value', 'spatial_shapes', 'level_start_index', 'sampling_locations', 'attention_weights'),
-    integer_arrays=('spatial_shapes', 'level_start_index'),
     base=dict(n=2, lq=3, heads=2, d=2, levels=2, hs=(4, 2), ws=(3, 2), points=2, locations='random',
               attention='random', values='normal'),
     draw=_draw_msda, build=_build_msda,

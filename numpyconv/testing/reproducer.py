@@ -124,6 +124,7 @@ def _header(settings, failure):
             f"From numpyconv.testing.check_against (seed {settings.seed}, case {failure.case}: "
             f"{failure.label}; {shrunk}).",
             f"Run it: it raises AssertionError while the candidate disagrees with numpyconv.{settings.op}.",
+            f"Layout: {settings.spec.layout}.",
             '"""']
 
 
