@@ -36,7 +36,7 @@ def check(name, got, want):
     bad &= ~((g == w) | (np.isnan(g) & np.isnan(w)))
     if bad.any():
         at = tuple(int(i) for i in np.argwhere(bad)[0])
-        problems.append(f"{name}{list(at)}: candidate {g[at]!r}, numpyconv {w[at]!r} "
+        problems.append(f"{name}{list(at)}: candidate {float(g[at])!r}, numpyconv {float(w[at])!r} "
                         f"({int(bad.sum())} of {bad.size} elements differ)")
 
 
@@ -119,13 +119,12 @@ def _candidate_lines(fn, role, ref):
 def _header(settings, failure):
     shrunk = f"shrunk in {failure.shrink_calls} candidate calls" if failure.shrink_calls else "not shrunk"
     first = failure.error.message.splitlines()[0]
-    return [f'"""Conformance failure of {settings.op} ({settings.dtype}): {first}',
-            '',
+    text = [f"Conformance failure of {settings.op} ({settings.dtype}): {first}", '',
             f"From numpyconv.testing.check_against (seed {settings.seed}, case {failure.case}: "
-            f"{failure.label}; {shrunk}).",
-            f"Run it: it raises AssertionError while the candidate disagrees with numpyconv.{settings.op}.",
-            f"Layout: {settings.spec.layout}.",
-            '"""']
+            f"{failure.label}; {shrunk}). Run it: it raises AssertionError while the candidate "
+            f"disagrees with numpyconv.{settings.op}.", '', f"Layout: {settings.spec.layout}."]
+    lines = [wrapped for paragraph in text for wrapped in (textwrap.wrap(paragraph, WIDTH) or [''])]
+    return ['"""' + lines[0]] + lines[1:] + ['"""']
 
 
 def reproducer(settings, failure, forward, backward, names=None):
