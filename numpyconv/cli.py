@@ -1,4 +1,4 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``conform``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``."""
 import argparse
 import sys
 
