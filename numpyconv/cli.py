@@ -1,4 +1,4 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``, ``conform``, ``explain``."""
 import argparse
 import sys
 
@@ -32,6 +32,11 @@ def _explain(args):
     return explain.main(args)
 
 
+def _conform(args):
+    from .testing import command
+    return command.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -52,6 +57,12 @@ def build_parser():
     from .inspection import add_arguments as inspect_arguments
     inspect_arguments(inspect)
     inspect.set_defaults(run=_inspect)
+
+    conform = sub.add_parser('conform', help="check another implementation of an op (your kernel) against "
+                                             "numpyconv's: edge and random cases, shrunk reproducers")
+    from .testing.command import add_arguments as add_conform_arguments
+    add_conform_arguments(conform)
+    conform.set_defaults(run=_conform)
 
     demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
     try:
