@@ -28,9 +28,8 @@ from functools import partial
 
 import numpy as np
 
-from ._checks import positive_int
+from ._checks import positive_int, real as _real
 from .module import float64_copy
-from .blocks import _real
 
 
 class GradcheckError(AssertionError):

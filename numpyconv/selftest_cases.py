@@ -1,0 +1,397 @@
+"""One small float64 case of every op pair and of every layer: the home of "a valid call of X".
+
+``numpyconv check`` runs the op cases (:mod:`numpyconv.check`); the test suite reuses both tables
+for the tests that every op and every layer must pass (misuse of caches and output gradients,
+``no_grad``, the dtype rule), and fails when a public ``<op>_forward`` or layer class has no case
+here. An op added to numpyconv registers its case here, importing the op from the ``numpyconv``
+top level::
+
+    @register('my_op')
+    def _my_op(rng):                             # rng: numpy.random.Generator
+        x = rng.standard_normal((2, 3, 5, 5))
+        return CheckCase(forward=lambda x: numpyconv.my_op_forward(x, stride=2),
+                         backward=numpyconv.my_op_backward,
+                         inputs=(x,),
+                         reference=lambda x: reference.my_op(x, stride=2))
+
+``forward(*inputs) -> (out, cache)`` must return the cache of ``numpyconv.<op>_forward`` itself;
+``backward(dout, cache) -> grads`` (it may drop the gradients of inputs that are not checked, e.g.
+running statistics); ``reference(*inputs) -> out`` is the plain-loop definition. A second case of
+the same op registers under another name with ``op=`` (``@register('conv2d_winograd', op='conv2d')``).
+
+A layer registers ``make(rng, dtype) -> (layer, x)``, a small layer and a valid input of ``dtype``
+(a pair for ``OctaveConv2d``)::
+
+    @register_layer('MyLayer')
+    def _my_layer(rng, dtype):
+        return numpyconv.MyLayer(3, 4, dtype=dtype, rng=rng), rng.standard_normal((2, 3, 5, 5)).astype(dtype)
+"""
+from collections import namedtuple
+
+import numpy as np
+
+import numpyconv as nc
+from .dcnv3 import center_feature_scale_backward, center_feature_scale_forward
+from .reference import blocks as ref_blocks
+from .reference import conv as ref_conv
+from .reference import dcnv3 as ref_dcnv
+from .reference import deformable as ref_deformable
+from .reference import dynamic as ref_dynamic
+from .reference import involution as ref_involution
+from .reference import kernel_warehouse as ref_kw
+from .reference import octave as ref_octave
+from .reference import odconv as ref_odconv
+
+CheckCase = namedtuple('CheckCase', 'forward backward inputs reference')
+_OP_CASES = {}       # name -> (make_case, op)
+_LAYER_CASES = {}    # name -> make(rng, dtype)
+
+
+def register(name, op=None):
+    """Decorator: register ``make_case(rng) -> CheckCase`` under ``name``, a case of the op ``op``
+    (default: ``name``), whose pair is ``numpyconv.<op>_forward`` / ``numpyconv.<op>_backward``."""
+    def decorate(make_case):
+        _OP_CASES[name] = (make_case, op or name)
+        return make_case
+    return decorate
+
+
+def registered():
+    """``name -> make_case`` of every registered op case."""
+    return {name: make for name, (make, _) in _OP_CASES.items()}
+
+
+def case_ops():
+    """``name -> op`` of every registered op case."""
+    return {name: op for name, (_, op) in _OP_CASES.items()}
+
+
+def register_layer(name):
+    """Decorator: register ``make(rng, dtype) -> (layer, x)`` under ``name``."""
+    def decorate(make):
+        _LAYER_CASES[name] = make
+        return make
+    return decorate
+
+
+def registered_layers():
+    """``name -> make(rng, dtype)`` of every registered layer case."""
+    return dict(_LAYER_CASES)
+
+
+# == op cases ====================================================================================
+# -- convolutions (numpyconv/conv.py) -------------------------------------------------------------
+@register('conv2d')
+def _conv2d(rng):
+    x, w, b = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+    hyper = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    return CheckCase(lambda x, w, b: nc.conv2d_forward(x, w, b, **hyper), nc.conv2d_backward,
+                     (x, w, b), lambda x, w, b: ref_conv.conv2d(x, w, b, **hyper))
+
+
+@register('conv2d_winograd', op='conv2d')
+def _conv2d_winograd(rng):
+    x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+
+    def forward(x, w, b):
+        with nc.winograd_mode('always'):                                 # F(2x2, 3x3) on small channels
+            return nc.conv2d_forward(x, w, b, padding=(1, 2))
+    return CheckCase(forward, nc.conv2d_backward, (x, w, b),
+                     lambda x, w, b: ref_conv.conv2d(x, w, b, padding=(1, 2)))
+
+
+@register('conv2d_per_sample', op='conv2d')
+def _conv2d_per_sample(rng):
+    x, w, b = (rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((2, 6, 2, 3, 3)),
+               rng.standard_normal((2, 6)))
+    return CheckCase(lambda x, w, b: nc.conv2d_forward(x, w, b, padding=1, groups=2), nc.conv2d_backward,
+                     (x, w, b), lambda x, w, b: ref_conv.conv2d(x, w, b, padding=1, groups=2))
+
+
+@register('depthwise_conv2d')
+def _depthwise(rng):
+    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6)
+    return CheckCase(lambda x, w, b: nc.depthwise_conv2d_forward(x, w, b, 2, (1, 0), 1),
+                     nc.depthwise_conv2d_backward, (x, w, b),
+                     lambda x, w, b: ref_conv.depthwise_conv2d(x, w, b, 2, (1, 0), 1))
+
+
+@register('pointwise_conv2d')
+def _pointwise(rng):
+    x, w, b = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3, 1, 1)), rng.standard_normal(4)
+    return CheckCase(lambda x, w, b: nc.pointwise_conv2d_forward(x, w, b, 2), nc.pointwise_conv2d_backward,
+                     (x, w, b), lambda x, w, b: ref_conv.pointwise_conv2d(x, w, b, 2))
+
+
+@register('separable_conv2d')
+def _separable(rng):
+    args = (rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((6, 1, 3, 3)),
+            rng.standard_normal((4, 6, 1, 1)), rng.standard_normal(6), rng.standard_normal(4))
+    return CheckCase(lambda *a: nc.separable_conv2d_forward(*a, padding='same', dilation=2),
+                     nc.separable_conv2d_backward, args,
+                     lambda *a: ref_conv.separable_conv2d(*a, padding='same', dilation=2))
+
+
+# -- building blocks ------------------------------------------------------------------------------
+@register('linear')
+def _linear(rng):
+    x, w, b = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal(5)
+    return CheckCase(nc.linear_forward, nc.linear_backward, (x, w, b), ref_blocks.linear)
+
+
+@register('relu')
+def _relu(rng):
+    return CheckCase(nc.relu_forward, nc.relu_backward, (rng.standard_normal((2, 3, 4)),), ref_blocks.relu)
+
+
+@register('sigmoid')
+def _sigmoid(rng):
+    return CheckCase(lambda x: nc.sigmoid_forward(x, 2.5), nc.sigmoid_backward,
+                     (rng.standard_normal((3, 5)),), lambda x: ref_blocks.sigmoid(x, 2.5))
+
+
+@register('softmax')
+def _softmax(rng):
+    return CheckCase(lambda x: nc.softmax_forward(x, 1, 0.7), nc.softmax_backward,
+                     (rng.standard_normal((2, 4, 3)),), lambda x: ref_blocks.softmax(x, 1, 0.7))
+
+
+@register('gelu')
+def _gelu(rng):
+    return CheckCase(nc.gelu_forward, nc.gelu_backward, (rng.standard_normal((3, 5)),), ref_blocks.gelu)
+
+
+def _batch_norm_case(training):
+    """Every input checked, the running statistics included (their eval-mode gradient)."""
+    def case(rng):
+        x, w, b = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(2), rng.standard_normal(2)
+        stats = rng.standard_normal(2), 0.5 + rng.random(2)
+        return CheckCase(lambda *a: nc.batch_norm_forward(*a, training), nc.batch_norm_backward,
+                         (x, w, b) + stats, lambda *a: ref_blocks.batch_norm(*a, training))
+    return case
+
+
+register('batch_norm')(_batch_norm_case(True))
+register('batch_norm_eval', op='batch_norm')(_batch_norm_case(False))
+
+
+@register('layer_norm')
+def _layer_norm(rng):
+    x, w, b = rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5)
+    return CheckCase(nc.layer_norm_forward, nc.layer_norm_backward, (x, w, b), ref_blocks.layer_norm)
+
+
+@register('avg_pool2d')
+def _avg_pool2d(rng):
+    return CheckCase(lambda x: nc.avg_pool2d_forward(x, (3, 2), (2, 2)), nc.avg_pool2d_backward,
+                     (rng.standard_normal((2, 2, 7, 6)),),
+                     lambda x: ref_blocks.avg_pool2d(x, (3, 2), (2, 2)))
+
+
+@register('global_avg_pool2d')
+def _global_avg_pool2d(rng):
+    return CheckCase(nc.global_avg_pool2d_forward, nc.global_avg_pool2d_backward,
+                     (rng.standard_normal((2, 3, 4, 5)),), ref_blocks.global_avg_pool2d)
+
+
+@register('upsample_nearest2d')
+def _upsample(rng):
+    return CheckCase(lambda x: nc.upsample_nearest2d_forward(x, (2, 3)), nc.upsample_nearest2d_backward,
+                     (rng.standard_normal((2, 2, 3, 2)),),
+                     lambda x: ref_blocks.upsample_nearest2d(x, (2, 3)))
+
+
+@register('cross_entropy')
+def _cross_entropy(rng):
+    labels = rng.integers(0, 4, size=5)
+    return CheckCase(nc.cross_entropy_forward, nc.cross_entropy_backward,
+                     (rng.standard_normal((5, 4)), labels), ref_blocks.cross_entropy)
+
+
+# -- octave -------------------------------------------------------------------------------------
+@register('octave_conv2d')
+def _octave(rng):
+    x_h, x_l = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 2, 4, 4))
+    weights = tuple(rng.standard_normal(s) for s in ((4, 3, 3, 3), (2, 3, 3, 3), (4, 2, 3, 3), (2, 2, 3, 3)))
+    return CheckCase(forward=lambda *a: nc.octave_conv2d_forward(*a, stride=2, padding=1),
+                     backward=nc.octave_conv2d_backward,
+                     inputs=(x_h, x_l) + weights,
+                     reference=lambda *a: ref_octave.octave_conv2d(*a, stride=2, padding=1))
+
+
+# -- the dynamic family ----------------------------------------------------------------------------
+@register('aggregated_conv2d')
+def _aggregated(rng):
+    args = (rng.standard_normal((2, 4, 5, 5)), rng.random((2, 3)),
+            rng.standard_normal((3, 6, 2, 3, 3)), rng.standard_normal((3, 6)))
+    hyper = dict(stride=2, padding=1, groups=2)
+    return CheckCase(lambda *a: nc.aggregated_conv2d_forward(*a, **hyper), nc.aggregated_conv2d_backward,
+                     args, lambda *a: ref_dynamic.aggregated_conv2d(*a, **hyper))
+
+
+@register('dynamic_conv2d')
+def _dynamic(rng):
+    args = (rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((3, 6, 2, 3, 3)),
+            rng.standard_normal((3, 6)), rng.standard_normal((2, 4, 1, 1)),
+            rng.standard_normal((3, 2, 1, 1)), rng.standard_normal(3))
+    hyper = dict(temperature=0.7, padding=1, dilation=(1, 2), groups=2)
+    return CheckCase(lambda *a: nc.dynamic_conv2d_forward(*a, **hyper), nc.dynamic_conv2d_backward,
+                     args, lambda *a: ref_dynamic.dynamic_conv2d(*a, **hyper))
+
+
+@register('condconv2d')
+def _condconv(rng):
+    args = (rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((3, 4, 2, 3, 3)),
+            rng.standard_normal((3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3))
+    hyper = dict(stride=(1, 2), padding=1, groups=2)
+    return CheckCase(lambda *a: nc.condconv2d_forward(*a, **hyper), nc.condconv2d_backward, args,
+                     lambda *a: ref_dynamic.condconv2d(*a, **hyper))
+
+
+@register('odconv2d')
+def _odconv(rng):
+    """Train mode (BatchNorm couples the 3 samples), all four heads, T = 1.7, groups 2."""
+    hidden = 5
+    running = (rng.standard_normal(hidden), rng.random(hidden) + 0.5)
+    args = (rng.standard_normal((3, 4, 5, 5)), rng.standard_normal((3, 6, 2, 3, 3)),
+            rng.standard_normal((hidden, 4, 1, 1)), rng.random(hidden) + 0.5,
+            rng.standard_normal(hidden), rng.standard_normal((4, hidden, 1, 1)),
+            rng.standard_normal(4), rng.standard_normal((6, hidden, 1, 1)),
+            rng.standard_normal(6), rng.standard_normal((9, hidden, 1, 1)),
+            rng.standard_normal(9), rng.standard_normal((3, hidden, 1, 1)),
+            rng.standard_normal(3))
+    hyper = dict(stride=2, padding=1, groups=2, temperature=1.7, training=True)
+
+    def forward(x, weight, fc, gamma, beta, *heads):
+        stats = (r.astype(x.dtype) for r in running)                     # running statistics not checked
+        return nc.odconv2d_forward(x, weight, fc, gamma, beta, *stats, *heads, **hyper)
+
+    def backward(dout, cache):
+        grads = nc.odconv2d_backward(dout, cache)
+        return grads[:5] + grads[7:]                                      # drop the buffers
+
+    def reference(x, weight, fc, gamma, beta, *heads):
+        return ref_odconv.odconv2d(x, weight, fc, gamma, beta, *running, *heads, **hyper)
+    return CheckCase(forward, backward, args, reference)
+
+
+# -- KernelWarehouse -----------------------------------------------------------------------------------
+@register('kw_caf')
+def _kw_caf(rng):
+    return CheckCase(nc.kw_caf_forward, nc.kw_caf_backward, (rng.standard_normal((6, 5)),), ref_kw.kw_caf)
+
+
+@register('kw_attention')
+def _kw_attention(rng):
+    """Basis-mode attention in train mode: m = 2 mixtures, M = 5 cells, nl = 2, nb = 3."""
+    x = rng.standard_normal((3, 4, 3, 3))
+    params = (rng.standard_normal((6, 4)), 1 + 0.1 * rng.standard_normal(6), 0.1 * rng.standard_normal(6),
+              rng.standard_normal((12, 6)), rng.standard_normal((3, 3)), 0.1 * rng.standard_normal(12))
+    hyper = dict(num_cells=5, start_cell_idx=1, temperature=0.3, training=True)
+    temp_bias = np.eye(6)[[1, 4]].ravel()
+
+    def forward(x, w1, g, b, w2, w3, bb):
+        return nc.kw_attention_forward(x, w1, g, b, np.zeros(6, x.dtype), np.ones(6, x.dtype), w2, None,
+                                       w3, bb, temp_bias=temp_bias.astype(x.dtype), **hyper)
+
+    def backward(dout, cache):
+        dx, dw1, dg, db, _, _, dw2, _, dw3, dbb = nc.kw_attention_backward(dout, cache)
+        return dx, dw1, dg, db, dw2, dw3, dbb
+
+    def reference(x, w1, g, b, w2, w3, bb):
+        return ref_kw.kw_attention(x, w1, g, b, np.zeros(6), np.ones(6), w2, None, w3, bb,
+                                   temp_bias=temp_bias, **hyper)
+    return CheckCase(forward, backward, (x,) + params, reference)
+
+
+@register('kw_conv2d')
+def _kw_conv2d(rng):
+    """Plain mode, 1x1 cells, groups 2: C_in 4 -> C_out 4, 3x3 kernel, cells (2, 1, 1, 1)."""
+    x = rng.standard_normal((2, 4, 5, 5))
+    warehouse = rng.standard_normal((7, 2, 1, 1, 1))
+    m, planes = 2 * 2 * 9, 8
+    params = (rng.standard_normal((16, 4)), 1 + 0.1 * rng.standard_normal(16), 0.1 * rng.standard_normal(16),
+              rng.standard_normal((m * planes, 16)), rng.standard_normal(m * planes), rng.standard_normal(4))
+    temp_bias = np.zeros(m * planes)
+    temp_bias[np.arange(m) * planes + np.arange(m) % 7] = 1
+    hyper = dict(kernel_size=3, stride=2, padding=1, groups=2, temperature=0.4, training=True)
+
+    def forward(x, e, w1, g, b, w2, b2, bias):
+        return nc.kw_conv2d_forward(x, e, w1, g, b, np.zeros(16, x.dtype), np.ones(16, x.dtype), w2, b2,
+                                    None, None, bias, temp_bias=temp_bias.astype(x.dtype), **hyper)
+
+    def backward(dout, cache):
+        dx, de, dw1, dg, db, _, _, dw2, db2, _, _, dbias = nc.kw_conv2d_backward(dout, cache)
+        return dx, de, dw1, dg, db, dw2, db2, dbias
+
+    def reference(x, e, w1, g, b, w2, b2, bias):
+        return ref_kw.kw_conv2d(x, e, w1, g, b, np.zeros(16), np.ones(16), w2, b2, None, None, bias,
+                                temp_bias=temp_bias, **hyper)
+    return CheckCase(forward, backward, (x, warehouse) + params, reference)
+
+
+# -- deformable family ----------------------------------------------------------------------------------
+@register('deform_conv2d')
+def _deform_conv2d(rng):
+    """DCNv2 with groups 2, offset groups 2, stride/padding/dilation pairs, offsets crossing borders."""
+    hyper = dict(stride=(2, 1), padding=(1, 0), dilation=(2, 1))
+    x = rng.standard_normal((2, 4, 5, 4))
+    weight, bias = rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+    offset = rng.uniform(-2.5, 2.5, (2, 2 * 2 * 6, 2, 3))              # og = 2, K = 6, Ho, Wo = 2, 3
+    mask = rng.uniform(0.0, 1.0, (2, 2 * 6, 2, 3))
+    return CheckCase(
+        forward=lambda x, o, w, b, m: nc.deform_conv2d_forward(x, o, w, b, mask=m, **hyper),
+        backward=nc.deform_conv2d_backward,
+        inputs=(x, offset, weight, bias, mask),
+        reference=lambda x, o, w, b, m: ref_deformable.deform_conv2d(x, o, w, b, mask=m, **hyper))
+
+
+@register('dcnv3')
+def _dcnv3(rng):
+    """Stride 2, dilation 2, offset_scale 1.5, 2 groups, offsets crossing every border."""
+    hyper = (3, 2, 1, 2, 2, 3, 1.5)      # kernel, stride, padding, dilation, group, D, scale
+    x = rng.standard_normal((2, 6, 7, 6))
+    offset = rng.uniform(-4, 4, (2, 2, 3, 2 * 9 * 2))
+    mask = rng.standard_normal((2, 2, 3, 2 * 9))
+    return CheckCase(forward=lambda x, o, m: nc.dcnv3_forward(x, o, m, *hyper),
+                     backward=nc.dcnv3_backward, inputs=(x, offset, mask),
+                     reference=lambda x, o, m: ref_dcnv.dcnv3(x, o, m, *hyper))
+
+
+@register('dcnv4')
+def _dcnv4(rng):
+    """5x3 kernel without centre (P = 14, 2 groups: 84 used of 88 channels), offset_scale 2."""
+    hyper = ((5, 3), 1, (2, 1), 1, 2, 3, 2.0, True)
+    x = rng.standard_normal((2, 5, 4, 6))
+    offset_mask = rng.uniform(-3, 3, (2, 5, 4, 88))
+    return CheckCase(forward=lambda x, om: nc.dcnv4_forward(x, om, *hyper),
+                     backward=nc.dcnv4_backward, inputs=(x, offset_mask),
+                     reference=lambda x, om: ref_dcnv.dcnv4(x, om, *hyper))
+
+
+def _center_feature_scale_reference(query, weight, bias, core, value, group):
+    """``core (1 - s) + value s``, ``s = sigmoid(query W^T + b)`` repeated over each group's channels."""
+    s = 1 / (1 + np.exp(-(query @ weight.T + bias)))
+    s = np.repeat(s, core.shape[-1] // group, axis=-1)
+    return core * (1 - s) + value * s
+
+
+@register('center_feature_scale')
+def _center_feature_scale(rng):
+    query, core, value = (rng.standard_normal((2, 3, 4, 6)) for _ in range(3))
+    weight, bias = rng.standard_normal((2, 6)), rng.standard_normal(2)
+    return CheckCase(lambda *a: center_feature_scale_forward(*a, group=2),
+                     center_feature_scale_backward, (query, weight, bias, core, value),
+                     lambda *a: _center_feature_scale_reference(*a, group=2))
+
+
+# -- involution ----------------------------------------------------------------------------------------
+@register('involution')
+def _involution(rng):
+    """Two groups of 3 channels, 3x3 kernel, stride (2, 1), dilation (1, 2): taps cross the borders."""
+    hyper = dict(kernel_size=3, stride=(2, 1), dilation=(1, 2))
+    x = rng.standard_normal((2, 6, 5, 6))
+    kernel = rng.standard_normal((2, 2 * 9, 3, 6))
+    return CheckCase(forward=lambda x, k: nc.involution_forward(x, k, **hyper),
+                     backward=nc.involution_backward, inputs=(x, kernel),
+                     reference=lambda x, k: ref_involution.involution(x, k, **hyper))
