@@ -122,6 +122,8 @@ def real(value, name, low=-math.inf, high=math.inf, strict_low=False):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     above = value > low if strict_low else value >= low
     if not (math.isfinite(value) and above and value <= high):
+        if low == -math.inf and high == math.inf:
+            raise ValueError(f"{name} must be a finite real number, got {value!r}")
         interval = f"{'(' if strict_low else '['}{low}, {high}{']' if high < math.inf else ')'}"
         raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
     return float(value)

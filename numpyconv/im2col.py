@@ -36,6 +36,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair
+from .memory import require_memory
 
 
 def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
@@ -191,6 +192,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=
                                                               dilation, out_hw, origin)
     shape = x.shape[:2] + kernel_size + out_hw                            # (N, C, kh, kw, Ho, Wo)
     if out is None:
+        require_memory(shape, x.dtype, f"x of shape {x.shape} with kernel_size={kernel_size}, stride="
+                       f"{stride}, padding={padding!r}, dilation={dilation}", 'the columns')
         cols = np.empty(shape, dtype=x.dtype)
     else:
         cols = float_array(out, 'out', 6, "(N, C, kh, kw, Ho, Wo)")
@@ -232,6 +235,7 @@ def col2im(cols, in_hw, stride=1, padding=0, dilation=1, *, out=None, origin=Non
         raise ValueError(f"cols must have shape (N, C, {kh}, {kw}) + {out_hw}, the output size of "
                          f"in_hw {in_hw} with this stride, padding and dilation; got {cols.shape}")
     if out is None:
+        require_memory((n, c) + tuple(in_hw), cols.dtype, f"in_hw={in_hw}")
         x = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype)
     else:
         x = float_array(out, 'out', 4, "(N, C, H, W)")

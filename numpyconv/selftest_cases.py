@@ -395,3 +395,184 @@ def _involution(rng):
     return CheckCase(forward=lambda x, k: nc.involution_forward(x, k, **hyper),
                      backward=nc.involution_backward, inputs=(x, kernel),
                      reference=lambda x, k: ref_involution.involution(x, k, **hyper))
+
+
+# == layer cases ====================================================================================
+def _normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@register_layer('Conv2d')
+def _conv2d_layer(rng, dtype):
+    layer = nc.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, dtype=dtype, rng=rng)
+    return layer, _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('DepthwiseConv2d')
+def _depthwise_layer(rng, dtype):
+    layer = nc.DepthwiseConv2d(3, 3, padding=1, depth_multiplier=2, dtype=dtype, rng=rng)
+    return layer, _normal(rng, (2, 3, 5, 4), dtype)
+
+
+@register_layer('PointwiseConv2d')
+def _pointwise_layer(rng, dtype):
+    return nc.PointwiseConv2d(3, 4, stride=2, dtype=dtype, rng=rng), _normal(rng, (2, 3, 5, 4), dtype)
+
+
+@register_layer('SeparableConv2d')
+def _separable_layer(rng, dtype):
+    return nc.SeparableConv2d(3, 4, 3, padding=1, dtype=dtype, rng=rng), _normal(rng, (2, 3, 5, 5), dtype)
+
+
+@register_layer('OctaveConv2d')
+def _octave_layer(rng, dtype):
+    layer = nc.OctaveConv2d(4, 6, 3, padding=1, bias=True, dtype=dtype, rng=rng)
+    return layer, (_normal(rng, (2, 2, 6, 6), dtype), _normal(rng, (2, 2, 3, 3), dtype))
+
+
+@register_layer('OctaveConv2d_first')
+def _octave_first_layer(rng, dtype):
+    layer = nc.OctaveConv2d(3, 4, 3, alpha_in=0, padding=1, stride=2, dtype=dtype, rng=rng)
+    return layer, _normal(rng, (2, 3, 8, 8), dtype)
+
+
+@register_layer('DynamicConv2d')
+def _dynamic_layer(rng, dtype):
+    layer = nc.DynamicConv2d(4, 6, 3, padding=1, K=3, temperature=4, dtype=dtype, rng=rng)
+    return layer, _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('CondConv2d')
+def _condconv_layer(rng, dtype):
+    layer = nc.CondConv2d(4, 6, 3, padding=1, groups=2, num_experts=3, dtype=dtype, rng=rng)
+    return layer, _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('ODConv2d')
+def _odconv_layer(rng, dtype):
+    layer = nc.ODConv2d(4, 6, 3, padding=1, kernel_num=3, dtype=dtype, rng=rng)
+    layer.update_temperature(2.0)
+    return layer, _normal(rng, (3, 4, 5, 5), dtype)
+
+
+@register_layer('ODConv2d_eval')
+def _odconv_eval_layer(rng, dtype):
+    return _odconv_layer(rng, dtype)[0].eval(), _normal(rng, (1, 4, 5, 5), dtype)
+
+
+@register_layer('KWConv2d')
+def _kw_layer(rng, dtype):
+    manager = nc.WarehouseManager(nonlocal_basis_ratio=0.5, dtype=dtype, rng=rng)
+    layers = [manager.reserve(4, 4, 3, padding=1), manager.reserve(4, 4, 3, stride=2, padding=1)]
+    manager.store()
+    manager.allocate(layers)
+    layers[1].update_temperature(0.3)
+    return layers[1], _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('DeformConv2d')
+def _deform_layer(rng, dtype):
+    layer = nc.DeformConv2d(4, 6, 3, padding=1, groups=2, deform_groups=2, dtype=dtype, rng=rng)
+    layer.conv_offset.params['weight'][...] = _normal(rng, layer.conv_offset.params['weight'].shape, dtype)
+    return layer, _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('ModulatedDeformConv2d')
+def _modulated_layer(rng, dtype):
+    layer = nc.ModulatedDeformConv2d(4, 6, 3, stride=2, padding=1, dtype=dtype, rng=rng)
+    layer.conv_offset.params['weight'][...] = _normal(rng, layer.conv_offset.params['weight'].shape, dtype)
+    return layer, _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('DCNv3')
+def _dcnv3_layer(rng, dtype):
+    layer = nc.DCNv3(8, group=2, center_feature_scale=True, dtype=dtype, rng=rng)
+    for linear in (layer.offset, layer.mask):
+        linear.params['weight'][...] = _normal(rng, linear.params['weight'].shape, dtype)
+    return layer, _normal(rng, (2, 8, 4, 5), dtype)
+
+
+@register_layer('DCNv4')
+def _dcnv4_layer(rng, dtype):
+    layer = nc.DCNv4(8, group=2, dw_kernel_size=3, center_feature_scale=True, dtype=dtype, rng=rng)
+    layer.offset_mask.params['weight'][...] = _normal(rng, layer.offset_mask.params['weight'].shape, dtype)
+    return layer, _normal(rng, (2, 8, 4, 5), dtype)
+
+
+@register_layer('Involution2d')
+def _involution_layer(rng, dtype):
+    layer = nc.Involution2d(8, 3, stride=2, reduction_ratio=2, group_channels=4, dtype=dtype, rng=rng)
+    return layer, _normal(rng, (2, 8, 6, 6), dtype)
+
+
+@register_layer('Linear')
+def _linear_layer(rng, dtype):
+    return nc.Linear(4, 3, dtype=dtype, rng=rng), _normal(rng, (2, 5, 4), dtype)
+
+
+@register_layer('BatchNorm1d')
+def _batch_norm1d_layer(rng, dtype):
+    return nc.BatchNorm1d(3, dtype=dtype, rng=rng), _normal(rng, (4, 3, 5), dtype)
+
+
+@register_layer('BatchNorm2d')
+def _batch_norm2d_layer(rng, dtype):
+    return nc.BatchNorm2d(3, dtype=dtype, rng=rng), _normal(rng, (2, 3, 4, 5), dtype)
+
+
+@register_layer('BatchNorm2d_eval')
+def _batch_norm2d_eval_layer(rng, dtype):
+    return nc.BatchNorm2d(3, dtype=dtype, rng=rng).eval(), _normal(rng, (2, 3, 4, 5), dtype)
+
+
+@register_layer('LayerNorm')
+def _layer_norm_layer(rng, dtype):
+    return nc.LayerNorm((3, 4), dtype=dtype, rng=rng), _normal(rng, (2, 5, 3, 4), dtype)
+
+
+@register_layer('LayerNorm_channels_first')
+def _layer_norm_channels_first_layer(rng, dtype):
+    return nc.LayerNorm(3, channels_first=True, dtype=dtype, rng=rng), _normal(rng, (2, 3, 4, 5), dtype)
+
+
+@register_layer('ReLU')
+def _relu_layer(rng, dtype):
+    return nc.ReLU(dtype=dtype), _normal(rng, (2, 3, 4), dtype)
+
+
+@register_layer('Sigmoid')
+def _sigmoid_layer(rng, dtype):
+    return nc.Sigmoid(dtype=dtype), _normal(rng, (2, 3, 4), dtype)
+
+
+@register_layer('GELU')
+def _gelu_layer(rng, dtype):
+    return nc.GELU(dtype=dtype), _normal(rng, (2, 3, 4), dtype)
+
+
+@register_layer('AvgPool2d')
+def _avg_pool_layer(rng, dtype):
+    return nc.AvgPool2d(2, dtype=dtype), _normal(rng, (2, 3, 5, 4), dtype)
+
+
+@register_layer('GlobalAvgPool2d')
+def _global_avg_pool_layer(rng, dtype):
+    return nc.GlobalAvgPool2d(dtype=dtype), _normal(rng, (2, 3, 5, 4), dtype)
+
+
+@register_layer('Upsample')
+def _upsample_layer(rng, dtype):
+    return nc.Upsample(2, dtype=dtype), _normal(rng, (2, 3, 2, 3), dtype)
+
+
+@register_layer('Flatten')
+def _flatten_layer(rng, dtype):
+    return nc.Flatten(dtype=dtype), _normal(rng, (2, 3, 2, 3), dtype)
+
+
+@register_layer('Sequential')
+def _sequential_layer(rng, dtype):
+    layer = nc.Sequential(nc.Conv2d(3, 4, 3, padding=1, dtype=dtype, rng=rng), nc.BatchNorm2d(4, dtype=dtype),
+                          nc.ReLU(dtype=dtype), nc.GlobalAvgPool2d(dtype=dtype),
+                          nc.Linear(4, 2, dtype=dtype, rng=rng))
+    return layer, _normal(rng, (2, 3, 5, 5), dtype)

@@ -198,3 +198,11 @@ def test_set_column_budget_takes_positive_ints_only(set_budget, value, error):
 def test_set_column_budget_returns_the_previous_value(set_budget):
     before = nc.column_budget()
     assert set_budget(np.int64(4096)) == before and nc.column_budget() == 4096
+
+
+def test_im2col_and_col2im_refuse_before_allocating(monkeypatch):
+    monkeypatch.setattr(memory, 'machine_memory', lambda: SMALL_MACHINE)
+    with pytest.raises(ValueError, match=r'the columns of shape \(1, 1, 3, 3, 402, 402\).*padding=201'):
+        nc.im2col(np.ones((1, 1, 2, 2)), 3, padding=201)
+    with pytest.raises(ValueError, match=r'the output of shape \(1, 1, 1000, 1000\).*in_hw=\(1000, 1000\)'):
+        nc.col2im(np.ones((1, 1, 1, 1, 1000, 1000)), (1000, 1000))
