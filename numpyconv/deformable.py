@@ -39,7 +39,7 @@ The sampling runs in Numba kernels: a sampling plan (top-left corner index and t
 corner weights, computed once per ``(n, offset group, point, pixel)`` and reused by every channel of
 the group), the deformable im2col (parallel over ``(n, channel)``), the deformable col2im (parallel
 over ``(n, channel)``: each iteration owns one input plane, so no write races) and the coordinate
-gradient (parallel over ``(n, offset group, point)``, each owning its output rows; it sums
+gradient (parallel over ``(n, offset group, block of points)``, each owning its output rows; it sums
 ``dcols * corner value`` over the channels first, then applies the corner weights and slopes once).
 Every loop has a fixed order, so results are bitwise reproducible. ``x`` is read where it is (any
 strides, e.g. a broadcast array): no padded copy of the input is made. Each iteration reads its
@@ -324,7 +324,7 @@ def _coordinate_grads(x, offset, mask, dcols, plan, geo):
     doffset = np.empty(offset.shape, dtype=dtype)
     dmask = np.empty(mask.shape, dtype=dtype) if mask is not None else None
     og, npts = plan[0].shape[1:3]
-    blocks = min(npts, -(-numba.get_num_threads() // (x.shape[0] * og)))   # enough tasks for the threads
+    blocks = min(npts, -(-numba.get_num_threads() // max(1, x.shape[0] * og)))  # tasks for every thread
     _coord_kernel(x, plan[0], _flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
                   _by_point(dcols), _geo_tuple(geo), _ringed(x), max(blocks, 1), _rows(doffset),
                   _flat_input(dmask, dtype))

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._checks import dtype_arg, float_array
+from ._checks import Cache, dtype_arg, float_array
 
 
 def make_rng(rng):
@@ -418,6 +418,8 @@ def float64_copy(layer):
                 obj.dtype = np.dtype(np.float64)
                 obj.__dict__.update({k: cast(v) for k, v in vars(obj).items()})
             return obj
+        if isinstance(obj, Cache):
+            return Cache(obj.op, **{k: cast(v) for k, v in obj.items()})
         if isinstance(obj, dict):
             return {k: cast(v) for k, v in obj.items()}
         if type(obj) in (list, tuple):
