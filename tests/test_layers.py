@@ -356,7 +356,7 @@ def test_sequential_rejects_what_is_not_a_layer():
     (L.GlobalAvgPool2d(), (2, 3), r'input_shape must be \(N, C, H, W\), got \(2, 3\)'),
     (L.Upsample(2), (2, 3), r'input_shape must be \(N, C, H, W\)'),           # was an unpacking error
     (L.AvgPool2d(2), (2, 3, 1), r'input_shape must be \(N, C, H, W\)'),
-    (L.ReLU(), (2, -1), r'input_shape must be a tuple of sizes >= 0'),
+    (L.ReLU(), (2, -1), r'input_shape must be a tuple of non-negative ints, got \(2, -1\)'),
 ])
 def test_count_checks_the_input_shape(layer, shape, match):
     with pytest.raises(ValueError, match=match):                         # were silently counted
