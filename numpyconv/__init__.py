@@ -6,7 +6,7 @@ every layer has ``forward``/``backward``/``params``/``grads``/``state_dict``. Se
 from .im2col import col2im, conv_output_size, im2col
 from .memory import column_budget, set_column_budget
 from .winograd import set_winograd, winograd_mode
-from .module import Module, Sequential, count
+from .module import Module, Sequential, count, no_grad
 from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, conv2d_backward,
                    conv2d_forward, conv_geometry, depthwise_conv2d_backward,
                    depthwise_conv2d_forward, pointwise_conv2d_backward, pointwise_conv2d_forward,

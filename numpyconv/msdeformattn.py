@@ -59,7 +59,6 @@ from ._checks import Cache, check_cache, float_array, grad_out, positive_int, sa
 from ._parallel import threads_for
 from .activations import softmax_backward, softmax_forward
 from .blocks import linear_forward
-from .check import CheckCase, register
 from .layers import Linear
 from .memory import require_memory
 from .module import Module, fans
@@ -283,21 +282,6 @@ def ms_deform_attn_backward(dout, cache):
     with threads_for(_work(attn, d)):
         _backward_kernel(dout, value, cache['shapes'], cache['starts'], loc, attn, dvalue, dloc, dattn)
     return dvalue, None, None, dloc, dattn
-
-
-@register('ms_deform_attn')
-def _ms_deform_attn_case(rng):
-    """Three levels of different sizes, 2 heads, 3 points, locations crossing every border."""
-    from .reference.msdeformattn import ms_deform_attn
-    shapes = np.array([[4, 5], [2, 3], [1, 2]])
-    starts = np.array([0, 20, 26])
-    value = rng.standard_normal((2, 28, 2, 3))
-    loc = rng.uniform(-0.3, 1.3, (2, 4, 2, 3, 3, 2))
-    attn = rng.uniform(0.0, 1.0, (2, 4, 2, 3, 3))
-    return CheckCase(
-        forward=lambda v, s, i, lo, a: ms_deform_attn_forward(v, s, i, lo, a),
-        backward=ms_deform_attn_backward, inputs=(value, shapes, starts, loc, attn),
-        reference=ms_deform_attn)
 
 
 # -- the layer ----------------------------------------------------------------------------------
