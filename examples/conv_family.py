@@ -45,7 +45,7 @@ def forward_by_hand():
     w = np.random.default_rng(0).integers(-1, 2, size=(3, 2, 3, 3)).astype(np.float64)  # (C_out, C_in, k, k)
     b = np.array([1.0, 0.0, -1.0])
     stride, pad, dil = 2, 1, 1
-    ho = nc.conv_output_size(4, 3, stride, pad, pad, dil)          # eq. 2: floor((4 + 2 - 2 - 1) / 2) + 1
+    ho = (4 + 2 * pad - dil * (3 - 1) - 1) // stride + 1            # eq. 2: floor(3 / 2) + 1 = 2
     print(f'x {x.shape}, W {w.shape}, b {b.shape}, stride {stride}, padding {pad} -> Ho = Wo = {ho}')
 
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))      # zero padding
@@ -97,11 +97,12 @@ def backward_by_hand(x, w, b, xp, cols, cache):
     dx_t, _ = nc.conv_transpose2d_forward(dy, w, stride=stride, padding=pad, output_padding=1)
     same('dx == conv_transpose2d(dy, W) (eq. 15-16, output_padding 1)', dx, dx_t)
 
-    for name, ours, fast in zip(('dx', 'dW', 'db'), (dx, dw, db), nc.conv2d_backward(dy, cache)):
-        same(f'{name} == numpyconv.conv2d_backward', ours, fast)
-    ref = reference.conv2d_backward(dy, x, w, b, stride=stride, padding=pad)
-    for name, ours, loops in zip(('dx', 'dW', 'db'), (dx, dw, db), ref):
-        same(f'{name} == numpyconv.reference.conv2d_backward', ours, loops)
+    ours = np.concatenate([dx.ravel(), dw.ravel(), db])
+    fast = nc.conv2d_backward(dy, cache)                           # (dx, dweight, dbias)
+    same('(dx, dW, db) == numpyconv.conv2d_backward', ours, np.concatenate([g.ravel() for g in fast]))
+    loops = reference.conv2d_backward(dy, x, w, b, stride=stride, padding=pad)   # same arguments as forward
+    same('(dx, dW, db) == numpyconv.reference.conv2d_backward', ours,
+         np.concatenate([g.ravel() for g in loops]))
 
 
 def stride_one_transposed_is_convolution():
@@ -115,8 +116,8 @@ def stride_one_transposed_is_convolution():
     w_t = w.reshape(groups, 3, 2, k, k).transpose(0, 2, 1, 3, 4).reshape(4, 3, k, k)[:, :, ::-1, ::-1]
     dx_conv, _ = nc.conv2d_forward(dy, np.ascontiguousarray(w_t), padding=dil * (k - 1) - pad,
                                    dilation=dil, groups=groups)
-    print(f'x {x.shape}, W {w.shape}, groups {groups}, dilation {dil}: dy {dy.shape} -> '
-          f'conv(dy padded by {dil * (k - 1) - pad}, W^T {w_t.shape}) {dx_conv.shape}')
+    print(f'x {x.shape}, W {w.shape}, groups {groups}, dilation {dil}: dy {dy.shape}\n'
+          f'-> conv(dy padded by {dil * (k - 1) - pad}, W^T {w_t.shape}) {dx_conv.shape}')
     same('conv(dy, flipped W^T) == conv2d_backward dx', dx_conv, nc.conv2d_backward(dy, cache)[0])
 
 

@@ -138,8 +138,8 @@ def random_geometry(stride=2, dilation=2, groups=2, offset_groups=2):
     """Arrays for a strided, dilated layer with weight groups and offset groups."""
     x = RNG.standard_normal((2, 4, 7, 6))
     weight, bias = RNG.standard_normal((6, 4 // groups, 3, 3)), RNG.standard_normal(6)
-    ho = nc.conv_output_size(7, 3, stride, 1, 1, dilation)         # eq. 2 of conv.md: 3
-    wo = nc.conv_output_size(6, 3, stride, 1, 1, dilation)         # 2
+    ho = (7 + 2 - dilation * 2 - 1) // stride + 1                  # conv.md eq. 2: 3 rows
+    wo = (6 + 2 - dilation * 2 - 1) // stride + 1                  # 2 columns
     offset = 0.8 * RNG.standard_normal((2, 2 * offset_groups * 9, ho, wo))
     mask = RNG.random((2, offset_groups * 9, ho, wo))
     return (x, offset, weight, bias), dict(stride=stride, padding=1, dilation=dilation), mask

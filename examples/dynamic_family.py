@@ -107,6 +107,7 @@ def dy_cnn():
     y_groups, _ = nc.conv2d_forward(x.reshape(1, N * C_IN, HW, HW), w_n.reshape(N * C_OUT, C_IN, 3, 3),
                                     b_n.ravel(), padding=PAD, groups=N)
     same('y == conv2d(x as 1 x (N C_in), groups = N)', y, y_groups.reshape(y.shape))
+    check_against_reference('aggregated_conv2d', (x, pi, w, b), dict(padding=PAD))
     check_against_reference('dynamic_conv2d', args, dict(temperature=T, padding=PAD))
     return args, T
 

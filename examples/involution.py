@@ -106,7 +106,8 @@ def backward(x, kernel, y, cache, cols):
          np.array([ip, ip]))
 
     stride, dilation = 2, 2
-    ho = nc.conv_output_size(HW, K, stride, dilation, dilation, dilation)   # eq. 1, padding d*(k-1)//2
+    pad = dilation * (K - 1) // 2
+    ho = (HW + 2 * pad - dilation * (K - 1) - 1) // stride + 1       # eq. 1: 3
     kernel = RNG.standard_normal((N, G * K * K, ho, ho))
     y, cache = nc.involution_forward(x, kernel, K, stride, dilation)
     print(f'  stride {stride}, dilation {dilation}: x {x.shape}, kernel {kernel.shape} -> y {y.shape}')
