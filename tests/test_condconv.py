@@ -167,7 +167,7 @@ def test_macs_counts_routing_combination_and_conv():
     assert macs == 2 * (conv + routing + combination)
 
 
-# -- torch re-creation of d-li14 CondConv2d + route_func (written from the spec) -------------------
+# -- torch re-creation of d-li14 CondConv2d + route_func (docs/derivations/condconv.md) -----------
 def _torch_condconv(torch):
     nn, F = torch.nn, torch.nn.functional
 

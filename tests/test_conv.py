@@ -128,7 +128,7 @@ def test_separable_equals_depthwise_then_pointwise_and_dense_kernel():
     mid, _ = C.depthwise_conv2d_forward(x, wdw, bdw, 2, 1)
     np.testing.assert_allclose(y, C.pointwise_conv2d_forward(mid, wpw, bpw)[0], atol=1e-12)
     w_eff = np.einsum('ocm,cmpq->ocpq', wpw[:, :, 0, 0].reshape(4, 3, 2), wdw[:, 0].reshape(3, 2, 3, 3))
-    b_eff = bpw + wpw[:, :, 0, 0] @ bdw                                 # specs/conv.md section 7
+    b_eff = bpw + wpw[:, :, 0, 0] @ bdw                                 # docs/derivations/conv.md section 7
     np.testing.assert_allclose(y, ref.conv2d(x, w_eff, b_eff, 2, 1), atol=1e-12)
     nc.gradcheck(lambda *a: C.separable_conv2d_forward(*a, 2, 1), C.separable_conv2d_backward,
                  (x, wdw, wpw, bdw, bpw))

@@ -300,7 +300,7 @@ def test_macs_counts_attention_aggregation_and_conv():
     assert macs == 2 * (conv + attention + aggregation)
 
 
-# -- torch re-creation of kaijieshi7 Dynamic_conv2d (written from the spec) ----------------------
+# -- torch re-creation of kaijieshi7 Dynamic_conv2d (docs/derivations/dynamic.md) ---------------
 def _torch_dynamic_conv2d(torch):
     nn, F = torch.nn, torch.nn.functional
 

@@ -91,7 +91,7 @@ def layer_args(layer, x):
 
 
 def own_cell(layer, idx, ratio):
-    """The spec's ownership rule (section 5.2), written independently of the library."""
+    """The ownership rule (docs/derivations/kernel_warehouse.md eq. 29), written independently."""
     if ratio >= 1:
         return layer.start_cell_idx + idx * int(ratio)
     period = int(1 / ratio)
@@ -100,7 +100,7 @@ def own_cell(layer, idx, ratio):
 
 
 def static_kernel(layer, ratio):
-    """The static kernel built from the layer's own cells (spec section 12, t = 1)."""
+    """The static kernel of the layer's own cells (docs/derivations/kernel_warehouse.md section 6)."""
     e = layer.warehouse
     c_out, c_in, ckh, ckw = e.shape[1:]
     (kh, kw_), (go, gi, _, m) = layer.kernel_size, layer.layout
@@ -614,7 +614,7 @@ def torch():
 
 def torch_kernel_warehouse(torch):
     """A re-creation of OSVAI/KernelWarehouse ``Warehouse_Manager``/``KWConv2d``/``Attention``
-    (modules/kernel_warehouse.py), written from the spec; state_dict keys as the official ones."""
+    (modules/kernel_warehouse.py; docs/derivations/kernel_warehouse.md); the official state_dict keys."""
     nn, F = torch.nn, torch.nn.functional
 
     class Attention(nn.Module):
