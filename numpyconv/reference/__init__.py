@@ -23,10 +23,9 @@ Example::
 """
 # -- building blocks (reference/blocks.py) -----------------------------------------------------
 from .blocks import (  # noqa: F401 (re-exported)
-    avg_pool2d, avg_pool2d_backward, batch_norm, batch_norm_backward, cross_entropy,
-    cross_entropy_backward, gelu, gelu_backward, global_avg_pool2d, global_avg_pool2d_backward,
-    layer_norm, layer_norm_backward, linear, linear_backward, relu, relu_backward, sigmoid,
-    sigmoid_backward, softmax, softmax_backward, upsample_nearest2d, upsample_nearest2d_backward)
+    batch_norm, batch_norm_backward, cross_entropy, cross_entropy_backward, gelu, gelu_backward,
+    global_avg_pool2d, global_avg_pool2d_backward, layer_norm, layer_norm_backward, linear,
+    linear_backward, relu, relu_backward, sigmoid, sigmoid_backward, softmax, softmax_backward)
 
 # -- conv family (reference/conv.py) -------------------------------------------------------------
 from .conv import (  # noqa: F401 (re-exported)
@@ -51,3 +50,18 @@ from .odconv import odconv2d, odconv2d_backward  # noqa: F401
 from .deformable import deform_conv2d, deform_conv2d_backward  # noqa: F401
 from .dcnv3 import dcnv3, dcnv3_backward  # noqa: F401
 from .dcnv4 import dcnv4, dcnv4_backward  # noqa: F401
+
+# -- pooling, upsampling, transposed convolution, dropout, activations (the newer layers) ----------
+from .activations import (hardsigmoid, hardsigmoid_backward, hardswish, hardswish_backward, relu6,  # noqa: F401
+                          relu6_backward, silu, silu_backward)  # noqa: F401
+from .conv_transpose import conv_transpose2d, conv_transpose2d_backward  # noqa: F401
+from .dropout import (drop_path, drop_path_backward, dropout, dropout2d, dropout2d_backward,  # noqa: F401
+                      dropout_backward)  # noqa: F401
+from .pooling import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,  # noqa: F401
+                      adaptive_max_pool2d_backward, avg_pool2d, avg_pool2d_backward, max_pool2d,  # noqa: F401
+                      max_pool2d_backward)  # noqa: F401
+from .upsample import (upsample_bilinear2d, upsample_bilinear2d_backward, upsample_nearest2d,  # noqa: F401
+                       upsample_nearest2d_backward)  # noqa: F401
+
+# -- multi-scale deformable attention (reference/msdeformattn.py) -------------------------------
+from .msdeformattn import ms_deform_attn, ms_deform_attn_backward  # noqa: F401

@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 
-from .._checks import pair
-
 
 # -- linear ----------------------------------------------------------------------------------------
 def linear(x, weight, bias=None):
@@ -252,36 +250,6 @@ def layer_norm_backward(dout, x, weight, bias, eps=1e-5):
 
 
 # -- pooling and upsampling ------------------------------------------------------------------------
-def _pool_geometry(shape, kernel_size, stride):
-    """``((kh, kw), (sh, sw), (ho, wo))`` of floor-mode pooling without padding (eq. 25)."""
-    kh, kw = pair(kernel_size, 'kernel_size')
-    sh, sw = pair(kernel_size if stride is None else stride, 'stride')
-    return (kh, kw), (sh, sw), ((shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1)
-
-
-def avg_pool2d(x, kernel_size, stride=None):
-    """``y[n,c,i,j] = mean of x[n, c, i*sh : i*sh + kh, j*sw : j*sw + kw]`` (eq. 25)."""
-    (kh, kw), (sh, sw), (ho, wo) = _pool_geometry(x.shape, kernel_size, stride)
-    y = np.zeros(x.shape[:2] + (ho, wo), dtype=x.dtype)
-    for n, c, i, j in np.ndindex(*y.shape):
-        total = 0.0
-        for p, q in np.ndindex(kh, kw):
-            total += x[n, c, i * sh + p, j * sw + q]
-        y[n, c, i, j] = total / (kh * kw)
-    return y
-
-
-def avg_pool2d_backward(dout, x, kernel_size, stride=None):
-    """``(dx,)`` of :func:`avg_pool2d`: every window spreads its ``dy`` evenly; rows and columns no
-    window covers get 0."""
-    (kh, kw), (sh, sw), (ho, wo) = _pool_geometry(x.shape, kernel_size, stride)
-    dx = np.zeros_like(x)
-    for n, c, i, j in np.ndindex(x.shape[0], x.shape[1], ho, wo):
-        for p, q in np.ndindex(kh, kw):
-            dx[n, c, i * sh + p, j * sw + q] += dout[n, c, i, j] / (kh * kw)  # (eq. 26)
-    return (dx,)
-
-
 def global_avg_pool2d(x):
     """``z[n, c] = sum_{h,w} x[n, c, h, w] / (H W)`` (eq. 27)."""
     n_batch, channels, h, w = x.shape
@@ -298,31 +266,6 @@ def global_avg_pool2d_backward(dout, x):
     dx = np.zeros_like(x)
     for n, c, i, j in np.ndindex(*x.shape):
         dx[n, c, i, j] = dout[n, c] / (h * w)                                 # (eq. 28)
-    return (dx,)
-
-
-def _scale(scale_factor):
-    """``(sh, sw)``: integer factors from an int, a pair, or integral floats (``2.0``)."""
-    both = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
-    return pair(tuple(int(s) for s in both), 'scale_factor')
-
-
-def upsample_nearest2d(x, scale_factor=2):
-    """``y[n, c, i, j] = x[n, c, i // sh, j // sw]`` (eq. 29)."""
-    sh, sw = _scale(scale_factor)
-    n_batch, channels, h, w = x.shape
-    y = np.zeros((n_batch, channels, h * sh, w * sw), dtype=x.dtype)
-    for n, c, i, j in np.ndindex(*y.shape):
-        y[n, c, i, j] = x[n, c, i // sh, j // sw]
-    return y
-
-
-def upsample_nearest2d_backward(dout, x, scale_factor=2):
-    """``(dx,)`` of :func:`upsample_nearest2d`: each input pixel collects its ``sh x sw`` block."""
-    sh, sw = _scale(scale_factor)
-    dx = np.zeros_like(x)
-    for n, c, i, j in np.ndindex(*dout.shape):
-        dx[n, c, i // sh, j // sw] += dout[n, c, i, j]                        # (eq. 30)
     return (dx,)
 
 
