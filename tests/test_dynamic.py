@@ -265,8 +265,8 @@ def test_layer_errors():
 
 
 def test_bad_ratio_and_count_shape_name_the_argument():
-    """Regression: a non-numeric ratio and a count() shape of the wrong channels or rank used to
-    fail inside int() / tuple unpacking (or, for the channels, be counted silently)."""
+    """A non-numeric ratio and a count() shape of the wrong channels or rank raise errors naming the
+    argument, not errors from inside int() / tuple unpacking (nor a silent count)."""
     for ratio, error in (('0.25', TypeError), (None, TypeError), (float('nan'), ValueError)):
         with pytest.raises(error, match='ratio must be'):
             DynamicConv2d(4, 6, 3, ratio=ratio)

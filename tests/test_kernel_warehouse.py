@@ -147,7 +147,7 @@ def test_caf_row_with_zero_entry_uses_sign_zero():
 
 
 def test_caf_backward_checks_dout():
-    """Regression: a list or an integer array as dout used to fail with a raw AttributeError."""
+    """A list or an integer array as dout raises a TypeError naming dout."""
     _, cache = kw.kw_caf_forward(np.arange(6.0).reshape(2, 3) - 2)
     with pytest.raises(TypeError, match='dout must be a numpy.ndarray'):
         kw.kw_caf_backward([[1.0, 2.0, 3.0]] * 2, cache)
@@ -572,7 +572,7 @@ def test_input_errors():
         layer(np.zeros((2, 4, 5, 5), np.float32))
     with pytest.raises(ValueError, match='Expected more than 1 value'):
         layer(np.zeros((1, 4, 5, 5)))
-    for shape in ((2, 3, 5, 5), (4, 5, 5)):   # regression: wrong channels were counted silently
+    for shape in ((2, 3, 5, 5), (4, 5, 5)):   # wrong channels or rank: refused, not counted
         with pytest.raises(ValueError, match=r'input_shape must be \(N, 4, H, W\), got'):
             count(layer, shape)
     with pytest.raises(TypeError, match='temperature'):
