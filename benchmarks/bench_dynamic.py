@@ -3,7 +3,7 @@
 Forward and forward+backward (every gradient: input, kernels, biases, attention/routing) of
 ``dynamic_conv2d`` and ``condconv2d`` (default N=8, 128->128 channels, 28x28, 3x3, padding 1, K=4
 kernels / experts, float32) beside numpyconv ``conv2d`` with one static kernel. When PyTorch is
-installed, the same three computations in PyTorch (the official "batch as groups" formulation of
+installed, the same three computations in PyTorch (the "batch as groups" formulation of the unofficial
 kaijieshi7 ``Dynamic_conv2d`` and d-li14 ``CondConv2d``) run with the same thread count. Best of
 ``--repeat`` runs after a warm-up, engines interleaved. Prints a Markdown table.
 

@@ -619,7 +619,7 @@ def test_hostile_safetensors_headers(header, buffer, length, message, tmp_path):
     if message is None:
         assert load_small(path) == {}
         return
-    if length is not None and length > 2 ** 40:          # the header no longer looks like safetensors
+    if length is not None and length > 2 ** 40:          # a header this long is not taken for safetensors
         message = 'unknown format|header of'
     with pytest.raises(ValueError, match=message):
         load_small(path)

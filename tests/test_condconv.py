@@ -139,7 +139,7 @@ def test_gradcheck_layer(mode):
      r'x must have shape \(N, 4, H, W\), got \(2, 3, 5, 5\)'),
     (lambda: CondConv2d(4, 6, 3)(np.zeros((4, 5, 5), np.float32)), ValueError, r'x must be \(N, C, H, W\)'),
     (lambda: CondConv2d(4, 6, 3)(np.zeros((1, 4, 5, 5))), TypeError, 'dtype=float64'),
-    # regression: count() used to accept a shape with the wrong channels and count it silently
+    # count() refuses a shape with the wrong channels instead of counting it
     (lambda: count(CondConv2d(4, 6, 3), (2, 3, 8, 8)), ValueError,
      r'input_shape must be \(N, 4, H, W\), got \(2, 3, 8, 8\)'),
 ])
@@ -167,7 +167,7 @@ def test_macs_counts_routing_combination_and_conv():
     assert macs == 2 * (conv + routing + combination)
 
 
-# -- torch re-creation of d-li14 CondConv2d + route_func (written from the spec) -------------------
+# -- torch re-creation of d-li14 CondConv2d + route_func (docs/derivations/condconv.md) -----------
 def _torch_condconv(torch):
     nn, F = torch.nn, torch.nn.functional
 

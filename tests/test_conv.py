@@ -128,7 +128,7 @@ def test_separable_equals_depthwise_then_pointwise_and_dense_kernel():
     mid, _ = C.depthwise_conv2d_forward(x, wdw, bdw, 2, 1)
     np.testing.assert_allclose(y, C.pointwise_conv2d_forward(mid, wpw, bpw)[0], atol=1e-12)
     w_eff = np.einsum('ocm,cmpq->ocpq', wpw[:, :, 0, 0].reshape(4, 3, 2), wdw[:, 0].reshape(3, 2, 3, 3))
-    b_eff = bpw + wpw[:, :, 0, 0] @ bdw                                 # specs/conv.md section 7
+    b_eff = bpw + wpw[:, :, 0, 0] @ bdw                                 # docs/derivations/conv.md section 7
     np.testing.assert_allclose(y, ref.conv2d(x, w_eff, b_eff, 2, 1), atol=1e-12)
     nc.gradcheck(lambda *a: C.separable_conv2d_forward(*a, 2, 1), C.separable_conv2d_backward,
                  (x, wdw, wpw, bdw, bpw))
@@ -230,14 +230,14 @@ def test_im2col_col2im_match_torch_unfold_and_fold():
     (lambda: col2im(np.zeros((1, 1, 3, 3, 2, 2)), (4, 4), padding=1), ValueError,
      r'cols must have shape \(N, C, 3, 3\) \+ \(4, 4\)'),
     (lambda: col2im(np.zeros((1, 1, 0, 3, 2, 2)), (4, 4)), ValueError, 'cols must have shape .* kh, kw >= 1'),
-    # placement: padding, or origin together with out_hw (was: the lone one silently ignored)
+    # placement: padding, or origin together with out_hw (the lone one is refused, not ignored)
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, origin=(1, 1)), TypeError, 'both origin and out_hw'),
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out_hw=(4, 4)), TypeError, 'both origin and out_hw'),
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, padding=1, origin=(1, 1), out_hw=(4, 4)), TypeError,
      'give either padding or both'),
     (lambda: col2im(np.zeros((1, 1, 3, 3, 2, 2)), (4, 4), padding=5, origin=(0, 0)), TypeError,
      'give either padding or both'),
-    # out is checked (was: written into whatever it was)
+    # out is checked before anything is written into it
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out=np.empty((1, 1, 3, 3, 4, 4))), ValueError,
      r'out must have shape \(1, 1, 3, 3, 2, 2\)'),
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out=np.empty((1, 1, 3, 3, 2, 2), np.float32)), TypeError,
@@ -499,7 +499,7 @@ def test_depthwise_and_pointwise_errors():
         C.pointwise_conv2d_forward(X, np.zeros((3, 4, 3, 3)))
 
 
-@pytest.mark.parametrize('call, error, match', [      # regressions: torch raises, we used to compute
+@pytest.mark.parametrize('call, error, match', [      # torch raises on these, and so does numpyconv
     (lambda: C.conv2d_forward(X, np.zeros((0, 2, 3, 3)), groups=2), ValueError,
      r'at least one output channel, got shape \(0, 2, 3, 3\)'),
     (lambda: C.conv2d_forward(np.zeros((2, 4, 0, 5)), W, padding=2, groups=2), ValueError,
@@ -514,7 +514,7 @@ def test_empty_output_channels_and_spatial_size_rejected(call, error, match):
         call()
 
 
-@pytest.mark.parametrize('dout, error, match', [      # regression: a list raised AttributeError
+@pytest.mark.parametrize('dout, error, match', [      # a list: TypeError naming dout
     ([[0.0]], TypeError, r'dout must be a numpy.ndarray of shape \(2, 3, 5, 5\), got list'),
     (np.zeros((2, 3, 5, 5), dtype=np.int64), TypeError, 'dout must be a real floating array.*int64'),
     (np.zeros((2, 3, 5, 5), dtype=complex), TypeError, 'dout must be a real floating array.*complex'),
@@ -526,7 +526,7 @@ def test_pointwise_backward_rejects_bad_dout(dout, error, match):
         C.pointwise_conv2d_backward(dout, cache)
 
 
-@pytest.mark.parametrize('kwargs, error, match', [     # regression: messages said 'weight' / 'bias'
+@pytest.mark.parametrize('kwargs, error, match', [     # messages name dw_weight / pw_weight
     (dict(dw_weight=np.zeros((6, 1, 3, 3))), ValueError, r'dw_weight must have shape \(C \* multiplier'),
     (dict(pw_weight=np.zeros((5, 4, 1, 1))), ValueError,
      r'pw_weight must have shape \(5, 8, 1, 1\) for the 8 channels of the depthwise output, got \(5, 4'),

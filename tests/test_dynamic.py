@@ -265,8 +265,8 @@ def test_layer_errors():
 
 
 def test_bad_ratio_and_count_shape_name_the_argument():
-    """Regression: a non-numeric ratio and a count() shape of the wrong channels or rank used to
-    fail inside int() / tuple unpacking (or, for the channels, be counted silently)."""
+    """A non-numeric ratio and a count() shape of the wrong channels or rank raise errors naming the
+    argument, not errors from inside int() / tuple unpacking (nor a silent count)."""
     for ratio, error in (('0.25', TypeError), (None, TypeError), (float('nan'), ValueError)):
         with pytest.raises(error, match='ratio must be'):
             DynamicConv2d(4, 6, 3, ratio=ratio)
@@ -300,7 +300,7 @@ def test_macs_counts_attention_aggregation_and_conv():
     assert macs == 2 * (conv + attention + aggregation)
 
 
-# -- torch re-creation of kaijieshi7 Dynamic_conv2d (written from the spec) ----------------------
+# -- torch re-creation of kaijieshi7 Dynamic_conv2d (docs/derivations/dynamic.md) ---------------
 def _torch_dynamic_conv2d(torch):
     nn, F = torch.nn, torch.nn.functional
 

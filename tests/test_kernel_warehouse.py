@@ -91,7 +91,7 @@ def layer_args(layer, x):
 
 
 def own_cell(layer, idx, ratio):
-    """The spec's ownership rule (section 5.2), written independently of the library."""
+    """The ownership rule (docs/derivations/kernel_warehouse.md eq. 29), written independently."""
     if ratio >= 1:
         return layer.start_cell_idx + idx * int(ratio)
     period = int(1 / ratio)
@@ -100,7 +100,7 @@ def own_cell(layer, idx, ratio):
 
 
 def static_kernel(layer, ratio):
-    """The static kernel built from the layer's own cells (spec section 12, t = 1)."""
+    """The static kernel of the layer's own cells (docs/derivations/kernel_warehouse.md section 6)."""
     e = layer.warehouse
     c_out, c_in, ckh, ckw = e.shape[1:]
     (kh, kw_), (go, gi, _, m) = layer.kernel_size, layer.layout
@@ -147,7 +147,7 @@ def test_caf_row_with_zero_entry_uses_sign_zero():
 
 
 def test_caf_backward_checks_dout():
-    """Regression: a list or an integer array as dout used to fail with a raw AttributeError."""
+    """A list or an integer array as dout raises a TypeError naming dout."""
     _, cache = kw.kw_caf_forward(np.arange(6.0).reshape(2, 3) - 2)
     with pytest.raises(TypeError, match='dout must be a numpy.ndarray'):
         kw.kw_caf_backward([[1.0, 2.0, 3.0]] * 2, cache)
@@ -572,7 +572,7 @@ def test_input_errors():
         layer(np.zeros((2, 4, 5, 5), np.float32))
     with pytest.raises(ValueError, match='Expected more than 1 value'):
         layer(np.zeros((1, 4, 5, 5)))
-    for shape in ((2, 3, 5, 5), (4, 5, 5)):   # regression: wrong channels were counted silently
+    for shape in ((2, 3, 5, 5), (4, 5, 5)):   # wrong channels or rank: refused, not counted
         with pytest.raises(ValueError, match=r'input_shape must be \(N, 4, H, W\), got'):
             count(layer, shape)
     with pytest.raises(TypeError, match='temperature'):
@@ -614,7 +614,7 @@ def torch():
 
 def torch_kernel_warehouse(torch):
     """A re-creation of OSVAI/KernelWarehouse ``Warehouse_Manager``/``KWConv2d``/``Attention``
-    (modules/kernel_warehouse.py), written from the spec; state_dict keys as the official ones."""
+    (modules/kernel_warehouse.py; docs/derivations/kernel_warehouse.md); the official state_dict keys."""
     nn, F = torch.nn, torch.nn.functional
 
     class Attention(nn.Module):

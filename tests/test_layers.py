@@ -279,9 +279,9 @@ def test_matches_torch(name):
         assert layer.state_dict()[key].shape == tuple(value.shape)
 
 
-# -- regressions found by fuzzing against torch --------------------------------------------------------------
+# -- misuse and edge cases, compared with torch --------------------------------------------------------------
 def test_backward_before_forward_says_so():
-    with pytest.raises(RuntimeError, match='call forward'):               # was AttributeError: _cache
+    with pytest.raises(RuntimeError, match='call forward'):               # not AttributeError: _cache
         L.Linear(3, 2).backward(np.zeros((1, 2), dtype=np.float32))
     with pytest.raises(RuntimeError, match='Flatten.backward needs'):
         L.Flatten().backward(np.zeros((1, 2), dtype=np.float32))
@@ -306,7 +306,7 @@ def test_load_state_dict_rejects_bad_state_without_copying(state, error, match):
 
 
 def test_flatten_dims_must_be_ints():
-    with pytest.raises(TypeError, match='start_dim must be an int, got 1.5'):   # was silently truncated
+    with pytest.raises(TypeError, match='start_dim must be an int, got 1.5'):   # not truncated to 1
         L.Flatten(1.5)
     with pytest.raises(TypeError, match="end_dim must be an int, got 'a'"):
         L.Flatten(1, 'a')
@@ -315,12 +315,12 @@ def test_flatten_dims_must_be_ints():
 def test_flatten_backward_keeps_the_input_dtype():
     layer = L.Flatten()
     y = layer(np.ones((2, 3, 2, 2), np.float32))
-    assert layer.backward(y.astype(np.float64)).dtype == np.float32      # was float64
+    assert layer.backward(y.astype(np.float64)).dtype == np.float32      # the input's dtype
 
 
 def test_sequential_rejects_what_is_not_a_layer():
     with pytest.raises(TypeError, match='Sequential takes numpyconv layers .* got int at position 1'):
-        Sequential(ReLU(), 3)                                          # was an AttributeError
+        Sequential(ReLU(), 3)                                          # TypeError at construction
 
 
 @pytest.mark.parametrize('layer, shape, match', [
@@ -335,7 +335,7 @@ def test_sequential_rejects_what_is_not_a_layer():
     (nc.ReLU(), (2, -1), r'input_shape must be a tuple of non-negative ints, got \(2, -1\)'),
 ])
 def test_count_checks_the_input_shape(layer, shape, match):
-    with pytest.raises(ValueError, match=match):                         # were silently counted
+    with pytest.raises(ValueError, match=match):                         # refused, not counted
         count(layer, shape)
 
 
@@ -343,7 +343,7 @@ def test_channels_first_layer_norm_dout_error_in_nchw():
     layer = L.LayerNorm(4, channels_first=True, **F64)
     layer(normal(2, 4, 3, 5))
     with pytest.raises(ValueError, match=r'dout must have shape \(2, 4, 3, 5\), got \(2, 2, 3, 5\)'):
-        layer.backward(normal(2, 2, 3, 5))                               # was reported as NHWC shapes
+        layer.backward(normal(2, 2, 3, 5))                               # shapes in NCHW, as given
 
 
 @pytest.mark.parametrize('shape, affine, bias', [(5, False, True), (5, True, False), ((3, 5), True, True)])
@@ -384,7 +384,7 @@ def test_state_dict_key_order_matches_torch():
     nn = torch.nn
     tmod = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
     model = Sequential(L.Linear(4, 3), L.BatchNorm1d(3), L.Linear(3, 2))
-    assert list(model.state_dict()) == list(tmod.state_dict())             # buffers were listed last
+    assert list(model.state_dict()) == list(tmod.state_dict())             # buffers after their params
     model.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
     state = model.state_dict()
     assert state['1.num_batches_tracked'].dtype == np.int64 and state['1.num_batches_tracked'].shape == ()

@@ -425,8 +425,8 @@ def test_op_errors():
 
 
 def test_op_paths_into_one_output_must_agree_on_channels():
-    """Regression: weights giving one output two channel counts used to fail with a raw numpy
-    broadcasting error when the terms were summed (eq. 7)."""
+    """Weights giving one output two channel counts raise a ValueError naming the weight, not a numpy
+    broadcasting error where the terms are summed (eq. 7)."""
     x_h, x_l = randn(1, 3, 8, 8), randn(1, 2, 4, 4)
     w_h2h, w_h2l, w_l2l = randn(4, 3, 3, 3), randn(2, 3, 3, 3), randn(2, 2, 3, 3)
     with pytest.raises(ValueError, match=r'w_l2h must have shape \(4, 2, 3, 3\): y_h has the 4 output '

@@ -320,7 +320,7 @@ def test_layer_argument_errors():
         layer(np.ones((2, 5, 6, 6), np.float32))
     with pytest.raises(TypeError, match='float32 parameters, got x of dtype float64'):
         layer(np.ones((2, 4, 6, 6)))
-    # regression: count() used to count a wrong channel number silently and fail to unpack a 3-D shape
+    # count() refuses a wrong channel number and a 3-D shape
     for shape in ((2, 5, 6, 6), (4, 6, 6)):
         with pytest.raises(ValueError, match=r'input_shape must be \(N, 4, H, W\), got'):
             nc.count(layer, shape)

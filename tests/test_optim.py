@@ -156,9 +156,9 @@ def test_training_reduces_loss():
     (lambda: SGD([], 0.1), TypeError, 'non-empty list'),
     (lambda: SGD({'w': np.zeros(2)}, 0.1, grads={'w': np.zeros(3)}).step(), ValueError,
      r'gradient of w has shape \(3,\)'),
-    (lambda: SGD({'w': [0.0, 1.0]}, 0.1, grads={'w': [0.0, 1.0]}), TypeError,   # was AttributeError
+    (lambda: SGD({'w': [0.0, 1.0]}, 0.1, grads={'w': [0.0, 1.0]}), TypeError,   # not AttributeError
      "parameter 'w' must be a numpy.ndarray, got list"),
-    (lambda: Adam({'w': np.zeros(2, int)}, grads={'w': np.zeros(2, int)}), TypeError,   # was at step()
+    (lambda: Adam({'w': np.zeros(2, int)}, grads={'w': np.zeros(2, int)}), TypeError,   # at construction
      "parameter 'w' must be float32 or float64, got dtype int64"),
     (lambda: SGD({'w': np.zeros(2)}, 0.1, grads={'w': np.zeros(2, complex)}), TypeError,
      "gradient 'w' must be float32 or float64"),

@@ -1,5 +1,5 @@
 """KernelWarehouse ResNet-18 built through the manager: warehouses, cell allocation and parameter counts
-against the published figures (OSVAI/KernelWarehouse README, spec kernel_warehouse.md sections 7 and 13).
+against the published figures (OSVAI/KernelWarehouse README, docs/derivations/kernel_warehouse.md section 7).
 
 The network mirrors ``models/kw_resnet.py``: warehouse names ``stage{s}_layer{l}_conv{c}`` with
 ``sharing_range`` ``"layer_conv"`` (the configs' string), the first block of a stage and the stage's
@@ -119,7 +119,7 @@ def test_kw1x_warehouses_cells_and_attention_shapes():
     ((0.5, 0.5, 0.5), 7.43),       # KW 1/2x
     pytest.param((0.25, 0.5, 0.5), 4.08, marks=pytest.mark.xfail(
         strict=True, reason='the README gives 4.08M for KW 1/4x; the official code with '
-                            'configs/resnet18/kw1d4x_resnet18.json builds 4.03M (spec section 7)')),
+                            'configs/resnet18/kw1d4x_resnet18.json builds 4.03M')),
 ])
 def test_kw_resnet18_parameter_counts_match_readme(ratios, published):
     net, _ = kw_resnet18(*ratios)

@@ -1,7 +1,7 @@
 """RedNet-50 built from numpyconv layers against its published size and cost.
 
 d-li14/involution README (model zoo): RedNet-50 has 15.54M parameters and 2.71 GFLOPs at 224x224
-(spec involution.md, "Published results"). The network follows ``cls/mmcls/models/backbones/rednet.py``:
+(docs/derivations/involution.md section 6). The network follows ``cls/mmcls/models/backbones/rednet.py``:
 
 * stem: ConvModule(3, 32, 3, s2, p1) -> involution(32, 3, 1) -> BN -> ReLU -> ConvModule(32, 64, 3, p1),
   then MaxPool(3, s2, p1);

@@ -22,14 +22,15 @@ KernelWarehouse's two layers share one warehouse (sharing range ``layer``, as KW
 by the network as ``warehouse_manager``.
 
 Temperature schedules (:meth:`DemoNet.schedule`) are the official ones from each technique module,
-with our run mapped onto the papers' 100-epoch ResNet runs (``step / total_steps = epoch / 100``):
+with our run standing for 100 epochs of official training (``step / total_steps = epoch / 100``):
 
 * DY-CNN (:func:`numpyconv.dynamic.dynamic_temperature`): ``T = 34 - 3 * epoch`` down to 1,
   reached after 11 of 100 epochs;
 * ODConv (:func:`numpyconv.odconv.odconv_temperature`): 30 -> 1 linearly over the first 10 epochs,
   set every iteration;
 * KernelWarehouse (:func:`numpyconv.kernel_warehouse.kw_temperature`): the blend ``t`` from 1 (each
-  layer its own static cells) to 0 over the first 20 epochs, every iteration;
+  layer its own static cells) to 0 over the first 20 epochs, every iteration (the official ``main.py``
+  anneals 20 epochs of its 300);
 * CondConv has no temperature (sigmoid routing).
 
 A trained model is evaluated at the end values (``T = 1``, ``t = 0``): :meth:`DemoNet.finish_schedule`.
@@ -55,12 +56,12 @@ from ..odconv import ODConv2d, odconv_temperature
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 32, 32)
-OFFICIAL_EPOCHS = 100      # the ResNet/ImageNet runs the three schedules were published with
+OFFICIAL_EPOCHS = 100      # epochs a demo run stands for (each schedule anneals over its official epochs)
 
 Technique = namedtuple('Technique', 'label make_layer')
 
 
-# -- temperature schedules, our run mapped onto the official 100 epochs -----------------------------
+# -- temperature schedules, our run mapped onto 100 epochs of official training ---------------------
 def _official_steps(total_steps, epochs):
     """The number of our steps that stands for ``epochs`` of the official 100."""
     return max(1, round(total_steps * epochs / OFFICIAL_EPOCHS))

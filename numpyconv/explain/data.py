@@ -148,8 +148,8 @@ def conv2d_frames(facts):
 
 
 def conv2d_backward(seed=0):
-    """``dW`` as the correlation of the input with ``dout`` (eq. 6) and ``dx`` as the scatter of each
-    output's gradient over its window, the transposed convolution (eq. 7).
+    """``dW`` as the correlation of the input with ``dout`` (conv.md eq. 6) and ``dx`` as the scatter of each
+    output's gradient over its window, the transposed convolution (conv.md eq. 7).
 
     Parameters
     ----------
@@ -476,7 +476,8 @@ def kernel_warehouse(seed=0):
     starts = [lay.start_cell_idx for lay in layers]
     owner = np.searchsorted(starts, np.arange(warehouse.shape[0]), side='right') - 1
     gi = KW_CHANNELS                             # input blocks per output block (cells of 1 channel)
-    rows = np.arange(KW_CHANNELS)[:, None] * gi + np.arange(KW_CHANNELS)[None, :]   # (eq. 11), s = 0
+    # (kernel_warehouse.md eq. 11), s = 0
+    rows = np.arange(KW_CHANNELS)[:, None] * gi + np.arange(KW_CHANNELS)[None, :]
     counts = [_counted('KWConv2d (own parameters)', layer, x.shape),
               ('WarehouseManager (shared cells)', (manager.num_params(), None, None)),
               _counted('Conv2d', nc.Conv2d(KW_CHANNELS, KW_CHANNELS, 3, padding=1, bias=False), x.shape)]
