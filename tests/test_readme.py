@@ -35,13 +35,6 @@ def test_readme_has_the_two_setup_commands_and_stays_short():
     assert len(text.splitlines()) <= 160
 
 
-def test_readme_relative_links_resolve():
-    text = README.read_text()
-    for target in re.findall(r'\]\(([^)#]+)\)', text):
-        if '://' not in target:
-            assert (README.parent / target).exists(), target
-
-
 def test_readme_tour_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = nc.models.od_resnet18(kernel_num=4, rng=0)
