@@ -106,7 +106,7 @@ def _check_conv(x, weight, bias, groups):
     return per_sample, groups
 
 
-# -- depthwise kernels (no im2col) -----------------------------------------------------------
+# -- depthwise, without im2col ---------------------------------------------------------------
 def _inside_offsets(x, geo):
     """Yield ``(p, q, rows_out, cols_out, rows_in, cols_in)`` for every kernel offset that reads
     inside ``x``: the rectangle of outputs whose input lies in ``x`` and the strided input slices
@@ -184,18 +184,18 @@ def _col_bytes(x, geo):
 def _blocks(x, geo):
     """``(s, r)`` pairs (batch slice, output-row slice), blocks of equal size: several whole samples,
     or, when one sample's columns are larger than a block, bands of one sample's output rows (at
-    least one row). The largest block takes ``GEMM_BLOCK`` bytes of columns (cache-sized), or more
-    when that holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most ``2 * GEMM_BLOCK`` and
-    the column budget; evening the sizes out can leave blocks narrower than that (a batch of 5 at
-    14x14 float64: 2 + 3 samples rather than 4 + 1)."""
+    least one row). The largest block takes ``GEMM_BLOCK`` bytes of columns (sized for the CPU
+    cache), or more when that holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most
+    ``2 * GEMM_BLOCK`` and the column budget; evening the sizes out can leave blocks narrower than
+    that (a batch of 5 at 14x14 float64: 2 + 3 samples rather than 4 + 1)."""
     n, (ho, wo) = x.shape[0], geo.out_hw
     row_bytes = max(1, _col_bytes(x, geo) // ho)                          # one output row's columns
     most = min(2 * GEMM_BLOCK, column_budget()) // row_bytes              # rows the bounds allow
-    in_cache, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)  # rows: cache-sized, wide GEMM
-    if max(in_cache, wide) >= ho and most >= ho:
-        samples = min(most // ho, max(in_cache // ho, -(-wide // ho)))
+    block_rows, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)  # rows: GEMM_BLOCK, wide GEMM
+    if max(block_rows, wide) >= ho and most >= ho:
+        samples = min(most // ho, max(block_rows // ho, -(-wide // ho)))
         return [(s, slice(0, ho)) for s in even_steps(n, samples)]
-    bands = even_steps(ho, max(1, min(most, max(in_cache, wide))))
+    bands = even_steps(ho, max(1, min(most, max(block_rows, wide))))
     return [(slice(i, i + 1), r) for i in range(n) for r in bands]
 
 
@@ -207,7 +207,7 @@ def _band_origin(r, geo, origin):
 def _column_blocks(x, geo, origin):
     """Yield ``(s, r, cols)`` per block of :func:`_blocks`: the columns
     ``cols (n_s, C, kh, kw, rows, Wo)`` of ``x`` zero-padded by ``origin = (top, left)``. One buffer
-    laid out ``(C, kh, kw, n_s, rows, Wo)`` is reused, so that the columns are still in cache when
+    laid out ``(C, kh, kw, n_s, rows, Wo)`` is reused, so that the columns are still in the CPU cache when
     the GEMM reads them and a block of whole samples is also the single matrix
     ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten by the next block's."""
     buffer = None
