@@ -409,12 +409,30 @@ def _cause(x, offset, stride, padding, dilation):
 
 
 def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """Deformable convolution as ``torchvision.ops.deform_conv2d``; returns ``(y, cache)``.
+    """Deformable convolution as ``torchvision.ops.deform_conv2d`` (eq. 3-5).
 
-    ``mask=None`` is DCNv1, a mask ``(N, offset_groups*kh*kw, Ho, Wo)`` DCNv2. Groups and offset
-    groups are inferred from the shapes of ``weight`` and ``offset``. ``x`` is read where it is (any
-    strides, e.g. a broadcast array): the padding is a shift of the sampling positions (eq. 3) and
-    the bilinear sampling reads zeros outside the image, so no padded copy is made.
+    Groups and offset groups are inferred from the shapes of ``weight`` and ``offset``. ``x`` is read
+    where it is (any strides, e.g. a broadcast array): the padding is a shift of the sampling
+    positions (eq. 3) and the bilinear sampling reads zeros outside the image, so no padded copy is made.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    offset : ndarray (N, 2*og*kh*kw, Ho, Wo)
+        ``(dy, dx)`` pairs per offset group and kernel point (row-major points).
+    weight : ndarray (C_out, C_in // groups, kh, kw)
+    bias : ndarray (C_out,) or None
+    stride, padding, dilation : int or pair
+    mask : ndarray (N, og*kh*kw, Ho, Wo) or None
+        None is DCNv1 (m = 1), a mask DCNv2.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('deform_conv2d')`` with ``x``, ``offset``, ``mask`` (None for DCNv1), ``weight``,
+        ``has_bias``, ``groups``, ``geo``, and ``plan`` / ``cols`` (the sampling plan and the columns;
+        both None when the batch was processed in several chunks, the backward then recomputes them).
     """
     groups, geo = _check_deform(x, offset, weight, bias, mask, stride, padding, dilation)
     cause = _cause(x, offset, stride, padding, dilation)
@@ -454,8 +472,21 @@ def _chunk_backward(dout, x, offset, mask, weight, groups, geo, plan, cols, dx):
 
 
 def deform_conv2d_backward(dout, cache):
-    """Gradients ``(dx, doffset, dweight, dbias, dmask)`` of :func:`deform_conv2d_forward`,
-    in forward's positional order; ``dbias``/``dmask`` are None when bias/mask were None."""
+    """Gradients of :func:`deform_conv2d_forward` (eq. 6-10).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`deform_conv2d_forward`.
+    cache : Cache
+        The cache :func:`deform_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, doffset, dweight, dbias, dmask)``, each of its input's shape, in forward's positional
+        order; ``dbias`` / ``dmask`` None when bias / mask were None.
+    """
     cache = check_cache(cache, 'deform_conv2d')
     x, offset, mask, weight, geo = (cache[k] for k in ('x', 'offset', 'mask', 'weight', 'geo'))
     n = x.shape[0]
@@ -546,8 +577,24 @@ class DeformConv2d(_DeformPack):
     """DCNv1 layer = mmcv ``DeformConv2dPack``: ``y = deform_conv2d(x, conv_offset(x), weight)`` (eq. 11).
 
     Keys ``weight (out, in//groups, kh, kw)``, ``conv_offset.weight (dg*2*kh*kw, in, kh, kw)``,
-    ``conv_offset.bias (dg*2*kh*kw,)``. No bias (mmcv asserts ``not bias``). Weight init
-    ``kaiming_uniform_(nonlinearity='relu')`` = U(+-sqrt(6/fan_in)); ``conv_offset`` starts at zero.
+    ``conv_offset.bias (dg*2*kh*kw,)``. Weight init ``kaiming_uniform_(nonlinearity='relu')`` =
+    U(+-sqrt(6/fan_in)); ``conv_offset`` starts at zero. ``(N, in, H, W) -> (N, out, Ho, Wo)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation
+        Of the main and the offset convolution, as in :func:`deform_conv2d_forward`.
+    groups : int
+        Weight groups; divides both channel counts.
+    deform_groups : int
+        Offset groups; divides ``in_channels``.
+    bias : bool
+        Must be False (mmcv asserts ``not bias``).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -591,6 +638,23 @@ class ModulatedDeformConv2d(_DeformPack):
     Keys ``weight``, ``bias`` (if ``bias``), ``conv_offset.weight (dg*3*kh*kw, in, kh, kw)``,
     ``conv_offset.bias``. Init: weight U(+-1/sqrt(in_channels*kh*kw)) (mmcv does not divide by
     groups), bias 0, ``conv_offset`` 0, so the layer starts as ``0.5 * conv2d(x) + bias``.
+    ``(N, in, H, W) -> (N, out, Ho, Wo)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation
+        Of the main and the offset convolution, as in :func:`deform_conv2d_forward`.
+    groups : int
+        Weight groups; divides both channel counts.
+    deform_groups : int
+        Offset groups; divides ``in_channels``.
+    bias : bool
+        Learn ``bias``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     values_per_point = 3

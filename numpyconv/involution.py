@@ -213,10 +213,26 @@ def _check_involution(x, kernel, kernel_size, stride, dilation):
 
 
 def involution_forward(x, kernel, kernel_size, stride=1, dilation=1):
-    """Involution as the official unfold formula; returns ``(y, cache)`` (eq. 2).
+    """Involution as the official unfold formula (eq. 2).
 
-    ``kernel (N, G*K*K, Ho, Wo)``: ``G`` is inferred and must divide the channels of ``x``;
-    ``kernel_size``, ``stride``, ``dilation`` are ints or pairs; padding is ``d*(K-1)//2``.
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+        Input, float32 or float64.
+    kernel : ndarray (N, G*kh*kw, Ho, Wo)
+        The per-position weights, channel ``g*kh*kw + u*kw + v``; ``G`` is inferred and must divide
+        ``C``; ``x``'s dtype.
+    kernel_size : int or pair
+        ``(kh, kw)``; the zero padding is ``d*(k-1)//2`` per axis (eq. 1).
+    stride, dilation : int or pair
+
+    Returns
+    -------
+    y : ndarray (N, C, Ho, Wo)
+    cache : Cache
+        ``Cache('involution')`` with ``x`` and ``kernel`` (C-contiguous), ``geo`` (the
+        :class:`~numpyconv.im2col.Geometry`), ``groups`` (``G``) and ``work`` (multiply-adds); none of
+        them None.
     """
     geo, groups = _check_involution(x, kernel, kernel_size, stride, dilation)
     require_memory(x.shape[:2] + geo.out_hw, x.dtype, f"x of shape {x.shape} with kernel_size="
@@ -229,7 +245,20 @@ def involution_forward(x, kernel, kernel_size, stride=1, dilation=1):
 
 
 def involution_backward(dout, cache):
-    """Gradients ``(dx, dkernel)`` of :func:`involution_forward` (eq. 3, 4)."""
+    """Gradients of :func:`involution_forward` (eq. 3, 4).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`involution_forward`.
+    cache : Cache
+        The cache :func:`involution_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, C, H, W), dkernel (N, G*kh*kw, Ho, Wo))``.
+    """
     cache = check_cache(cache, 'involution')
     x, kernel, geo, work = cache['x'], cache['kernel'], cache['geo'], cache['work']
     dout = _loop_operand(grad_out(dout, x.shape[:2] + geo.out_hw, x.dtype))
@@ -261,12 +290,26 @@ class _ConvModule(Sequential):
 class Involution2d(Module):
     """d-li14/involution ``involution(channels, kernel_size, stride)`` (keys: module docstring).
 
-    ``reduction_ratio`` and ``group_channels`` are the official module's hard-coded 4 and 16;
-    ``dilation`` is the dilated variant's extra argument (its fourth there, after the API's
-    arguments here). ``G = channels // group_channels`` kernel groups; output channels equal input
-    channels. At stride ``s > 1`` the kernel comes from ``AvgPool2d(s, s)(x)``, so H and W must be
-    divisible by ``s`` (forward raises otherwise, where the official view fails); ``d (k - 1)`` must
-    be even for the same reason (eq. 1).
+    ``(N, C, H, W) -> (N, C, Ho, Wo)``. At stride ``s > 1`` the kernel comes from
+    ``AvgPool2d(s, s)(x)``, so H and W must be divisible by ``s`` (forward raises otherwise, where
+    the official view fails); ``d (k - 1)`` must be even for the same reason (eq. 1).
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, input and output channels; a multiple of ``group_channels``.
+    kernel_size : int or pair
+    stride : int or pair
+    reduction_ratio : int
+        The kernel generation's bottleneck ``C -> C // reduction_ratio`` (the official module's 4).
+    group_channels : int
+        Channels per kernel group (the official 16): ``G = channels // group_channels``.
+    dilation : int or pair
+        The dilated variant's extra argument (its fourth there, after the API's arguments here).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, channels, kernel_size, stride=1, reduction_ratio=4, group_channels=16,

@@ -241,7 +241,8 @@ def ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_lo
     out : ndarray (N, Lq, M*D)
         Head ``m`` in channels ``[m*D, (m+1)*D)`` (eq. 4).
     cache : Cache
-        For :func:`ms_deform_attn_backward`.
+        ``Cache('ms_deform_attn')`` with ``value``, ``shapes`` / ``starts`` (the validated level geometry,
+        int64), ``loc`` and ``attn`` (contiguous copies of the locations and weights); none of them None.
     """
     shapes, starts = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                   attention_weights)
