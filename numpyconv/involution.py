@@ -112,24 +112,32 @@ def _scatter_row(row, start, step, coeff, dense):
         _scatter(row[start:start + (m - 1) * step + 1:step], coeff, dense)
 
 
+@njit(cache=True, inline='always')
+def _point_taps(p, geo, height, width):
+    """For kernel point ``p = u*kw + v``: the output rows ``[i0, i1)`` and columns ``[j0, j1)`` whose
+    tap lies inside the input (eq. 5), the input row ``row0`` of output row 0 (row ``i`` reads
+    ``i*sh + row0``) and the input column ``col0`` of output column ``j0``."""
+    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    row0, col = (p // kw) * dh - top, (p % kw) * dw - left
+    i0, i1 = _valid(row0, sh, height, ho)
+    j0, j1 = _valid(col, sw, width, wo)
+    return i0, i1, j0, j1, row0, j0 * sw + col
+
+
 @njit(cache=True, parallel=True)
 def _forward_loop(x, kernel, geo, y):
     """``y (N, C, Ho, Wo)`` (zero on entry) from ``x`` and ``kernel`` (eq. 2). Parallel over
     ``(n, c)``: each iteration owns the output plane ``y[n, c]``."""
-    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    points, sh, sw = geo[0] * geo[1], geo[2], geo[3]
     n, channels, height, width = x.shape
-    per_group = channels // (kernel.shape[1] // (kh * kw))
+    per_group = channels // (kernel.shape[1] // points)
     for t in prange(n * channels):
         b, c = t // channels, t % channels
-        first = (c // per_group) * kh * kw
-        for u in range(kh):
-            i0, i1 = _valid(u * dh - top, sh, height, ho)
-            for v in range(kw):
-                j0, j1 = _valid(v * dw - left, sw, width, wo)
-                k = kernel[b, first + u * kw + v]
-                for i in range(i0, i1):
-                    _gather_row(y[b, c, i, j0:j1], k[i, j0:j1], x[b, c, i * sh + u * dh - top],
-                                j0 * sw + v * dw - left, sw)
+        for p in range(points):
+            i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+            k = kernel[b, (c // per_group) * points + p]
+            for i in range(i0, i1):
+                _gather_row(y[b, c, i, j0:j1], k[i, j0:j1], x[b, c, i * sh + row0], col0, sw)
 
 
 @njit(cache=True, parallel=True)
@@ -137,40 +145,33 @@ def _input_grad_loop(dy, kernel, geo, dx):
     """``dx (N, C, H, W)`` (zero on entry) from ``dy`` and ``kernel``: the scatter of (eq. 4).
     Parallel over ``(n, c)``: each iteration owns the input-gradient plane ``dx[n, c]``, so the
     scatter never races."""
-    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    points, sh, sw = geo[0] * geo[1], geo[2], geo[3]
     n, channels, height, width = dx.shape
-    per_group = channels // (kernel.shape[1] // (kh * kw))
+    per_group = channels // (kernel.shape[1] // points)
     for t in prange(n * channels):
         b, c = t // channels, t % channels
-        first = (c // per_group) * kh * kw
-        for u in range(kh):
-            i0, i1 = _valid(u * dh - top, sh, height, ho)
-            for v in range(kw):
-                j0, j1 = _valid(v * dw - left, sw, width, wo)
-                k = kernel[b, first + u * kw + v]
-                for i in range(i0, i1):
-                    _scatter_row(dx[b, c, i * sh + u * dh - top], j0 * sw + v * dw - left, sw,
-                                 k[i, j0:j1], dy[b, c, i, j0:j1])
+        for p in range(points):
+            i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+            k = kernel[b, (c // per_group) * points + p]
+            for i in range(i0, i1):
+                _scatter_row(dx[b, c, i * sh + row0], col0, sw, k[i, j0:j1], dy[b, c, i, j0:j1])
 
 
 @njit(cache=True, parallel=True)
 def _kernel_grad_loop(x, dy, geo, dkernel):
     """``dkernel (N, G*K, Ho, Wo)`` (zero on entry) (eq. 3); parallel over (n, g, point): each
     iteration owns one plane of ``dkernel``."""
-    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    points, sh, sw = geo[0] * geo[1], geo[2], geo[3]
     n, channels, height, width = x.shape
     planes = dkernel.shape[1]
-    per_group = channels // (planes // (kh * kw))
+    per_group = channels // (planes // points)
     for t in prange(n * planes):
         b, r = t // planes, t % planes
-        g, p = r // (kh * kw), r % (kh * kw)
-        u, v = p // kw, p % kw
-        i0, i1 = _valid(u * dh - top, sh, height, ho)
-        j0, j1 = _valid(v * dw - left, sw, width, wo)
+        g, p = r // points, r % points
+        i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
         for c in range(g * per_group, (g + 1) * per_group):
             for i in range(i0, i1):
-                _gather_row(dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], x[b, c, i * sh + u * dh - top],
-                            j0 * sw + v * dw - left, sw)
+                _gather_row(dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], x[b, c, i * sh + row0], col0, sw)
 
 
 def _loop_operand(a, dtype=None):
