@@ -55,13 +55,40 @@ def _temperature(temperature):
 
 # -- relu, sigmoid, softmax, gelu --------------------------------------------------------------
 def relu_forward(x):
-    """``y = max(x, 0)`` (eq. 5)."""
+    """``y = max(x, 0)`` element-wise (eq. 5).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('relu')`` with ``positive`` (bool, shape of ``x``: ``x > 0`` or NaN) and ``dtype``; never
+        None.
+    """
     float_array(x, 'x')
     return np.maximum(x, 0), Cache('relu', positive=~(x <= 0), dtype=x.dtype)
 
 
 def relu_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout [x > 0]``, gradient 0 at 0 (``dout`` at NaN) as in PyTorch (eq. 6)."""
+    """``dx = dout [x > 0]``, gradient 0 at 0 (``dout`` at NaN) as in PyTorch (eq. 6).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`relu_forward`.
+    cache : Cache
+        The cache :func:`relu_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'relu')
     positive = cache['positive']
     dout = grad_out(dout, positive.shape, cache['dtype'])
@@ -69,7 +96,22 @@ def relu_backward(dout, cache):
 
 
 def sigmoid_forward(x, temperature=1.0):
-    """``a = sigmoid(x / temperature)`` (eq. 7)."""
+    """``a = sigmoid(x / temperature)`` element-wise (eq. 7).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+    temperature : float > 0
+        ``T``, the divisor of the input (1: the plain function).
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('sigmoid')`` with ``a`` (the output) and ``temperature``; never None.
+    """
     float_array(x, 'x')
     t = _temperature(temperature)
     a = expit(x / t)
@@ -77,7 +119,20 @@ def sigmoid_forward(x, temperature=1.0):
 
 
 def sigmoid_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout a (1 - a) / T`` (eq. 8)."""
+    """``dx = dout a (1 - a) / T`` (eq. 8).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`sigmoid_forward`.
+    cache : Cache
+        The cache :func:`sigmoid_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'sigmoid')
     a, t = cache['a'], cache['temperature']
     dout = grad_out(dout, a.shape, a.dtype)
@@ -92,7 +147,25 @@ def _shifted_exp(z, axis):
 
 
 def softmax_forward(x, axis=-1, temperature=1.0):
-    """``p = softmax(x / temperature)`` along ``axis`` (eq. 9)."""
+    """``p = softmax(x / temperature)`` along ``axis`` (eq. 9).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+    axis : int
+        The axis the probabilities sum over (negative counts from the end).
+    temperature : float > 0
+        ``T``, the divisor of the input (1: the plain function).
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('softmax')`` with ``p`` (the output), ``axis`` (non-negative) and ``temperature``; never
+        None.
+    """
     float_array(x, 'x')
     axis = _axis(axis, x.ndim, x.shape)
     t = _temperature(temperature)
@@ -102,7 +175,20 @@ def softmax_forward(x, axis=-1, temperature=1.0):
 
 
 def softmax_backward(dout, cache):
-    """``(dx,)`` with ``dx = p / T (dp - sum_axis p dp)`` (eq. 11)."""
+    """``dx = p / T (dp - sum_axis p dp)`` (eq. 11).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`softmax_forward`.
+    cache : Cache
+        The cache :func:`softmax_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'softmax')
     p, axis, t = cache['p'], cache['axis'], cache['temperature']
     dout = grad_out(dout, p.shape, p.dtype)
@@ -110,14 +196,40 @@ def softmax_backward(dout, cache):
 
 
 def gelu_forward(x):
-    """Exact GELU ``y = x Phi(x)``, ``Phi`` the standard normal cdf (eq. 12)."""
+    """Exact GELU ``y = x Phi(x)``, ``Phi`` the standard normal cdf (eq. 12).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('gelu')`` with ``x`` and ``cdf`` (``Phi(x)``, shape of ``x``); never None.
+    """
     float_array(x, 'x')
     cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
     return x * cdf, Cache('gelu', x=x, cdf=cdf)
 
 
 def gelu_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout (Phi(x) + x phi(x))`` (eq. 13)."""
+    """``dx = dout (Phi(x) + x phi(x))`` (eq. 13).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`gelu_forward`.
+    cache : Cache
+        The cache :func:`gelu_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'gelu')
     x, cdf = cache['x'], cache['cdf']
     dout = grad_out(dout, x.shape, x.dtype)
@@ -127,13 +239,40 @@ def gelu_backward(dout, cache):
 
 # -- relu6, hardsigmoid, hardswish, silu (MobileNetV2 / V3, EfficientNet) ------------------------
 def relu6_forward(x):
-    """``y = min(max(x, 0), 6)`` (eq. 36)."""
+    """``y = min(max(x, 0), 6)`` element-wise (eq. 36).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('relu6')`` with ``passes`` (bool, shape of ``x``: ``0 < x < 6`` or NaN) and ``dtype``;
+        never None.
+    """
     float_array(x, 'x')
     return np.minimum(np.maximum(x, 0), 6), Cache('relu6', passes=~((x <= 0) | (x >= 6)), dtype=x.dtype)
 
 
 def relu6_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout`` where ``0 < x < 6`` (and at NaN), 0 elsewhere, as PyTorch (eq. 37)."""
+    """``dx = dout`` where ``0 < x < 6`` (and at NaN), 0 elsewhere, as PyTorch (eq. 37).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`relu6_forward`.
+    cache : Cache
+        The cache :func:`relu6_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'relu6')
     passes = cache['passes']
     dout = grad_out(dout, passes.shape, cache['dtype'])
@@ -141,14 +280,41 @@ def relu6_backward(dout, cache):
 
 
 def hardsigmoid_forward(x):
-    """``y = min(max(x + 3, 0), 6) / 6`` (eq. 38)."""
+    """``y = min(max(x + 3, 0), 6) / 6`` element-wise (eq. 38).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('hardsigmoid')`` with ``inside`` (bool, shape of ``x``: ``-3 < x < 3``) and ``dtype``;
+        never None.
+    """
     float_array(x, 'x')
     y = np.minimum(np.maximum(x + 3, 0), 6) / 6
     return y, Cache('hardsigmoid', inside=(x > -3) & (x < 3), dtype=x.dtype)
 
 
 def hardsigmoid_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout / 6`` where ``-3 < x < 3``, 0 elsewhere (eq. 39)."""
+    """``dx = dout / 6`` where ``-3 < x < 3``, 0 elsewhere (eq. 39).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`hardsigmoid_forward`.
+    cache : Cache
+        The cache :func:`hardsigmoid_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'hardsigmoid')
     inside = cache['inside']
     dout = grad_out(dout, inside.shape, cache['dtype'])
@@ -156,14 +322,40 @@ def hardsigmoid_backward(dout, cache):
 
 
 def hardswish_forward(x):
-    """``y = x min(max(x + 3, 0), 6) / 6`` (eq. 40)."""
+    """``y = x min(max(x + 3, 0), 6) / 6`` element-wise (eq. 40).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('hardswish')`` with ``x``; never None.
+    """
     float_array(x, 'x')
     return x * np.minimum(np.maximum(x + 3, 0), 6) / 6, Cache('hardswish', x=x)
 
 
 def hardswish_backward(dout, cache):
-    """``(dx,)``: ``dx = 0`` for ``x <= -3``, ``dout (x/3 + 1/2)`` for ``-3 < x < 3``, ``dout``
-    otherwise (``x >= 3`` and NaN), PyTorch's branches (eq. 41)."""
+    """``dx = 0`` for ``x <= -3``, ``dout (x/3 + 1/2)`` for ``-3 < x < 3``, ``dout``
+    otherwise (``x >= 3`` and NaN), PyTorch's branches (eq. 41).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`hardswish_forward`.
+    cache : Cache
+        The cache :func:`hardswish_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'hardswish')
     x = cache['x']
     dout = grad_out(dout, x.shape, x.dtype)
@@ -172,7 +364,20 @@ def hardswish_backward(dout, cache):
 
 
 def silu_forward(x):
-    """``y = x sigmoid(x)`` (SiLU, Swish-1), computed as PyTorch: ``x / (1 + exp(-x))`` (eq. 42)."""
+    """``y = x sigmoid(x)`` (SiLU, Swish-1), computed as PyTorch: ``x / (1 + exp(-x))`` (eq. 42).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Input, float32 or float64.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        The output.
+    cache : Cache
+        ``Cache('silu')`` with ``x`` and ``s`` (``sigmoid(x)``, shape of ``x``); never None.
+    """
     float_array(x, 'x')
     with np.errstate(over='ignore'):                       # exp(-x) = inf for x < -709: y = -0, s = 0
         denominator = 1 + np.exp(-x)
@@ -180,7 +385,20 @@ def silu_forward(x):
 
 
 def silu_backward(dout, cache):
-    """``(dx,)`` with ``dx = dout s (1 + x (1 - s))``, ``s = sigmoid(x)`` (eq. 43)."""
+    """``dx = dout s (1 + x (1 - s))``, ``s = sigmoid(x)`` (eq. 43).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`silu_forward`.
+    cache : Cache
+        The cache :func:`silu_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
     cache = check_cache(cache, 'silu')
     x, s = cache['x'], cache['s']
     dout = grad_out(dout, x.shape, x.dtype)
@@ -197,48 +415,134 @@ class _InplaceActivation(Stateless):
 
 
 class ReLU(_InplaceActivation):
-    """``torch.nn.ReLU(inplace=False)``."""
+    """``torch.nn.ReLU(inplace=False)``: ``max(x, 0)``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = relu_forward, relu_backward
 
 
 class ReLU6(_InplaceActivation):
-    """``torch.nn.ReLU6(inplace=False)``: ``min(max(x, 0), 6)``."""
+    """``torch.nn.ReLU6(inplace=False)``: ``min(max(x, 0), 6)``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = relu6_forward, relu6_backward
 
 
 class Hardsigmoid(_InplaceActivation):
-    """``torch.nn.Hardsigmoid(inplace=False)``: ``min(max(x + 3, 0), 6) / 6``."""
+    """``torch.nn.Hardsigmoid(inplace=False)``: ``min(max(x + 3, 0), 6) / 6``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = hardsigmoid_forward, hardsigmoid_backward
 
 
 class Hardswish(_InplaceActivation):
-    """``torch.nn.Hardswish(inplace=False)``: ``x min(max(x + 3, 0), 6) / 6``."""
+    """``torch.nn.Hardswish(inplace=False)``: ``x min(max(x + 3, 0), 6) / 6``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = hardswish_forward, hardswish_backward
 
 
 class SiLU(_InplaceActivation):
-    """``torch.nn.SiLU(inplace=False)``: ``x sigmoid(x)``."""
+    """``torch.nn.SiLU(inplace=False)``: ``x sigmoid(x)``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = silu_forward, silu_backward
 
 
 class GELU(Stateless):
-    """``torch.nn.GELU()`` (exact erf form, ``approximate='none'``)."""
+    """``torch.nn.GELU()`` (exact erf form, ``approximate='none'``).
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = gelu_forward, gelu_backward
 
 
 class Sigmoid(Stateless):
-    """``torch.nn.Sigmoid``."""
+    """``torch.nn.Sigmoid()``: ``1 / (1 + exp(-x))``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = sigmoid_forward, sigmoid_backward
 
 
 class Softmax(Stateless):
     """``torch.nn.Softmax(dim=None)``: softmax along ``dim``.
 
+    Input and output: any shape, the input's float dtype.
+
     Parameters
     ----------
     dim : int or None
         The axis. None takes PyTorch's legacy choice for its input: axis 0 for inputs of rank
         0, 1 or 3, axis 1 otherwise.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
     """
     _backward_fn = softmax_backward
 
@@ -255,8 +559,19 @@ class Softmax(Stateless):
 
 
 class Identity(Stateless):
-    """``torch.nn.Identity(*args, **kwargs)``: ``y = x`` (a copy), ``dx = dout``; the arguments are
-    ignored, as PyTorch ignores them."""
+    """``torch.nn.Identity(*args, **kwargs)``: ``y = x`` (a copy), ``dx = dout``.
+
+    Input and output: any shape, the input's float dtype.
+
+    Parameters
+    ----------
+    *args, **kwargs : any
+        Ignored, as PyTorch ignores them.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
 
     def __init__(self, *args, dtype=np.float32, rng=None, **kwargs):
         super().__init__(dtype=dtype, rng=rng)

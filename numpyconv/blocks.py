@@ -69,7 +69,21 @@ def _mean(a, axes):
 
 # -- linear ------------------------------------------------------------------------------------
 def linear_forward(x, weight, bias=None):
-    """``y = x W^T + b`` over the last axis of ``x (..., F)`` (eq. 1); ``weight (O, F)``."""
+    """``y = x W^T + b`` over the last axis of ``x`` (eq. 1), as ``torch.nn.functional.linear``.
+
+    Parameters
+    ----------
+    x : ndarray (..., F)
+        Input, float32 or float64; any leading axes.
+    weight : ndarray (O, F)
+    bias : ndarray (O,) or None
+
+    Returns
+    -------
+    y : ndarray (..., O)
+    cache : Cache
+        ``Cache('linear')`` with ``x``, ``weight`` and ``has_bias``; none of them None.
+    """
     float_array(x, 'x')
     float_array(weight, 'weight', 2, "(out_features, in_features)")
     if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
@@ -86,7 +100,20 @@ def linear_forward(x, weight, bias=None):
 
 
 def linear_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`linear_forward` (``dbias`` None without bias)."""
+    """Gradients of :func:`linear_forward` (eq. 2-4).
+
+    Parameters
+    ----------
+    dout : ndarray, (..., O)
+        Gradient of the loss with respect to the output of :func:`linear_forward`.
+    cache : Cache
+        The cache :func:`linear_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (..., F), dweight (O, F), dbias (O,))``; ``dbias`` None without bias.
+    """
     cache = check_cache(cache, 'linear')
     x, weight = cache['x'], cache['weight']
     dout = grad_out(dout, x.shape[:-1] + weight.shape[:1], x.dtype)
@@ -167,7 +194,28 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     this step (eq. 19, unbiased variance) are returned as ``cache['running_mean']`` /
     ``cache['running_var']``: new arrays, what PyTorch writes into the buffers in place. No input is
     modified. Eval: the running statistics are used (eq. 21) and the cache holds them unchanged.
-    ``weight``/``bias`` may be None (affine=False); running statistics may be None in training.
+
+    Parameters
+    ----------
+    x : ndarray (N, C), (N, C, L) or (N, C, H, W)
+    weight, bias : ndarray (C,) or None
+        The affine scale and shift; None for ``affine=False``.
+    running_mean, running_var : ndarray (C,) or None
+        The running statistics; required in eval, may be None in training.
+    training : bool
+        Batch statistics (True) or the running ones (False).
+    momentum : float in [0, 1]
+        Weight of this batch in the running statistics (eq. 19).
+    eps : float >= 0
+        Added to the variance.
+
+    Returns
+    -------
+    y : ndarray, shape of ``x``
+    cache : Cache
+        ``Cache('batch_norm')`` with ``x_hat`` (shape of ``x``), ``inv_std`` (per channel, broadcastable),
+        ``weight`` (None without affine), ``has_bias``, ``shape``, ``axes``, ``training`` and
+        ``running_mean`` / ``running_var`` (this step's statistics in training; None where given as None).
     """
     _check_batch_norm(x, weight, bias, running_mean, running_var, training)
     momentum, eps = _real(momentum, 'momentum', 0, 1), _real(eps, 'eps', 0)
@@ -186,9 +234,24 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
 
 
 def batch_norm_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias, drunning_mean, drunning_var)`` of :func:`batch_norm_forward`
-    (eq. 18, 20, 22, 22a). The running statistics get their eval-mode gradient (eq. 22a); in
-    training the output does not depend on them: zeros (None for statistics given as None)."""
+    """Gradients of :func:`batch_norm_forward` (eq. 18, 20, 22, 22a).
+
+    The running statistics get their eval-mode gradient (eq. 22a); in training the output does not
+    depend on them: zeros.
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``x``
+        Gradient of the loss with respect to the output of :func:`batch_norm_forward`.
+    cache : Cache
+        The cache :func:`batch_norm_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dweight (C,), dbias (C,), drunning_mean (C,), drunning_var (C,))``; None for an input
+        given as None.
+    """
     cache = check_cache(cache, 'batch_norm')
     x_hat, axes, inv_std = cache['x_hat'], cache['axes'], cache['inv_std']
     dout = grad_out(dout, x_hat.shape, x_hat.dtype)
@@ -207,7 +270,23 @@ def batch_norm_backward(dout, cache):
 
 # -- layer_norm ------------------------------------------------------------------------------------
 def layer_norm_forward(x, weight, bias, eps=1e-5):
-    """LayerNorm over the LAST axis of ``x (..., D)``; ``weight``, ``bias`` ``(D,)`` or None (eq. 23)."""
+    """LayerNorm over the last axis of ``x`` (eq. 23), as ``torch.nn.functional.layer_norm``.
+
+    Parameters
+    ----------
+    x : ndarray (..., D)
+    weight, bias : ndarray (D,) or None
+        The element-wise affine scale and shift.
+    eps : float >= 0
+        Added to the variance.
+
+    Returns
+    -------
+    y : ndarray (..., D)
+    cache : Cache
+        ``Cache('layer_norm')`` with ``x_hat`` (shape of ``x``), ``inv_std`` ``(..., 1)``, ``weight``
+        (None when given as None), ``has_bias`` and ``shape`` ``(D,)``.
+    """
     float_array(x, 'x')
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension (..., D), got a 0-d array")
@@ -222,7 +301,20 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
 
 
 def layer_norm_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`layer_norm_forward` (eq. 18, 24)."""
+    """Gradients of :func:`layer_norm_forward` (eq. 18, 24).
+
+    Parameters
+    ----------
+    dout : ndarray, (..., D)
+        Gradient of the loss with respect to the output of :func:`layer_norm_forward`.
+    cache : Cache
+        The cache :func:`layer_norm_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (..., D), dweight (D,), dbias (D,))``; None for an input given as None.
+    """
     cache = check_cache(cache, 'layer_norm')
     x_hat = cache['x_hat']
     dout = grad_out(dout, x_hat.shape, x_hat.dtype)
@@ -243,10 +335,21 @@ def _check_labels(labels, logits_shape):
 
 
 def cross_entropy_forward(logits, labels):
-    """Mean cross-entropy of ``logits (N, K)`` against integer ``labels (N,)`` (eq. 31).
+    """Mean cross-entropy of ``logits`` against integer ``labels`` (eq. 31).
 
-    Returns ``(loss, cache)``, ``loss`` a NumPy scalar of the logits' dtype (NaN for N = 0,
-    as in PyTorch).
+    Parameters
+    ----------
+    logits : ndarray (N, K)
+        Unnormalised class scores, float32 or float64.
+    labels : ndarray (N,) of ints
+        Class indices in ``[0, K)``.
+
+    Returns
+    -------
+    loss : NumPy scalar
+        Of the logits' dtype (NaN for N = 0, as in PyTorch).
+    cache : Cache
+        ``Cache('cross_entropy')`` with ``p`` (the softmax probabilities, ``(N, K)``) and ``labels``.
     """
     float_array(logits, 'logits', 2, "(N, num_classes)")
     _check_labels(labels, logits.shape)
@@ -258,11 +361,20 @@ def cross_entropy_forward(logits, labels):
 
 
 def cross_entropy_backward(dout, cache):
-    """``(dlogits, None)`` with ``dlogits = dL (softmax(z) - onehot(t)) / N`` (eq. 32); the integer
-    labels have no gradient.
+    """``dlogits = dL (softmax(z) - onehot(t)) / N`` (eq. 32).
 
-    ``dout`` is the upstream scalar (1.0 when the loss is the final output): a Python or NumPy
-    float, or a 0-d float array; an integer, bool or complex ``dout`` raises ``TypeError``.
+    Parameters
+    ----------
+    dout : float or 0-d float array
+        The upstream scalar ``dL`` (1.0 when the loss is the final output); an integer, bool or
+        complex ``dout`` raises ``TypeError``.
+    cache : Cache
+        The cache :func:`cross_entropy_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dlogits (N, K), None)``: the integer labels have no gradient.
     """
     cache = check_cache(cache, 'cross_entropy')
     p, labels = cache['p'], cache['labels']

@@ -59,7 +59,24 @@ def condconv2d_forward(x, weight, bias, route_weight, route_bias, stride=1, padd
                        groups=1):
     """CondConv forward (eqs. 1-5): routing, expert combination, per-sample convolution.
 
-    ``bias`` and ``route_bias`` may be None. Returns ``(y, cache)``.
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    weight : ndarray (E, C_out, C_in // groups, kh, kw)
+        The ``E`` experts.
+    bias : ndarray (E, C_out) or None
+    route_weight : ndarray (E, C_in)
+        The routing function's Linear weight.
+    route_bias : ndarray (E,) or None
+    stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('condconv2d')`` with the steps' caches ``gap``, ``fc``, ``sigmoid`` and ``conv``
+        (:func:`numpyconv.aggregated_conv2d_forward`'s); none of them None.
     """
     groups = check_kernel_bank(x, weight, bias, groups)
     _check_route(x, weight, route_weight, route_bias)
@@ -72,7 +89,21 @@ def condconv2d_forward(x, weight, bias, route_weight, route_bias, stride=1, padd
 
 
 def condconv2d_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias, droute_weight, droute_bias)`` (eqs. 6-10)."""
+    """Gradients of :func:`condconv2d_forward` (eqs. 6-10).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`condconv2d_forward`.
+    cache : Cache
+        The cache :func:`condconv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dweight, dbias, droute_weight, droute_bias)``, each of its input's shape; None for an
+        input given as None.
+    """
     cache = check_cache(cache, 'condconv2d')
     dx, drouting, dweight, dbias = aggregated_conv2d_backward(dout, cache['conv'])  # (eqs. 6, 7)
     dlogits, = sigmoid_backward(drouting, cache['sigmoid'])                 # (eq. 8)
@@ -95,10 +126,25 @@ class _Route(Module):
 class CondConv2d(MixtureConv2dBase):
     """CondConv layer: d-li14 ``CondConv2d`` weights plus its own ``route_func`` routing.
 
-    Keys ``weight (E, C_out, C_in//groups, kh, kw)``, ``bias (E, C_out)``, ``route.fc.weight (E, C_in)``,
-    ``route.fc.bias (E,)``. Each expert is initialised like a ``Conv2d`` (as TF/timm; d-li14's
-    whole-tensor init is sqrt(C_out) times smaller, see docs/derivations/condconv.md, section 6).
-    No BatchNorm: train and eval mode compute the same function.
+    ``(N, C_in, H, W) -> (N, C_out, Ho, Wo)``. Keys ``weight (E, C_out, C_in//groups, kh, kw)``,
+    ``bias (E, C_out)``, ``route.fc.weight (E, C_in)``, ``route.fc.bias (E,)``. Each expert is
+    initialised like a ``Conv2d`` (as TF/timm; d-li14's whole-tensor init is sqrt(C_out) times
+    smaller, see docs/derivations/condconv.md, section 6). No BatchNorm: train and eval mode compute
+    the same function.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+    bias : bool
+        A bias per expert.
+    num_experts : int
+        ``E``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
     PARAM_KEYS = ('weight', 'bias', 'route.fc.weight', 'route.fc.bias')
 

@@ -106,7 +106,7 @@ def _check_conv(x, weight, bias, groups):
     return per_sample, groups
 
 
-# -- depthwise kernels (no im2col) -----------------------------------------------------------
+# -- depthwise, without im2col ---------------------------------------------------------------
 def _inside_offsets(x, geo):
     """Yield ``(p, q, rows_out, cols_out, rows_in, cols_in)`` for every kernel offset that reads
     inside ``x``: the rectangle of outputs whose input lies in ``x`` and the strided input slices
@@ -149,9 +149,32 @@ def _depthwise_backward(dy, x, weight, geo):
 
 # -- conv2d ------------------------------------------------------------------------------------
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """Convolution as ``torch.nn.functional.conv2d``; returns ``(y, cache)``.
+    """Convolution as ``torch.nn.functional.conv2d`` (eq. 1-4).
 
-    ``weight`` may be per sample ``(N, C_out, C_in//groups, kh, kw)`` with ``bias (N, C_out)``.
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+        Input, float32 or float64.
+    weight : ndarray (C_out, C_in // groups, kh, kw) or (N, C_out, C_in // groups, kh, kw)
+        One kernel for the batch, or one per sample.
+    bias : ndarray (C_out,), (N, C_out) with per-sample weights, or None
+    stride : int or pair
+        ``(sh, sw)``.
+    padding : int, pair, 'valid' or 'same'
+        Zero padding (``'same'``: stride 1 only).
+    dilation : int or pair
+        ``(dh, dw)``; 1 means none.
+    groups : int
+        Divides ``C_in`` and ``C_out``; groups are contiguous channel blocks.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+        ``Ho = floor((H + pads - dh (kh - 1) - 1) / sh) + 1``, likewise ``Wo``.
+    cache : Cache
+        ``Cache('conv2d')`` with ``x``, ``weight``, ``has_bias``, ``groups``, ``geo`` (the
+        :class:`~numpyconv.im2col.Geometry`) and the path flags ``depthwise`` and ``winograd``; none
+        of them None. No columns are kept: the backward recomputes them.
     """
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
@@ -184,18 +207,18 @@ def _col_bytes(x, geo):
 def _blocks(x, geo):
     """``(s, r)`` pairs (batch slice, output-row slice), blocks of equal size: several whole samples,
     or, when one sample's columns are larger than a block, bands of one sample's output rows (at
-    least one row). The largest block takes ``GEMM_BLOCK`` bytes of columns (cache-sized), or more
-    when that holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most ``2 * GEMM_BLOCK`` and
-    the column budget; evening the sizes out can leave blocks narrower than that (a batch of 5 at
-    14x14 float64: 2 + 3 samples rather than 4 + 1)."""
+    least one row). The largest block takes ``GEMM_BLOCK`` bytes of columns (sized for the CPU
+    cache), or more when that holds fewer than ``MIN_GEMM_COLUMNS`` output pixels, and at most
+    ``2 * GEMM_BLOCK`` and the column budget; evening the sizes out can leave blocks narrower than
+    that (a batch of 5 at 14x14 float64: 2 + 3 samples rather than 4 + 1)."""
     n, (ho, wo) = x.shape[0], geo.out_hw
     row_bytes = max(1, _col_bytes(x, geo) // ho)                          # one output row's columns
     most = min(2 * GEMM_BLOCK, column_budget()) // row_bytes              # rows the bounds allow
-    in_cache, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)  # rows: cache-sized, wide GEMM
-    if max(in_cache, wide) >= ho and most >= ho:
-        samples = min(most // ho, max(in_cache // ho, -(-wide // ho)))
+    block_rows, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)  # rows: GEMM_BLOCK, wide GEMM
+    if max(block_rows, wide) >= ho and most >= ho:
+        samples = min(most // ho, max(block_rows // ho, -(-wide // ho)))
         return [(s, slice(0, ho)) for s in even_steps(n, samples)]
-    bands = even_steps(ho, max(1, min(most, max(in_cache, wide))))
+    bands = even_steps(ho, max(1, min(most, max(block_rows, wide))))
     return [(slice(i, i + 1), r) for i in range(n) for r in bands]
 
 
@@ -207,7 +230,7 @@ def _band_origin(r, geo, origin):
 def _column_blocks(x, geo, origin):
     """Yield ``(s, r, cols)`` per block of :func:`_blocks`: the columns
     ``cols (n_s, C, kh, kw, rows, Wo)`` of ``x`` zero-padded by ``origin = (top, left)``. One buffer
-    laid out ``(C, kh, kw, n_s, rows, Wo)`` is reused, so that the columns are still in cache when
+    laid out ``(C, kh, kw, n_s, rows, Wo)`` is reused, so that the columns are still in the CPU cache when
     the GEMM reads them and a block of whole samples is also the single matrix
     ``(C*kh*kw, n_s*Ho*Wo)``; a block's columns are overwritten by the next block's."""
     buffer = None
@@ -233,7 +256,21 @@ def _conv_gemm(x, weight, groups, geo, origin):
 
 
 def conv2d_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (``dbias`` None without bias)."""
+    """Gradients of :func:`conv2d_forward` (eq. 5-7).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`conv2d_forward`.
+    cache : Cache
+        The cache :func:`conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, C_in, H, W), dweight (weight's shape), dbias (bias's shape))``; ``dbias`` None
+        without bias.
+    """
     return _conv2d_backward(dout, check_cache(cache, 'conv2d'))
 
 
@@ -312,14 +349,46 @@ def _check_depthwise_weight(x, weight, name='weight'):
 
 
 def depthwise_conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
-    """Depthwise convolution, ``weight (C*multiplier, 1, kh, kw)``: conv2d with groups=C."""
+    """Depthwise convolution: conv2d with ``groups = C`` (eq. 8).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+    weight : ndarray (C * multiplier, 1, kh, kw)
+    bias : ndarray (C * multiplier,) or None
+    stride : int or pair
+        ``(sh, sw)``.
+    padding : int, pair, 'valid' or 'same'
+        Zero padding (``'same'``: stride 1 only).
+    dilation : int or pair
+        ``(dh, dw)``; 1 means none.
+
+    Returns
+    -------
+    y : ndarray (N, C * multiplier, Ho, Wo)
+    cache : Cache
+        ``Cache('depthwise_conv2d')`` with the keys of :func:`conv2d_forward`'s cache.
+    """
     _check_depthwise_weight(x, weight)
     y, cache = conv2d_forward(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
     return y, Cache('depthwise_conv2d', **cache)
 
 
 def depthwise_conv2d_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`depthwise_conv2d_forward`."""
+    """Gradients of :func:`depthwise_conv2d_forward` (eq. 9, 10).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C * multiplier, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`depthwise_conv2d_forward`.
+    cache : Cache
+        The cache :func:`depthwise_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, C, H, W), dweight (C * multiplier, 1, kh, kw), dbias)``; ``dbias`` None without bias.
+    """
     return _conv2d_backward(dout, check_cache(cache, 'depthwise_conv2d'))
 
 
@@ -336,7 +405,22 @@ def _check_pointwise_weight(weight, bias, c_in, input_desc, names=('weight', 'bi
 
 
 def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
-    """1x1 convolution without im2col: ``y[n,:,i,j] = W x[n,:,i*sh,j*sw] + b`` (eq. 11)."""
+    """1x1 convolution without im2col: ``y[n,:,i,j] = W x[n,:,i*sh,j*sw] + b`` (eq. 11).
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    weight : ndarray (C_out, C_in, 1, 1)
+    bias : ndarray (C_out,) or None
+    stride : int or pair
+
+    Returns
+    -------
+    y : ndarray (N, C_out, ceil(H / sh), ceil(W / sw))
+    cache : Cache
+        ``Cache('pointwise_conv2d')`` with ``xs`` (the strided view of ``x`` that was read),
+        ``x_shape``, ``weight``, ``stride`` and ``has_bias``; none of them None.
+    """
     float_array(x, 'x', 4, "(N, C_in, H, W)")
     _check_pointwise_weight(weight, bias, x.shape[1], f"x of shape {x.shape}")
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
@@ -352,7 +436,21 @@ def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
 
 
 def pointwise_conv2d_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`pointwise_conv2d_forward` (eq. 12)."""
+    """Gradients of :func:`pointwise_conv2d_forward` (eq. 12).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`pointwise_conv2d_forward`.
+    cache : Cache
+        The cache :func:`pointwise_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, C_in, H, W), dweight (C_out, C_in, 1, 1), dbias (C_out,))``; ``dbias`` None without
+        bias.
+    """
     cache = check_cache(cache, 'pointwise_conv2d')
     xs, weight, (sh, sw) = cache['xs'], cache['weight'], cache['stride']
     dout = grad_out(dout, (xs.shape[0], weight.shape[0]) + xs.shape[2:], xs.dtype)
@@ -380,7 +478,28 @@ def _check_separable(x, dw_weight, pw_weight, dw_bias, pw_bias):
 
 def separable_conv2d_forward(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1,
                              padding=0, dilation=1):
-    """Depthwise (with stride, padding, dilation) then pointwise 1x1 (MobileNet)."""
+    """Depthwise (with stride, padding, dilation) then pointwise 1x1 (MobileNet).
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    dw_weight : ndarray (C_in * multiplier, 1, kh, kw)
+    pw_weight : ndarray (C_out, C_in * multiplier, 1, 1)
+    dw_bias : ndarray (C_in * multiplier,) or None
+    pw_bias : ndarray (C_out,) or None
+    stride : int or pair
+        ``(sh, sw)``.
+    padding : int, pair, 'valid' or 'same'
+        Zero padding (``'same'``: stride 1 only).
+    dilation : int or pair
+        ``(dh, dw)``; 1 means none.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('separable_conv2d')`` with ``depthwise`` and ``pointwise``, the two steps' caches.
+    """
     _check_separable(x, dw_weight, pw_weight, dw_bias, pw_bias)
     mid, dw_cache = depthwise_conv2d_forward(x, dw_weight, dw_bias, stride, padding, dilation)
     y, pw_cache = pointwise_conv2d_forward(mid, pw_weight, pw_bias)
@@ -388,7 +507,21 @@ def separable_conv2d_forward(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None
 
 
 def separable_conv2d_backward(dout, cache):
-    """Gradients ``(dx, d_dw_weight, d_pw_weight, d_dw_bias, d_pw_bias)`` (chain rule)."""
+    """Gradients of :func:`separable_conv2d_forward` (the chain rule through the two steps).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`separable_conv2d_forward`.
+    cache : Cache
+        The cache :func:`separable_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, d_dw_weight, d_pw_weight, d_dw_bias, d_pw_bias)``, each of its input's shape; the biases'
+        None when given as None.
+    """
     cache = check_cache(cache, 'separable_conv2d')
     dw_cache, pw_cache = cache['depthwise'], cache['pointwise']
     dmid, d_pw_w, d_pw_b = pointwise_conv2d_backward(dout, pw_cache)
@@ -398,7 +531,22 @@ def separable_conv2d_backward(dout, cache):
 
 # -- layers -------------------------------------------------------------------------------------
 class Conv2d(Module):
-    """``torch.nn.Conv2d`` (zeros padding); keys ``weight``, ``bias``."""
+    """``torch.nn.Conv2d`` (zeros padding); keys ``weight (C_out, C_in // groups, kh, kw)``, ``bias
+    (C_out,)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``.
+    kernel_size, stride, padding, dilation, groups
+        As in :func:`conv2d_forward` (checked here).
+    bias : bool
+        Learn ``bias``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, *, dtype=np.float32, rng=None):
@@ -438,7 +586,23 @@ class Conv2d(Module):
 
 
 class DepthwiseConv2d(Conv2d):
-    """``torch.nn.Conv2d(C, C*depth_multiplier, k, groups=C)``; keys ``weight``, ``bias``."""
+    """``torch.nn.Conv2d(C, C*depth_multiplier, k, groups=C)``; keys ``weight``, ``bias``.
+
+    Parameters
+    ----------
+    channels : int
+        ``C``.
+    kernel_size, stride, padding, dilation
+        As in :func:`conv2d_forward`.
+    depth_multiplier : int
+        Output channels per input channel.
+    bias : bool
+        Learn ``bias``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
 
     def __init__(self, channels, kernel_size, stride=1, padding=0, dilation=1, depth_multiplier=1,
                  bias=True, *, dtype=np.float32, rng=None):
@@ -448,7 +612,19 @@ class DepthwiseConv2d(Conv2d):
 
 
 class PointwiseConv2d(Conv2d):
-    """``torch.nn.Conv2d(C_in, C_out, 1, stride)``, computed without im2col."""
+    """``torch.nn.Conv2d(C_in, C_out, 1, stride)``, computed without im2col.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    stride : int or pair
+    bias : bool
+        Learn ``bias``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
 
     def __init__(self, in_channels, out_channels, stride=1, bias=True, *, dtype=np.float32, rng=None):
         super().__init__(in_channels, out_channels, 1, stride, 0, 1, 1, bias, dtype=dtype, rng=rng)
@@ -460,7 +636,22 @@ class PointwiseConv2d(Conv2d):
 
 
 class SeparableConv2d(Module):
-    """Depthwise then pointwise; keys ``depthwise.weight/bias``, ``pointwise.weight/bias``."""
+    """Depthwise then pointwise; keys ``depthwise.weight/bias``, ``pointwise.weight/bias``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation
+        Of the depthwise step, as in :func:`conv2d_forward`.
+    depth_multiplier : int
+        Depthwise output channels per input channel.
+    bias : bool
+        Both steps learn a bias.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  depth_multiplier=1, bias=True, *, dtype=np.float32, rng=None):

@@ -161,6 +161,8 @@ def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_p
     y : ndarray (N, C_out, Ho, Wo)
         ``Ho = (H - 1) sh - 2 ph + dh (kh - 1) + oph + 1``.
     cache : Cache
+        ``Cache('conv_transpose2d')`` with ``x``, ``weight``, ``has_bias``, ``groups`` and ``geo`` (the
+        transposed geometry); none of them None.
     """
     groups = _check_operands(x, weight, bias, groups)
     geo = transpose_geometry(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
@@ -180,8 +182,21 @@ def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_p
 
 
 def conv_transpose2d_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`conv_transpose2d_forward` (eq. 18-20; ``dbias``
-    None without bias)."""
+    """Gradients of :func:`conv_transpose2d_forward` (eq. 18-20).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`conv_transpose2d_forward`.
+    cache : Cache
+        The cache :func:`conv_transpose2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, C_in, H, W), dweight (C_in, C_out // groups, kh, kw), dbias (C_out,))``; ``dbias``
+        None without bias.
+    """
     cache = check_cache(cache, 'conv_transpose2d')
     x, weight, groups, geo = cache['x'], cache['weight'], cache['groups'], cache['geo']
     c_out = weight.shape[1] * groups
@@ -215,6 +230,10 @@ class ConvTranspose2d(Module):
     bias : bool
     padding_mode : {'zeros'}
         The only mode PyTorch allows for transposed convolutions.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
 
     Initialisation as PyTorch: weight and bias ``U(+-1/sqrt(fan_in))``, ``fan_in = C_out // groups *
     kh * kw`` (PyTorch computes the fans on the weight's own layout). ``forward(x, output_size=None)``:

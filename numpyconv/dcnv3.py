@@ -270,10 +270,31 @@ def _check_point_tensor(t, name, setup, per_point):
 
 def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group, group_channels,
                   offset_scale=1.0, remove_center=False):
-    """DCNv3 core op (``DCNv3Function``); returns ``(y, cache)``, ``y (N, Ho, Wo, C)``.
+    """DCNv3 core op (``DCNv3Function``), channels last (eq. 1-4).
 
-    ``padding`` is an int, a pair or ``'same'``/``'valid'``; only the top/left pads move the
-    sampling grid (eq. 2), the bottom/right pads only set ``Ho``, ``Wo``.
+    Parameters
+    ----------
+    x : ndarray (N, H, W, G*D)
+    offset : ndarray (N, Ho, Wo, G*P*2)
+        ``(dx, dy)`` pairs, column-major points.
+    mask : ndarray (N, Ho, Wo, G*P)
+        One weight per point, used as given (the layer softmaxes it).
+    kernel_size, stride, dilation : int or pair
+    padding : int, pair, 'same' or 'valid'
+        Only the top/left pads move the sampling grid (eq. 2); the bottom/right pads set ``Ho``, ``Wo``.
+    group, group_channels : int
+        ``G`` and ``D``; ``C = G*D``.
+    offset_scale : float
+        Scales the offsets and the base grid (eq. 2).
+    remove_center : bool
+        Drop the kernel's centre point (odd kernels only): ``P = kh*kw - 1``.
+
+    Returns
+    -------
+    y : ndarray (N, Ho, Wo, G*D)
+    cache : Cache
+        ``Cache('dcnv3')`` with ``x``, ``offset``, ``mask`` (contiguous) and ``setup`` (the
+        geometry of :func:`core_setup`); none of them None.
     """
     setup = core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
                        offset_scale, remove_center)
@@ -286,7 +307,20 @@ def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group
 
 
 def dcnv3_backward(dout, cache):
-    """Gradients ``(dx, doffset, dmask)`` of :func:`dcnv3_forward` (eq. 5-7)."""
+    """Gradients of :func:`dcnv3_forward` (eq. 5-7).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, Ho, Wo, G*D)
+        Gradient of the loss with respect to the output of :func:`dcnv3_forward`.
+    cache : Cache
+        The cache :func:`dcnv3_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, doffset, dmask)``, each of its input's shape.
+    """
     cache = check_cache(cache, 'dcnv3')
     return core_backward(dout, cache['x'], cache['offset'], cache['mask'], cache['setup'])
 
@@ -390,9 +424,32 @@ def core_macs(input_shape, points):
 class DCNv3(Module):
     """InternImage ``DCNv3`` / ``DCNv3_pytorch`` (LayerNorm, GELU), NCHW in and out.
 
-    Keys: ``dw_conv.0.weight/bias``, ``dw_conv.1.1.weight/bias`` (LayerNorm), ``offset.*``,
-    ``mask.*``, ``input_proj.*``, ``output_proj.*`` and, with ``center_feature_scale``,
-    ``center_feature_scale_proj_weight (G, C)`` / ``_bias (G,)``.
+    ``(N, C, H, W) -> (N, C, Ho, Wo)``. Keys: ``dw_conv.0.weight/bias``, ``dw_conv.1.1.weight/bias``
+    (LayerNorm), ``offset.*``, ``mask.*``, ``input_proj.*``, ``output_proj.*`` and, with
+    ``center_feature_scale``, ``center_feature_scale_proj_weight (G, C)`` / ``_bias (G,)``.
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, input and output channels; a multiple of ``group``.
+    kernel_size : int
+        The sampling grid's size (odd).
+    dw_kernel_size : int or None
+        The depthwise convolution before the offsets and mask (None: ``kernel_size``).
+    stride, pad, dilation : int
+        Of the sampling grid (as :func:`dcnv3_forward`'s stride, padding, dilation).
+    group : int
+        ``G``; ``D = channels // group`` channels per group.
+    offset_scale : float
+        Scales offsets and base grid.
+    center_feature_scale : bool
+        Blend the core's output with the input projection (eq. 10).
+    remove_center : bool
+        Drop the kernel's centre point.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1, dilation=1,

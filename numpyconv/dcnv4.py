@@ -110,7 +110,31 @@ def _check_offset_mask(offset_mask, setup):
 
 def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group, group_channels,
                   offset_scale=1.0, remove_center=False):
-    """DCNv4 core op (``DCNv4Function``, no softmax); returns ``(y, cache)``, ``y (N, Ho, Wo, C)``."""
+    """DCNv4 core op (``DCNv4Function``, no softmax), channels last (eq. 2).
+
+    Parameters
+    ----------
+    x : ndarray (N, H, W, G*D)
+    offset_mask : ndarray (N, Ho, Wo, L)
+        Packed per group: ``2P`` offsets ``(dx, dy)`` then ``P`` mask values, from channel ``g*3P``;
+        ``L >= 3GP`` a multiple of 8, channels ``[3GP, L)`` ignored.
+    kernel_size, stride, dilation : int or pair
+    padding : int, pair, 'same' or 'valid'
+        Only the top/left pads move the sampling grid (eq. 2); the bottom/right pads set ``Ho``, ``Wo``.
+    group, group_channels : int
+        ``G`` and ``D``; ``C = G*D``.
+    offset_scale : float
+        Scales the offsets and the base grid (eq. 2).
+    remove_center : bool
+        Drop the kernel's centre point (odd kernels only): ``P = kh*kw - 1``.
+
+    Returns
+    -------
+    y : ndarray (N, Ho, Wo, G*D)
+    cache : Cache
+        ``Cache('dcnv4')`` with ``x``, the unpacked ``offset`` and ``mask``, ``setup`` and ``channels``
+        (``L``); none of them None.
+    """
     setup = core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
                        offset_scale, remove_center)
     _check_offset_mask(offset_mask, setup)
@@ -122,7 +146,20 @@ def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group,
 
 
 def dcnv4_backward(dout, cache):
-    """Gradients ``(dx, doffset_mask)`` of :func:`dcnv4_forward` (eq. 3)."""
+    """Gradients of :func:`dcnv4_forward` (eq. 3), packed as ``offset_mask``.
+
+    Parameters
+    ----------
+    dout : ndarray, (N, Ho, Wo, G*D)
+        Gradient of the loss with respect to the output of :func:`dcnv4_forward`.
+    cache : Cache
+        The cache :func:`dcnv4_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, H, W, G*D), doffset_mask (N, Ho, Wo, L))``; the padding channels get 0.
+    """
     cache = check_cache(cache, 'dcnv4')
     dx, doffset, dmask = core_backward(dout, cache['x'], cache['offset'], cache['mask'],
                                        cache['setup'])
@@ -133,11 +170,38 @@ def dcnv4_backward(dout, cache):
 class DCNv4(Module):
     """OpenGVLab/DCNv4 ``DCNv4``, NCHW in and out (the official module takes ``(N, H*W, C)``).
 
-    Keys: ``offset_mask_dw.weight/bias`` (if ``dw_kernel_size``), ``offset_mask.weight/bias``
-    (``ceil(3*G*P/8)*8`` outputs), ``value_proj.*`` and ``output_proj.weight`` (``.bias`` if
-    ``output_bias``) unless ``without_pointwise``, ``center_feature_scale_proj_weight/_bias``.
-    Any kernel size and any ``channels // group`` work (the official CUDA op needs 3x3 and a
-    multiple of 16).
+    ``(N, C, H, W) -> (N, C, Ho, Wo)``. Keys: ``offset_mask_dw.weight/bias`` (if ``dw_kernel_size``),
+    ``offset_mask.weight/bias`` (``ceil(3*G*P/8)*8`` outputs), ``value_proj.*`` and
+    ``output_proj.weight`` (``.bias`` if ``output_bias``) unless ``without_pointwise``,
+    ``center_feature_scale_proj_weight/_bias``. Any kernel size and any ``channels // group`` work
+    (the official CUDA op needs 3x3 and a multiple of 16).
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, input and output channels; a multiple of ``group``.
+    kernel_size : int
+        The sampling grid's size (odd).
+    stride, pad, dilation : int
+        Of the sampling grid (as :func:`dcnv3_forward`'s stride, padding, dilation).
+    group : int
+        ``G``; ``D = channels // group`` channels per group.
+    offset_scale : float
+        Scales offsets and base grid.
+    dw_kernel_size : int or None
+        A depthwise convolution before ``offset_mask`` (None: none).
+    center_feature_scale : bool
+        Blend the core's output with the value (eq. 4).
+    remove_center : bool
+        Drop the kernel's centre point.
+    output_bias : bool
+        ``output_proj`` has a bias.
+    without_pointwise : bool
+        No ``value_proj`` / ``output_proj``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4,

@@ -35,12 +35,17 @@ Backward, with ``dcols = W^T dy`` per group (eq. 6, ``conv.cols_matmul_backward`
   as in torchvision's ``get_coordinate_weight`` (so a coordinate of exactly -1 still has a slope);
 * ``dmask = sum_{c in group} dcols * B`` (eq. 10).
 
-The sampling runs in Numba kernels: a sampling plan (top-left corner index and the four masked
-corner weights, computed once per ``(n, offset group, point, pixel)`` and reused by every channel of
-the group), the deformable im2col (parallel over ``(n, channel)``), the deformable col2im (parallel
-over ``(n, channel)``: each iteration owns one input plane, so no write races) and the coordinate
-gradient (parallel over ``(n, offset group, block of points)``, each owning its output rows; it sums
-``dcols * corner value`` over the channels first, then applies the corner weights and slopes once).
+In this file "kernel" is the convolution's ``kh x kw`` window (``kernel_size``, kernel points);
+the compiled Numba functions are *loops* (``_..._loop``), which take the geometry as the int tuple
+of :func:`numpyconv.im2col.loop_geo`. The sampling plan (top-left corner index and the four masked
+corner weights, computed once per ``(n, offset group, point, pixel)`` and reused by every channel
+of the group), the deformable im2col (parallel over ``(n, channel)``) and col2im (parallel over
+``(n, channel)``: each iteration owns one input plane, so no write races) are one loop each. The
+backward of a chunk (``_chunk_backward``) is one line per equation: ``dcols`` (eq. 6), ``dx``
+(eq. 7), then the offset and mask gradients, which are linear in the four corner values: the
+channel sum runs first, as ``S_k = sum_{c in group} dcols[c] * v_k[c]`` per corner k (eq. 10a;
+parallel over ``(n, offset group, block of points)``, each owning its rows), and the corner slopes
+and weights multiply the four sums once per ``(n, group, point, pixel)`` (eq. 8, 9, 10).
 Every loop has a fixed order, so results are bitwise reproducible. ``x`` is read where it is (any
 strides, e.g. a broadcast array): no padded copy of the input is made. Each iteration reads its
 plane through its own copy with a one-pixel zero ring when the plane takes at most
@@ -73,21 +78,28 @@ from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, pa
 from ._parallel import threads_for
 from .activations import sigmoid_backward, sigmoid_forward
 from .conv import Conv2d, conv_geometry
+from .im2col import loop_geo
 from .gemm import cols_matmul, cols_matmul_backward
 from .memory import batch_chunks, require_memory
 from .module import Module, kaiming_uniform
 
 
 
-# -- Numba kernels ----------------------------------------------------------------------------
+# -- Numba loops ------------------------------------------------------------------------------
 RING_PLANE_BYTES = 8 * 2 ** 20   # an input plane up to this size is read through a ringed copy
+
+@njit(cache=True, inline='always')
+def _point_origin(p, geo):
+    """Where kernel point ``p`` samples for output pixel ``(0, 0)`` with a zero offset (eq. 3)."""
+    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    return (p // kw) * dh - top, (p % kw) * dw - left
 
 
 @njit(cache=True, inline='always')
-def _position(p, q, geo, dy, dx):
-    """Sampling position ``(h, w)`` of kernel point ``p`` at output pixel ``q`` (eq. 3)."""
-    kh, kw, sh, sw, pt, pl, dh, dw, wo = geo
-    return ((q // wo) * sh - pt + (p // kw) * dh + dy, (q % wo) * sw - pl + (p % kw) * dw + dx)
+def _position(origin, i, j, geo, dy, dx):
+    """Sampling position ``(h, w)`` at output pixel ``(i, j)`` of the kernel point whose
+    :func:`_point_origin` is ``origin`` (eq. 3)."""
+    return origin[0] + i * geo[2] + dy, origin[1] + j * geo[3] + dx
 
 
 @njit(cache=True, inline='always')
@@ -139,28 +151,30 @@ def _corner_values(ring, plane, o, ringed):
 
 
 @njit(cache=True, parallel=True)
-def _plan_kernel(offset, mask, use_mask, height, width, geo, base, weights):
+def _plan_loop(offset, mask, use_mask, height, width, geo, base, weights):
     """Fill ``base (n, og, K, L)`` (flat index of the top-left corner in the plane with a one-pixel
     ring, ``(h0 + 1) * (W + 2) + w0 + 1``) and ``weights (n, og, K, 4, L)`` (the masked corner
     weights ``m * w00, m * w01, m * w10, m * w11``)."""
-    n, og, npts, npix = base.shape
-    ring_w = width + 2
+    n, og, npts = base.shape[:3]
+    ho, wo, ring_w = geo[8], geo[9], width + 2
     for t in prange(n * og * npts):
         b, g, p = t // (og * npts), (t // npts) % og, t % npts
-        for q in range(npix):
-            h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
-                             float(offset[b, (g * npts + p) * 2 + 1, q]))
-            m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
-            h0, w0, w00, w01, w10, w11 = corners(h, w, height, width)     # (eq. 1)
-            base[b, g, p, q] = (h0 + 1) * ring_w + w0 + 1
-            weights[b, g, p, 0, q] = m * w00
-            weights[b, g, p, 1, q] = m * w01
-            weights[b, g, p, 2, q] = m * w10
-            weights[b, g, p, 3, q] = m * w11
+        row, origin = (g * npts + p) * 2, _point_origin(p, geo)
+        for i in range(ho):
+            for j in range(wo):
+                q = i * wo + j
+                h, w = _position(origin, i, j, geo, float(offset[b, row, q]), float(offset[b, row + 1, q]))
+                m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
+                h0, w0, w00, w01, w10, w11 = corners(h, w, height, width)     # (eq. 1)
+                base[b, g, p, q] = (h0 + 1) * ring_w + w0 + 1
+                weights[b, g, p, 0, q] = m * w00
+                weights[b, g, p, 1, q] = m * w01
+                weights[b, g, p, 2, q] = m * w10
+                weights[b, g, p, 3, q] = m * w11
 
 
 @njit(cache=True, parallel=True)
-def _im2col_kernel(x, base, weights, ringed, cols):
+def _im2col_loop(x, base, weights, ringed, cols):
     """Deformable columns ``cols (n, C, K, L)`` of ``x (n, C, H, W)`` (any strides) (eq. 4)."""
     n, channels = x.shape[0], x.shape[1]
     for t in prange(n * channels):
@@ -175,7 +189,7 @@ def _im2col_kernel(x, base, weights, ringed, cols):
 
 
 @njit(cache=True, parallel=True)
-def _col2im_kernel(dcols, base, weights, ringed, dx):
+def _col2im_loop(dcols, base, weights, ringed, dx):
     """Input gradient ``dx (n, C, H, W)``: the transposed sampling (eq. 7); the padding's share is
     dropped (added to the ring and discarded, or not added)."""
     n, channels, height, width = dx.shape
@@ -211,68 +225,77 @@ def _col2im_kernel(dcols, base, weights, ringed, dx):
                 plane[i] = ring[start:start + width]
 
 
-@njit(cache=True, inline='always')
-def _coordinate_point(corner_sums, b, g, p, offset, mask, use_mask, geo, height, width, doffset, dmask):
-    """Offset and mask gradients of point ``p`` of group ``g`` from its four corner sums ``S_k``
-    (eq. 8-10)."""
-    npts = geo[0] * geo[1]
-    for q in range(corner_sums.shape[1]):
-        s00, s01, s10, s11 = corner_sums[0, q], corner_sums[1, q], corner_sums[2, q], corner_sums[3, q]
-        h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
-                         float(offset[b, (g * npts + p) * 2 + 1, q]))
-        dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes_per_corner(h, w, height, width)
-        m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
-        doffset[b, (g * npts + p) * 2, q] = m * (dh00 * s00 + dh01 * s01 + dh10 * s10 + dh11 * s11)
-        doffset[b, (g * npts + p) * 2 + 1, q] = m * (dw00 * s00 + dw01 * s01 + dw10 * s10 + dw11 * s11)
-        if use_mask:
-            _, _, w00, w01, w10, w11 = corners(h, w, height, width)
-            dmask[b, g * npts + p, q] = w00 * s00 + w01 * s01 + w10 * s10 + w11 * s11
-
-
 @njit(cache=True, parallel=True)
-def _coord_kernel(x, base, offset, mask, use_mask, dcols, geo, ringed, blocks, doffset, dmask):
-    """Offset gradient ``doffset (n, 2*og*K, L)`` (eq. 8, 9) and mask gradient ``dmask (n, og*K, L)``
-    (eq. 10). Both are linear in the four corner values, so the channel sum runs first, on
-    ``S_k = sum_{c in group} dcols[c] * v_k[c]`` per corner k; the corner weights and slopes (eq. 2)
-    multiply the four sums once per ``(n, group, point, pixel)``. Parallel over ``(n, group, block
-    of points)``, ``blocks`` per group: each owns its output rows, and every sum runs over the
-    channels in order whatever the blocks (bitwise the same results)."""
-    n, channels, height, width = x.shape
+def _corner_sums_loop(x, base, dcols, ringed, blocks, sums):
+    """``sums (n, og, K, 4, L)`` (zero on entry): ``S_k = sum_{c in group} dcols[c] * v_k[c]`` per
+    corner k (eq. 10a). Parallel over ``(n, group, block of points)``, ``blocks`` per group: each
+    owns its rows of ``sums``, and every sum runs over the channels in order whatever the blocks
+    (bitwise the same results)."""
+    n, channels = x.shape[0], x.shape[1]
     og, npts, npix = base.shape[1], base.shape[2], base.shape[3]
     per_group = channels // og
     for t in prange(n * og * blocks):
         b, g, k = t // (og * blocks), (t // blocks) % og, t % blocks
         first, stop = k * npts // blocks, (k + 1) * npts // blocks
-        corner_sums = np.zeros((stop - first, 4, npix), dcols.dtype)
         ring = _ring_buffer(x[b, 0], ringed)
         for c in range(g * per_group, (g + 1) * per_group):
             plane = x[b, c]
             if ringed:
                 _fill_ring(plane, ring)
             for p in range(first, stop):
-                grad, sums = dcols[b, c, p], corner_sums[p - first]
+                grad, point_sums = dcols[b, c, p], sums[b, g, p]
                 for q in range(npix):
                     v00, v01, v10, v11 = _corner_values(ring, plane, base[b, g, p, q], ringed)
                     v = grad[q]
-                    sums[0, q] += v * v00
-                    sums[1, q] += v * v01
-                    sums[2, q] += v * v10
-                    sums[3, q] += v * v11
-        for p in range(first, stop):
-            _coordinate_point(corner_sums[p - first], b, g, p, offset, mask, use_mask, geo, height,
-                              width, doffset, dmask)
+                    point_sums[0, q] += v * v00
+                    point_sums[1, q] += v * v01
+                    point_sums[2, q] += v * v10
+                    point_sums[3, q] += v * v11
 
 
-# -- Python wrappers around the kernels ---------------------------------------------------------
+@njit(cache=True, inline='always')
+def _offset_grad_at(h, w, m, s00, s01, s10, s11, height, width):
+    """``(d dy, d dx) = (m sum_k dK_k/dh S_k, m sum_k dK_k/dw S_k)`` at one sample (eq. 8, 9), the
+    corner slopes (eq. 2) checked per corner."""
+    dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes_per_corner(h, w, height, width)
+    return (m * (dh00 * s00 + dh01 * s01 + dh10 * s10 + dh11 * s11),
+            m * (dw00 * s00 + dw01 * s01 + dw10 * s10 + dw11 * s11))
+
+
+@njit(cache=True, inline='always')
+def _mask_grad_at(h, w, s00, s01, s10, s11, height, width):
+    """``d m = sum_k K_k S_k`` at one sample (eq. 10)."""
+    _, _, w00, w01, w10, w11 = corners(h, w, height, width)
+    return w00 * s00 + w01 * s01 + w10 * s10 + w11 * s11
+
+
+@njit(cache=True, parallel=True)
+def _coordinate_grad_loop(sums, offset, mask, use_mask, geo, height, width, doffset, dmask):
+    """``doffset (n, 2*og*K, L)`` (eq. 8, 9) and, when ``use_mask``, ``dmask (n, og*K, L)`` (eq. 10)
+    from the corner sums ``S_k`` (eq. 10a), the sampling position computed once per sample.
+    Parallel over ``(n, group, point)``: each iteration owns its rows."""
+    n, og, npts = sums.shape[:3]
+    ho, wo = geo[8], geo[9]
+    for t in prange(n * og * npts):
+        b, g, p = t // (og * npts), (t // npts) % og, t % npts
+        row, origin, point_sums = (g * npts + p) * 2, _point_origin(p, geo), sums[b, g, p]
+        for i in range(ho):
+            for j in range(wo):
+                q = i * wo + j
+                s00, s01, s10, s11 = point_sums[0, q], point_sums[1, q], point_sums[2, q], point_sums[3, q]
+                h, w = _position(origin, i, j, geo, float(offset[b, row, q]), float(offset[b, row + 1, q]))
+                m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
+                doffset[b, row, q], doffset[b, row + 1, q] = _offset_grad_at(                 # (eq. 8, 9)
+                    h, w, m, s00, s01, s10, s11, height, width)
+                if use_mask:                                                                  # (eq. 10)
+                    dmask[b, g * npts + p, q] = _mask_grad_at(h, w, s00, s01, s10, s11, height, width)
+
+
+# -- Python wrappers around the loops -----------------------------------------------------------
 def _ringed(x):
-    """Whether the kernels read ``x``'s planes through ringed copies (a plane of at most
+    """Whether the loops read ``x``'s planes through ringed copies (a plane of at most
     ``RING_PLANE_BYTES``; larger planes are read where they are, with a test per corner)."""
     return (x.shape[2] + 2) * (x.shape[3] + 2) * x.itemsize <= RING_PLANE_BYTES
-
-
-def _geo_tuple(geo):
-    """The integers the kernels need: ``(kh, kw, sh, sw, p_top, p_left, dh, dw, Wo)``."""
-    return (*geo.kernel, *geo.stride, geo.pads[0], geo.pads[2], *geo.dilation, geo.out_hw[1])
 
 
 def _rows(a):
@@ -297,8 +320,8 @@ def _sampling_plan(offset, mask, geo, dtype):
     og, npix = offset.shape[1] // (2 * npts), geo.out_hw[0] * geo.out_hw[1]
     base = np.empty((n, og, npts, npix), dtype=np.int32)
     weights = np.empty((n, og, npts, 4, npix), dtype=dtype)
-    _plan_kernel(_flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
-                 geo.in_hw[0], geo.in_hw[1], _geo_tuple(geo), base, weights)
+    _plan_loop(_flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
+                 geo.in_hw[0], geo.in_hw[1], loop_geo(geo), base, weights)
     return base, weights
 
 
@@ -309,25 +332,34 @@ def _deform_im2col(x, plan, geo):
     n, channels = x.shape[:2]
     block = np.empty((channels,) + geo.kernel + (n,) + geo.out_hw, dtype=x.dtype)
     cols = block.transpose(3, 0, 1, 2, 4, 5)                             # (n, C, kh, kw, Ho, Wo)
-    _im2col_kernel(x, *plan, _ringed(x), _by_point(cols))
+    _im2col_loop(x, *plan, _ringed(x), _by_point(cols))
     return cols
 
 
 def _deform_col2im(dcols, plan, dx):
     """Write the input gradient of ``dcols (n, C, kh, kw, Ho, Wo)`` into ``dx (n, C, H, W)`` (eq. 7)."""
-    _col2im_kernel(_by_point(dcols), *plan, _ringed(dx), dx)
+    _col2im_loop(_by_point(dcols), *plan, _ringed(dx), dx)
 
 
-def _coordinate_grads(x, offset, mask, dcols, plan, geo):
-    """``(doffset (n, 2*og*K, Ho, Wo), dmask (n, og*K, Ho, Wo) or None)`` (eq. 8-10)."""
-    dtype = x.dtype
+def _corner_sums(x, dcols, plan):
+    """``S (n, og, K, 4, L)``: per corner, the channel sum of ``dcols`` times the corner value (eq. 10a)."""
+    base = plan[0]
+    n, og, npts, npix = base.shape
+    sums = np.zeros((n, og, npts, 4, npix), dtype=x.dtype)
+    blocks = min(npts, -(-numba.get_num_threads() // max(1, n * og)))   # tasks for every thread
+    _corner_sums_loop(x, base, _by_point(dcols), _ringed(x), max(blocks, 1), sums)
+    return sums
+
+
+def _coordinate_grads(sums, offset, mask, geo):
+    """``(doffset (n, 2*og*K, Ho, Wo), dmask (n, og*K, Ho, Wo) or None)`` from the corner sums
+    (eq. 8, 9, 10)."""
+    dtype = sums.dtype
     doffset = np.empty(offset.shape, dtype=dtype)
-    dmask = np.empty(mask.shape, dtype=dtype) if mask is not None else None
-    og, npts = plan[0].shape[1:3]
-    blocks = min(npts, -(-numba.get_num_threads() // max(1, x.shape[0] * og)))  # tasks for every thread
-    _coord_kernel(x, plan[0], _flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
-                  _by_point(dcols), _geo_tuple(geo), _ringed(x), max(blocks, 1), _rows(doffset),
-                  _flat_input(dmask, dtype))
+    dmask = None if mask is None else np.empty(mask.shape, dtype=dtype)
+    _coordinate_grad_loop(sums, _flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
+                          loop_geo(geo), geo.in_hw[0], geo.in_hw[1], _rows(doffset),
+                          _flat_input(dmask, dtype))
     return doffset, dmask
 
 
@@ -362,7 +394,7 @@ def _check_deform(x, offset, weight, bias, mask, stride, padding, dilation):
 
 
 def _work(x, geo):
-    """Sampled values ``n * C_in * K * L`` of a chunk (decides whether the kernels run in parallel)."""
+    """Sampled values ``n * C_in * K * L`` of a chunk (decides whether the loops run in parallel)."""
     return x.shape[0] * x.shape[1] * int(np.prod(geo.kernel)) * int(np.prod(geo.out_hw))
 
 
@@ -377,12 +409,30 @@ def _cause(x, offset, stride, padding, dilation):
 
 
 def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
-    """Deformable convolution as ``torchvision.ops.deform_conv2d``; returns ``(y, cache)``.
+    """Deformable convolution as ``torchvision.ops.deform_conv2d`` (eq. 3-5).
 
-    ``mask=None`` is DCNv1, a mask ``(N, offset_groups*kh*kw, Ho, Wo)`` DCNv2. Groups and offset
-    groups are inferred from the shapes of ``weight`` and ``offset``. ``x`` is read where it is (any
-    strides, e.g. a broadcast array): the padding is a shift of the sampling positions (eq. 3) and
-    the bilinear sampling reads zeros outside the image, so no padded copy is made.
+    Groups and offset groups are inferred from the shapes of ``weight`` and ``offset``. ``x`` is read
+    where it is (any strides, e.g. a broadcast array): the padding is a shift of the sampling
+    positions (eq. 3) and the bilinear sampling reads zeros outside the image, so no padded copy is made.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    offset : ndarray (N, 2*og*kh*kw, Ho, Wo)
+        ``(dy, dx)`` pairs per offset group and kernel point (row-major points).
+    weight : ndarray (C_out, C_in // groups, kh, kw)
+    bias : ndarray (C_out,) or None
+    stride, padding, dilation : int or pair
+    mask : ndarray (N, og*kh*kw, Ho, Wo) or None
+        None is DCNv1 (m = 1), a mask DCNv2.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('deform_conv2d')`` with ``x``, ``offset``, ``mask`` (None for DCNv1), ``weight``,
+        ``has_bias``, ``groups``, ``geo``, and ``plan`` / ``cols`` (the sampling plan and the columns;
+        both None when the batch was processed in several chunks, the backward then recomputes them).
     """
     groups, geo = _check_deform(x, offset, weight, bias, mask, stride, padding, dilation)
     cause = _cause(x, offset, stride, padding, dilation)
@@ -391,9 +441,7 @@ def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dil
     y = np.empty((x.shape[0], weight.shape[0]) + geo.out_hw, dtype=x.dtype)
     chunks = batch_chunks(x.shape[0], _bytes_per_sample(x, geo))
     for s in chunks:
-        with threads_for(_work(x[s], geo)):
-            plan = _sampling_plan(offset[s], None if mask is None else mask[s], geo, x.dtype)
-            cols = _deform_im2col(x[s], plan, geo)                       # (n, C, kh, kw, Ho, Wo) (eq. 4)
+        plan, cols = _columns(x[s], offset[s], None if mask is None else mask[s], geo)   # (eq. 3, 4)
         y[s] = cols_matmul(cols, weight, groups)                         # (eq. 5)
     if bias is not None:
         y += bias[:, None, None]
@@ -404,18 +452,41 @@ def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dil
     return y, cache
 
 
+def _columns(x, offset, mask, geo):
+    """``(plan, cols)`` of a chunk of samples: the sampling plan (eq. 3, 1) and the deformable columns
+    ``(n, C, kh, kw, Ho, Wo)`` (eq. 4)."""
+    with threads_for(_work(x, geo)):
+        plan = _sampling_plan(offset, mask, geo, x.dtype)
+        return plan, _deform_im2col(x, plan, geo)
+
+
 def _chunk_backward(dout, x, offset, mask, weight, groups, geo, plan, cols, dx):
-    """One chunk of samples: ``dx`` written in place (eq. 7); returns ``(doffset, dmask, dweight)``."""
+    """Backward of one chunk of samples, a line an equation of docs/derivations/deformable.md:
+    ``dx`` written in place; returns ``(doffset, dmask, dweight)``, ``dmask`` None for DCNv1."""
     dcols, dweight = cols_matmul_backward(dout, cols, weight, groups, reuse=True)    # (eq. 6)
     with threads_for(_work(x, geo)):
         _deform_col2im(dcols, plan, dx)                                               # (eq. 7)
-        doffset, dmask = _coordinate_grads(x, offset, mask, dcols, plan, geo)         # (eq. 8-10)
+        sums = _corner_sums(x, dcols, plan)                                           # (eq. 10a)
+        doffset, dmask = _coordinate_grads(sums, offset, mask, geo)                   # (eq. 8, 9, 10)
     return doffset, dmask, dweight
 
 
 def deform_conv2d_backward(dout, cache):
-    """Gradients ``(dx, doffset, dweight, dbias, dmask)`` of :func:`deform_conv2d_forward`,
-    in forward's positional order; ``dbias``/``dmask`` are None when bias/mask were None."""
+    """Gradients of :func:`deform_conv2d_forward` (eq. 6-10).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`deform_conv2d_forward`.
+    cache : Cache
+        The cache :func:`deform_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, doffset, dweight, dbias, dmask)``, each of its input's shape, in forward's positional
+        order; ``dbias`` / ``dmask`` None when bias / mask were None.
+    """
     cache = check_cache(cache, 'deform_conv2d')
     x, offset, mask, weight, geo = (cache[k] for k in ('x', 'offset', 'mask', 'weight', 'geo'))
     n = x.shape[0]
@@ -430,15 +501,13 @@ def deform_conv2d_backward(dout, cache):
     for s in chunks:
         mask_s = None if mask is None else mask[s]
         if cache['cols'] is None:
-            with threads_for(_work(x[s], geo)):
-                plan = _sampling_plan(offset[s], mask_s, geo, x.dtype)
-                cols = _deform_im2col(x[s], plan, geo)
+            plan, cols = _columns(x[s], offset[s], mask_s, geo)                       # (eq. 3, 4)
         doffset[s], dmask_s, dw = _chunk_backward(dout[s], x[s], offset[s], mask_s, weight,
                                                   cache['groups'], geo, plan, cols, dx[s])
         dweight += dw
         if dmask is not None:
             dmask[s] = dmask_s
-    dbias = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None
+    dbias = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None                   # (eq. 6)
     return dx, doffset, dweight, dbias, dmask
 
 
@@ -508,8 +577,24 @@ class DeformConv2d(_DeformPack):
     """DCNv1 layer = mmcv ``DeformConv2dPack``: ``y = deform_conv2d(x, conv_offset(x), weight)`` (eq. 11).
 
     Keys ``weight (out, in//groups, kh, kw)``, ``conv_offset.weight (dg*2*kh*kw, in, kh, kw)``,
-    ``conv_offset.bias (dg*2*kh*kw,)``. No bias (mmcv asserts ``not bias``). Weight init
-    ``kaiming_uniform_(nonlinearity='relu')`` = U(+-sqrt(6/fan_in)); ``conv_offset`` starts at zero.
+    ``conv_offset.bias (dg*2*kh*kw,)``. Weight init ``kaiming_uniform_(nonlinearity='relu')`` =
+    U(+-sqrt(6/fan_in)); ``conv_offset`` starts at zero. ``(N, in, H, W) -> (N, out, Ho, Wo)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation
+        Of the main and the offset convolution, as in :func:`deform_conv2d_forward`.
+    groups : int
+        Weight groups; divides both channel counts.
+    deform_groups : int
+        Offset groups; divides ``in_channels``.
+    bias : bool
+        Must be False (mmcv asserts ``not bias``).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -553,6 +638,23 @@ class ModulatedDeformConv2d(_DeformPack):
     Keys ``weight``, ``bias`` (if ``bias``), ``conv_offset.weight (dg*3*kh*kw, in, kh, kw)``,
     ``conv_offset.bias``. Init: weight U(+-1/sqrt(in_channels*kh*kw)) (mmcv does not divide by
     groups), bias 0, ``conv_offset`` 0, so the layer starts as ``0.5 * conv2d(x) + bias``.
+    ``(N, in, H, W) -> (N, out, Ho, Wo)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation
+        Of the main and the offset convolution, as in :func:`deform_conv2d_forward`.
+    groups : int
+        Weight groups; divides both channel counts.
+    deform_groups : int
+        Offset groups; divides ``in_channels``.
+    bias : bool
+        Learn ``bias``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     values_per_point = 3

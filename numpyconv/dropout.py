@@ -103,6 +103,8 @@ def dropout_forward(x, p=0.5, training=True, rng=None, mask=None):
     -------
     y : ndarray, x's shape and dtype
     cache : Cache
+        ``Cache('dropout')`` with ``keep`` (the bool mask, ``x's shape``) and ``multiplier`` (``keep``
+        times the scale), both None in eval mode, and ``shape`` and ``dtype``.
     """
     float_array(x, 'x')
     p = _probability(p, 'p')
@@ -110,7 +112,20 @@ def dropout_forward(x, p=0.5, training=True, rng=None, mask=None):
 
 
 def dropout_backward(dout, cache):
-    """``(dx, None)`` with ``dx = dout m / (1 - p)`` (eq. 56; the identity in eval); None for the mask."""
+    """``dx = dout m / (1 - p)`` (eq. 56; the identity in eval).
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``x``
+        Gradient of the loss with respect to the output of :func:`dropout_forward`.
+    cache : Cache
+        The cache :func:`dropout_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, None)``: ``dx`` of ``x``'s shape and dtype; None for the mask.
+    """
     return _masked_backward(dout, cache, 'dropout')
 
 
@@ -128,6 +143,8 @@ def dropout2d_forward(x, p=0.5, training=True, rng=None, mask=None):
     -------
     y : ndarray (N, C, H, W)
     cache : Cache
+        ``Cache('dropout2d')`` with ``keep`` (the bool mask, ``(N, C, 1, 1)``) and ``multiplier``
+        (``keep`` times the scale), both None in eval mode, and ``shape`` and ``dtype``.
     """
     float_array(x, 'x', 4, "(N, C, H, W)")
     p = _probability(p, 'p')
@@ -135,7 +152,20 @@ def dropout2d_forward(x, p=0.5, training=True, rng=None, mask=None):
 
 
 def dropout2d_backward(dout, cache):
-    """``(dx, None)`` of :func:`dropout2d_forward`: ``dx = dout m / (1 - p)``, m per channel (eq. 57)."""
+    """``dx = dout m / (1 - p)``, m per channel (eq. 57).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, H, W)
+        Gradient of the loss with respect to the output of :func:`dropout2d_forward`.
+    cache : Cache
+        The cache :func:`dropout2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, None)``: ``dx`` of ``x``'s shape and dtype; None for the mask.
+    """
     return _masked_backward(dout, cache, 'dropout2d')
 
 
@@ -159,6 +189,8 @@ def drop_path_forward(x, drop_prob=0.0, training=True, scale_by_keep=True, rng=N
     -------
     y : ndarray, x's shape and dtype
     cache : Cache
+        ``Cache('drop_path')`` with ``keep`` (the bool mask, ``(N, 1, ..., 1)``) and ``multiplier``
+        (``keep`` times the scale), both None in eval mode, and ``shape`` and ``dtype``.
     """
     float_array(x, 'x')
     if x.ndim == 0:
@@ -171,7 +203,20 @@ def drop_path_forward(x, drop_prob=0.0, training=True, scale_by_keep=True, rng=N
 
 
 def drop_path_backward(dout, cache):
-    """``(dx, None)`` of :func:`drop_path_forward`: ``dout`` times the sample's multiplier (eq. 58)."""
+    """``dout`` times the sample's multiplier (eq. 58).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, ...)
+        Gradient of the loss with respect to the output of :func:`drop_path_forward`.
+    cache : Cache
+        The cache :func:`drop_path_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, None)``: ``dx`` of ``x``'s shape and dtype; None for the mask.
+    """
     return _masked_backward(dout, cache, 'drop_path')
 
 
@@ -191,18 +236,61 @@ class _DropoutNd(Stateless):
 
 
 class Dropout(_DropoutNd):
-    """``torch.nn.Dropout(p=0.5, inplace=False)``: :func:`dropout_forward`."""
+    """``torch.nn.Dropout(p=0.5, inplace=False)``: :func:`dropout_forward` in training, the identity in
+    eval.
+
+    Input and output: any shape. The masks are drawn from the layer's ``rng``.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+        Probability of dropping an element.
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Draws the masks.
+    """
     _op, _backward_fn = dropout_forward, dropout_backward
 
 
 class Dropout2d(_DropoutNd):
     """``torch.nn.Dropout2d(p=0.5, inplace=False)`` on ``(N, C, H, W)``: whole channels
-    (:func:`dropout2d_forward`)."""
+    (:func:`dropout2d_forward`).
+
+    The identity in eval. The masks are drawn from the layer's ``rng``.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+        Probability of dropping a channel.
+    inplace : bool
+        Accepted for ``torch.nn`` compatibility; the output is always a new array.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Draws the masks.
+    """
     _op, _backward_fn = dropout2d_forward, dropout2d_backward
 
 
 class DropPath(Stateless):
-    """timm's ``DropPath(drop_prob=0.0, scale_by_keep=True)``: whole samples of a residual branch."""
+    """timm's ``DropPath(drop_prob=0.0, scale_by_keep=True)``: whole samples of a residual branch.
+
+    Input and output ``(N, ...)``; the identity in eval (:func:`drop_path_forward`).
+
+    Parameters
+    ----------
+    drop_prob : float in [0, 1]
+        Probability of dropping a sample.
+    scale_by_keep : bool
+        Divide kept samples by ``1 - drop_prob``.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Draws the masks.
+    """
     _backward_fn = drop_path_backward
 
     def __init__(self, drop_prob=0.0, scale_by_keep=True, *, dtype=np.float32, rng=None):

@@ -87,10 +87,28 @@ def _check_attention(x, attention, weight):
 
 
 def aggregated_conv2d_forward(x, attention, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """``y_n = conv(x_n; sum_k attention[n,k] W_k) + sum_k attention[n,k] b_k``; returns ``(y, cache)``.
+    """``y_n = conv(x_n; sum_k attention[n,k] W_k) + sum_k attention[n,k] b_k`` (eq. 6, 7).
 
-    ``attention (N, K)`` is any per-sample mixing weight (DY-CNN softmax, CondConv sigmoid routing,
-    or one routing vector shared by several convolutions).
+    ``attention`` is any per-sample mixing weight (DY-CNN softmax, CondConv sigmoid routing, or one
+    routing vector shared by several convolutions).
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    attention : ndarray (N, K)
+    weight : ndarray (K, C_out, C_in // groups, kh, kw)
+        The bank of ``K`` kernels.
+    bias : ndarray (K, C_out) or None
+    stride, padding, dilation : int or pair
+        As :func:`numpyconv.conv2d_forward`.
+    groups : int
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('aggregated_conv2d')`` with ``conv`` (the per-sample conv2d's cache), ``attention``,
+        ``weight`` and ``bias`` (None when given as None).
     """
     groups = check_kernel_bank(x, weight, bias, groups)
     _check_attention(x, attention, weight)
@@ -105,7 +123,20 @@ def aggregated_conv2d_forward(x, attention, weight, bias=None, stride=1, padding
 
 
 def aggregated_conv2d_backward(dout, cache):
-    """Gradients ``(dx, dattention, dweight, dbias)`` of :func:`aggregated_conv2d_forward`."""
+    """Gradients of :func:`aggregated_conv2d_forward` (eq. 8-10).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`aggregated_conv2d_forward`.
+    cache : Cache
+        The cache :func:`aggregated_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dattention, dweight, dbias)``, each of its input's shape; ``dbias`` None without bias.
+    """
     cache = check_cache(cache, 'aggregated_conv2d')
     attention, weight, bias = cache['attention'], cache['weight'], cache['bias']
     n, k = attention.shape
@@ -138,8 +169,27 @@ def dynamic_conv2d_forward(x, weight, bias, fc1_weight, fc2_weight, fc2_bias, te
                            padding=0, dilation=1, groups=1):
     """DY-CNN forward (eqs. 1-7): attention branch, kernel aggregation, per-sample convolution.
 
-    ``bias`` and ``fc2_bias`` may be None; ``temperature`` is any T > 0 (1 is the plain softmax;
-    :class:`DynamicConv2d` passes its current T). Returns ``(y, cache)``.
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    weight : ndarray (K, C_out, C_in // groups, kh, kw)
+    bias : ndarray (K, C_out) or None
+    fc1_weight : ndarray (D, C_in, 1, 1)
+        The attention's first 1x1 convolution (no bias).
+    fc2_weight : ndarray (K, D, 1, 1)
+    fc2_bias : ndarray (K,) or None
+    temperature : float > 0
+        The softmax temperature T (1: the plain softmax; :class:`DynamicConv2d` passes its current T).
+    stride, padding, dilation : int or pair
+        As :func:`numpyconv.conv2d_forward`.
+    groups : int
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('dynamic_conv2d')`` with the steps' caches ``gap``, ``fc1``, ``relu``, ``fc2``,
+        ``softmax`` and ``conv`` (:func:`aggregated_conv2d_forward`'s); none of them None.
     """
     groups = check_kernel_bank(x, weight, bias, groups)
     _check_dynamic_attention(x, weight, fc1_weight, fc2_weight, fc2_bias)
@@ -155,9 +205,20 @@ def dynamic_conv2d_forward(x, weight, bias, fc1_weight, fc2_weight, fc2_bias, te
 
 
 def dynamic_conv2d_backward(dout, cache):
-    """Gradients ``(dx, dweight, dbias, dfc1_weight, dfc2_weight, dfc2_bias)`` (eqs. 8-15).
+    """Gradients of :func:`dynamic_conv2d_forward` (eqs. 8-15).
 
-    ``dbias`` / ``dfc2_bias`` are None when the forward got None.
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`dynamic_conv2d_forward`.
+    cache : Cache
+        The cache :func:`dynamic_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dweight, dbias, dfc1_weight, dfc2_weight, dfc2_bias)``, each of its input's shape;
+        ``dbias`` / ``dfc2_bias`` None when the forward got None.
     """
     cache = check_cache(cache, 'dynamic_conv2d')
     dx, dpi, dweight, dbias = aggregated_conv2d_backward(dout, cache['conv'])    # (eqs. 8-10)
@@ -267,11 +328,29 @@ class _Attention2d(Module):
 class DynamicConv2d(MixtureConv2dBase):
     """DY-CNN layer, kaijieshi7 ``Dynamic_conv2d`` (same arguments, keys and initialisation).
 
-    Hidden width ``int(in_planes * ratio) + 1`` (``K`` when ``in_planes == 3``). ``temperature``
-    starts at 34 and is not saved in the state_dict: after loading a checkpoint trained to T = 1, set
-    ``layer.temperature = 1`` (or call :meth:`update_temperature` as often as in training). No
-    BatchNorm: train and eval mode compute the same function. ``kernel_size`` may also be a pair
-    (the official module takes an int).
+    ``(N, in_planes, H, W) -> (N, out_planes, Ho, Wo)``. Hidden width ``int(in_planes * ratio) + 1``
+    (``K`` when ``in_planes == 3``). No BatchNorm: train and eval mode compute the same function.
+
+    Parameters
+    ----------
+    in_planes, out_planes : int
+    kernel_size : int or pair
+        (the official module takes an int).
+    ratio : float
+        The attention's hidden width factor.
+    stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+    bias : bool
+        A bias per kernel, ``(K, out_planes)``.
+    K : int
+        Number of kernels.
+    temperature : int
+        The softmax temperature, starts at 34 (``T % 3 == 1``); not saved in the state_dict: after
+        loading a checkpoint trained to T = 1, set ``layer.temperature = 1``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
     PARAM_KEYS = ('weight', 'bias', 'attention.fc1.weight', 'attention.fc2.weight', 'attention.fc2.bias')
 

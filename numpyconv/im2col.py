@@ -26,6 +26,14 @@ Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 ``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``, and for the kernel
 offset ``p = 0`` the output row ``i = 0`` reads input row ``-1``: zero.
 
+Geometry in a Numba loop: the compiled loops of the sampling ops (involution, deformable v1/v2,
+DCNv3/DCNv4) take a :class:`Geometry` in one form, the int tuple of :func:`loop_geo`::
+
+    geo = (kh, kw, sh, sw, dh, dw, top, left, Ho, Wo)
+
+kernel size, stride, dilation, the padding before each axis and the output size; a loop unpacks
+all ten in this order (``kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo``).
+
 Memory: the column buffer is ``kh*kw`` times the (output-sized) input; how much of it a caller
 holds at once is the memory policy's (``numpyconv/memory.py``): conv2d works block by block,
 the deformable convolutions keep at most :func:`~numpyconv.memory.column_budget` bytes.
@@ -57,6 +65,12 @@ def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
 
 
 Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw in_hw')
+
+
+def loop_geo(geo):
+    """A :class:`Geometry` as a Numba loop takes it: ``(kh, kw, sh, sw, dh, dw, top, left, Ho, Wo)``,
+    ten Python ints (module docstring)."""
+    return geo.kernel + geo.stride + geo.dilation + (geo.pads[0], geo.pads[2]) + geo.out_hw
 
 
 def conv_geometry(in_hw, kernel_size, stride, padding, dilation):

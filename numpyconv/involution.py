@@ -22,11 +22,15 @@ Backward, given ``dy`` (``xp`` is the zero-padded input, so padded taps contribu
   ``i sh + u dh - p_h = h`` and ``j sw + v dw - p_w = w``: the transposed gather, a scatter of
   ``kernel * dy`` back to the sampled positions (eq. 4)
 
-The Numba kernels never build the unfolded ``(N, C, K, Ho, Wo)`` tensor: they loop over the kernel
-points and, for each, over the output rows/columns whose tap lands inside the input (eq. 5), so
-there is no padded copy and no branch in the inner loop. Parallel loops (each iteration owns what
-it writes, fixed summation order, bitwise reproducible): forward and ``dx`` over ``(n, c)`` (one
-output / input-gradient plane each), ``dkernel`` over ``(n, g, point)`` (one kernel plane each).
+In this file "kernel" is the generated per-position weight tensor ``kernel`` above and nothing
+else; the compiled Numba functions are *loops*, one per equation: ``_forward_loop`` (eq. 2, a
+gather), ``_input_grad_loop`` (eq. 4, its transpose, a scatter) and ``_kernel_grad_loop`` (eq. 3).
+They take the geometry as the int tuple of :func:`numpyconv.im2col.loop_geo` and never build the
+unfolded ``(N, C, K, Ho, Wo)`` tensor: they loop over the kernel points and, for each, over the
+output rows/columns whose tap lands inside the input (eq. 5), so there is no padded copy and no
+branch in the inner loop. Each runs in parallel (each iteration owns what it writes, fixed
+summation order, bitwise reproducible): forward and ``dx`` over ``(n, c)`` (one output /
+input-gradient plane each), ``dkernel`` over ``(n, g, point)`` (one kernel plane each).
 
 Layer :class:`Involution2d` = d-li14/involution ``involution`` (eq. 6-8)::
 
@@ -56,6 +60,7 @@ from numba import njit, prange
 from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, pair, positive_int, same_dtype
 from ._parallel import threads_for
 from .conv import PointwiseConv2d, conv_geometry
+from .im2col import loop_geo
 from .activations import ReLU
 from .layers import BatchNorm2d
 from .memory import require_memory
@@ -63,7 +68,7 @@ from .pooling import AvgPool2d
 from .module import Module, Sequential, kaiming_normal_fan_out
 
 
-# -- Numba kernels ----------------------------------------------------------------------------
+# -- Numba loops ------------------------------------------------------------------------------
 @njit(cache=True, inline='always')
 def _valid(offset, stride, size, out):
     """Output indices ``[lo, hi)`` whose tap ``i*stride + offset`` lies in ``[0, size)`` (eq. 5)."""
@@ -73,82 +78,113 @@ def _valid(offset, stride, size, out):
 
 
 @njit(cache=True, inline='always')
-def _multiply_add(taps, dense, coeff, scatter):
-    """``dense[j] += coeff[j] * taps[j]`` (gather) or ``taps[j] += coeff[j] * dense[j]`` (scatter)."""
-    if scatter:
-        for j in range(coeff.shape[0]):
-            taps[j] += coeff[j] * dense[j]
-    else:
-        for j in range(coeff.shape[0]):
-            dense[j] += coeff[j] * taps[j]
+def _gather(dense, coeff, taps):
+    """``dense[j] += coeff[j] * taps[j]``."""
+    for j in range(coeff.shape[0]):
+        dense[j] += coeff[j] * taps[j]
 
 
 @njit(cache=True, inline='always')
-def _row_segment(row, start, step, dense, coeff, scatter):
-    """One row of taps ``row[start + j*step]``, ``j < len(coeff)``, against the output-resolution
-    segment ``dense``: a contiguous slice at ``step == 1`` (vectorised), a strided view otherwise."""
+def _scatter(taps, coeff, dense):
+    """``taps[j] += coeff[j] * dense[j]``, the transpose of :func:`_gather`."""
+    for j in range(coeff.shape[0]):
+        taps[j] += coeff[j] * dense[j]
+
+
+@njit(cache=True, inline='always')
+def _gather_row(dense, coeff, row, start, step):
+    """``dense[j] += coeff[j] * row[start + j*step]``: one output row segment reads its taps, a
+    contiguous slice at ``step == 1`` (vectorised), a strided view otherwise."""
     m = coeff.shape[0]
     if step == 1:
-        _multiply_add(row[start:start + m], dense, coeff, scatter)
+        _gather(dense, coeff, row[start:start + m])
     else:
-        _multiply_add(row[start:start + (m - 1) * step + 1:step], dense, coeff, scatter)
+        _gather(dense, coeff, row[start:start + (m - 1) * step + 1:step])
+
+
+@njit(cache=True, inline='always')
+def _scatter_row(row, start, step, coeff, dense):
+    """``row[start + j*step] += coeff[j] * dense[j]``: the transpose of :func:`_gather_row`."""
+    m = coeff.shape[0]
+    if step == 1:
+        _scatter(row[start:start + m], coeff, dense)
+    else:
+        _scatter(row[start:start + (m - 1) * step + 1:step], coeff, dense)
+
+
+@njit(cache=True, inline='always')
+def _point_taps(p, geo, height, width):
+    """For kernel point ``p = u*kw + v``: the output rows ``[i0, i1)`` and columns ``[j0, j1)`` whose
+    tap lies inside the input (eq. 5), the input row ``row0`` of output row 0 (row ``i`` reads
+    ``i*sh + row0``) and the input column ``col0`` of output column ``j0``."""
+    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    row0, col = (p // kw) * dh - top, (p % kw) * dw - left
+    i0, i1 = _valid(row0, sh, height, ho)
+    j0, j1 = _valid(col, sw, width, wo)
+    return i0, i1, j0, j1, row0, j0 * sw + col
 
 
 @njit(cache=True, parallel=True)
-def _channel_plane_kernel(kernel, image, dense, geo, transposed):
-    """Forward: ``dense = y`` (zero on entry) from ``image = x`` (eq. 2); ``transposed``: ``image =
-    dx`` (zero on entry) from ``dense = dy`` (eq. 4). Parallel over (n, c): each iteration owns the
-    planes ``[n, c]``, so the scatter of (eq. 4) never races."""
-    kh, kw, sh, sw, dh, dw, ph, pw = geo
-    n, channels, height, width = image.shape
-    ho, wo = dense.shape[2], dense.shape[3]
-    per_group = channels // (kernel.shape[1] // (kh * kw))
+def _forward_loop(x, kernel, geo, y):
+    """``y (N, C, Ho, Wo)`` (zero on entry) from ``x`` and ``kernel`` (eq. 2). Parallel over
+    ``(n, c)``: each iteration owns the output plane ``y[n, c]``."""
+    points, sh, sw = geo[0] * geo[1], geo[2], geo[3]
+    n, channels, height, width = x.shape
+    per_group = channels // (kernel.shape[1] // points)
     for t in prange(n * channels):
         b, c = t // channels, t % channels
-        first = (c // per_group) * kh * kw
-        for u in range(kh):
-            i0, i1 = _valid(u * dh - ph, sh, height, ho)
-            for v in range(kw):
-                j0, j1 = _valid(v * dw - pw, sw, width, wo)
-                k = kernel[b, first + u * kw + v]
-                for i in range(i0, i1):
-                    _row_segment(image[b, c, i * sh + u * dh - ph], j0 * sw + v * dw - pw, sw,
-                                 dense[b, c, i, j0:j1], k[i, j0:j1], transposed)
+        for p in range(points):
+            i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+            k = kernel[b, (c // per_group) * points + p]
+            for i in range(i0, i1):
+                _gather_row(y[b, c, i, j0:j1], k[i, j0:j1], x[b, c, i * sh + row0], col0, sw)
 
 
 @njit(cache=True, parallel=True)
-def _kernel_grad_kernel(x, dy, geo, dkernel):
+def _input_grad_loop(dy, kernel, geo, dx):
+    """``dx (N, C, H, W)`` (zero on entry) from ``dy`` and ``kernel``: the scatter of (eq. 4).
+    Parallel over ``(n, c)``: each iteration owns the input-gradient plane ``dx[n, c]``, so the
+    scatter never races."""
+    points, sh, sw = geo[0] * geo[1], geo[2], geo[3]
+    n, channels, height, width = dx.shape
+    per_group = channels // (kernel.shape[1] // points)
+    for t in prange(n * channels):
+        b, c = t // channels, t % channels
+        for p in range(points):
+            i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+            k = kernel[b, (c // per_group) * points + p]
+            for i in range(i0, i1):
+                _scatter_row(dx[b, c, i * sh + row0], col0, sw, k[i, j0:j1], dy[b, c, i, j0:j1])
+
+
+@njit(cache=True, parallel=True)
+def _kernel_grad_loop(x, dy, geo, dkernel):
     """``dkernel (N, G*K, Ho, Wo)`` (zero on entry) (eq. 3); parallel over (n, g, point): each
-    iteration owns one kernel plane."""
-    kh, kw, sh, sw, dh, dw, ph, pw = geo
+    iteration owns one plane of ``dkernel``."""
+    points, sh, sw = geo[0] * geo[1], geo[2], geo[3]
     n, channels, height, width = x.shape
-    ho, wo = dy.shape[2], dy.shape[3]
     planes = dkernel.shape[1]
-    per_group = channels // (planes // (kh * kw))
+    per_group = channels // (planes // points)
     for t in prange(n * planes):
         b, r = t // planes, t % planes
-        g, p = r // (kh * kw), r % (kh * kw)
-        u, v = p // kw, p % kw
-        i0, i1 = _valid(u * dh - ph, sh, height, ho)
-        j0, j1 = _valid(v * dw - pw, sw, width, wo)
+        g, p = r // points, r % points
+        i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
         for c in range(g * per_group, (g + 1) * per_group):
             for i in range(i0, i1):
-                _row_segment(x[b, c, i * sh + u * dh - ph], j0 * sw + v * dw - pw, sw,
-                             dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], False)
+                _gather_row(dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], x[b, c, i * sh + row0], col0, sw)
 
 
-def _kernel_operand(a, dtype=None):
-    """``a`` as a C-contiguous, writeable array, copied only if it is neither: one loop serves the
-    gather and the scatter (``_multiply_add``), so Numba types a write into every array argument and
-    rejects read-only ones (``writeable=False``, read-only memory maps)."""
+def _loop_operand(a, dtype=None):
+    """``a`` as a C-contiguous, writeable array, copied only if it is neither: Numba compiles a loop
+    once per array type, and a read-only or strided array is a type of its own."""
     a = np.ascontiguousarray(a, dtype=dtype)
     return a if a.flags.writeable else a.copy()
 
 
-def _launch(kernel, work, *args):
-    """Run a Numba kernel, problems below ``work`` = N*C*Ho*Wo*K multiply-adds on one thread."""
+def _launch(loop, work, *args):
+    """Run a Numba loop, problems below ``work`` = N*C*Ho*Wo*K multiply-adds on one thread."""
     with threads_for(work):
-        kernel(*args)
+        loop(*args)
 
 
 # -- the op ---------------------------------------------------------------------------------------
@@ -177,35 +213,59 @@ def _check_involution(x, kernel, kernel_size, stride, dilation):
     return geo, groups
 
 
-def _geo_tuple(geo):
-    """The ints the kernels take: ``(kh, kw, sh, sw, dh, dw, ph, pw)``."""
-    return geo.kernel + geo.stride + geo.dilation + (geo.pads[0], geo.pads[2])
-
-
 def involution_forward(x, kernel, kernel_size, stride=1, dilation=1):
-    """Involution as the official unfold formula; returns ``(y, cache)`` (eq. 2).
+    """Involution as the official unfold formula (eq. 2).
 
-    ``kernel (N, G*K*K, Ho, Wo)``: ``G`` is inferred and must divide the channels of ``x``;
-    ``kernel_size``, ``stride``, ``dilation`` are ints or pairs; padding is ``d*(K-1)//2``.
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+        Input, float32 or float64.
+    kernel : ndarray (N, G*kh*kw, Ho, Wo)
+        The per-position weights, channel ``g*kh*kw + u*kw + v``; ``G`` is inferred and must divide
+        ``C``; ``x``'s dtype.
+    kernel_size : int or pair
+        ``(kh, kw)``; the zero padding is ``d*(k-1)//2`` per axis (eq. 1).
+    stride, dilation : int or pair
+
+    Returns
+    -------
+    y : ndarray (N, C, Ho, Wo)
+    cache : Cache
+        ``Cache('involution')`` with ``x`` and ``kernel`` (C-contiguous), ``geo`` (the
+        :class:`~numpyconv.im2col.Geometry`), ``groups`` (``G``) and ``work`` (multiply-adds); none of
+        them None.
     """
     geo, groups = _check_involution(x, kernel, kernel_size, stride, dilation)
     require_memory(x.shape[:2] + geo.out_hw, x.dtype, f"x of shape {x.shape} with kernel_size="
                    f"{kernel_size!r}, stride={stride!r}, dilation={dilation!r}")
-    x, kernel = _kernel_operand(x), _kernel_operand(kernel)
+    x, kernel = _loop_operand(x), _loop_operand(kernel)
     y = np.zeros(x.shape[:2] + geo.out_hw, dtype=x.dtype)                 # (N, C, Ho, Wo)
     work = y.size * geo.kernel[0] * geo.kernel[1]
-    _launch(_channel_plane_kernel, work, kernel, x, y, _geo_tuple(geo), False)   # (eq. 2)
+    _launch(_forward_loop, work, x, kernel, loop_geo(geo), y)                # (eq. 2)
     return y, Cache('involution', x=x, kernel=kernel, geo=geo, groups=groups, work=work)
 
 
 def involution_backward(dout, cache):
-    """Gradients ``(dx, dkernel)`` of :func:`involution_forward` (eq. 3, 4)."""
+    """Gradients of :func:`involution_forward` (eq. 3, 4).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`involution_forward`.
+    cache : Cache
+        The cache :func:`involution_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx (N, C, H, W), dkernel (N, G*kh*kw, Ho, Wo))``.
+    """
     cache = check_cache(cache, 'involution')
     x, kernel, geo, work = cache['x'], cache['kernel'], cache['geo'], cache['work']
-    dout = _kernel_operand(grad_out(dout, x.shape[:2] + geo.out_hw, x.dtype))
+    dout = _loop_operand(grad_out(dout, x.shape[:2] + geo.out_hw, x.dtype))
     dx, dkernel = np.zeros_like(x), np.zeros_like(kernel)
-    _launch(_channel_plane_kernel, work, kernel, dx, dout, _geo_tuple(geo), True)  # (eq. 4)
-    _launch(_kernel_grad_kernel, work, x, dout, _geo_tuple(geo), dkernel)  # (eq. 3)
+    _launch(_input_grad_loop, work, dout, kernel, loop_geo(geo), dx)         # (eq. 4)
+    _launch(_kernel_grad_loop, work, x, dout, loop_geo(geo), dkernel)        # (eq. 3)
     return dx, dkernel
 
 
@@ -231,12 +291,26 @@ class _ConvModule(Sequential):
 class Involution2d(Module):
     """d-li14/involution ``involution(channels, kernel_size, stride)`` (keys: module docstring).
 
-    ``reduction_ratio`` and ``group_channels`` are the official module's hard-coded 4 and 16;
-    ``dilation`` is the dilated variant's extra argument (its fourth there, after the API's
-    arguments here). ``G = channels // group_channels`` kernel groups; output channels equal input
-    channels. At stride ``s > 1`` the kernel comes from ``AvgPool2d(s, s)(x)``, so H and W must be
-    divisible by ``s`` (forward raises otherwise, where the official view fails); ``d (k - 1)`` must
-    be even for the same reason (eq. 1).
+    ``(N, C, H, W) -> (N, C, Ho, Wo)``. At stride ``s > 1`` the kernel comes from
+    ``AvgPool2d(s, s)(x)``, so H and W must be divisible by ``s`` (forward raises otherwise, where
+    the official view fails); ``d (k - 1)`` must be even for the same reason (eq. 1).
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, input and output channels; a multiple of ``group_channels``.
+    kernel_size : int or pair
+    stride : int or pair
+    reduction_ratio : int
+        The kernel generation's bottleneck ``C -> C // reduction_ratio`` (the official module's 4).
+    group_channels : int
+        Channels per kernel group (the official 16): ``G = channels // group_channels``.
+    dilation : int or pair
+        The dilated variant's extra argument (its fourth there, after the API's arguments here).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, channels, kernel_size, stride=1, reduction_ratio=4, group_channels=16,

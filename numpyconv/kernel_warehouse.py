@@ -102,14 +102,38 @@ def cell_layout(out_planes, in_per_group, kernel_size, cell_shape):
 
 # -- contrasting-driven attention function (eq. 7, 20) ---------------------------------------------
 def kw_caf_forward(z):
-    """CAF, the signed L1 normalisation of each row: ``z / (sum_k |z_k| + 1e-3)``; ``(out, cache)``."""
+    """CAF, the signed L1 normalisation of each row: ``z / (sum_k |z_k| + 1e-3)`` (eq. 7).
+
+    Parameters
+    ----------
+    z : ndarray (R, M + 1)
+
+    Returns
+    -------
+    out : ndarray (R, M + 1)
+    cache : Cache
+        ``Cache('kw_caf')`` with ``z`` and ``denom`` ``(R, 1)``; neither None.
+    """
     float_array(z, 'z', 2, "(rows, M + 1)")
     denom = np.abs(z).sum(axis=1, keepdims=True) + CAF_EPS                # (R, 1) (eq. 7)
     return z / denom, Cache('kw_caf', z=z, denom=denom)
 
 
 def kw_caf_backward(dout, cache):
-    """Gradient ``(dz,)`` of :func:`kw_caf_forward`: ``dout/D - sign(z) <dout, z> / D^2`` (eq. 20)."""
+    """``dz = dout/D - sign(z) <dout, z> / D^2`` (eq. 20).
+
+    Parameters
+    ----------
+    dout : ndarray, (R, M + 1)
+        Gradient of the loss with respect to the output of :func:`kw_caf_forward`.
+    cache : Cache
+        The cache :func:`kw_caf_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dz,)``, ``dz (R, M + 1)``.
+    """
     cache = check_cache(cache, 'kw_caf')
     z, denom = cache['z'], cache['denom']
     dout = grad_out(dout, z.shape, z.dtype)
@@ -192,12 +216,44 @@ def kw_attention_forward(x, fc1_weight, norm1_weight, norm1_bias, running_mean, 
                          momentum=0.1, eps=1e-5):
     """KW ``Attention`` (eq. 1-9): cell weights ``A (N*m, M)`` for the ``M = num_cells`` warehouse cells.
 
-    Plain mode (``fc3_weight`` and ``basis_bias`` None) or basis mode (``nonlocal_basis_ratio < 1``;
-    ``fc2_bias`` None there, officially). ``start_cell_idx`` is the layer's first own cell (used by the
-    basis mode only); ``temp_bias (m*(M+1),)`` and ``temperature`` blend as in eq. 8 (``temp_bias``
-    None means zeros). In training mode BatchNorm uses batch statistics; the running statistics after
-    this step are ``cache['running_mean']`` / ``cache['running_var']`` (no input is modified; the
-    layer stores them, as ``nn.BatchNorm1d`` does in place). Returns ``(A, cache)``.
+    Plain mode (``fc3_weight`` and ``basis_bias`` None) or basis mode. In training mode BatchNorm uses
+    batch statistics; the running statistics after this step are ``cache['running_mean']`` /
+    ``cache['running_var']`` (no input is modified; the layer stores them, as ``nn.BatchNorm1d``
+    does in place). ``m`` mixtures, ``P = M + 1`` logits per mixture.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    fc1_weight : ndarray (A, C_in, 1, 1)
+        The attention's first 1x1 convolution (no bias).
+    norm1_weight, norm1_bias, running_mean, running_var : ndarray (A,)
+        Its BatchNorm1d.
+    fc2_weight : ndarray (m*P, A, 1, 1) (plain mode) or (nl*nb, A, 1, 1) (basis mode)
+    fc2_bias : ndarray (m*P,) or None
+        None in basis mode (officially).
+    fc3_weight : ndarray (m*P, nb, 1, 1) or None
+    basis_bias : ndarray (m*P,) or None
+        Both given in basis mode (``nonlocal_basis_ratio < 1``), both None in plain mode.
+    num_cells : int, keyword-only
+        ``M``, the warehouse's cells.
+    start_cell_idx : int, keyword-only
+        The layer's first own cell (basis mode only).
+    temperature : float in [0, 1], keyword-only
+        Blends ``temp_bias`` into the attention (eq. 8).
+    temp_bias : ndarray (m*(M+1),) or None, keyword-only
+        None means zeros.
+    training : bool, keyword-only
+        BatchNorm batch statistics (True) or the running ones (False).
+    momentum, eps : float, keyword-only
+        The BatchNorm's.
+
+    Returns
+    -------
+    A : ndarray (N*m, M)
+    cache : Cache
+        ``Cache('kw_attention')`` with ``gap``, ``fc1``, ``bn``, ``relu``, ``fc2``, ``fc3`` (None in plain
+        mode) and ``caf``, the steps' caches; ``sizes``, ``start``, ``temperature``, and ``running_mean``
+        / ``running_var`` (the statistics after this step; None where given as None).
     """
     sizes = _check_attention(x, fc1_weight, norm1_weight, norm1_bias, running_mean, running_var,
                              fc2_weight, fc2_bias, fc3_weight, basis_bias, num_cells, temp_bias)
@@ -226,10 +282,24 @@ def kw_attention_forward(x, fc1_weight, norm1_weight, norm1_bias, running_mean, 
 
 
 def kw_attention_backward(dout, cache):
-    """Gradients of :func:`kw_attention_forward`, one per array input in its positional order:
-    ``(dx, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var, dfc2_weight,
-    dfc2_bias, dfc3_weight, dbasis_bias)`` (None for absent inputs; the running statistics get their
-    eval-mode gradient, zeros in training: blocks eq. 22a) (eq. 18-26)."""
+    """Gradients of :func:`kw_attention_forward` (eq. 18-26).
+
+    The running statistics get their eval-mode gradient, zeros in training (blocks eq. 22a).
+
+    Parameters
+    ----------
+    dout : ndarray, (N*m, M)
+        Gradient of the loss with respect to the output of :func:`kw_attention_forward`.
+    cache : Cache
+        The cache :func:`kw_attention_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var, dfc2_weight,
+        dfc2_bias, dfc3_weight, dbasis_bias)``, one per array input in its positional order, each of its
+        input's shape; None for absent inputs.
+    """
     cache = check_cache(cache, 'kw_attention')
     sizes, z = cache['sizes'], cache['caf']['z']
     dout = grad_out(dout, (z.shape[0], sizes.M), z.dtype)
@@ -304,10 +374,47 @@ def kw_conv2d_forward(x, warehouse, fc1_weight, norm1_weight, norm1_bias, runnin
                       temperature=0.0, temp_bias=None, training=True, momentum=0.1, eps=1e-5):
     """One KW convolution (eq. 1-12): attention, kernel assembly, per-sample convolution, static bias.
 
-    ``warehouse (M, c_out, c_in, ckh, ckw)``; the number of mixtures ``m`` comes from the attention
-    weights and ``C_out = go * c_out`` from ``m``, ``kernel_size`` and ``C_in / groups``. Attention
-    arguments as :func:`kw_attention_forward` (the new running statistics are ``cache['running_mean']``
-    / ``cache['running_var']``). Returns ``(y, cache)``.
+    The number of mixtures ``m`` comes from the attention weights and ``C_out = go * c_out`` from
+    ``m``, ``kernel_size`` and ``C_in / groups``. No input is modified.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    warehouse : ndarray (M, c_out, c_in, ckh, ckw)
+        The shared warehouse of ``M`` cells.
+    fc1_weight : ndarray (A, C_in, 1, 1)
+        The attention's first 1x1 convolution (no bias).
+    norm1_weight, norm1_bias, running_mean, running_var : ndarray (A,)
+        Its BatchNorm1d.
+    fc2_weight : ndarray (m*P, A, 1, 1) (plain mode) or (nl*nb, A, 1, 1) (basis mode)
+    fc2_bias : ndarray (m*P,) or None
+        None in basis mode (officially).
+    fc3_weight : ndarray (m*P, nb, 1, 1) or None
+    basis_bias : ndarray (m*P,) or None
+        Both given in basis mode (``nonlocal_basis_ratio < 1``), both None in plain mode.
+    bias : ndarray (C_out,) or None
+        The static bias.
+    kernel_size : int or pair, keyword-only
+    stride, padding, dilation, groups : keyword-only
+        As :func:`numpyconv.conv2d_forward`.
+    start_cell_idx : int, keyword-only
+        The layer's first own cell (basis mode only).
+    temperature : float in [0, 1], keyword-only
+        Blends ``temp_bias`` into the attention (eq. 8).
+    temp_bias : ndarray (m*(M+1),) or None, keyword-only
+        None means zeros.
+    training : bool, keyword-only
+        BatchNorm batch statistics (True) or the running ones (False).
+    momentum, eps : float, keyword-only
+        The BatchNorm's.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('kw_conv2d')`` with ``attention`` (:func:`kw_attention_forward`'s cache), ``conv``
+        (the conv2d cache), ``weights`` (the attention ``A``), ``warehouse``, ``layout`` and
+        ``running_mean`` / ``running_var`` (as :func:`kw_attention_forward`'s).
     """
     groups = positive_int(groups, 'groups')
     float_array(warehouse, 'warehouse', 5, "(M, c_out, c_in, ckh, ckw)")
@@ -330,12 +437,21 @@ def kw_conv2d_forward(x, warehouse, fc1_weight, norm1_weight, norm1_bias, runnin
 
 
 def kw_conv2d_backward(dout, cache):
-    """Gradients of :func:`kw_conv2d_forward` in its positional order (eq. 13-27)::
+    """Gradients of :func:`kw_conv2d_forward` in its positional order (eq. 13-27).
 
-        (dx, dwarehouse, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var,
-         dfc2_weight, dfc2_bias, dfc3_weight, dbasis_bias, dbias)
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`kw_conv2d_forward`.
+    cache : Cache
+        The cache :func:`kw_conv2d_forward` returned (not modified).
 
-    None for inputs given as None; the running statistics as in :func:`kw_attention_backward`.
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dwarehouse, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var,
+        dfc2_weight, dfc2_bias, dfc3_weight, dbasis_bias, dbias)``, each of its input's shape; None
+        for inputs given as None; the running statistics as in :func:`kw_attention_backward`.
     """
     cache = check_cache(cache, 'kw_conv2d')
     dx, dkernels, dbias = conv2d_backward(dout, cache['conv'])            # (eq. 13, 14)
@@ -399,6 +515,22 @@ class KWConv2d(Module):
     ``temp_bias`` is rebuilt by ``allocate`` (same layer order gives the same values). The official
     ``temp_bias`` stays float32 in a ``.double()`` model, so there ``t * temp_bias`` is rounded to
     float32; here it is computed in the layer's dtype (identical when ``t`` is exact in float32).
+
+    Parameters
+    ----------
+    in_planes, out_planes : int
+    kernel_size, stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+    bias : bool
+        A static bias ``(out_planes,)``.
+    warehouse_id : int, keyword-only
+        Index of its warehouse in the manager.
+    warehouse_manager : WarehouseManager, keyword-only
+        The manager that owns the warehouse.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, in_planes, out_planes, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -550,6 +682,23 @@ class WarehouseManager(Module):
     starts with an entry of ``sharing_range`` becomes that entry (``('layer', 'conv')`` maps
     ``stage2_layer3_conv1`` to ``stage2_layer_conv``). As officially, a string is iterated character
     by character (the configs pass ``"layer_conv"``, which fuses by first letter).
+
+    Parameters
+    ----------
+    reduction : float or sequence
+        Attention width factor, per warehouse.
+    cell_num_ratio, cell_inplane_ratio, cell_outplane_ratio : float or sequence
+        The official cell-count and cell-size ratios, per warehouse.
+    sharing_range : str or sequence of str
+        Name prefixes whose warehouses are fused (above).
+    nonlocal_basis_ratio : float > 0
+        Below 1: the attention's basis mode.
+    spatial_partition : bool or sequence
+        Partition the kernel spatially into cells (official ``spatial_partition``).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, reduction=0.0625, cell_num_ratio=1, cell_inplane_ratio=1, cell_outplane_ratio=1,

@@ -44,7 +44,20 @@ def _check_dtype(layer, x):
 
 
 class Linear(Module):
-    """``torch.nn.Linear``: ``y = x W^T + b`` over the last axis of ``x (..., in_features)``."""
+    """``torch.nn.Linear``: ``y = x W^T + b`` over the last axis, ``(..., in_features) -> (...,
+    out_features)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        ``F`` and ``O``: keys ``weight (O, F)``, ``bias (O,)``.
+    bias : bool
+        Learn ``bias``.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
@@ -134,23 +147,77 @@ class _BatchNorm(Module):
 
 
 class BatchNorm1d(_BatchNorm):
-    """``torch.nn.BatchNorm1d`` on ``(N, C)`` or ``(N, C, L)``."""
+    """``torch.nn.BatchNorm1d`` on ``(N, C)`` or ``(N, C, L)`` (:func:`numpyconv.batch_norm_forward`).
+
+    Parameters
+    ----------
+    num_features : int
+        ``C``, the channels.
+    eps : float >= 0
+        Added to the variance.
+    momentum : float in [0, 1] or None
+        Weight of each batch in the running statistics; None gives PyTorch's cumulative average
+        (factor ``1 / num_batches_tracked``).
+    affine : bool
+        Learn ``weight`` (ones) and ``bias`` (zeros), each ``(C,)``.
+    track_running_stats : bool
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them the batch
+        statistics are used in eval mode too.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
     _ranks, _hint = (2, 3), "(N, C) or (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
-    """``torch.nn.BatchNorm2d`` on ``(N, C, H, W)``."""
+    """``torch.nn.BatchNorm2d`` on ``(N, C, H, W)`` (:func:`numpyconv.batch_norm_forward`).
+
+    Parameters
+    ----------
+    num_features : int
+        ``C``, the channels.
+    eps : float >= 0
+        Added to the variance.
+    momentum : float in [0, 1] or None
+        Weight of each batch in the running statistics; None gives PyTorch's cumulative average
+        (factor ``1 / num_batches_tracked``).
+    affine : bool
+        Learn ``weight`` (ones) and ``bias`` (zeros), each ``(C,)``.
+    track_running_stats : bool
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``; without them the batch
+        statistics are used in eval mode too.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
     _ranks, _hint = (4,), "(N, C, H, W)"
 
 
 class LayerNorm(Module):
     """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)`` over the trailing
-    axes ``normalized_shape`` (an int or a tuple) of ``x``; keys ``weight``, ``bias`` (those present),
-    shaped ``normalized_shape``. Several axes are normalised as one axis of their product size.
+    axes ``normalized_shape`` of ``x``; keys ``weight``, ``bias`` (those present), shaped
+    ``normalized_shape``. Several axes are normalised as one axis of their product size.
 
-    ``channels_first=True`` (one ``normalized_shape`` axis ``C``) normalises ``(N, C, H, W)`` over
-    ``C`` per pixel instead (the same math on the NHWC view; ConvNeXt's / InternImage's
-    channels-first LayerNorm).
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+        The trailing axes of the input to normalise over.
+    eps : float >= 0
+        Added to the variance.
+    elementwise_affine : bool
+        Learn ``weight`` (ones).
+    bias : bool
+        With ``elementwise_affine``, learn ``bias`` (zeros).
+    channels_first : bool, keyword-only
+        With one ``normalized_shape`` axis ``C``: normalise ``(N, C, H, W)`` over ``C`` per pixel
+        (the same math on the NHWC view; ConvNeXt's / InternImage's channels-first LayerNorm).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
@@ -227,7 +294,17 @@ class LayerNorm(Module):
 
 # -- flatten ------------------------------------------------------------------------------------
 class Flatten(Module):
-    """``torch.nn.Flatten(start_dim=1, end_dim=-1)``: merge axes ``start_dim..end_dim``."""
+    """``torch.nn.Flatten(start_dim=1, end_dim=-1)``: merge axes ``start_dim..end_dim``.
+
+    Parameters
+    ----------
+    start_dim, end_dim : int
+        The first and last axis merged (negative counts from the end).
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
 
     def __init__(self, start_dim=1, end_dim=-1, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)

@@ -136,7 +136,15 @@ class StateDictError(KeyError, ValueError):
 
 
 class Module:
-    """Base class of every numpyconv layer (see the module docstring for the contract)."""
+    """Base class of every numpyconv layer (see the module docstring for the contract).
+
+    Parameters
+    ----------
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
+    """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -323,7 +331,13 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; keys ``'0.weight'``, ``'1.running_mean'`` as ``nn.Sequential``."""
+    """Layers applied in order; keys ``'0.weight'``, ``'1.running_mean'`` as ``nn.Sequential``.
+
+    Parameters
+    ----------
+    *layers : Module
+        Applied in order; the layers with parameters must share one dtype, which the container takes.
+    """
 
     def __init__(self, *layers):
         for i, layer in enumerate(layers):

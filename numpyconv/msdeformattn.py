@@ -32,11 +32,15 @@ and nothing for a point outside ``-1 < h < H_l``, ``-1 < w < W_l``: exactly at `
 ``w = -1``) the value is 0 and so is the location gradient, where ``grid_sample`` (the PyTorch path)
 still has a slope towards row 0 (eq. 9). ``spatial_shapes`` and ``level_start_index`` get None.
 
-Kernels: the forward runs in parallel over queries ``(n, q)``, each owning its output row; the
-backward over heads ``(n, m)``, each owning the ``value`` slice ``dvalue[n, :, m, :]`` and its
-queries' location and attention gradients, visited in a fixed order, so the scatter into
-``dvalue`` has no race and the results are bitwise equal at any thread count. The ``D`` channels
-of a head are the innermost contiguous loop; corner weights and slopes are computed in float64.
+In this file "kernel" is the official CUDA kernel only; the compiled Numba functions are *loops*
+(``_forward_loop``, ``_backward_loop``). Their geometry is per level, not a convolution's: the
+validated ``spatial_shapes`` and ``level_start_index`` as int64 arrays ``shapes (L, 2)`` and
+``starts (L,)`` (``level_geometry``). The forward loop runs in parallel over queries ``(n, q)``,
+each owning its output row; the backward loop over heads ``(n, m)``, each owning the ``value``
+slice ``dvalue[n, :, m, :]`` and its queries' location and attention gradients, visited in a fixed
+order, so the scatter into ``dvalue`` has no race and the results are bitwise equal at any thread
+count. The ``D`` channels of a head are the innermost contiguous loop; corner weights and slopes
+are computed in float64.
 
 Layer ``MSDeformAttn`` (Deformable-DETR ``models/ops/modules/ms_deform_attn.py``), eq. 10-14::
 
@@ -64,7 +68,7 @@ from .memory import require_memory
 from .module import Module, fans
 
 
-# -- jitted kernels -----------------------------------------------------------------------------
+# -- Numba loops -------------------------------------------------------------------------------
 @njit(cache=True, inline='always')
 def _pixel(loc, height, width):
     """``(h, w)`` in pixels of the level of a normalised location ``loc = (x, y)`` (eq. 2)."""
@@ -78,7 +82,7 @@ def _inside(h, w, height, width):
 
 
 @njit(cache=True, parallel=True)
-def _forward_kernel(value, shapes, starts, loc, attn, out):
+def _forward_loop(value, shapes, starts, loc, attn, out):
     """``out (N, Lq, M, D)`` (zeros) ``+= a * B(value, h, w)`` (eq. 4); one task per query ``(n, q)``."""
     n, lq, heads, levels, points = attn.shape
     for task in prange(n * lq):
@@ -104,7 +108,7 @@ def _forward_kernel(value, shapes, starts, loc, attn, out):
 
 
 @njit(cache=True, parallel=True)
-def _backward_kernel(dout, value, shapes, starts, loc, attn, dvalue, dloc, dattn):
+def _backward_loop(dout, value, shapes, starts, loc, attn, dvalue, dloc, dattn):
     """Gradients (eq. 5-7) into zeroed ``dvalue``, ``dloc``, ``dattn``; one task per head ``(n, m)``,
     which alone writes ``dvalue[n, :, m]`` and visits its queries in order (no race, fixed sums)."""
     n, lq, heads, levels, points = attn.shape
@@ -198,7 +202,7 @@ def check_inputs(value, spatial_shapes, level_start_index, sampling_locations, a
 
 def pixel_locations(spatial_shapes, sampling_locations):
     """``(N, Lq, M, L, P, 2)`` float64 pixel coordinates ``(w, h) = (x W_l - 0.5, y H_l - 0.5)``
-    of each level (eq. 2), computed as the kernels compute them; ``spatial_shapes`` validated."""
+    of each level (eq. 2), computed as the loops compute them; ``spatial_shapes`` validated."""
     sizes = np.asarray(spatial_shapes, dtype=np.float64)[:, ::-1]        # (L, 2): (W_l, H_l)
     return sampling_locations.astype(np.float64) * sizes[:, None, :] - 0.5
 
@@ -237,7 +241,8 @@ def ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_lo
     out : ndarray (N, Lq, M*D)
         Head ``m`` in channels ``[m*D, (m+1)*D)`` (eq. 4).
     cache : Cache
-        For :func:`ms_deform_attn_backward`.
+        ``Cache('ms_deform_attn')`` with ``value``, ``shapes`` / ``starts`` (the validated level geometry,
+        int64), ``loc`` and ``attn`` (contiguous copies of the locations and weights); none of them None.
     """
     shapes, starts = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                   attention_weights)
@@ -251,7 +256,7 @@ def ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_lo
     attn = _contiguous(attention_weights, 'attention_weights')
     out = np.zeros((n, lq, heads, d), dtype=value.dtype)
     with threads_for(_work(attn, d)):
-        _forward_kernel(value, shapes, starts, loc, attn, out)
+        _forward_loop(value, shapes, starts, loc, attn, out)
     cache = Cache('ms_deform_attn', value=value, shapes=shapes, starts=starts, loc=loc, attn=attn)
     return out.reshape(n, lq, heads * d), cache
 
@@ -280,7 +285,7 @@ def ms_deform_attn_backward(dout, cache):
     dout = np.ascontiguousarray(dout).reshape(n, lq, heads, d)
     dvalue, dloc, dattn = np.zeros_like(value), np.zeros_like(loc), np.zeros_like(attn)
     with threads_for(_work(attn, d)):
-        _backward_kernel(dout, value, cache['shapes'], cache['starts'], loc, attn, dvalue, dloc, dattn)
+        _backward_loop(dout, value, cache['shapes'], cache['starts'], loc, attn, dvalue, dloc, dattn)
     return dvalue, None, None, dloc, dattn
 
 

@@ -210,12 +210,35 @@ def _pyramid_backward(level_grads, caches, shape, dtype):
 
 def octave_conv2d_forward(x_h, x_l, w_h2h, w_h2l, w_l2h, w_l2l, stride=1, padding=0, dilation=1,
                           groups=1):
-    """Octave convolution as d-li14 ``OctaveConv.forward``; returns ``((y_h, y_l), cache)``.
+    """Octave convolution as d-li14 ``OctaveConv.forward`` (eq. 3-7).
 
-    Any weight may be None (absent path); ``x_l`` None skips the l2h and l2l paths (first layer).
-    ``stride`` is 1 or 2 (2 = average pool, then stride-1 convs). ``groups`` is one int for every
-    path or a 4-tuple ``(h2h, h2l, l2h, l2l)`` (``OctaveConv2d`` passes the official per-path groups).
-    ``y_l`` (or ``y_h``) is None when no evaluated path feeds it. No bias: see ``OctaveConv2d``.
+    No bias: see ``OctaveConv2d``. ``y_l`` (or ``y_h``) is None when no evaluated path feeds it.
+
+    Parameters
+    ----------
+    x_h : ndarray (N, C_h, H, W)
+        The high-frequency part.
+    x_l : ndarray (N, C_l, H/2, W/2) or None
+        The low-frequency part; None skips the l2h and l2l paths (first layer).
+    w_h2h, w_h2l, w_l2h, w_l2l : ndarray (C_target, C_source // groups, kh, kw) or None
+        The four paths' weights; None is an absent path.
+    stride : 1 or 2
+        2 = average pool, then stride-1 convolutions.
+    padding, dilation : int or pair
+        Of every path.
+    groups : int or 4-tuple
+        One int for every path or ``(h2h, h2l, l2h, l2l)`` (``OctaveConv2d`` passes the official
+        per-path groups).
+
+    Returns
+    -------
+    out : tuple
+        ``(y_h (N, C_out_h, Ho, Wo), y_l (N, C_out_l, Ho/2, Wo/2))``, either None when no path feeds it.
+    cache : Cache
+        ``Cache('octave_conv2d')`` with ``records`` (per evaluated path: the path, its conv2d cache
+        and its upsampling cache or None), ``pool_caches`` (per part), ``in_shapes``,
+        ``weight_shapes`` and ``out_shapes`` (dicts; None entries for absent inputs / outputs) and
+        ``dtype``.
     """
     parts = {'h': x_h, 'l': x_l}
     weights = dict(zip(PATH_NAMES, (w_h2h, w_h2l, w_l2h, w_l2l)))
@@ -268,10 +291,20 @@ def _output_grads(dout, cache):
 
 
 def octave_conv2d_backward(dout, cache):
-    """Gradients ``(dx_h, dx_l, dw_h2h, dw_h2l, dw_l2h, dw_l2l)`` of :func:`octave_conv2d_forward`.
+    """Gradients of :func:`octave_conv2d_forward`.
 
-    ``dout = (dy_h, dy_l)``; a None entry is a zero gradient. Gradients are None for inputs given
-    as None and zero for inputs given but not used (``w_l2h``/``w_l2l`` without ``x_l``).
+    Parameters
+    ----------
+    dout : pair
+        ``(dy_h, dy_l)``, each of its output's shape; a None entry is a zero gradient.
+    cache : Cache
+        The cache :func:`octave_conv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx_h, dx_l, dw_h2h, dw_h2l, dw_l2h, dw_l2l)``, each of its input's shape; None for inputs
+        given as None and zero for inputs given but not used (``w_l2h``/``w_l2l`` without ``x_l``).
     """
     cache = check_cache(cache, 'octave_conv2d')
     dys = _output_grads(dout, cache)
@@ -313,6 +346,24 @@ class OctaveConv2d(Module):
     ``backward((dy_h, dy_l))`` returns ``(dx_h, dx_l)``, ``dx_l`` None when there was no ``x_l``.
     Paths (eq. 2): h2l and l2h are absent for ``groups == in_channels`` (depthwise: no exchange),
     l2l and l2h for ``alpha_in == 0``, h2l and l2l for ``alpha_out == 0``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Split into low ``int(alpha * C)`` and high ``C - int(alpha * C)`` parts (eq. 1).
+    kernel_size : int or pair
+    alpha_in, alpha_out : float in [0, 1)
+        The low-frequency share of the input and output channels.
+    stride : 1 or 2
+    padding, dilation : int or pair
+    groups : int
+        As the official module (per-path groups, eq. 2).
+    bias : bool
+        Learn a bias per path.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, alpha_in=0.5, alpha_out=0.5, stride=1,

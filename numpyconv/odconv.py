@@ -243,12 +243,44 @@ def odconv2d_forward(x, weight, fc_weight, bn_weight, bn_bias, bn_running_mean, 
                      spatial_fc_weight=None, spatial_fc_bias=None, kernel_fc_weight=None,
                      kernel_fc_bias=None, stride=1, padding=0, dilation=1, groups=1, temperature=1.0,
                      training=False, momentum=0.1, eps=1e-5):
-    """ODConv forward (eqs. 1-12); returns ``(y, cache)``.
+    """ODConv forward (eqs. 1-12).
 
-    The arrays are the official state_dict values (1x1 conv weights stay 4-D). A head the official
-    module skips must be None (see :func:`head_widths`). ``training`` selects BatchNorm batch
-    statistics or the running statistics; the running statistics after this step are
-    ``cache['running_mean']`` / ``cache['running_var']`` (no input is modified).
+    The arrays are the official state_dict values (1x1 conv weights stay 4-D), ``A`` the attention
+    width, ``K`` the kernel number. A head the official module skips must be None (see
+    :func:`head_widths`). No input is modified.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    weight : ndarray (K, C_out, C_in // groups, k, k)
+    fc_weight : ndarray (A, C_in, 1, 1)
+        The attention trunk's 1x1 convolution (no bias).
+    bn_weight, bn_bias, bn_running_mean, bn_running_var : ndarray (A,)
+        The trunk's BatchNorm.
+    channel_fc_weight, channel_fc_bias : ndarray (C_in, A, 1, 1), (C_in,)
+        The channel head (always present).
+    filter_fc_weight, filter_fc_bias : ndarray (C_out, A, 1, 1), (C_out,) or None
+    spatial_fc_weight, spatial_fc_bias : ndarray (k*k, A, 1, 1), (k*k,) or None
+    kernel_fc_weight, kernel_fc_bias : ndarray (K, A, 1, 1), (K,) or None
+        The skippable heads.
+    stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+    temperature : float > 0
+        Of the four heads' sigmoid / softmax.
+    training : bool
+        BatchNorm batch statistics (True) or the running ones (False).
+    momentum, eps : float
+        The BatchNorm's.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, Ho, Wo)
+    cache : Cache
+        ``Cache('odconv2d')`` with ``x``, ``u`` (the convolution before the filter attention; None
+        without the filter head), ``out_shape``, ``att`` (each head's attention, None for a skipped
+        head), ``attention`` (the attention branch's cache), ``conv`` (the conv2d cache), ``weight``,
+        ``mixed`` (None on the one-kernel pointwise path), ``pw1x``, and ``running_mean`` /
+        ``running_var`` (the BatchNorm's running statistics after this step).
     """
     heads = dict(channel=(channel_fc_weight, channel_fc_bias), filter=(filter_fc_weight, filter_fc_bias),
                  spatial=(spatial_fc_weight, spatial_fc_bias), kernel=(kernel_fc_weight, kernel_fc_bias))
@@ -276,10 +308,22 @@ def odconv2d_forward(x, weight, fc_weight, bn_weight, bn_bias, bn_running_mean, 
 def odconv2d_backward(dout, cache):
     """Gradients of :func:`odconv2d_forward`, one per array input in its order (eqs. 13-26).
 
-    ``(dx, dweight, dfc_weight, dbn_weight, dbn_bias, dbn_running_mean, dbn_running_var,
-    dchannel_fc_weight, dchannel_fc_bias, dfilter_fc_weight, dfilter_fc_bias, dspatial_fc_weight,
-    dspatial_fc_bias, dkernel_fc_weight, dkernel_fc_bias)``; None for a skipped head. The running
-    statistics get their eval-mode gradient (eq. 24), zeros in train mode.
+    The running statistics get their eval-mode gradient (eq. 24), zeros in train mode.
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C_out, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`odconv2d_forward`.
+    cache : Cache
+        The cache :func:`odconv2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx, dweight, dfc_weight, dbn_weight, dbn_bias, dbn_running_mean, dbn_running_var,
+        dchannel_fc_weight, dchannel_fc_bias, dfilter_fc_weight, dfilter_fc_bias, dspatial_fc_weight,
+        dspatial_fc_bias, dkernel_fc_weight, dkernel_fc_bias)``, each of its input's shape; None for a
+        skipped head.
     """
     cache = check_cache(cache, 'odconv2d')
     att, x, weight = cache['att'], cache['x'], cache['weight']
@@ -354,11 +398,25 @@ _GRAD_KEYS = ('weight', 'attention.fc.weight', 'attention.bn.weight', 'attention
 class ODConv2d(Module):
     """OSVAI/ODConv ``ODConv2d`` (same arguments, state_dict keys, skip rules, initialisation).
 
-    No bias. ``kernel_size`` is an int (or a square pair). Attention width
-    ``max(int(in_planes * reduction), 16)``. ``update_temperature(t)`` sets the temperature of the
-    four heads (default 1.0, not saved in the state_dict; see :func:`odconv_temperature`). In train
-    mode the attention BatchNorm uses batch statistics (batch >= 2), updates its running buffers and
-    couples the samples of a batch.
+    ``(N, in_planes, H, W) -> (N, out_planes, Ho, Wo)``. No bias. ``update_temperature(t)`` sets the
+    temperature of the four heads (default 1.0, not saved in the state_dict; see
+    :func:`odconv_temperature`). In train mode the attention BatchNorm uses batch statistics
+    (batch >= 2), updates its running buffers and couples the samples of a batch.
+
+    Parameters
+    ----------
+    in_planes, out_planes : int
+    kernel_size : int or square pair
+    stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+    reduction : float
+        Attention width ``max(int(in_planes * reduction), 16)``.
+    kernel_num : int
+        ``K``, the number of kernels.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters and buffers.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, in_planes, out_planes, kernel_size, stride=1, padding=0, dilation=1, groups=1,

@@ -179,6 +179,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     -------
     y : ndarray (N, C, Ho, Wo)
     cache : Cache
+        ``Cache('avg_pool2d')`` with ``geo`` (the pooling geometry), ``divisor`` (``D (Ho, Wo)`` float64,
+        eq. 25b), ``x_shape`` and ``dtype``; none of them None.
     """
     _check_x(x)
     geo = pool_geometry(x.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
@@ -192,7 +194,20 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
 
 
 def avg_pool2d_backward(dout, cache):
-    """``(dx,)``: each window spreads ``dy / D`` over its elements inside x (eq. 26)."""
+    """Each window spreads ``dy / D`` over its elements inside x (eq. 26).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`avg_pool2d_forward`.
+    cache : Cache
+        The cache :func:`avg_pool2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'avg_pool2d')
     geo, x_shape = cache['geo'], cache['x_shape']
     dout = grad_out(dout, x_shape[:2] + geo.out_hw, cache['dtype'])
@@ -222,7 +237,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     -------
     y : ndarray (N, C, Ho, Wo)
     cache : Cache
-        Holds each output's argmax as its kernel offset ``a*kw + b`` (-1: no element inside x).
+        ``Cache('max_pool2d')`` with ``geo``, ``arg`` (``(N, C, Ho, Wo)`` int32: each output's kernel
+        offset of its maximum, -1 for none), ``x_shape`` and ``dtype``; none of them None.
     """
     _check_x(x)
     geo = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
@@ -239,7 +255,20 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
 
 
 def max_pool2d_backward(dout, cache):
-    """``(dx,)``: each output's gradient goes to its window's argmax; overlaps add (eq. 46)."""
+    """Each output's gradient goes to its window's argmax; overlaps add (eq. 46).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`max_pool2d_forward`.
+    cache : Cache
+        The cache :func:`max_pool2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'max_pool2d')
     geo, arg, x_shape = cache['geo'], cache['arg'], cache['x_shape']
     dout = grad_out(dout, arg.shape, cache['dtype'])
@@ -351,6 +380,8 @@ def adaptive_avg_pool2d_forward(x, output_size):
     -------
     y : ndarray (N, C, Ho, Wo)
     cache : Cache
+        ``Cache('adaptive_avg_pool2d')`` with ``bounds`` (the window starts and ends per axis, eq. 47),
+        ``x_shape`` and ``dtype``; none of them None.
     """
     oh, ow = _check_adaptive(x, output_size)
     bounds = adaptive_bounds(x.shape[2], oh), adaptive_bounds(x.shape[3], ow)
@@ -360,8 +391,20 @@ def adaptive_avg_pool2d_forward(x, output_size):
 
 
 def adaptive_avg_pool2d_backward(dout, cache):
-    """``(dx,)``: each window spreads ``dy`` divided by its size over its elements, i.e.
-    ``dx = A_h^T dy A_w`` (eq. 49)."""
+    """Each adaptive window spreads ``dy / |window|`` over its elements (eq. 49).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`adaptive_avg_pool2d_forward`.
+    cache : Cache
+        The cache :func:`adaptive_avg_pool2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'adaptive_avg_pool2d')
     (b_h, b_w), x_shape, dtype = cache['bounds'], cache['x_shape'], cache['dtype']
     dout = grad_out(dout, x_shape[:2] + (len(b_h[0]), len(b_w[0])), dtype)
@@ -397,6 +440,9 @@ def adaptive_max_pool2d_forward(x, output_size):
     -------
     y : ndarray (N, C, Ho, Wo)
     cache : Cache
+        ``Cache('adaptive_max_pool2d')`` with ``bounds`` ``(hs, he, ws, we)`` (eq. 47), ``row_arg`` ``(N,
+        C, Ho, Wo)`` and ``col_arg`` ``(N, C, H, Wo)`` (the argmax's row and column within its window,
+        int32), ``x_shape`` and ``dtype``; none of them None.
     """
     oh, ow = _check_adaptive(x, output_size)
     n, c, h, w = x.shape
@@ -414,8 +460,20 @@ def adaptive_max_pool2d_forward(x, output_size):
 
 
 def adaptive_max_pool2d_backward(dout, cache):
-    """``(dx,)``: each output's gradient to its window's argmax, back through the two stages of the
-    forward, window by window (overlapping windows add) (eq. 46, 50)."""
+    """Each output's gradient goes to its adaptive window's argmax (eq. 46, 50).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`adaptive_max_pool2d_forward`.
+    cache : Cache
+        The cache :func:`adaptive_max_pool2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'adaptive_max_pool2d')
     (hs, he, ws, we), row_arg, col_arg = cache['bounds'], cache['row_arg'], cache['col_arg']
     dtype, x_shape = cache['dtype'], cache['x_shape']
@@ -441,7 +499,20 @@ def _adaptive_max_pool2d_indices(cache):
 
 # -- global average pooling -------------------------------------------------------------------------
 def global_avg_pool2d_forward(x):
-    """``z[n, c] = mean_{h,w} x[n, c, h, w]``: ``(N, C, H, W) -> (N, C)`` (eq. 27)."""
+    """``z[n, c] = mean_{h,w} x[n, c, h, w]``: ``(N, C, H, W) -> (N, C)`` (eq. 27).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+        Input, float32 or float64, ``H, W >= 1``.
+
+    Returns
+    -------
+    z : ndarray (N, C)
+        The channel means, ``x``'s dtype.
+    cache : Cache
+        ``Cache('global_avg_pool2d')`` with ``x_shape`` and ``dtype``; never None.
+    """
     _check_x(x)
     if x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
@@ -449,7 +520,20 @@ def global_avg_pool2d_forward(x):
 
 
 def global_avg_pool2d_backward(dout, cache):
-    """``(dx,)`` with ``dx[n, c, h, w] = dz[n, c] / (H W)`` (eq. 28)."""
+    """``dx[n, c, h, w] = dz[n, c] / (H W)`` (eq. 28).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C)
+        Gradient of the loss with respect to the output of :func:`global_avg_pool2d_forward`.
+    cache : Cache
+        The cache :func:`global_avg_pool2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'global_avg_pool2d')
     n, c, h, w = cache['x_shape']
     dout = grad_out(dout, (n, c), cache['dtype'])
@@ -470,7 +554,17 @@ class _Pool(Stateless):
 
 class AvgPool2d(_Pool):
     """``torch.nn.AvgPool2d(kernel_size, stride=None, padding=0, ceil_mode=False,
-    count_include_pad=True, divisor_override=None)``; arguments as :func:`avg_pool2d_forward`."""
+    count_include_pad=True, divisor_override=None)``: ``(N, C, H, W) -> (N, C, Ho, Wo)``.
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        As in :func:`avg_pool2d_forward`.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _backward_fn = avg_pool2d_backward
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -492,9 +586,20 @@ class AvgPool2d(_Pool):
 
 class MaxPool2d(_Pool):
     """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
-    ceil_mode=False)``; arguments as :func:`max_pool2d_forward`. With ``return_indices`` the forward
-    returns ``(y, indices)``, ``indices`` PyTorch's (``row * W + column`` in each plane, int64);
-    ``backward`` takes ``dout`` alone."""
+    ceil_mode=False)``: ``(N, C, H, W) -> (N, C, Ho, Wo)``.
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in :func:`max_pool2d_forward`.
+    return_indices : bool
+        The forward returns ``(y, indices)``, ``indices`` PyTorch's (``row * W + column`` in each
+        plane, int64, ``(N, C, Ho, Wo)``); ``backward`` takes ``dout`` alone.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _backward_fn = max_pool2d_backward
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
@@ -530,7 +635,17 @@ class _AdaptivePool(_Pool):
 
 
 class AdaptiveAvgPool2d(_AdaptivePool):
-    """``torch.nn.AdaptiveAvgPool2d(output_size)``; see :func:`adaptive_avg_pool2d_forward`."""
+    """``torch.nn.AdaptiveAvgPool2d(output_size)``: ``(N, C, H, W) -> (N, C, Ho, Wo)``.
+
+    Parameters
+    ----------
+    output_size : int, pair or None entries
+        ``(Ho, Wo)``; a None entry keeps the input's size (:func:`adaptive_avg_pool2d_forward`).
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _backward_fn = adaptive_avg_pool2d_backward
 
     def _op_forward(self, x):
@@ -538,8 +653,20 @@ class AdaptiveAvgPool2d(_AdaptivePool):
 
 
 class AdaptiveMaxPool2d(_AdaptivePool):
-    """``torch.nn.AdaptiveMaxPool2d(output_size, return_indices=False)``; with ``return_indices`` the
-    forward returns ``(y, indices)`` as :class:`MaxPool2d`."""
+    """``torch.nn.AdaptiveMaxPool2d(output_size, return_indices=False)``: ``(N, C, H, W) -> (N, C, Ho,
+    Wo)``.
+
+    Parameters
+    ----------
+    output_size : int, pair or None entries
+        ``(Ho, Wo)``; a None entry keeps the input's size (:func:`adaptive_max_pool2d_forward`).
+    return_indices : bool
+        The forward returns ``(y, indices)`` as :class:`MaxPool2d`.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _backward_fn = adaptive_max_pool2d_backward
 
     def __init__(self, output_size, return_indices=False, *, dtype=np.float32, rng=None):
@@ -555,7 +682,15 @@ class AdaptiveMaxPool2d(_AdaptivePool):
 
 
 class GlobalAvgPool2d(Stateless):
-    """``nn.AdaptiveAvgPool2d(1)`` followed by flatten: ``(N, C, H, W) -> (N, C)``."""
+    """``nn.AdaptiveAvgPool2d(1)`` followed by flatten: ``(N, C, H, W) -> (N, C)``.
+
+    Parameters
+    ----------
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
+    """
     _forward_fn, _backward_fn = global_avg_pool2d_forward, global_avg_pool2d_backward
 
     def macs(self, input_shape):

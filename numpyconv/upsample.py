@@ -212,11 +212,15 @@ def upsample_nearest2d_forward(x, scale_factor=_TWO, size=None, recompute_scale_
     size : int, pair or None
         The output size ``(Ho, Wo)`` instead of a scale factor.
     recompute_scale_factor : bool or None
+        True: the source index uses ``in / out`` instead of ``1 / scale_factor``.
 
     Returns
     -------
     y : ndarray (N, C, Ho, Wo)
     cache : Cache
+        ``Cache('upsample_nearest2d')`` with ``src`` (the source row and column of each output row /
+        column), ``factors`` (the integer repeat factors, 0 where the copy is not a repeat), ``x_shape``
+        and ``dtype``; none of them None.
     """
     if size is not None and scale_factor is _TWO:
         scale_factor = None
@@ -234,7 +238,20 @@ def upsample_nearest2d_forward(x, scale_factor=_TWO, size=None, recompute_scale_
 
 
 def upsample_nearest2d_backward(dout, cache):
-    """``(dx,)``: each input pixel sums the output pixels that copy it (eq. 30)."""
+    """Each input pixel sums the output pixels that copy it (eq. 30).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`upsample_nearest2d_forward`.
+    cache : Cache
+        The cache :func:`upsample_nearest2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'upsample_nearest2d')
     (src_h, src_w), (f_h, f_w), (n, c, h, w) = cache['src'], cache['factors'], cache['x_shape']
     dout = grad_out(dout, (n, c, len(src_h), len(src_w)), cache['dtype'])
@@ -285,6 +302,8 @@ def upsample_bilinear2d_forward(x, size=None, scale_factor=None, align_corners=F
     -------
     y : ndarray (N, C, Ho, Wo)
     cache : Cache
+        ``Cache('upsample_bilinear2d')`` with ``weights`` (per axis, the two source indices and weights of
+        each output index, eq. 52), ``x_shape`` and ``dtype``; none of them None.
     """
     align_corners = _align_corners(align_corners)
     (oh, ow), (s_h, s_w) = _check_x_and_size(x, size, scale_factor, None)
@@ -295,7 +314,20 @@ def upsample_bilinear2d_forward(x, size=None, scale_factor=None, align_corners=F
 
 
 def upsample_bilinear2d_backward(dout, cache):
-    """``(dx,)``: the forward's weights transposed, along H then along W (eq. 54)."""
+    """The forward's weights transposed, along H then along W (eq. 54).
+
+    Parameters
+    ----------
+    dout : ndarray, (N, C, Ho, Wo)
+        Gradient of the loss with respect to the output of :func:`upsample_bilinear2d_forward`.
+    cache : Cache
+        The cache :func:`upsample_bilinear2d_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx (N, C, H, W)``, ``x``'s dtype.
+    """
     cache = check_cache(cache, 'upsample_bilinear2d')
     (w_h, w_w), (n, c, h, w) = cache['weights'], cache['x_shape']
     dout = grad_out(dout, (n, c, len(w_h[2]), len(w_w[2])), cache['dtype'])
@@ -317,6 +349,10 @@ class Upsample(Stateless):
         Bilinear only (None means False).
     recompute_scale_factor : bool or None
         True: the source index uses ``in / out`` instead of ``1 / scale_factor``.
+    dtype : float32 or float64, keyword-only
+        The layer's dtype (no parameters: the output keeps the input's dtype).
+    rng : numpy.random.Generator, int or None, keyword-only
+        Unused (no parameters); accepted as by every layer.
     """
 
     def __init__(self, size=None, scale_factor=None, mode='nearest', align_corners=None,

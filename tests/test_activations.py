@@ -8,7 +8,7 @@ import numpyconv
 from numpyconv import activations as A
 from numpyconv.gradcheck import gradcheck, gradcheck_layer
 from numpyconv.module import count
-from numpyconv.reference import activations as ref_act, blocks as ref
+from numpyconv.reference import activations as ref_act
 
 RNG = np.random.default_rng(2024)
 F64 = dict(dtype=np.float64, rng=0)
@@ -30,16 +30,16 @@ def away_from_kinks(*shape, dtype=np.float64):
 
 # One row per case: name -> (forward(*inputs), backward, make_inputs(dtype), reference(*inputs)).
 CASES = {
-    'relu': (A.relu_forward, A.relu_backward, lambda dt: (normal(2, 3, 4, dtype=dt),), ref.relu),
-    'sigmoid': (A.sigmoid_forward, A.sigmoid_backward, lambda dt: (normal(3, 5, dtype=dt),), ref.sigmoid),
+    'relu': (A.relu_forward, A.relu_backward, lambda dt: (normal(2, 3, 4, dtype=dt),), ref_act.relu),
+    'sigmoid': (A.sigmoid_forward, A.sigmoid_backward, lambda dt: (normal(3, 5, dtype=dt),), ref_act.sigmoid),
     'sigmoid_T': (lambda x: A.sigmoid_forward(x, 2.5), A.sigmoid_backward,
-                  lambda dt: (normal(3, 5, dtype=dt),), lambda x: ref.sigmoid(x, 2.5)),
-    'softmax': (A.softmax_forward, A.softmax_backward, lambda dt: (normal(3, 5, dtype=dt),), ref.softmax),
+                  lambda dt: (normal(3, 5, dtype=dt),), lambda x: ref_act.sigmoid(x, 2.5)),
+    'softmax': (A.softmax_forward, A.softmax_backward, lambda dt: (normal(3, 5, dtype=dt),), ref_act.softmax),
     'softmax_axis1_T': (lambda x: A.softmax_forward(x, 1, 0.7), A.softmax_backward,
-                        lambda dt: (normal(2, 4, 3, dtype=dt),), lambda x: ref.softmax(x, 1, 0.7)),
+                        lambda dt: (normal(2, 4, 3, dtype=dt),), lambda x: ref_act.softmax(x, 1, 0.7)),
     'softmax_axis0_T': (lambda x: A.softmax_forward(x, axis=-3, temperature=3.0), A.softmax_backward,
-                        lambda dt: (normal(3, 2, 2, dtype=dt),), lambda x: ref.softmax(x, 0, 3.0)),
-    'gelu': (A.gelu_forward, A.gelu_backward, lambda dt: (3 * normal(4, 5, dtype=dt),), ref.gelu),
+                        lambda dt: (normal(3, 2, 2, dtype=dt),), lambda x: ref_act.softmax(x, 0, 3.0)),
+    'gelu': (A.gelu_forward, A.gelu_backward, lambda dt: (3 * normal(4, 5, dtype=dt),), ref_act.gelu),
     'relu6': (A.relu6_forward, A.relu6_backward, lambda dt: (away_from_kinks(3, 7, dtype=dt),),
               ref_act.relu6),
     'hardsigmoid': (A.hardsigmoid_forward, A.hardsigmoid_backward,

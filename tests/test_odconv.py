@@ -6,6 +6,7 @@ import numpyconv as nc
 from numpyconv import odconv as od
 from numpyconv.conv import conv2d_forward
 from numpyconv.reference import blocks as ref_blocks
+from numpyconv.reference import pooling as ref_pooling
 from numpyconv.reference import odconv as ref
 
 RNG = np.random.default_rng(2022)
@@ -170,7 +171,7 @@ def test_train_mode_updates_running_stats_like_batch_norm():
     layer = random_layer(4, 6, 3, padding=1)
     state = layer.state_dict()
     x = RNG.standard_normal((5, 4, 6, 6))
-    hidden = ref_blocks.linear(ref_blocks.global_avg_pool2d(x), state['attention.fc.weight'][:, :, 0, 0])
+    hidden = ref_blocks.linear(ref_pooling.global_avg_pool2d(x), state['attention.fc.weight'][:, :, 0, 0])
     mean, var = ref_blocks.batch_norm_running_stats(hidden, state['attention.bn.running_mean'],
                                                     state['attention.bn.running_var'])
     layer.train()(x)

@@ -21,11 +21,13 @@ Example::
     >>> y.shape, float(dw[0, 0, 0, 0]), db
     ((1, 2, 1, 1), 1.0, None)
 """
-# -- building blocks (reference/blocks.py) -----------------------------------------------------
+# -- building blocks (reference/blocks.py, reference/activations.py, reference/pooling.py) ------
+from .activations import (  # noqa: F401 (re-exported)
+    gelu, gelu_backward, relu, relu_backward, sigmoid, sigmoid_backward, softmax, softmax_backward)
 from .blocks import (  # noqa: F401 (re-exported)
-    batch_norm, batch_norm_backward, cross_entropy, cross_entropy_backward, gelu, gelu_backward,
-    global_avg_pool2d, global_avg_pool2d_backward, layer_norm, layer_norm_backward, linear,
-    linear_backward, relu, relu_backward, sigmoid, sigmoid_backward, softmax, softmax_backward)
+    batch_norm, batch_norm_backward, cross_entropy, cross_entropy_backward, layer_norm,
+    layer_norm_backward, linear, linear_backward)
+from .pooling import global_avg_pool2d, global_avg_pool2d_backward  # noqa: F401 (re-exported)
 
 # -- conv family (reference/conv.py) -------------------------------------------------------------
 from .conv import (  # noqa: F401 (re-exported)

@@ -1,4 +1,6 @@
-"""Plain-loop definitions of the building blocks and their gradients: slow, obvious, the thing to read first.
+"""Plain-loop definitions of the building blocks linear, batch_norm, layer_norm and cross_entropy and
+their gradients: slow, obvious, the thing to read first (the activations are in
+:mod:`numpyconv.reference.activations`, global_avg_pool2d in :mod:`numpyconv.reference.pooling`).
 
 Each forward is the defining formula of docs/derivations/blocks.md written element by element with
 Python loops and the ``math`` module (no vectorised NumPy arithmetic). Each ``<op>_backward(dout,
@@ -10,6 +12,8 @@ forward, in forward's order, None for an input given as None. Outputs keep the i
 import math
 
 import numpy as np
+
+from .activations import lines_along
 
 
 # -- linear ----------------------------------------------------------------------------------------
@@ -39,96 +43,6 @@ def linear_backward(dout, x, weight, bias=None):
                 dweight[o, f] += dout[m + (o,)] * x[m + (f,)]                 # (eq. 2)
                 dx[m + (f,)] += dout[m + (o,)] * weight[o, f]                 # (eq. 4)
     return dx, dweight, dbias
-
-
-# -- element-wise activations -------------------------------------------------------------------
-def _elementwise(x, scalar_fn):
-    y = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        y[index] = scalar_fn(float(x[index]))
-    return y
-
-
-def _cdf(v):
-    """Standard normal cdf ``Phi(v) = (1 + erf(v / sqrt 2)) / 2``."""
-    return 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
-
-
-def _pdf(v):
-    """Standard normal density ``phi(v) = exp(-v^2 / 2) / sqrt(2 pi)``."""
-    return math.exp(-0.5 * v * v) / math.sqrt(2.0 * math.pi)
-
-
-def relu(x):
-    """``max(x, 0)`` element by element (eq. 5)."""
-    return _elementwise(x, lambda v: v if v > 0 else 0.0)
-
-
-def relu_backward(dout, x):
-    """``(dx,)`` of :func:`relu`; the kink at 0 gets gradient 0."""
-    dx = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        dx[i] = dout[i] * (1.0 if x[i] > 0 else 0.0)                          # (eq. 6)
-    return (dx,)
-
-
-def sigmoid(x, temperature=1.0):
-    """``1 / (1 + exp(-x / T))`` element by element (eq. 7)."""
-    return _elementwise(x, lambda v: 1.0 / (1.0 + math.exp(-v / temperature)))
-
-
-def sigmoid_backward(dout, x, temperature=1.0):
-    """``(dx,)`` of :func:`sigmoid`."""
-    a = sigmoid(x, temperature)                                               # (eq. 7)
-    dx = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        dx[i] = dout[i] * a[i] * (1.0 - a[i]) / temperature                   # (eq. 8)
-    return (dx,)
-
-
-def gelu(x):
-    """``x * Phi(x)``, ``Phi(x) = (1 + erf(x / sqrt 2)) / 2`` (eq. 12)."""
-    return _elementwise(x, lambda v: v * _cdf(v))
-
-
-def gelu_backward(dout, x):
-    """``(dx,)`` of :func:`gelu`."""
-    dx = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        v = float(x[i])
-        dx[i] = dout[i] * (_cdf(v) + v * _pdf(v))                             # (eq. 13)
-    return (dx,)
-
-
-def _lines(shape, axis):
-    """Yield, for every 1-D line of ``shape`` along ``axis``, the list of its element indices."""
-    others = [n for a, n in enumerate(shape) if a != axis]
-    for rest in np.ndindex(*others):
-        rest = list(rest)
-        yield [tuple(rest[:axis] + [k] + rest[axis:]) for k in range(shape[axis])]
-
-
-def softmax(x, axis=-1, temperature=1.0):
-    """``exp(x_k / T) / sum_j exp(x_j / T)`` along ``axis`` (eq. 9)."""
-    axis = axis % x.ndim
-    y = np.zeros_like(x)
-    for line in _lines(x.shape, axis):
-        exps = [math.exp(x[i] / temperature) for i in line]
-        for i, e in zip(line, exps):
-            y[i] = e / sum(exps)
-    return y
-
-
-def softmax_backward(dout, x, axis=-1, temperature=1.0):
-    """``(dx,)`` of :func:`softmax`: every probability of a line against every logit of that line."""
-    axis = axis % x.ndim
-    p = softmax(x, axis, temperature)                                         # (eq. 9)
-    dx = np.zeros_like(x)
-    for line in _lines(x.shape, axis):
-        for i in line:
-            for k in line:
-                dx[i] += dout[k] * p[k] * ((1.0 if k == i else 0.0) - p[i]) / temperature   # (eq. 10, 11)
-    return (dx,)
 
 
 # -- normalisation ---------------------------------------------------------------------------------
@@ -218,7 +132,7 @@ def batch_norm_running_stats(x, running_mean, running_var, momentum=0.1):
 def layer_norm(x, weight, bias, eps=1e-5):
     """Normalise every line along the last axis, then ``gamma * x_hat + beta`` (eq. 23)."""
     y = np.zeros_like(x)
-    for line in _lines(x.shape, x.ndim - 1):
+    for line in lines_along(x.shape, x.ndim - 1):
         mean, var = _mean_var([float(x[i]) for i in line])
         for d, i in enumerate(line):
             gamma = 1.0 if weight is None else float(weight[d])
@@ -233,7 +147,7 @@ def layer_norm_backward(dout, x, weight, bias, eps=1e-5):
     dx = np.zeros_like(x)
     dweight, dbias = (None if v is None else np.zeros_like(v) for v in (weight, bias))
     size = x.shape[-1]                                                        # D
-    for line in _lines(x.shape, x.ndim - 1):
+    for line in lines_along(x.shape, x.ndim - 1):
         mean, var = _mean_var([float(x[i]) for i in line])                    # (eq. 14)
         s = 1.0 / math.sqrt(var + eps)                                        # (eq. 15)
         x_hat = [(x[i] - mean) * s for i in line]                             # (eq. 15)
@@ -247,26 +161,6 @@ def layer_norm_backward(dout, x, weight, bias, eps=1e-5):
                 jac = s * ((1.0 if d == e else 0.0) - 1 / size - x_hat[d] * x_hat[e] / size)   # (eq. 16)
                 dx[i] += g[e] * jac                                           # (eq. 24)
     return dx, dweight, dbias
-
-
-# -- pooling and upsampling ------------------------------------------------------------------------
-def global_avg_pool2d(x):
-    """``z[n, c] = sum_{h,w} x[n, c, h, w] / (H W)`` (eq. 27)."""
-    n_batch, channels, h, w = x.shape
-    z = np.zeros((n_batch, channels), dtype=x.dtype)
-    for n in range(n_batch):
-        for c in range(channels):
-            z[n, c] = sum(float(x[n, c, i, j]) for i in range(h) for j in range(w)) / (h * w)
-    return z
-
-
-def global_avg_pool2d_backward(dout, x):
-    """``(dx,)`` of :func:`global_avg_pool2d`."""
-    h, w = x.shape[2:]
-    dx = np.zeros_like(x)
-    for n, c, i, j in np.ndindex(*x.shape):
-        dx[n, c, i, j] = dout[n, c] / (h * w)                                 # (eq. 28)
-    return (dx,)
 
 
 # -- cross-entropy -------------------------------------------------------------------------------

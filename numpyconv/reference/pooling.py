@@ -1,6 +1,6 @@
-"""Plain-loop definitions of avg_pool2d, max_pool2d, adaptive_avg_pool2d and adaptive_max_pool2d,
-forward and backward, window by window as PyTorch's CPU kernels define them
-(docs/derivations/blocks.md, eq. 25-26, 44-50). Outputs keep the input's dtype; each backward
+"""Plain-loop definitions of avg_pool2d, max_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d and
+global_avg_pool2d, forward and backward, window by window as PyTorch's CPU kernels define them
+(docs/derivations/blocks.md, eq. 25-28, 44-50). Outputs keep the input's dtype; each backward
 takes ``(dout, *forward_args)`` and returns ``(dx,)``.
 """
 import math
@@ -171,4 +171,24 @@ def adaptive_max_pool2d_backward(dout, x, output_size):
     dx = np.zeros_like(x)
     for (n, c, i, j), (u, v) in chosen.items():
         dx[n, c, u, v] += dout[n, c, i, j]
+    return (dx,)
+
+
+# -- global average pooling ------------------------------------------------------------------------
+def global_avg_pool2d(x):
+    """``z[n, c] = sum_{h,w} x[n, c, h, w] / (H W)`` (eq. 27)."""
+    n_batch, channels, h, w = x.shape
+    z = np.zeros((n_batch, channels), dtype=x.dtype)
+    for n in range(n_batch):
+        for c in range(channels):
+            z[n, c] = sum(float(x[n, c, i, j]) for i in range(h) for j in range(w)) / (h * w)
+    return z
+
+
+def global_avg_pool2d_backward(dout, x):
+    """``(dx,)`` of :func:`global_avg_pool2d`."""
+    h, w = x.shape[2:]
+    dx = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(*x.shape):
+        dx[n, c, i, j] = dout[n, c] / (h * w)                                 # (eq. 28)
     return (dx,)
