@@ -646,7 +646,7 @@ def _sequential_layer(rng, dtype):
     return layer, _normal(rng, (2, 3, 5, 5), dtype)
 
 
-# -- the newer layers: pooling, transposed convolution, dropout, activations, attention -------------
+# -- pooling, transposed convolution, dropout, activations, attention ---------------------------------
 @register_layer('MaxPool2d')
 def _max_pool_layer(rng, dtype):
     return nc.MaxPool2d(3, 2, padding=1, ceil_mode=True), _normal(rng, (2, 3, 6, 5), dtype)

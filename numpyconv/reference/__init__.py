@@ -53,7 +53,7 @@ from .deformable import deform_conv2d, deform_conv2d_backward  # noqa: F401
 from .dcnv3 import dcnv3, dcnv3_backward  # noqa: F401
 from .dcnv4 import dcnv4, dcnv4_backward  # noqa: F401
 
-# -- pooling, upsampling, transposed convolution, dropout, activations (the newer layers) ----------
+# -- pooling, upsampling, transposed convolution, dropout, activations -------------------
 from .activations import (hardsigmoid, hardsigmoid_backward, hardswish, hardswish_backward, relu6,  # noqa: F401
                           relu6_backward, silu, silu_backward)  # noqa: F401
 from .conv_transpose import conv_transpose2d, conv_transpose2d_backward  # noqa: F401
