@@ -49,3 +49,12 @@ from .dcnv4 import DCNv4, dcnv4_backward, dcnv4_forward, pack_offset_mask, unpac
 from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint, state_dict_of
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+    """``numpyconv.models`` is imported on first use (the network builders are not needed to import the
+    layers)."""
+    if name == 'models':
+        import importlib
+        return importlib.import_module('.models', __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

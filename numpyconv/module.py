@@ -59,6 +59,28 @@ def default_bias(rng, fan_in, n, dtype):
     return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
 
 
+def torch_key_order(params, buffers):
+    """The keys of one layer in ``torch.nn.Module.state_dict`` order.
+
+    A dotted key ``a.b.w`` is entry ``w`` of the submodule ``a.b``; torch lists a module's parameters,
+    then its buffers, then each submodule's entries (submodules in order of first appearance among
+    ``params`` then ``buffers``, the insertion orders).
+    """
+    keys = list(params) + list(buffers)
+    first = {}
+    for i, key in enumerate(keys):
+        parts = key.split('.')
+        for j in range(1, len(parts)):
+            first.setdefault('.'.join(parts[:j]), i)
+
+    def position(item):
+        i, key = item
+        parts = key.split('.')
+        path = [(2, first['.'.join(parts[:j])]) for j in range(1, len(parts))]
+        return path + [(0 if i < len(params) else 1, i)]
+    return [key for _, key in sorted(enumerate(keys), key=position)]
+
+
 class StateDictError(KeyError, ValueError):
     """Missing or unexpected state_dict keys: a ``KeyError`` that is also a ``ValueError`` (a bad
     argument, as the API contract says), with a plain (unquoted) message."""
@@ -118,9 +140,14 @@ class Module:
     # -- state ----------------------------------------------------------------------------
     def state_dict(self):
         """Copies of parameters and buffers, keyed and ordered as the official module's state_dict
-        (each layer's parameters, then its buffers, then its children's, as ``torch.nn.Module``)."""
-        return {prefix + k: v.copy() for prefix, m in self.named_modules()
-                for k, v in (*m._params.items(), *m._buffers.items())}
+        (each layer's parameters, then its buffers, then its children's, as ``torch.nn.Module``; a
+        layer's dotted keys such as ``attention.bn.running_mean`` are ordered as the submodules they
+        name: :func:`torch_key_order`)."""
+        state = {}
+        for prefix, m in self.named_modules():
+            own = {**m._params, **m._buffers}
+            state.update((prefix + k, own[k].copy()) for k in torch_key_order(m._params, m._buffers))
+        return state
 
     def load_state_dict(self, state, strict=True):
         """Copy ``state`` into this layer in place (float values cast to the layer's dtype).
@@ -258,19 +285,23 @@ class Sequential(Module):
     def __len__(self):
         return len(self._modules)
 
+    def _layers(self):
+        """The layers in the order forward runs them (subclasses may run their children differently)."""
+        return list(self._modules.values())
+
     def forward(self, x):
-        for layer in self._modules.values():
+        for layer in self._layers():
             x = layer(x)
         return x
 
     def backward(self, dout):
-        for layer in reversed(list(self._modules.values())):
+        for layer in reversed(self._layers()):
             dout = layer.backward(dout)
         return dout
 
     def macs(self, input_shape):
         total = 0
-        for layer in self._modules.values():
+        for layer in self._layers():
             m, input_shape = layer.macs(input_shape)
             total += m
         return total, input_shape
