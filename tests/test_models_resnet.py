@@ -13,7 +13,7 @@ import pytest
 
 import numpyconv as nc
 from numpyconv import models
-from numpyconv.models._common import set_masks
+from numpyconv.models import set_masks
 
 RTOL = 1e-9
 

@@ -6,3 +6,4 @@ from .dy_resnet import dy_resnet18  # noqa: F401
 from .oct_resnet import oct_resnet26, oct_resnet50  # noqa: F401
 from .resnet_dcn import resnet50_dcnv2  # noqa: F401
 from .rednet import rednet26, rednet38, rednet50  # noqa: F401
+from ._common import set_masks  # noqa: F401
