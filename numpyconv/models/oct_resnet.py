@@ -46,7 +46,19 @@ def _add(a, b):
 class OctaveConvBN(Chain):
     """Official ``Conv_BN`` (``act=False``) / ``Conv_BN_ACT`` (``act=True``): ``conv`` (an
     OctaveConv2d without bias), then ``bn_h`` on the high part (absent for ``alpha_out == 1``) and
-    ``bn_l`` on the low part (absent for ``alpha_out == 0``), each followed by a ReLU with ``act``."""
+    ``bn_l`` on the low part (absent for ``alpha_out == 0``), each followed by a ReLU with ``act``.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, alpha_in, alpha_out, stride, padding, groups
+        As :class:`~numpyconv.OctaveConv2d` (dilation 1, no bias).
+    act : bool, keyword-only
+        ReLU after each BatchNorm.
+    dtype, rng : keyword-only
+
+    ``forward(x or (x_h, x_l)) -> (y_h, y_l)``, ``y_l`` None for ``alpha_out == 0``;
+    ``backward((dy_h, dy_l)) -> (dx_h, dx_l)`` (``dx_l`` None for a bare ``x``).
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, alpha_in=0.5, alpha_out=0.5, stride=1,
                  padding=0, groups=1, *, act, dtype=np.float32, rng=None):
@@ -95,9 +107,26 @@ class HighPart(Stateless):
 
 
 class OctaveBottleneck(Residual):
-    """Official octave ``Bottleneck(inplanes, planes, stride, downsample, groups, base_width, alpha_in,
-    alpha_out, output)``: a :class:`~numpyconv.models._common.Residual` on pairs; input ``x`` (first
-    block) or ``(x_h, x_l)``, output ``(y_h, y_l)``."""
+    """Official octave ``Bottleneck``: a :class:`~numpyconv.models._common.Residual` on pairs.
+
+    Parameters
+    ----------
+    inplanes, planes : int
+        Input channels; output channels ``4 planes``.
+    stride : int
+        1 or 2 (``conv2`` and the ``downsample`` pool 2x2).
+    downsample : Sequential(OctaveConvBN) or None
+    groups, base_width : int
+        Grouped ``conv2`` with ``int(planes * base_width / 64) * groups`` channels.
+    alpha_in, alpha_out : float
+        Low-frequency ratios of ``conv1``'s input and output.
+    output : bool
+        The last stage: ``conv2`` and ``conv3`` with alpha 0 (no low part).
+    dtype, rng : keyword-only
+
+    ``forward(x (first block) or (x_h, x_l)) -> (y_h, y_l)``; ``backward((dy_h, dy_l))`` returns
+    ``dx_h`` for a bare ``x``, else ``(dx_h, dx_l)``.
+    """
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, alpha_in=0.5,

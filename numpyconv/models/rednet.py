@@ -53,8 +53,20 @@ class InvolutionConvs(Convs):
 
 
 class RedNet(Chain):
-    """The ``RedNet(depth, stem_channels, base_channels)`` backbone; ``forward`` returns the last
-    stage's features ``(N, base_channels * 32, H/32, W/32)`` (``out_indices=(3,)``)."""
+    """The official ``RedNet`` backbone (``out_indices=(3,)``, ``style='pytorch'``).
+
+    Parameters
+    ----------
+    depth : {26, 38, 50}
+    stem_channels, base_channels : int
+        Official arguments (64, 64); ``base_channels`` a multiple of 16 and ``stem_channels`` of 32
+        (the involutions' 16-channel groups).
+    norm_eval : bool
+        Keep the BatchNorm layers in eval mode inside ``train()``.
+    dtype, rng : keyword-only
+
+    ``forward(x (N, 3, H, W)) -> (N, base_channels * 32, H/32, W/32)``, H and W multiples of 32.
+    """
 
     def __init__(self, depth, stem_channels=64, base_channels=64, norm_eval=False, *, dtype=np.float32,
                  rng=None):
@@ -79,7 +91,16 @@ class RedNet(Chain):
 
 class ImageClassifier(Chain):
     """mmcls ``ImageClassifier``: ``backbone``, ``neck`` (global average pooling) and ``head``
-    (``LinearClsHead``: ``head.fc``); ``forward`` returns the logits (the head's ``fc`` output)."""
+    (``LinearClsHead``: ``head.fc``).
+
+    Parameters
+    ----------
+    backbone : RedNet
+    num_classes : int
+
+    ``forward(x (N, 3, H, W)) -> logits (N, num_classes)`` (the head's ``fc`` output, before the
+    softmax of mmcls's ``simple_test``); ``backward(dlogits) -> dx``.
+    """
 
     def __init__(self, backbone, num_classes):
         super().__init__(dtype=backbone.dtype, rng=backbone.rng)

@@ -84,7 +84,28 @@ class _Block(Residual):
 
 
 class BasicBlock(_Block):
-    """torchvision ``BasicBlock``: two 3x3 convolutions (the first strided)."""
+    """torchvision ``BasicBlock``: two 3x3 convolutions (the first strided).
+
+    Parameters
+    ----------
+    inplanes, planes : int
+        Input and output channels.
+    stride : int
+        Stride of ``conv1`` (and of the ``downsample`` the caller builds).
+    downsample : Module or None
+        The shortcut (``Sequential(conv 1x1, BatchNorm2d)``) or None for the identity.
+    groups, base_width, dilation : int
+        Only 1, 64, 1 (torchvision's checks).
+    convs : callable, keyword-only
+        The conv factory (module docstring).
+    place : Place, keyword-only
+        Passed to the factory.
+    drop_path : float, keyword-only
+        Stochastic depth of the branch (0: no ``drop_path`` child).
+    dtype, rng : keyword-only
+
+    ``forward(x (N, inplanes, H, W)) -> (N, planes, H / stride, W / stride)``.
+    """
     expansion = 1
     last_norm = 'bn2'
 
@@ -100,7 +121,12 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-    """torchvision ``Bottleneck`` (v1.5): 1x1 -> 3x3 (strided, grouped, dilated) -> 1x1 (x4)."""
+    """torchvision ``Bottleneck`` (v1.5): 1x1 -> 3x3 (strided, grouped, dilated) -> 1x1 (x4).
+
+    Parameters as :class:`BasicBlock`, with ``width = int(planes * base_width / 64) * groups``
+    channels inside and ``groups`` / ``dilation`` for the 3x3 convolution (padding = dilation).
+    ``forward(x (N, inplanes, H, W)) -> (N, 4 planes, H / stride, W / stride)``.
+    """
     expansion = 4
     last_norm = 'bn3'
 
@@ -118,8 +144,30 @@ def make_stages(owner, block, layers, convs, *, inplanes, base_channels, groups=
 
     Stage ``s`` has ``layers[s]`` blocks of ``base_channels * 2**s`` planes, stride 2 from the second
     stage on (``dilate[s - 1]``: dilation instead); the first block gets the ``downsample`` shortcut
-    (built before the block, as officially, so KernelWarehouse reserves it first). Returns the
-    output channels of the last stage.
+    (built before the block, as officially, so KernelWarehouse reserves it first).
+
+    Parameters
+    ----------
+    owner : Module
+        Receives the ``layer<s+1>`` children (its dtype and rng are used).
+    block : BasicBlock or Bottleneck
+    layers : sequence of int
+        Blocks per stage.
+    convs : callable
+        The conv factory.
+    inplanes, base_channels : int, keyword-only
+        Input channels of the first stage; planes of the first stage.
+    groups, base_width : int, keyword-only
+        torchvision's ``groups`` / ``width_per_group``.
+    dilate : sequence of bool, keyword-only
+        ``replace_stride_with_dilation`` of stages 2, 3, 4.
+    drop_path : float, keyword-only
+        Stochastic depth of every block.
+
+    Returns
+    -------
+    int
+        The output channels of the last stage.
     """
     dilation, layer_idx = 1, 0
     for stage, blocks in enumerate(layers):
@@ -153,6 +201,7 @@ def zero_init_last_norms(network):
 
 
 def check_norm_layer(norm_layer):
+    """torchvision's ``norm_layer`` argument: None or :class:`~numpyconv.BatchNorm2d` (TypeError else)."""
     if norm_layer not in (None, BatchNorm2d):
         raise TypeError(f"norm_layer must be None or numpyconv.BatchNorm2d (the only normalisation "
                         f"these networks support), got {norm_layer!r}")
@@ -170,10 +219,26 @@ def check_dilate(replace_stride_with_dilation):
 
 # -- the network --------------------------------------------------------------------------------------
 class ResNet(Chain):
-    """torchvision ``ResNet(block, layers, num_classes, zero_init_residual, groups, width_per_group,
-    replace_stride_with_dilation, norm_layer)``; ``norm_layer`` None or ``BatchNorm2d``.
+    """torchvision ``ResNet``: ``forward(x (N, 3, H, W)) -> logits (N, num_classes)``,
+    ``backward(dlogits) -> dx (N, 3, H, W)``.
 
-    ``forward(x (N, 3, H, W)) -> logits (N, num_classes)``; ``backward(dlogits) -> dx``.
+    Parameters
+    ----------
+    block : BasicBlock or Bottleneck
+    layers : sequence of 4 ints
+        Blocks per stage.
+    num_classes : int
+    zero_init_residual : bool
+        The last BatchNorm weight of every block starts at 0.
+    groups, width_per_group : int
+        Grouped 3x3 convolutions (ResNeXt, wide ResNet; Bottleneck only).
+    replace_stride_with_dilation : None or 3 bools
+        Dilation instead of stride in stages 2-4 (Bottleneck only).
+    norm_layer : None or numpyconv.BatchNorm2d
+    base_channels : int, keyword-only
+        Test-size option (module docstring); 64 officially.
+    dtype, rng : keyword-only
+
     Subclasses (the technique variants) set ``convs_class`` (their conv factory) or call
     :meth:`build` with theirs.
     """
