@@ -1,0 +1,2 @@
+"""The official networks, whole: builders named as the official functions (see each module)."""
+from .mobilenetv2 import cond_mobilenetv2, od_mobilenetv2  # noqa: F401
