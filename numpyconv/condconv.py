@@ -109,11 +109,7 @@ class CondConv2d(MixtureConv2dBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          num_experts, ('in_channels', 'out_channels', 'num_experts'), dtype=dtype, rng=rng)
         self.num_experts = self.num_kernels
-        fan_in = int(np.prod(self.kernel_shape[2:]))                       # per expert
-        self.add_param('weight', kaiming_uniform(self.rng, self.kernel_shape, self.dtype, fan_in=fan_in))
-        if bias:
-            self.add_param('bias', default_bias(self.rng, fan_in, self.num_experts * self.out_channels,
-                                                self.dtype).reshape(self.kernel_shape[:2]))
+        add_experts(self, bias)
         self.route = self.add_module('route', _Route(self.in_channels, self.num_experts,
                                                      dtype=self.dtype, rng=self.rng))
 
@@ -225,6 +221,16 @@ class CondConvRouting(Module):
         return n * (c * h * w + c * self.num_experts), (n, self.num_experts)
 
 
+def add_experts(layer, bias):
+    """Register a CondConv layer's ``weight`` (and ``bias``) of ``layer.kernel_shape``, each expert
+    initialised like a ``Conv2d`` (fan-in ``C_in/groups * kh * kw``; condconv.md section 6)."""
+    fan_in = int(np.prod(layer.kernel_shape[2:]))                      # per expert
+    layer.add_param('weight', kaiming_uniform(layer.rng, layer.kernel_shape, layer.dtype, fan_in=fan_in))
+    if bias:
+        layer.add_param('bias', default_bias(layer.rng, fan_in, layer.num_experts * layer.out_channels,
+                                             layer.dtype).reshape(layer.kernel_shape[:2]))
+
+
 class RoutedCondConv2d(MixtureConv2dBase):
     """d-li14 ``CondConv2d`` itself: the expert bank, with the routing given to ``forward``.
 
@@ -242,11 +248,7 @@ class RoutedCondConv2d(MixtureConv2dBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          num_experts, ('in_channels', 'out_channels', 'num_experts'), dtype=dtype, rng=rng)
         self.num_experts = self.num_kernels
-        fan_in = int(np.prod(self.kernel_shape[2:]))                       # per expert
-        self.add_param('weight', kaiming_uniform(self.rng, self.kernel_shape, self.dtype, fan_in=fan_in))
-        if bias:
-            self.add_param('bias', default_bias(self.rng, fan_in, self.num_experts * self.out_channels,
-                                                self.dtype).reshape(self.kernel_shape[:2]))
+        add_experts(self, bias)
 
     def forward(self, x, routing_weight):
         self._check_input(x, channels=self.in_channels)

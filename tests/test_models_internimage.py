@@ -36,11 +36,11 @@ def official(name, tm, **kwargs):
                                dw_kernel_size=None, **config)
 
 
-def build_pair(tmp_path, name, kwargs, legacy=False, seed=0):
+def build_pair(tmp_path, name, kwargs, legacy=False, seed=0, scale=1.0):
     torch, tm, eq = torch_models()
     torch.manual_seed(seed)
     theirs = official(name, tm, **kwargs).double()
-    eq.randomize(theirs, seed)
+    eq.randomize(theirs, seed, scale)
     ours = BUILDERS[name](**kwargs, dtype=np.float64, rng=seed)
     eq.load_through_files(ours, theirs, tmp_path, legacy, wrap='model')
     return ours, theirs
@@ -110,8 +110,10 @@ def test_internimage_center_feature_scale_and_dw_kernel(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(BUILDERS))
 def test_full_size_matches_official_recreation(tmp_path, name):
+    """Weights at half the fan-in scale: 30 residual blocks of random weights (DCNv4's mask without
+    softmax) amplify gradients to 1e6 at full scale, and their rounding with them."""
     _, _, eq = torch_models()
-    ours, theirs = build_pair(tmp_path, name, {})
+    ours, theirs = build_pair(tmp_path, name, {}, scale=0.5)
     ours.eval(), theirs.eval()
     eq.assert_same_pass(ours, theirs, RNG.standard_normal((1, 3, 224, 224)))
 

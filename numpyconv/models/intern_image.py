@@ -85,21 +85,12 @@ def linear_drop_path_rates(drop_path_rate, total):
 
 
 # -- pieces ---------------------------------------------------------------------------------------------
-class _Chain(Module):
-    """Children applied in the order they were registered (their keys are their names)."""
+class _Chain(Sequential):
+    """A :class:`Sequential` whose children have names (their keys), registered by the subclass
+    in the order they are applied."""
 
-    def forward(self, x):
-        for layer in self._modules.values():
-            x = layer(x)
-        return x
-
-    def backward(self, dout):
-        for layer in reversed(list(self._modules.values())):
-            dout = layer.backward(dout)
-        return dout
-
-    def macs(self, input_shape):
-        return Sequential.macs(self, input_shape)
+    def __init__(self, *, dtype=np.float32, rng=None):
+        Module.__init__(self, dtype=dtype, rng=rng)
 
 
 class StemLayer(_Chain):
@@ -396,6 +387,16 @@ def _only_defaults(act_layer, norm_layer, use_clip_projector, level2_post_norm, 
                          "supported")
 
 
+def _build(flash, args):
+    """An :class:`InternImage` from a builder's arguments (``locals()``)."""
+    unsupported = ('act_layer', 'norm_layer', 'use_clip_projector', 'level2_post_norm', 'res_post_norm')
+    _only_defaults(*(args[k] for k in unsupported))
+    names = ('channels', 'depths', 'groups', 'num_classes', 'mlp_ratio', 'drop_rate', 'drop_path_rate',
+             'drop_path_type', 'layer_scale', 'offset_scale', 'post_norm', 'cls_scale', 'dw_kernel_size',
+             'center_feature_scale', 'mlp_fc2_bias', 'dcn_output_bias', 'dtype', 'rng')
+    return InternImage(flash=flash, **{name: args[name] for name in names})
+
+
 def internimage_t(num_classes=1000, core_op='DCNv3', channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32),
                   mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.1, drop_path_type='linear', act_layer='GELU',
                   norm_layer='LN', layer_scale=None, offset_scale=1.0, post_norm=False, cls_scale=1.5,
@@ -428,13 +429,8 @@ def internimage_t(num_classes=1000, core_op='DCNv3', channels=64, depths=(4, 4, 
     """
     if core_op not in ('DCNv3', 'DCNv3_pytorch'):
         raise ValueError(f"core_op must be 'DCNv3' or 'DCNv3_pytorch', got {core_op!r}")
-    _only_defaults(act_layer, norm_layer, use_clip_projector, level2_post_norm, res_post_norm)
-    return InternImage(flash=False, channels=channels, depths=depths, groups=groups, num_classes=num_classes,
-                       mlp_ratio=mlp_ratio, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                       drop_path_type=drop_path_type, layer_scale=layer_scale, offset_scale=offset_scale,
-                       post_norm=post_norm, cls_scale=cls_scale, dw_kernel_size=dw_kernel_size,
-                       center_feature_scale=center_feature_scale, mlp_fc2_bias=True, dcn_output_bias=True,
-                       dtype=dtype, rng=rng)
+    args = dict(locals())
+    return _build(False, dict(args, mlp_fc2_bias=True, dcn_output_bias=True))
 
 
 def flash_internimage_t(num_classes=1000, core_op='DCNv4', channels=64, depths=(4, 4, 18, 4),
@@ -460,10 +456,4 @@ def flash_internimage_t(num_classes=1000, core_op='DCNv4', channels=64, depths=(
     """
     if core_op != 'DCNv4':
         raise ValueError(f"core_op must be 'DCNv4', got {core_op!r}")
-    _only_defaults(act_layer, norm_layer, use_clip_projector, level2_post_norm, res_post_norm)
-    return InternImage(flash=True, channels=channels, depths=depths, groups=groups, num_classes=num_classes,
-                       mlp_ratio=mlp_ratio, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                       drop_path_type=drop_path_type, layer_scale=layer_scale, offset_scale=offset_scale,
-                       post_norm=post_norm, cls_scale=cls_scale, dw_kernel_size=dw_kernel_size,
-                       center_feature_scale=center_feature_scale, mlp_fc2_bias=mlp_fc2_bias,
-                       dcn_output_bias=dcn_output_bias, dtype=dtype, rng=rng)
+    return _build(True, dict(locals()))
