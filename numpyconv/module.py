@@ -59,26 +59,22 @@ def default_bias(rng, fan_in, n, dtype):
     return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
 
 
-def torch_key_order(params, buffers):
-    """The keys of one layer in ``torch.nn.Module.state_dict`` order.
+def torch_order(items):
+    """``(name, array)`` pairs (parameters, then buffers) in ``torch.nn.Module.state_dict`` order.
 
-    A dotted key ``a.b.w`` is entry ``w`` of the submodule ``a.b``; torch lists a module's parameters,
-    then its buffers, then each submodule's entries (submodules in order of first appearance among
-    ``params`` then ``buffers``, the insertion orders).
+    Undotted names first, in the given order; then, for each first name component of the dotted
+    ones (a sub-module of the official module held flat by its numpyconv layer), in order of first
+    appearance, that sub-module's arrays ordered the same way. ODConv's attention keeps
+    ``bn.weight``, ``bn.bias`` (parameters) and ``bn.running_mean`` (a buffer): PyTorch lists all of
+    ``bn``'s arrays before the next sub-module's (``channel_fc.weight``).
     """
-    keys = list(params) + list(buffers)
-    first = {}
-    for i, key in enumerate(keys):
-        parts = key.split('.')
-        for j in range(1, len(parts)):
-            first.setdefault('.'.join(parts[:j]), i)
-
-    def position(item):
-        i, key = item
-        parts = key.split('.')
-        path = [(2, first['.'.join(parts[:j])]) for j in range(1, len(parts))]
-        return path + [(0 if i < len(params) else 1, i)]
-    return [key for _, key in sorted(enumerate(keys), key=position)]
+    direct = [(k, v) for k, v in items if '.' not in k]
+    nested = {}
+    for k, v in items:
+        if '.' in k:
+            head, rest = k.split('.', 1)
+            nested.setdefault(head, []).append((rest, v))
+    return direct + [(head + '.' + k, v) for head, sub in nested.items() for k, v in torch_order(sub)]
 
 
 class StateDictError(KeyError, ValueError):
@@ -141,13 +137,10 @@ class Module:
     def state_dict(self):
         """Copies of parameters and buffers, keyed and ordered as the official module's state_dict
         (each layer's parameters, then its buffers, then its children's, as ``torch.nn.Module``; a
-        layer's dotted keys such as ``attention.bn.running_mean`` are ordered as the submodules they
-        name: :func:`torch_key_order`)."""
-        state = {}
-        for prefix, m in self.named_modules():
-            own = {**m._params, **m._buffers}
-            state.update((prefix + k, own[k].copy()) for k in torch_key_order(m._params, m._buffers))
-        return state
+        dotted name of a layer's own, ``bn.weight``, is an array of an official sub-module, listed
+        with that sub-module's other arrays: see :func:`torch_order`)."""
+        return {prefix + k: v.copy() for prefix, m in self.named_modules()
+                for k, v in torch_order([*m._params.items(), *m._buffers.items()])}
 
     def load_state_dict(self, state, strict=True):
         """Copy ``state`` into this layer in place (float values cast to the layer's dtype).

@@ -18,15 +18,6 @@ from numpyconv.models import set_masks
 RTOL = 1e-9
 
 
-def rel_err(a, b):
-    """``max|a - b| / max|b|`` (0 for two all-zero arrays)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape
-    scale = np.abs(b).max(initial=0.0)
-    err = np.abs(a - b).max(initial=0.0)
-    return err / scale if scale else err
-
-
 # -- without PyTorch: small instances, structure, behaviour -------------------------------------------------
 # builder -> (test-size arguments, input size): the official structure at a reduced width
 SMALL = {
@@ -133,7 +124,8 @@ def test_forward_backward_shapes_and_float32():
     dx = model.backward(np.ones_like(y))
     assert dx.dtype == np.float32 and dx.shape == x.shape
     twin = nc.module.float64_copy(model)
-    assert rel_err(y, twin(x.astype(np.float64))) < 1e-4
+    y64 = twin(x.astype(np.float64))
+    assert np.abs(y - y64).max() < 1e-4 * np.abs(y64).max()
 
 
 def test_dropout_masks_train_and_eval():
@@ -238,11 +230,11 @@ def test_layer_masks_replace_the_draw():
 def test_state_dict_orders_dotted_keys_as_torch_submodules():
     """A layer holding ``attention.bn.*`` lists that submodule's parameters, then its buffers, before
     the next submodule, and its own parameters first (``torch.nn.Module.state_dict``)."""
-    from numpyconv.module import torch_key_order
-    params = {'attention.fc.weight': 0, 'attention.bn.weight': 0, 'attention.head.weight': 0, 'weight': 0,
-              'attention.scale': 0}
-    buffers = {'attention.bn.running_mean': 0, 'count': 0}
-    assert torch_key_order(params, buffers) == [
+    from numpyconv.module import torch_order
+    params = ['attention.fc.weight', 'attention.bn.weight', 'attention.head.weight', 'weight',
+              'attention.scale']
+    buffers = ['attention.bn.running_mean', 'count']
+    assert [k for k, _ in torch_order([(k, 0) for k in params + buffers])] == [
         'weight', 'count', 'attention.scale', 'attention.fc.weight', 'attention.bn.weight',
         'attention.bn.running_mean', 'attention.head.weight']
 
@@ -309,30 +301,17 @@ def official(name, **kwargs):
 
 
 def randomise(torch, module, seed, branch_scale=0.05):
-    """Random weights (scaled by each weight's fan-in) and random BatchNorm affine and statistics; the
-    weight of the last BatchNorm of every residual branch is scaled by ``branch_scale``.
+    """Random weights and BatchNorm statistics (``equivalence.randomize``); the weight of the last
+    BatchNorm of every residual branch is then scaled by ``branch_scale``.
 
     The scaling (``zero_init_residual`` with a small value instead of 0) keeps the train-mode
     comparison well conditioned: with batch statistics over a few samples, a deep random network is
     chaotic (in the official KW-ResNet-50 at unit scale, a 1e-14 relative change of the input moves
     the logits by 1e-1), so two correct implementations would differ by the amplified rounding.
     """
-    gen = torch.Generator().manual_seed(seed)
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    normed = {id(p) for m in norms for p in m.parameters()}
+    from torch_models import equivalence
+    equivalence.randomize(module, seed)
     with torch.no_grad():
-        for p in module.parameters():
-            if id(p) in normed:
-                continue
-            fan = int(np.prod(p.shape[-3:] if p.ndim == 5 else p.shape[1:])) if p.ndim > 1 else 100
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) / np.sqrt(fan))
-        for m in norms:
-            c = m.num_features
-            m.weight.copy_(1 + 0.2 * torch.randn(c, generator=gen, dtype=m.weight.dtype))
-            m.bias.copy_(0.2 * torch.randn(c, generator=gen, dtype=m.bias.dtype))
-            m.running_mean.copy_(0.2 * torch.randn(c, generator=gen, dtype=m.running_mean.dtype))
-            m.running_var.copy_(0.5 + torch.rand(c, generator=gen, dtype=m.running_var.dtype))
-            m.num_batches_tracked.fill_(7)
         for norm in last_branch_norms(module):
             norm.weight.mul_(branch_scale)
 
@@ -351,16 +330,9 @@ def last_branch_norms(module):
 def transfer(torch, module, model, tmp_path):
     """``module``'s state_dict saved by torch (zip, and legacy inside a training checkpoint), read back
     by numpyconv from both files, loaded into ``model``."""
-    state = module.state_dict()
-    torch.save(state, tmp_path / 'zip.pth')
-    torch.save({'epoch': 3, 'state_dict': state}, tmp_path / 'legacy.pth',
-               _use_new_zipfile_serialization=False)
-    from_zip = nc.state_dict_of(nc.load_checkpoint(tmp_path / 'zip.pth'))
-    from_legacy = nc.state_dict_of(nc.load_checkpoint(tmp_path / 'legacy.pth'))
-    assert list(from_zip) == list(from_legacy) == list(state) == list(model.state_dict())
-    for key in state:
-        np.testing.assert_array_equal(from_zip[key], from_legacy[key])
-    model.load_state_dict(from_legacy)
+    from torch_models import equivalence
+    equivalence.load_through_files(model, module, tmp_path, legacy=False)
+    equivalence.load_through_files(model, module, tmp_path, legacy=True, wrap='state_dict')
 
 
 def same_masks(torch, module, model, n, seed):
@@ -380,25 +352,8 @@ def same_masks(torch, module, model, n, seed):
 
 def compare(torch, module, model, x, seed):
     """Logits, input gradient, every parameter gradient and the state afterwards (running statistics)."""
-    rng = np.random.default_rng(seed)
-    module.zero_grad(set_to_none=True)
-    tx = torch.tensor(x, requires_grad=True)
-    ty = module(tx)
-    dy = rng.standard_normal(tuple(ty.shape))
-    ty.backward(torch.from_numpy(dy))
-    model.zero_grad()
-    y = model(x)
-    assert rel_err(y, ty.detach().numpy()) < RTOL
-    assert rel_err(model.backward(dy), tx.grad.numpy()) < RTOL
-    grads = model.grads
-    torch_grads = {k: p.grad for k, p in module.named_parameters()}
-    assert set(grads) == set(torch_grads)
-    for key, grad in torch_grads.items():
-        expected = np.zeros(grads[key].shape) if grad is None else grad.numpy()
-        assert rel_err(grads[key], expected) < RTOL, key
-    state = model.state_dict()
-    for key, value in module.state_dict().items():
-        assert rel_err(state[key], value.numpy()) < RTOL, key
+    from torch_models import equivalence
+    equivalence.assert_same_pass(model, module, x, seed=seed, tol=RTOL)
 
 
 # builder -> (builder and official keyword arguments, input size)

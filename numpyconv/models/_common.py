@@ -7,7 +7,7 @@ Two containers reproduce both:
 
 * :class:`Chain`: children registered under the official names, run in the order of
   ``self.steps`` (child names, or unregistered parameter-free layers such as a ReLU used several
-  times: each use keeps its own cache);
+  times: each use keeps its own cache), or in registration order when ``steps`` is None;
 * :class:`Residual`: a :class:`Chain` whose steps are the residual branch, with the shortcut
   (``downsample`` child or the identity), an optional ``drop_path`` child on the branch and a final
   activation::
@@ -32,14 +32,17 @@ class Chain(Sequential):
     """Children under official names (``add_module``), run in the order of ``self.steps``.
 
     A step is the name of a child or a parameter-free layer that is not registered (it has no
-    state_dict entry and ignores train/eval).
+    state_dict entry and ignores train/eval). ``steps`` None (the default): every child, in the
+    order of registration (a :class:`~numpyconv.Sequential` with named children).
     """
 
     def __init__(self, *, dtype=np.float32, rng=None):
         Module.__init__(self, dtype=dtype, rng=rng)
-        self.steps = []
+        self.steps = None
 
     def _layers(self):
+        if self.steps is None:
+            return list(self._modules.values())
         return [self._modules[step] if isinstance(step, str) else step for step in self.steps]
 
     def train(self, mode=True):

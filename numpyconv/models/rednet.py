@@ -108,7 +108,6 @@ class ImageClassifier(Chain):
         self.add_module('neck', Sequential(AdaptiveAvgPool2d((1, 1)), Flatten()))
         head = self.add_module('head', Chain(dtype=self.dtype, rng=self.rng))
         fc = head.add_module('fc', Linear(backbone.out_channels, num_classes, dtype=self.dtype, rng=self.rng))
-        head.steps = ['fc']
         init_normal(fc, self.rng, 0.01)
         self.steps = ['backbone', 'neck', 'head']
 

@@ -18,22 +18,26 @@ class MaskDropout(nn.Dropout):
 
 
 class DropPath(nn.Module):
-    """timm 0.3.2 ``DropPath`` (the KernelWarehouse requirement): ``x / keep_prob * floor(keep_prob + U)``
-    per sample in training; ``mask`` (``(N, 1, 1, 1)``, 0/1) replaces the random draw."""
+    """timm's ``DropPath``: ``x / keep_prob * mask`` per sample in training (timm 0.3.2, the
+    KernelWarehouse requirement, always scales). The keep mask (``(N, 1, ..., 1)`` or ``(N,)``, 0/1)
+    is the next of ``masks`` (consumed one per call: one module used twice in a block), else ``mask``
+    (every call), else a random draw."""
     mask = None
 
-    def __init__(self, drop_prob=0.0):
+    def __init__(self, drop_prob=0.0, scale_by_keep=True):
         super().__init__()
-        self.drop_prob = drop_prob
+        self.drop_prob, self.scale_by_keep, self.masks = drop_prob, scale_by_keep, []
 
     def forward(self, x):
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep_prob = 1 - self.drop_prob
-        mask = self.mask
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = self.masks.pop(0) if self.masks else self.mask
         if mask is None:
-            mask = torch.floor(keep_prob + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype))
-        return x.div(keep_prob) * mask.to(x.dtype)
+            mask = torch.floor(keep_prob + torch.rand(shape, dtype=x.dtype))
+        mask = mask.reshape(shape).to(x.dtype)
+        return x * (mask / keep_prob if self.scale_by_keep else mask)
 
 
 def swap_block_convs(model, make):
