@@ -6,7 +6,7 @@ every layer has ``forward``/``backward``/``params``/``grads``/``state_dict``. Se
 from .im2col import col2im, conv_output_size, im2col
 from .memory import column_budget, set_column_budget
 from .winograd import set_winograd, winograd_mode
-from .module import Module, Sequential, count
+from .module import Module, Sequential, count, no_grad
 from .conv import (Conv2d, DepthwiseConv2d, PointwiseConv2d, SeparableConv2d, conv2d_backward,
                    conv2d_forward, conv_geometry, depthwise_conv2d_backward,
                    depthwise_conv2d_forward, pointwise_conv2d_backward, pointwise_conv2d_forward,
@@ -48,6 +48,8 @@ from .kernel_warehouse import (KWConv2d, WarehouseManager, kw_attention_backward
 from .dcnv3 import DCNv3, dcnv3_backward, dcnv3_forward
 from .dcnv4 import DCNv4, dcnv4_backward, dcnv4_forward, pack_offset_mask, unpack_offset_mask
 from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint, state_dict_of
+from .msdeformattn import MSDeformAttn, ms_deform_attn_backward, ms_deform_attn_forward
+from .sampling import sampling_locations
 
 __version__ = '0.1.0'
 

@@ -40,27 +40,14 @@ Example::
     array([[1.5, 1. ]])
 """
 import math
-import numbers
 
 import numpy as np
-from ._checks import expect_shape, float_array, same_dtype
+from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, real as _real, same_dtype
 from .activations import _shifted_exp
-from .check import CheckCase, register
-from .reference import blocks as reference
+from .memory import require_memory
 
 
 # -- argument checks -------------------------------------------------------------------------
-def _real(value, name, low, high=math.inf, strict_low=False):
-    """``value`` as a float, checked to be finite and in ``[low, high]`` (``(low, high]`` if strict)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    above = value > low if strict_low else value >= low
-    if not (math.isfinite(value) and above and value <= high):
-        interval = f"{'(' if strict_low else '['}{low}, {high}{']' if high < math.inf else ')'}"
-        raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
-    return float(value)
-
-
 def _vector(v, name, n):
     """Check an optional per-feature vector of shape ``(n,)``."""
     if v is not None:
@@ -70,10 +57,8 @@ def _vector(v, name, n):
 
 
 def _grad_out(dout, shape, dtype):
-    """Check that ``dout`` is a float array of the output's shape; return it in ``dtype``."""
-    float_array(dout, 'dout')
-    expect_shape(dout, shape, 'dout')
-    return dout.astype(dtype, copy=False)
+    """The output-gradient rule of every op (:func:`numpyconv._checks.grad_out`)."""
+    return grad_out(dout, shape, dtype)
 
 
 def _mean(a, axes):
@@ -92,16 +77,19 @@ def linear_forward(x, weight, bias=None):
                          f"{weight.shape}, got {x.shape}")
     _vector(bias, 'bias', weight.shape[0])
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
+    require_memory(x.shape[:-1] + weight.shape[:1], x.dtype,
+                   f"x of shape {x.shape} with weight of shape {weight.shape}")
     y = x @ weight.T
     if bias is not None:
         y += bias
-    return y, dict(x=x, weight=weight, has_bias=bias is not None)
+    return y, Cache('linear', x=x, weight=weight, has_bias=bias is not None)
 
 
 def linear_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`linear_forward` (``dbias`` None without bias)."""
+    cache = check_cache(cache, 'linear')
     x, weight = cache['x'], cache['weight']
-    dout = _grad_out(dout, x.shape[:-1] + weight.shape[:1], x.dtype)
+    dout = grad_out(dout, x.shape[:-1] + weight.shape[:1], x.dtype)
     rows = math.prod(x.shape[:-1])
     rows_x = x.reshape(rows, weight.shape[1])                            # (M, F)
     rows_dy = dout.reshape(rows, weight.shape[0])                        # (M, O)
@@ -192,17 +180,18 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         inv_std = 1 / np.sqrt(running_var.reshape(shape) + eps)               # (eq. 21)
         x_hat = (x - running_mean.reshape(shape)) * inv_std
     y = _scale_shift(x_hat, weight, bias, shape)
-    return y, dict(x_hat=x_hat, inv_std=inv_std, weight=weight, has_bias=bias is not None,
-                   shape=shape, axes=axes, training=bool(training), running_mean=running_mean,
-                   running_var=running_var)
+    return y, Cache('batch_norm', x_hat=x_hat, inv_std=inv_std, weight=weight,
+                    has_bias=bias is not None, shape=shape, axes=axes, training=bool(training),
+                    running_mean=running_mean, running_var=running_var)
 
 
 def batch_norm_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias, drunning_mean, drunning_var)`` of :func:`batch_norm_forward`
     (eq. 18, 20, 22, 22a). The running statistics get their eval-mode gradient (eq. 22a); in
     training the output does not depend on them: zeros (None for statistics given as None)."""
+    cache = check_cache(cache, 'batch_norm')
     x_hat, axes, inv_std = cache['x_hat'], cache['axes'], cache['inv_std']
-    dout = _grad_out(dout, x_hat.shape, x_hat.dtype)
+    dout = grad_out(dout, x_hat.shape, x_hat.dtype)
     g, dweight, dbias = _scale_shift_backward(dout, cache, axes)
     c = x_hat.shape[1]
     if cache['training']:
@@ -228,14 +217,15 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
     x_hat, inv_std, _, _ = _normalize(x, -1, _real(eps, 'eps', 0))
     y = _scale_shift(x_hat, weight, bias, (d,))
-    return y, dict(x_hat=x_hat, inv_std=inv_std, weight=weight, has_bias=bias is not None,
-                   shape=(d,))
+    return y, Cache('layer_norm', x_hat=x_hat, inv_std=inv_std, weight=weight,
+                    has_bias=bias is not None, shape=(d,))
 
 
 def layer_norm_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`layer_norm_forward` (eq. 18, 24)."""
+    cache = check_cache(cache, 'layer_norm')
     x_hat = cache['x_hat']
-    dout = _grad_out(dout, x_hat.shape, x_hat.dtype)
+    dout = grad_out(dout, x_hat.shape, x_hat.dtype)
     g, dweight, dbias = _scale_shift_backward(dout, cache, tuple(range(x_hat.ndim - 1)))
     return _normalize_backward(g, x_hat, cache['inv_std'], -1), dweight, dbias
 
@@ -264,55 +254,24 @@ def cross_entropy_forward(logits, labels):
     shifted, e, total = _shifted_exp(logits, axis=1)
     log_p = shifted - np.log(total)                             # (N, K) log-softmax
     loss = -log_p[np.arange(n), labels].mean() if n else np.nan
-    return logits.dtype.type(loss), dict(p=e / total, labels=labels)
+    return logits.dtype.type(loss), Cache('cross_entropy', p=e / total, labels=labels)
 
 
 def cross_entropy_backward(dout, cache):
     """``(dlogits, None)`` with ``dlogits = dL (softmax(z) - onehot(t)) / N`` (eq. 32); the integer
     labels have no gradient.
 
-    ``dout`` is the upstream scalar (1.0 when the loss is the final output).
+    ``dout`` is the upstream scalar (1.0 when the loss is the final output): a Python or NumPy
+    float, or a 0-d float array; an integer, bool or complex ``dout`` raises ``TypeError``.
     """
+    cache = check_cache(cache, 'cross_entropy')
     p, labels = cache['p'], cache['labels']
-    if isinstance(dout, bool) or not isinstance(dout, numbers.Real):
-        dout = float_array(np.asarray(dout), 'dout')
-        expect_shape(dout, (), 'dout')
+    if not isinstance(dout, (float, np.floating, np.ndarray)):
+        raise TypeError(f"dout must be a float (the gradient of the loss, 1.0 when the loss is the "
+                        f"final output) or a 0-d float array, got {type(dout).__name__} {dout!r}")
+    dout = grad_out(np.asarray(dout), (), p.dtype)
     n = p.shape[0]
     dlogits = p.copy()
     dlogits[np.arange(n), labels] -= 1
     dlogits *= float(dout) / max(n, 1)
     return dlogits, None
-
-
-# -- self-test cases for `numpyconv check` (float64, reference = plain loops) --------------------
-@register('linear')
-def _linear_case(rng):
-    x, w, b = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal(5)
-    return CheckCase(linear_forward, linear_backward, (x, w, b), reference.linear)
-
-
-def _batch_norm_case(training):
-    """Check case of every input, the running statistics included (eq. 22a in eval)."""
-    def case(rng):
-        x, w, b = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(2), rng.standard_normal(2)
-        stats = rng.standard_normal(2), 0.5 + rng.random(2)
-        return CheckCase(lambda *a: batch_norm_forward(*a, training), batch_norm_backward,
-                         (x, w, b) + stats, lambda *a: reference.batch_norm(*a, training))
-    return case
-
-
-register('batch_norm')(_batch_norm_case(True))
-register('batch_norm_eval')(_batch_norm_case(False))
-
-
-@register('layer_norm')
-def _layer_norm_case(rng):
-    x, w, b = rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5)
-    return CheckCase(layer_norm_forward, layer_norm_backward, (x, w, b), reference.layer_norm)
-
-
-@register('cross_entropy')
-def _cross_entropy_case(rng):
-    labels = rng.integers(0, 4, size=5)
-    return CheckCase(cross_entropy_forward, cross_entropy_backward, (rng.standard_normal((5, 4)), labels),
-                     reference.cross_entropy)

@@ -1253,6 +1253,14 @@ def _worst(worst, label, s, got, ref, rel_tol, nondet_tol):
 
 
 # -- layers ----------------------------------------------------------------------------------------
+def _as_float64(part):
+    """A layer input as checked: float arrays in float64; integer and bool arrays (indices, masks,
+    shapes) and None unchanged."""
+    if part is None or np.asarray(part).dtype.kind in 'biu':
+        return part
+    return np.asarray(part, dtype=np.float64)
+
+
 def gradcheck_layer(layer, x, *, wrt=None, **options):
     """Check ``dx`` and every parameter gradient of a numpyconv layer.
 
@@ -1285,7 +1293,7 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     if np.dtype(layer.dtype) != np.float64:
         layer = float64_copy(layer)
     is_tuple = isinstance(x, (tuple, list))
-    parts = tuple(None if p is None else np.asarray(p, dtype=np.float64) for p in (x if is_tuple else (x,)))
+    parts = tuple(_as_float64(p) for p in (x if is_tuple else (x,)))
     x_names = [f'x[{k}]' for k in range(len(parts))] if is_tuple else ['x']
     checked = layer._checked_params()                 # name -> (parameter, gradient)
     keys = list(checked)

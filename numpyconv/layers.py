@@ -31,8 +31,8 @@ import numbers
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, positive_int
-from .blocks import (_real, batch_norm_backward, batch_norm_forward, layer_norm_backward, layer_norm_forward,
+from ._checks import float_array, grad_out, positive_int, real
+from .blocks import (batch_norm_backward, batch_norm_forward, layer_norm_backward, layer_norm_forward,
                      linear_backward, linear_forward)
 from .module import Module, default_bias, kaiming_uniform
 
@@ -88,8 +88,8 @@ class _BatchNorm(Module):
                  track_running_stats=True, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.num_features = positive_int(num_features, 'num_features')
-        self.eps = _real(eps, 'eps', 0)
-        self.momentum = None if momentum is None else _real(momentum, 'momentum', 0, 1)
+        self.eps = real(eps, 'eps', 0)
+        self.momentum = None if momentum is None else real(momentum, 'momentum', 0, 1)
         if affine:
             self.add_param('weight', np.ones(self.num_features))
             self.add_param('bias', np.zeros(self.num_features))
@@ -160,7 +160,7 @@ class LayerNorm(Module):
         if not dims:
             raise ValueError("normalized_shape must name at least one axis, got ()")
         self.normalized_shape = tuple(positive_int(d, 'normalized_shape') for d in dims)
-        self.eps = _real(eps, 'eps', 0)
+        self.eps = real(eps, 'eps', 0)
         self.channels_first = bool(channels_first)
         if self.channels_first and len(self.normalized_shape) != 1:
             raise ValueError(f"channels_first LayerNorm normalises one axis (C), got normalized_shape "
@@ -203,12 +203,9 @@ class LayerNorm(Module):
         x_hat = self._cache['x_hat']
         if self.channels_first:
             n, h, w, c = x_hat.shape
-            float_array(dout, 'dout', 4, "(N, C, H, W)")
-            expect_shape(dout, (n, c, h, w), 'dout')
-            dout = dout.transpose(0, 2, 3, 1)                              # (N, H, W, C)
+            dout = grad_out(dout, (n, c, h, w), self.dtype).transpose(0, 2, 3, 1)    # (N, H, W, C)
         else:
-            float_array(dout, 'dout')
-            expect_shape(dout, x_hat.shape[:-1] + self.normalized_shape, 'dout')
+            dout = grad_out(dout, x_hat.shape[:-1] + self.normalized_shape, self.dtype)
             dout = dout.reshape(x_hat.shape)                               # (..., prod(normalized_shape))
         dx, dweight, dbias = layer_norm_backward(dout, self._cache)
         if dweight is not None:
@@ -255,9 +252,7 @@ class Flatten(Module):
 
     def backward(self, dout):
         x_shape, y_shape, dtype = self._cache
-        float_array(dout, 'dout')
-        expect_shape(dout, y_shape, 'dout')
-        return dout.astype(dtype, copy=False).reshape(x_shape)
+        return grad_out(dout, y_shape, dtype).reshape(x_shape)
 
     def macs(self, input_shape):
         return 0, self._out_shape(input_shape)

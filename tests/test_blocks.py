@@ -300,7 +300,7 @@ def test_read_only_running_stats_are_fine_in_training():
 
 def test_cross_entropy_backward_rejects_bool_dout():
     _, cache = B.cross_entropy_forward(normal(2, 3), np.array([0, 1]))
-    with pytest.raises(TypeError, match='dout must be float32 or float64, got dtype bool'):
+    with pytest.raises(TypeError, match='dout must be a float .* got bool True'):
         B.cross_entropy_backward(True, cache)
 
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+import numpyconv as nc
 import numpyconv.layers as L
 from numpyconv.activations import GELU, ReLU, Sigmoid
 from numpyconv import blocks as B
@@ -328,6 +329,10 @@ def test_sequential_rejects_what_is_not_a_layer():
     (L.BatchNorm1d(3), (2, 3, 4, 4), r'input_shape must be \(N, 3\) or \(N, 3, L\)'),
     (L.LayerNorm(6), (2, 5), r'input_shape must be \(\.\.\., 6\)'),
     (L.LayerNorm(4, channels_first=True), (2, 3, 4, 4), r'input_shape must be \(N, 4, H, W\)'),
+    (nc.GlobalAvgPool2d(), (2, 3), r'input_shape must be \(N, C, H, W\), got \(2, 3\)'),
+    (nc.Upsample(2), (2, 3), r'input_shape must be \(N, C, H, W\)'),
+    (nc.AvgPool2d(2), (2, 3, 1), r'input_shape must be \(N, C, H, W\)'),
+    (nc.ReLU(), (2, -1), r'input_shape must be a tuple of non-negative ints, got \(2, -1\)'),
 ])
 def test_count_checks_the_input_shape(layer, shape, match):
     with pytest.raises(ValueError, match=match):                         # were silently counted

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..activations import GELU, Identity
 from ..conv import Conv2d
-from ..dcnv3 import DCNv3, ToChannelsLast, nchw_to_nhwc, nhwc_to_nchw
+from ..dcnv3 import DCNv3, ToChannelsLast, nchw_to_nhwc, nhwc_to_nchw, xavier_uniform
 from ..dcnv4 import DCNv4
 from ..dropout import (Dropout, DropPath, drop_path_backward, drop_path_forward, dropout_backward,
                        dropout_forward)
@@ -141,15 +141,15 @@ class MLPLayer(Module):
 
     def _dropout(self, x):
         y, cache = dropout_forward(x, self.drop.p, self.training, self.drop.rng)
-        self._drop_caches.append(cache)
+        self._drop_cache.append(cache)
         return y
 
     def forward(self, x):
-        self._drop_caches = []
+        self._drop_cache = []
         return self._dropout(self.fc2(self._dropout(self.act(self.fc1(x)))))
 
     def backward(self, dout):
-        second, first = self._drop_caches[1], self._drop_caches[0]
+        second, first = self._drop_cache[1], self._drop_cache[0]
         dh = self.fc2.backward(dropout_backward(dout, second)[0])
         return self.fc1.backward(self.act.backward(dropout_backward(dh, first)[0]))
 
@@ -196,17 +196,17 @@ class InternImageLayer(Module):
         p = getattr(self.drop_path, 'drop_prob', 0.0)                     # Identity when 0
         mask = None if self.drop_path_masks is None or p == 0 else self.drop_path_masks[k]
         y, cache = drop_path_forward(y, p, self.training, True, self.drop_path.rng, mask)
-        self._caches[f'drop{k}'] = cache
+        self._branch_cache[f'drop{k}'] = cache
         return y
 
     def forward(self, x):
         """``(N, H, W, C) -> (N, H, W, C)``."""
-        self._caches = {}
+        self._branch_cache = {}
         for k in (0, 1):
             first, second, gamma = self._branch(k)
             y = second(first(x))
             if self.layer_scale:
-                self._caches[gamma] = y
+                self._branch_cache[gamma] = y
                 y = y * self._params[gamma]
             x = x + self._drop_path(y, k)
         return x
@@ -214,9 +214,9 @@ class InternImageLayer(Module):
     def backward(self, dout):
         for k in (1, 0):
             first, second, gamma = self._branch(k)
-            dy, = drop_path_backward(dout, self._caches[f'drop{k}'])[:1]
+            dy, = drop_path_backward(dout, self._branch_cache[f'drop{k}'])[:1]
             if self.layer_scale:
-                self._grads[gamma] += (dy * self._caches[gamma]).reshape(-1, dy.shape[-1]).sum(axis=0)
+                self._grads[gamma] += (dy * self._branch_cache[gamma]).reshape(-1, dy.shape[-1]).sum(axis=0)
                 dy = dy * self._params[gamma]
             dout = dout + first.backward(second.backward(dy))
         return dout
@@ -345,7 +345,6 @@ def _trunc_normal(rng, shape, std):
 
 def _reset_dcnv4(module):
     """DCNv4's ``_reset_parameters``: offset_mask zero, value/output projections Xavier-uniform."""
-    from ..dcnv3 import xavier_uniform
     module.offset_mask.params['weight'][...] = 0
     module.offset_mask.params['bias'][...] = 0
     if module.pointwise:

@@ -245,16 +245,16 @@ class CondInvertedResidual(Module):
 
     def forward(self, x):
         routing = self.route(x) if self.cond else None
-        h, self._relu_caches = x, []
+        h, self._relu_cache = x, []
         for conv, bn, relu in self._stages():
             h = bn(conv(h, routing) if self.cond else conv(h))
             if relu:
                 h, cache = relu6_forward(h)
-                self._relu_caches.append(cache)
+                self._relu_cache.append(cache)
         return h + x if self.identity else h
 
     def backward(self, dout):
-        dh, drouting, caches = dout, 0, list(self._relu_caches)
+        dh, drouting, caches = dout, 0, list(self._relu_cache)
         for conv, bn, relu in reversed(self._stages()):
             if relu:
                 dh, = relu6_backward(dh, caches.pop())

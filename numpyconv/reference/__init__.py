@@ -63,3 +63,6 @@ from .pooling import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptiv
                       max_pool2d_backward)  # noqa: F401
 from .upsample import (upsample_bilinear2d, upsample_bilinear2d_backward, upsample_nearest2d,  # noqa: F401
                        upsample_nearest2d_backward)  # noqa: F401
+
+# -- multi-scale deformable attention (reference/msdeformattn.py) -------------------------------
+from .msdeformattn import ms_deform_attn, ms_deform_attn_backward  # noqa: F401
