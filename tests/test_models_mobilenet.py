@@ -3,6 +3,8 @@
 Against PyTorch re-creations of the official definitions (tests/torch_models/mobilenetv2.py), loaded
 through checkpoint files; published counts; gradcheck of reduced networks; the routing pair.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -218,8 +220,11 @@ def test_gradcheck_reduced_networks(builder, kwargs, training, size):
     gradcheck_reduced(builder, kwargs, training, size, FAST_WRT[builder])
 
 
-# cond_mobilenetv2 in train mode at 64x64: batch statistics over 2x2 maps in the last stage, not 1x1
+# cond_mobilenetv2 in train mode at 64x64: batch statistics over 2x2 maps in the last stage, not 1x1.
+# Each takes over 20 s: run with NUMPYCONV_SLOW_TESTS=1 (the fast tests above check the stem, one block
+# of each kind and the head; the PyTorch comparisons every parameter gradient).
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get('NUMPYCONV_SLOW_TESTS'), reason='over 20 s: NUMPYCONV_SLOW_TESTS=1')
 @pytest.mark.parametrize('builder, kwargs, training, size, prefixes', [
     (od_mobilenetv2, OD_TINY, True, 16, None), (cond_mobilenetv2, COND_SMALL, False, 32, None),
     (cond_mobilenetv2, COND_SMALL, True, 64, FAST_WRT[cond_mobilenetv2])])
