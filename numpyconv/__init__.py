@@ -18,6 +18,7 @@ from .octave import OctaveConv2d, octave_conv2d_backward, octave_conv2d_forward
 from .dynamic import (DynamicConv2d, aggregated_conv2d_backward, aggregated_conv2d_forward,
                       dynamic_conv2d_backward, dynamic_conv2d_forward, dynamic_temperature)
 from .condconv import CondConv2d, condconv2d_backward, condconv2d_forward
+from .condconv import CondConvRouting, RoutedCondConv2d, condconv_routing_backward, condconv_routing_forward
 from .blocks import (batch_norm_backward, batch_norm_forward, cross_entropy_backward, cross_entropy_forward,
                      layer_norm_backward, layer_norm_forward, linear_backward, linear_forward)
 from .layers import BatchNorm1d, BatchNorm2d, Flatten, LayerNorm, Linear
@@ -51,3 +52,12 @@ from .msdeformattn import MSDeformAttn, ms_deform_attn_backward, ms_deform_attn_
 from .sampling import sampling_locations
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+    """``numpyconv.models`` is imported on first use (the network builders are not needed to import the
+    layers)."""
+    if name == 'models':
+        import importlib
+        return importlib.import_module('.models', __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,11 +31,14 @@ Backward (given dy; eqs. 6-7 are the aggregation backward of numpyconv.dynamic):
 
 To share one routing vector between several convolutions (EfficientNet CondConv blocks), compute
 ``r`` once and call :func:`numpyconv.dynamic.aggregated_conv2d_forward` for each convolution; the
-``dattention`` it returns adds up over them before (eq. 8).
+``dattention`` it returns adds up over them before (eq. 8). The routing alone is the pair
+:func:`condconv_routing_forward` / :func:`condconv_routing_backward`; the layers
+:class:`CondConvRouting` (d-li14 ``route_func``) and :class:`RoutedCondConv2d` (d-li14
+``CondConv2d``, routing given to ``forward``) build d-li14's CondConv MobileNetV2 blocks.
 """
 import numpy as np
 
-from ._checks import Cache, check_cache, expect_shape, float_array, same_dtype
+from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, positive_int, same_dtype
 from .activations import sigmoid_backward, sigmoid_forward
 from .blocks import linear_backward, linear_forward
 from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
@@ -153,11 +156,7 @@ class CondConv2d(MixtureConv2dBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          num_experts, ('in_channels', 'out_channels', 'num_experts'), dtype=dtype, rng=rng)
         self.num_experts = self.num_kernels
-        fan_in = int(np.prod(self.kernel_shape[2:]))                       # per expert
-        self.add_param('weight', kaiming_uniform(self.rng, self.kernel_shape, self.dtype, fan_in=fan_in))
-        if bias:
-            self.add_param('bias', default_bias(self.rng, fan_in, self.num_experts * self.out_channels,
-                                                self.dtype).reshape(self.kernel_shape[:2]))
+        add_experts(self, bias)
         self.route = self.add_module('route', _Route(self.in_channels, self.num_experts,
                                                      dtype=self.dtype, rng=self.rng))
 
@@ -170,3 +169,135 @@ class CondConv2d(MixtureConv2dBase):
     def attention_macs(self):
         """The routing FC (condconv.md eq. 11)."""
         return self.in_channels * self.num_experts
+
+
+# -- one routing shared by several convolutions (CondConv MobileNetV2 / EfficientNet blocks) -------
+def condconv_routing_forward(x, route_weight, route_bias=None):
+    """The routing alone, ``r = sigmoid(W_r GAP(x) + b_r)`` (eqs. 1-3): d-li14 ``route_func``.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+        The input the routing looks at (a block's input).
+    route_weight : ndarray (E, C_in)
+    route_bias : ndarray (E,) or None
+
+    Returns
+    -------
+    r : ndarray (N, E)
+        Routing weights in (0, 1), to feed :func:`numpyconv.dynamic.aggregated_conv2d_forward`
+        (the ``attention`` input) of every convolution that shares them.
+    cache : Cache
+    """
+    float_array(x, 'x', 4, "(N, C_in, H, W)")
+    float_array(route_weight, 'route_weight', 2, "(E, C_in)")
+    expect_shape(route_weight, (route_weight.shape[0], x.shape[1]), 'route_weight')
+    if route_bias is not None:
+        float_array(route_bias, 'route_bias', 1, "(E,)")
+        expect_shape(route_bias, route_weight.shape[:1], 'route_bias')
+    same_dtype(('x', x), ('route_weight', route_weight), ('route_bias', route_bias))
+    pooled, gap_cache = global_avg_pool2d_forward(x)                        # (N, C_in) (eq. 1)
+    logits, fc_cache = linear_forward(pooled, route_weight, route_bias)     # (N, E) (eq. 2)
+    routing, sigmoid_cache = sigmoid_forward(logits)                        # (eq. 3)
+    return routing, Cache('condconv_routing', gap=gap_cache, fc=fc_cache, sigmoid=sigmoid_cache,
+                          shape=routing.shape, dtype=routing.dtype)
+
+
+def condconv_routing_backward(dout, cache):
+    """``(dx, droute_weight, droute_bias)`` of :func:`condconv_routing_forward` (eqs. 8-10, the
+    pooling part of eq. 10); ``dout (N, E)`` is the sum of (eq. 7) over the convolutions sharing the
+    routing. ``droute_bias`` is None when ``route_bias`` was."""
+    cache = check_cache(cache, 'condconv_routing')
+    dout = grad_out(dout, cache['shape'], cache['dtype'])
+    dlogits, = sigmoid_backward(dout, cache['sigmoid'])                     # (eq. 8)
+    dpooled, droute_weight, droute_bias = linear_backward(dlogits, cache['fc'])  # (eq. 9)
+    dx, = global_avg_pool2d_backward(dpooled, cache['gap'])                 # (eq. 10)
+    return dx, droute_weight, droute_bias
+
+
+class CondConvRouting(Module):
+    """d-li14 ``route_func(c_in, num_experts)``: ``(N, C_in, H, W) -> (N, E)`` routing weights.
+
+    Keys ``fc.weight (E, C_in)``, ``fc.bias (E,)`` (PyTorch Linear init). ``backward(dr)`` takes
+    the routing gradient summed over the convolutions that used the routing and returns ``dx``.
+
+    Parameters
+    ----------
+    c_in : int
+        Input channels.
+    num_experts : int
+        E.
+    """
+
+    def __init__(self, c_in, num_experts, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.c_in, self.num_experts = positive_int(c_in, 'c_in'), positive_int(num_experts, 'num_experts')
+        self.fc = self.add_module('fc', Linear(self.c_in, self.num_experts, dtype=self.dtype, rng=self.rng))
+
+    def forward(self, x):
+        self._check_input(x, channels=self.c_in)
+        r, self._cache = condconv_routing_forward(x, self.fc.params['weight'], self.fc.params['bias'])
+        return r
+
+    def backward(self, dout):
+        dx, dweight, dbias = condconv_routing_backward(dout, self._cache)
+        self.fc.grads['weight'] += dweight
+        self.fc.grads['bias'] += dbias
+        return dx
+
+    def macs(self, input_shape):
+        """Global pooling and the routing FC (condconv.md eq. 11)."""
+        n, c, h, w = self._check_input_shape(input_shape, self.c_in)
+        return n * (c * h * w + c * self.num_experts), (n, self.num_experts)
+
+
+def add_experts(layer, bias):
+    """Register a CondConv layer's ``weight`` (and ``bias``) of ``layer.kernel_shape``, each expert
+    initialised like a ``Conv2d`` (fan-in ``C_in/groups * kh * kw``; condconv.md section 6)."""
+    fan_in = int(np.prod(layer.kernel_shape[2:]))                      # per expert
+    layer.add_param('weight', kaiming_uniform(layer.rng, layer.kernel_shape, layer.dtype, fan_in=fan_in))
+    if bias:
+        layer.add_param('bias', default_bias(layer.rng, fan_in, layer.num_experts * layer.out_channels,
+                                             layer.dtype).reshape(layer.kernel_shape[:2]))
+
+
+class RoutedCondConv2d(MixtureConv2dBase):
+    """d-li14 ``CondConv2d`` itself: the expert bank, with the routing given to ``forward``.
+
+    ``forward(x, routing_weight)`` with ``routing_weight (N, E)`` (from a :class:`CondConvRouting`
+    shared by a block) returns ``conv(x_n; sum_e r[n,e] W_e) + sum_e r[n,e] b_e`` (eqs. 4-5);
+    ``backward(dout)`` returns ``(dx, drouting_weight)`` (eqs. 6-7), accumulating ``weight`` and
+    ``bias`` gradients. Keys ``weight (E, C_out, C_in//groups, kh, kw)``, ``bias (E, C_out)``
+    (initialised as :class:`CondConv2d`). ``macs`` counts the combination and the convolution (the
+    routing is counted where it is computed).
+    """
+    PARAM_KEYS = ('weight', 'bias')
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, num_experts=1, *, dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         num_experts, ('in_channels', 'out_channels', 'num_experts'), dtype=dtype, rng=rng)
+        self.num_experts = self.num_kernels
+        add_experts(self, bias)
+
+    def forward(self, x, routing_weight):
+        self._check_input(x, channels=self.in_channels)
+        y, self._cache = aggregated_conv2d_forward(x, routing_weight, self._params['weight'],
+                                                   self._params.get('bias'), *self.conv_args())
+        return y
+
+    def backward(self, dout):
+        dx, drouting, dweight, dbias = aggregated_conv2d_backward(dout, self._cache)   # (eqs. 6-7)
+        self._grads['weight'] += dweight
+        if dbias is not None:
+            self._grads['bias'] += dbias
+        return dx, drouting
+
+    def attention_macs(self):
+        return 0
+
+    def macs(self, input_shape):
+        """Combination (eq. 4) and convolution (eq. 5) per sample: eq. 11 without GAP and routing."""
+        n, c, h, w = self._check_input_shape(input_shape, self.in_channels)
+        total, out_shape = super().macs(input_shape)
+        return total - n * c * h * w, out_shape

@@ -414,6 +414,36 @@ def nhwc_to_nchw(x):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def layer_input(layer, x, nchw=True):
+    """``(x_nhwc, x_nchw)`` from a DCN layer's input: NCHW, or NHWC when ``layer.channels_last``
+    (the official modules' layout); checks the dtype and the channel count. ``nchw=False``: the
+    NCHW view is not needed (None when the input is NHWC)."""
+    if not layer.channels_last:
+        layer._check_input(x, channels=layer.channels)
+        return nchw_to_nhwc(x), x
+    float_array(x, 'x', 4, "(N, H, W, C) (channels_last)")
+    if x.dtype != layer.dtype:
+        raise TypeError(f"{type(layer).__name__} holds {layer.dtype} parameters, got x of dtype "
+                        f"{x.dtype}; build the layer with dtype={x.dtype} or cast x")
+    if x.shape[3] != layer.channels:
+        raise ValueError(f"x must have shape (N, H, W, {layer.channels}) (channels_last), got {x.shape}")
+    return x, (nhwc_to_nchw(x) if nchw else None)
+
+
+def layer_dout(layer, dout):
+    """The output gradient of a DCN layer, checked (``_checks.grad_out``), as NHWC."""
+    dout = grad_out(dout, layer._cache['shape'], layer.dtype)
+    return dout if layer.channels_last else nchw_to_nhwc(dout)
+
+
+def layer_macs_shape(layer, input_shape):
+    """``(n, c, h, w)`` of a DCN layer's ``macs`` input shape (NHWC with ``channels_last``)."""
+    if not layer.channels_last:
+        return layer._check_input_shape(input_shape, layer.channels)
+    n, h, w, c = layer._check_input_shape(input_shape, layer.channels, axis=3, hint="(N, H, W, {c})")
+    return n, c, h, w
+
+
 def core_macs(input_shape, points):
     """InternImage's count for the sampling core: 5 multiply-adds per channel and point (eq. 14)."""
     n, c, h, w = input_shape
@@ -422,11 +452,13 @@ def core_macs(input_shape, points):
 
 # -- the layer ----------------------------------------------------------------------------------
 class DCNv3(Module):
-    """InternImage ``DCNv3`` / ``DCNv3_pytorch`` (LayerNorm, GELU), NCHW in and out.
+    """InternImage ``DCNv3`` / ``DCNv3_pytorch`` (LayerNorm, GELU), NCHW in and out by default.
 
     ``(N, C, H, W) -> (N, C, Ho, Wo)``. Keys: ``dw_conv.0.weight/bias``, ``dw_conv.1.1.weight/bias``
     (LayerNorm), ``offset.*``, ``mask.*``, ``input_proj.*``, ``output_proj.*`` and, with
     ``center_feature_scale``, ``center_feature_scale_proj_weight (G, C)`` / ``_bias (G,)``.
+    ``channels_last=True`` takes and returns ``(N, H, W, C)``, as the official module
+    (InternImage's blocks are channels-last).
 
     Parameters
     ----------
@@ -446,6 +478,8 @@ class DCNv3(Module):
         Blend the core's output with the input projection (eq. 10).
     remove_center : bool
         Drop the kernel's centre point.
+    channels_last : bool
+        True: ``x`` and the output are ``(N, H, W, C)``, as the official module's.
     dtype : float32 or float64, keyword-only
         Dtype of the parameters and buffers.
     rng : numpy.random.Generator, int or None, keyword-only
@@ -453,9 +487,10 @@ class DCNv3(Module):
     """
 
     def __init__(self, channels=64, kernel_size=3, dw_kernel_size=None, stride=1, pad=1, dilation=1,
-                 group=4, offset_scale=1.0, center_feature_scale=False, remove_center=False, *,
-                 dtype=np.float32, rng=None):
+                 group=4, offset_scale=1.0, center_feature_scale=False, remove_center=False,
+                 channels_last=False, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
+        self.channels_last = bool(channels_last)
         channels, group, points = check_layer_geometry(channels, kernel_size, stride, pad,
                                                        dilation, group, remove_center)
         dw_kernel_size = odd_kernel(kernel_size if dw_kernel_size is None else dw_kernel_size,
@@ -493,11 +528,11 @@ class DCNv3(Module):
                 self.group_channels, self.offset_scale, self.remove_center)
 
     def forward(self, x):
-        """``(N, C, H, W) -> (N, C, H, W)`` (eq. 10)."""
-        self._check_input(x, channels=self.channels)
-        n, _, h, w = x.shape
-        value = self.input_proj(nchw_to_nhwc(x))                          # (N, H, W, C)
-        x1 = self.dw_conv(x)                                              # (N, H, W, C)
+        """``(N, C, H, W) -> (N, C, H, W)``, NHWC with ``channels_last`` (eq. 10)."""
+        inp, x_first = layer_input(self, x)
+        n, h, w, _ = inp.shape
+        value = self.input_proj(inp)                                      # (N, H, W, C)
+        x1 = self.dw_conv(x_first)                                        # (N, H, W, C)
         offset = self.offset(x1)                                          # (N, H, W, G*P*2)
         logits = self.mask(x1).reshape(n, h, w, self.group, self.points)  # (N, H, W, G, P)
         mask, softmax_cache = softmax_forward(logits, axis=-1)
@@ -510,12 +545,12 @@ class DCNv3(Module):
                 self._params['center_feature_scale_proj_bias'], core, value, self.group)
         self._cache = dict(softmax=softmax_cache, core=core_cache, blend=blend_cache,
                            shape=x.shape)
-        return nhwc_to_nchw(self.output_proj(z))
+        y = self.output_proj(z)
+        return y if self.channels_last else nhwc_to_nchw(y)
 
     def backward(self, dout):
         """``dx``; parameter gradients accumulate into ``grads`` (eq. 11-13)."""
-        dout = grad_out(dout, self._cache['shape'], self.dtype)
-        dz = self.output_proj.backward(nchw_to_nhwc(dout))
+        dz = self.output_proj.backward(layer_dout(self, dout))
         dcore, dvalue, dx1 = dz, 0.0, 0.0
         if self.center_feature_scale:
             dx1, dweight, dbias, dcore, dvalue = center_feature_scale_backward(
@@ -528,15 +563,16 @@ class DCNv3(Module):
         dx1 = dx1 + self.offset.backward(doffset) + self.mask.backward(
             dlogits.reshape(dmask.shape))
         dx = self.dw_conv.backward(dx1)                                         # (eq. 13)
-        return dx + nhwc_to_nchw(self.input_proj.backward(dvalue_core + dvalue))
+        dinp = self.input_proj.backward(dvalue_core + dvalue)
+        return nchw_to_nhwc(dx) + dinp if self.channels_last else dx + nhwc_to_nchw(dinp)
 
     def macs(self, input_shape):
         """Linears, depthwise conv, the core (``5*H*W*P*C``) and the centre-scale linear."""
-        n, c, h, w = self._check_input_shape(input_shape, self.channels)
+        n, c, h, w = layer_macs_shape(self, input_shape)
         rows = (n, h, w, c)
         total = sum(m.macs(rows)[0] for m in (self.input_proj, self.offset, self.mask,
                                                self.output_proj))
-        total += self.dw_conv.macs(tuple(input_shape))[0] + core_macs(input_shape, self.points)
+        total += self.dw_conv.macs((n, c, h, w))[0] + core_macs((n, c, h, w), self.points)
         if self.center_feature_scale:
             total += n * h * w * c * self.group
         return total, tuple(input_shape)

@@ -36,12 +36,12 @@ import math
 
 import numpy as np
 
-from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, positive_int, same_dtype
+from ._checks import Cache, check_cache, expect_shape, float_array, positive_int, same_dtype
 from .conv import DepthwiseConv2d
 from .dcnv3 import (center_feature_scale_backward, center_feature_scale_forward,
                     check_layer_geometry, check_offset_scale, core_backward, core_forward,
-                    core_macs, core_setup, nchw_to_nhwc, nhwc_to_nchw, odd_kernel,
-                    xavier_uniform)
+                    core_macs, core_setup, layer_dout, layer_input, layer_macs_shape, nchw_to_nhwc,
+                    nhwc_to_nchw, odd_kernel, xavier_uniform)
 from .layers import Linear
 from .module import Module
 
@@ -168,13 +168,14 @@ def dcnv4_backward(dout, cache):
 
 # -- the layer ----------------------------------------------------------------------------------
 class DCNv4(Module):
-    """OpenGVLab/DCNv4 ``DCNv4``, NCHW in and out (the official module takes ``(N, H*W, C)``).
+    """OpenGVLab/DCNv4 ``DCNv4``, NCHW in and out by default (the official module takes ``(N, H*W, C)``).
 
     ``(N, C, H, W) -> (N, C, Ho, Wo)``. Keys: ``offset_mask_dw.weight/bias`` (if ``dw_kernel_size``),
     ``offset_mask.weight/bias`` (``ceil(3*G*P/8)*8`` outputs), ``value_proj.*`` and
     ``output_proj.weight`` (``.bias`` if ``output_bias``) unless ``without_pointwise``,
     ``center_feature_scale_proj_weight/_bias``. Any kernel size and any ``channels // group`` work
-    (the official CUDA op needs 3x3 and a multiple of 16).
+    (the official CUDA op needs 3x3 and a multiple of 16). ``channels_last=True`` takes and returns
+    ``(N, H, W, C)`` (the official module's ``(N, H*W, C)`` with the spatial axes unflattened).
 
     Parameters
     ----------
@@ -198,6 +199,8 @@ class DCNv4(Module):
         ``output_proj`` has a bias.
     without_pointwise : bool
         No ``value_proj`` / ``output_proj``.
+    channels_last : bool
+        True: ``x`` and the output are ``(N, H, W, C)``, as the official module's.
     dtype : float32 or float64, keyword-only
         Dtype of the parameters and buffers.
     rng : numpy.random.Generator, int or None, keyword-only
@@ -206,9 +209,10 @@ class DCNv4(Module):
 
     def __init__(self, channels=64, kernel_size=3, stride=1, pad=1, dilation=1, group=4,
                  offset_scale=1.0, dw_kernel_size=None, center_feature_scale=False,
-                 remove_center=False, output_bias=True, without_pointwise=False, *,
+                 remove_center=False, output_bias=True, without_pointwise=False, channels_last=False, *,
                  dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
+        self.channels_last = bool(channels_last)
         channels, group, points = check_layer_geometry(channels, kernel_size, stride, pad,
                                                        dilation, group, remove_center)
         self.channels, self.group, self.group_channels = channels, group, channels // group
@@ -243,11 +247,10 @@ class DCNv4(Module):
                 self.group_channels, self.offset_scale, self.remove_center)
 
     def forward(self, x):
-        """``(N, C, H, W) -> (N, C, H, W)`` (eq. 4)."""
-        self._check_input(x, channels=self.channels)
-        inp = nchw_to_nhwc(x)                                             # (N, H, W, C)
+        """``(N, C, H, W) -> (N, C, H, W)``, NHWC with ``channels_last`` (eq. 4)."""
+        inp, x_first = layer_input(self, x, nchw=bool(self.dw_kernel_size))  # (N, H, W, C), NCHW
         value = self.value_proj(inp) if self.pointwise else inp
-        om_in = nchw_to_nhwc(self.offset_mask_dw(x)) if self.dw_kernel_size else inp
+        om_in = nchw_to_nhwc(self.offset_mask_dw(x_first)) if self.dw_kernel_size else inp
         core, core_cache = dcnv4_forward(value, self.offset_mask(om_in), *self._core_args())
         z, blend_cache = core, None
         if self.center_feature_scale:                     # the query is the core output itself
@@ -255,11 +258,12 @@ class DCNv4(Module):
                 core, self._params['center_feature_scale_proj_weight'],
                 self._params['center_feature_scale_proj_bias'], core, value, self.group)
         self._cache = dict(core=core_cache, blend=blend_cache, shape=x.shape)
-        return nhwc_to_nchw(self.output_proj(z) if self.pointwise else z)
+        y = self.output_proj(z) if self.pointwise else z
+        return y if self.channels_last else nhwc_to_nchw(y)
 
     def backward(self, dout):
         """``dx``; parameter gradients accumulate into ``grads`` (eq. 5-6)."""
-        dz = nchw_to_nhwc(grad_out(dout, self._cache['shape'], self.dtype))
+        dz = layer_dout(self, dout)
         if self.pointwise:
             dz = self.output_proj.backward(dz)
         dcore, dvalue = dz, 0.0
@@ -271,20 +275,21 @@ class DCNv4(Module):
             dcore = dcore + dquery                                        # (eq. 6)
         dvalue_core, doffset_mask = dcnv4_backward(dcore, self._cache['core'])
         dvalue = dvalue_core + dvalue
-        dx = nhwc_to_nchw(self.offset_mask.backward(doffset_mask))
+        dx = self.offset_mask.backward(doffset_mask)                      # (N, H, W, C)
         if self.dw_kernel_size:
-            dx = self.offset_mask_dw.backward(dx)
-        return dx + nhwc_to_nchw(self.value_proj.backward(dvalue) if self.pointwise else dvalue)
+            dx = nchw_to_nhwc(self.offset_mask_dw.backward(nhwc_to_nchw(dx)))
+        dx = dx + (self.value_proj.backward(dvalue) if self.pointwise else dvalue)
+        return dx if self.channels_last else nhwc_to_nchw(dx)
 
     def macs(self, input_shape):
         """Linears, depthwise conv, the core (``5*H*W*P*C``) and the centre-scale linear."""
-        n, c, h, w = self._check_input_shape(input_shape, self.channels)
+        n, c, h, w = layer_macs_shape(self, input_shape)
         rows = (n, h, w, c)
-        total = self.offset_mask.macs(rows)[0] + core_macs(input_shape, self.points)
+        total = self.offset_mask.macs(rows)[0] + core_macs((n, c, h, w), self.points)
         if self.pointwise:
             total += self.value_proj.macs(rows)[0] + self.output_proj.macs(rows)[0]
         if self.dw_kernel_size:
-            total += self.offset_mask_dw.macs(tuple(input_shape))[0]
+            total += self.offset_mask_dw.macs((n, c, h, w))[0]
         if self.center_feature_scale:
             total += n * h * w * c * self.group
         return total, tuple(input_shape)

@@ -223,8 +223,10 @@ def drop_path_backward(dout, cache):
 # -- layers ----------------------------------------------------------------------------------------
 class _DropoutNd(Stateless):
     """``torch.nn`` dropout layers: ``(p=0.5, inplace=False)``; the op in training, the identity in
-    eval; the masks are drawn from the layer's ``rng``."""
+    eval; the masks are drawn from the layer's ``rng``, or ``layer.mask`` (a keep mask of the op's
+    mask shape, None by default) replaces the draw in every following forward."""
     _op = None
+    mask = None
 
     def __init__(self, p=0.5, inplace=False, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
@@ -232,7 +234,7 @@ class _DropoutNd(Stateless):
         self.inplace = inplace_flag(inplace)
 
     def _op_forward(self, x):
-        return type(self)._op(x, self.p, self.training, self.rng)
+        return type(self)._op(x, self.p, self.training, self.rng, self.mask)
 
 
 class Dropout(_DropoutNd):
@@ -278,7 +280,8 @@ class Dropout2d(_DropoutNd):
 class DropPath(Stateless):
     """timm's ``DropPath(drop_prob=0.0, scale_by_keep=True)``: whole samples of a residual branch.
 
-    Input and output ``(N, ...)``; the identity in eval (:func:`drop_path_forward`).
+    Input and output ``(N, ...)``; the identity in eval (:func:`drop_path_forward`); ``layer.mask``
+    (``(N, 1, ..., 1)``, None by default) replaces the random draw as in Dropout.
 
     Parameters
     ----------
@@ -292,6 +295,7 @@ class DropPath(Stateless):
         Draws the masks.
     """
     _backward_fn = drop_path_backward
+    mask = None
 
     def __init__(self, drop_prob=0.0, scale_by_keep=True, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
@@ -301,4 +305,4 @@ class DropPath(Stateless):
         self.scale_by_keep = bool(scale_by_keep)
 
     def _op_forward(self, x):
-        return drop_path_forward(x, self.drop_prob, self.training, self.scale_by_keep, self.rng)
+        return drop_path_forward(x, self.drop_prob, self.training, self.scale_by_keep, self.rng, self.mask)

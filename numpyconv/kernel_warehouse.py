@@ -74,7 +74,7 @@ from ._checks import (Cache, check_cache, count_int, expect_shape, flag, float_a
 from .activations import relu_backward, relu_forward
 from .blocks import batch_norm_backward, batch_norm_forward, linear_backward, linear_forward
 from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
-from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
+from .conv import (Conv2d, check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
                    conv_geometry)
 from .memory import require_memory
 from .module import Module, count, kaiming_normal_fan_out
@@ -737,8 +737,15 @@ class WarehouseManager(Module):
         return '_'.join(fused)
 
     def reserve(self, in_planes, out_planes, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                bias=True, warehouse_name='default'):
-        """A :class:`KWConv2d` whose kernel will come from warehouse ``warehouse_name`` (fused)."""
+                bias=True, warehouse_name='default', enabled=True):
+        """A :class:`KWConv2d` whose kernel will come from warehouse ``warehouse_name`` (fused).
+
+        ``enabled=False`` (official flag) returns a plain :class:`~numpyconv.Conv2d` instead (keys
+        ``weight``, ``bias``), which reserves nothing in any warehouse.
+        """
+        if not enabled:
+            return Conv2d(in_planes, out_planes, kernel_size, stride, padding, dilation, groups, bias,
+                          dtype=self.dtype, rng=self.rng)
         if self.options is not None:
             raise RuntimeError("reserve() after store(): reserve every layer first, then store()")
         if not isinstance(warehouse_name, str):

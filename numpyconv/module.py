@@ -64,6 +64,24 @@ def default_bias(rng, fan_in, n, dtype):
     return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
 
 
+def torch_order(items):
+    """``(name, array)`` pairs (parameters, then buffers) in ``torch.nn.Module.state_dict`` order.
+
+    Undotted names first, in the given order; then, for each first name component of the dotted
+    ones (a sub-module of the official module held flat by its numpyconv layer), in order of first
+    appearance, that sub-module's arrays ordered the same way. ODConv's attention keeps
+    ``bn.weight``, ``bn.bias`` (parameters) and ``bn.running_mean`` (a buffer): PyTorch lists all of
+    ``bn``'s arrays before the next sub-module's (``channel_fc.weight``).
+    """
+    direct = [(k, v) for k, v in items if '.' not in k]
+    nested = {}
+    for k, v in items:
+        if '.' in k:
+            head, rest = k.split('.', 1)
+            nested.setdefault(head, []).append((rest, v))
+    return direct + [(head + '.' + k, v) for head, sub in nested.items() for k, v in torch_order(sub)]
+
+
 # -- no_grad: forward passes that keep nothing for a backward pass -------------------------------
 _GRAD_MODE = threading.local()      # this thread's count of open no_grad blocks
 
@@ -199,9 +217,11 @@ class Module:
     # -- state ----------------------------------------------------------------------------
     def state_dict(self):
         """Copies of parameters and buffers, keyed and ordered as the official module's state_dict
-        (each layer's parameters, then its buffers, then its children's, as ``torch.nn.Module``)."""
+        (each layer's parameters, then its buffers, then its children's, as ``torch.nn.Module``; a
+        dotted name of a layer's own, ``bn.weight``, is an array of an official sub-module, listed
+        with that sub-module's other arrays: see :func:`torch_order`)."""
         return {prefix + k: v.copy() for prefix, m in self.named_modules()
-                for k, v in (*m._params.items(), *m._buffers.items())}
+                for k, v in torch_order([*m._params.items(), *m._buffers.items()])}
 
     def load_state_dict(self, state, strict=True):
         """Copy ``state`` into this layer in place (float values cast to the layer's dtype).
@@ -357,19 +377,23 @@ class Sequential(Module):
     def __len__(self):
         return len(self._modules)
 
+    def _layers(self):
+        """The layers in the order forward runs them (subclasses may run their children differently)."""
+        return list(self._modules.values())
+
     def forward(self, x):
-        for layer in self._modules.values():
+        for layer in self._layers():
             x = layer(x)
         return x
 
     def backward(self, dout):
-        for layer in reversed(list(self._modules.values())):
+        for layer in reversed(self._layers()):
             dout = layer.backward(dout)
         return dout
 
     def macs(self, input_shape):
         total = 0
-        for layer in self._modules.values():
+        for layer in self._layers():
             m, input_shape = layer.macs(input_shape)
             total += m
         return total, input_shape

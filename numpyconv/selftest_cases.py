@@ -210,6 +210,14 @@ def _condconv(rng):
                      lambda *a: reference.condconv2d(*a, **hyper))
 
 
+@register('condconv_routing')
+def _condconv_routing(rng):
+    """The routing that a CondConv block shares between its convolutions (no convolution)."""
+    args = rng.standard_normal((2, 4, 5, 3)), rng.standard_normal((3, 4)), rng.standard_normal(3)
+    return CheckCase(nc.condconv_routing_forward, nc.condconv_routing_backward, args,
+                     reference.condconv_routing)
+
+
 @register('odconv2d')
 def _odconv(rng):
     """Train mode (BatchNorm couples the 3 samples), all four heads, T = 1.7, groups 2."""
@@ -514,6 +522,19 @@ def _dynamic_layer(rng, dtype):
 def _condconv_layer(rng, dtype):
     layer = nc.CondConv2d(4, 6, 3, padding=1, groups=2, num_experts=3, dtype=dtype, rng=rng)
     return layer, _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('CondConvRouting')
+def _condconv_routing_layer(rng, dtype):
+    return nc.CondConvRouting(4, 3, dtype=dtype, rng=rng), _normal(rng, (2, 4, 5, 5), dtype)
+
+
+@register_layer('RoutedCondConv2d')
+def _routed_condconv_layer(rng, dtype):
+    """``forward(x, routing_weight)``: the routing (N, E) of a shared CondConvRouting."""
+    layer = nc.RoutedCondConv2d(4, 6, 3, padding=1, groups=2, num_experts=3, dtype=dtype, rng=rng)
+    routing = rng.uniform(0.1, 0.9, (2, 3)).astype(dtype)
+    return layer, Inputs((_normal(rng, (2, 4, 5, 5), dtype), routing))
 
 
 @register_layer('ODConv2d')

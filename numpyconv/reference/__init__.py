@@ -42,6 +42,7 @@ from .involution import involution, involution_backward  # noqa: F401 (re-export
 
 # -- the dynamic family: DY-CNN, CondConv, ODConv, KernelWarehouse -------------------------------
 from .condconv import condconv2d, condconv2d_backward  # noqa: F401
+from .condconv import condconv_routing, condconv_routing_backward  # noqa: F401
 from .dynamic import aggregated_conv2d, aggregated_conv2d_backward  # noqa: F401
 from .dynamic import dynamic_conv2d, dynamic_conv2d_backward  # noqa: F401
 from .kernel_warehouse import kw_attention, kw_attention_backward, kw_caf, kw_caf_backward  # noqa: F401

@@ -33,19 +33,33 @@ def condconv2d_backward(dout, x, weight, bias, route_weight, route_bias, stride=
                         dilation=1, groups=1):
     """``(dx, dweight, dbias, droute_weight, droute_bias)`` of :func:`condconv2d` (eqs. 6-10);
     ``dbias`` / ``droute_bias`` are None when ``bias`` / ``route_bias`` are."""
-    p, r = _routing(x, route_weight, route_bias)
+    r = _routing(x, route_weight, route_bias)[1]
     dx, dr, dweight, dbias = aggregated_conv2d_backward(dout, x, r, weight, bias, stride, padding,
                                                         dilation, groups)               # (eqs. 6, 7)
+    dx_route, droute_weight, droute_bias = condconv_routing_backward(dr, x, route_weight,
+                                                                     route_bias)        # (eqs. 8-10)
+    return dx + dx_route, dweight, dbias, droute_weight, droute_bias
+
+
+def condconv_routing(x, route_weight, route_bias=None):
+    """The routing alone, ``r (N, E) = sigmoid(W_r GAP(x) + b_r)`` (eqs. 1-3). Arguments as
+    :func:`numpyconv.condconv.condconv_routing_forward`."""
+    return _routing(x, route_weight, route_bias)[1]
+
+
+def condconv_routing_backward(dout, x, route_weight, route_bias=None):
+    """``(dx, droute_weight, droute_bias)`` of :func:`condconv_routing` (eqs. 8-10)."""
+    p, r = _routing(x, route_weight, route_bias)
     dz = np.zeros_like(r)
     for n, e in np.ndindex(*r.shape):
-        dz[n, e] = dr[n, e] * r[n, e] * (1 - r[n, e])                                    # (eq. 8)
+        dz[n, e] = dout[n, e] * r[n, e] * (1 - r[n, e])                                  # (eq. 8)
     droute_weight, dp = np.zeros_like(route_weight), np.zeros_like(p)
     for n, e, c in product(range(x.shape[0]), *map(range, route_weight.shape)):
         droute_weight[e, c] += dz[n, e] * p[n, c]                                        # (eq. 9)
         dp[n, c] += route_weight[e, c] * dz[n, e]                                        # (eq. 9)
-    droute_bias = None if route_bias is None else np.zeros_like(route_bias)
+    droute_bias = None
     if route_bias is not None:
+        droute_bias = np.zeros_like(route_bias)
         for n, e in np.ndindex(*dz.shape):
             droute_bias[e] += dz[n, e]                                                   # (eq. 9)
-    dx = dx + pool_backward(dp, x.shape)                                                 # (eq. 10)
-    return dx, dweight, dbias, droute_weight, droute_bias
+    return pool_backward(dp, x.shape), droute_weight, droute_bias                        # (eq. 10)
