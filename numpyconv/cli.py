@@ -1,4 +1,4 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``, ``predict``."""
 import argparse
 import sys
 
@@ -27,6 +27,11 @@ def _inspect(args):
     return inspection.main(args)
 
 
+def _predict(args):
+    from . import predict
+    return predict.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -47,6 +52,12 @@ def build_parser():
     from .inspection import add_arguments as inspect_arguments
     inspect_arguments(inspect)
     inspect.set_defaults(run=_inspect)
+
+    predict = sub.add_parser('predict', help="top-5 ImageNet classes of images with a network of "
+                                             "numpyconv.models and its checkpoint")
+    from .predict import add_arguments as predict_arguments
+    predict_arguments(predict)
+    predict.set_defaults(run=_predict)
 
     demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
     try:
