@@ -2,10 +2,10 @@
 
 Run (numpyconv installed with its ``predict`` extra, or from the repository root)::
 
-    PYTHONPATH=. python examples/run_official_checkpoint.py                         # random weights
-    PYTHONPATH=. python examples/run_official_checkpoint.py od_resnet18 od_resnet18.pth.tar
+    PYTHONPATH=. python examples/run_official_checkpoint.py                  # resnet18, random weights
+    PYTHONPATH=. python examples/run_official_checkpoint.py --model od_resnet18 --checkpoint od18.pth
 
-With a checkpoint file released by the network's authors (``MODEL CHECKPOINT``), the same steps
+With a checkpoint file released by the network's authors (``--checkpoint``), the same steps
 classify with the trained weights; without one, the example writes a checkpoint of random weights
 first, so it runs anywhere (the top-5 classes are then meaningless, the mechanics are the same).
 
@@ -25,6 +25,7 @@ first, so it runs anywhere (the top-5 classes are then meaningless, the mechanic
    input and compares the hand-derived backward pass (input gradient and every parameter gradient)
    with central finite differences along random directions.
 """
+import argparse
 import sys
 import tempfile
 import time
@@ -90,20 +91,23 @@ def check_block(network):
           f"(input and every parameter) agree with finite differences; worst relative error {worst:.1e}")
 
 
-def main(argv):
-    model_name = argv[0] if argv else 'resnet18'
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='build, load, predict, gradient-check', allow_abbrev=False)
+    parser.add_argument('--model', default='resnet18', help='a builder of numpyconv.models')
+    parser.add_argument('--checkpoint', default=None, help="a checkpoint file of that network's weights")
+    args, _ = parser.parse_known_args(argv)         # tolerant: a test runner's own arguments are ignored
     with tempfile.TemporaryDirectory() as tmp:
-        if len(argv) > 1:
-            path, reference = Path(argv[1]), None
+        if args.checkpoint:
+            path, reference = Path(args.checkpoint), None
         else:
-            network = build(model_name)
-            path, reference = Path(tmp) / f'{model_name}.pth', network.state_dict()
+            network = build(args.model)
+            path, reference = Path(tmp) / f'{args.model}.pth', network.state_dict()
             write_checkpoint(network, path)
-        network = load(model_name, path, reference)
-    classify(network, model_name)
+        network = load(args.model, path, reference)
+    classify(network, args.model)
     check_block(network)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
