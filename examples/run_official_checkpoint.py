@@ -26,7 +26,6 @@ first, so it runs anywhere (the top-5 classes are then meaningless, the mechanic
    with central finite differences along random directions.
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,8 +105,7 @@ def main(argv=None):
         network = load(args.model, path, reference)
     classify(network, args.model)
     check_block(network)
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()
