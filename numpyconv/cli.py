@@ -1,4 +1,5 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``, ``conform``, ``explain``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``, ``predict``, ``conform``,
+``explain``."""
 import argparse
 import sys
 
@@ -37,6 +38,11 @@ def _conform(args):
     return command.run(args)
 
 
+def _predict(args):
+    from . import predict
+    return predict.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -63,6 +69,12 @@ def build_parser():
     from .testing.command import add_arguments as add_conform_arguments
     add_conform_arguments(conform)
     conform.set_defaults(run=_conform)
+
+    predict = sub.add_parser('predict', help="top-5 ImageNet classes of images with a network of "
+                                             "numpyconv.models and its checkpoint")
+    from .predict import add_arguments as predict_arguments
+    predict_arguments(predict)
+    predict.set_defaults(run=_predict)
 
     demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
     try:

@@ -1,0 +1,268 @@
+"""Whole networks: forward and forward+backward time and peak memory, numpyconv against PyTorch CPU.
+
+Each builder of ``numpyconv.models`` (float32, 1000 classes, 224x224 input, random weights from
+``rng=0``) is compared with its official PyTorch network carrying the *same weights* (numpyconv's
+state_dict loaded into it): torchvision's ResNets and the re-creations of the official networks in
+``tests/torch_models/`` (imported from the source tree; a builder without one is timed alone).
+
+* **forward**: eval mode, no caches kept (``numpyconv.no_grad()`` / ``torch.no_grad()``): inference.
+* **forward+backward**: eval mode by default (BatchNorm with its running statistics, dropout off, so
+  that batch 1 runs for the networks whose attention branch normalises 1x1 maps), ``--train`` for
+  train mode; gradients of the input and of every parameter, from an all-ones output gradient.
+* **time**: the minimum over ``--repeats`` runs after one warm-up run (Numba compilation, allocator).
+* **peak memory**: each (model, batch, framework) runs in its own process; reported is the peak
+  resident set size of the forward runs and of the forward+backward runs (Linux ``VmHWM``, reset
+  before each kind of run through ``/proc/self/clear_refs``) above the resident size once the network
+  and the input exist: imports and weights are not counted.
+* **threads**: 2 for both frameworks (``torch.set_num_threads(2)``; ``NUMBA_NUM_THREADS``,
+  ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` set to 2 before the process
+  imports NumPy). ``--threads`` changes it.
+
+Run from the repository root::
+
+    python benchmarks/bench_models.py --models resnet18 resnet50 --batch 1 8 --repeats 3 --markdown
+"""
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_MODELS = {      # builder -> (module in tests/torch_models or 'torchvision', function, extra kwargs)
+    'resnet18': ('torchvision', 'resnet18', {}), 'resnet50': ('torchvision', 'resnet50', {}),
+    'od_resnet18': ('od_resnet', 'od_resnet18', {}), 'od_resnet50': ('od_resnet', 'od_resnet50', {}),
+    'kw_resnet18': ('kw_resnet', 'kw_resnet18', {}), 'kw_resnet50': ('kw_resnet', 'kw_resnet50', {}),
+    'dy_resnet18': ('dy_resnet', 'resnet18', {}),
+    'oct_resnet26': ('oct_resnet', 'oct_resnet26', {}), 'oct_resnet50': ('oct_resnet', 'oct_resnet50', {}),
+    'resnet50_dcnv2': ('resnet_dcn', 'ResNet50DCN', {}),
+    'rednet26': ('rednet', 'ImageClassifier', {'depth': 26}),
+    'rednet38': ('rednet', 'ImageClassifier', {'depth': 38}),
+    'rednet50': ('rednet', 'ImageClassifier', {'depth': 50}),
+}
+THREAD_VARIABLES = ('NUMBA_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')
+
+
+# -- one measurement, in its own process -------------------------------------------------------------
+def rss_mb():
+    """The process's current resident set size (MB)."""
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def reset_peak():
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM); False if refused."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def peak_mb():
+    """The process's peak resident set size (MB) since :func:`reset_peak`, else since it started."""
+    with contextlib.suppress(OSError), open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # KiB on Linux
+
+
+def best_of(fn, repeats):
+    fn()                                            # warm-up
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return min(times)
+
+
+def numpyconv_passes(name, batch, train):
+    import numpy as np
+    import numpyconv
+    model = getattr(numpyconv.models, name)(rng=0)
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    no_grad = getattr(numpyconv, 'no_grad', contextlib.nullcontext)
+
+    def forward():
+        model.eval()
+        with no_grad():
+            model.forward(x)
+
+    def forward_backward():
+        model.train(train)
+        model.zero_grad()
+        y = model.forward(x)
+        model.backward(np.ones_like(y))
+    return forward, forward_backward
+
+
+def torch_passes(name, batch, train, threads):
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    import numpyconv
+    source, function, kwargs = TORCH_MODELS[name]
+    if source == 'torchvision':
+        import torchvision
+        module = getattr(torchvision.models, function)(num_classes=1000)
+    else:
+        sys.path.insert(0, str(ROOT / 'tests'))
+        import importlib
+        factory = getattr(importlib.import_module(f'torch_models.{source}'), function)
+        module = factory(num_classes=1000, **kwargs)
+    state = getattr(numpyconv.models, name)(rng=0).state_dict()
+    module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    x = torch.tensor(np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32),
+                     requires_grad=True)
+    del state
+
+    def forward():
+        module.eval()
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward():
+        module.train(train)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        y = module(x)
+        y.backward(torch.ones_like(y))
+    return forward, forward_backward
+
+
+def measure(name, batch, framework, repeats, train, threads):
+    """Time and memory of one (model, batch, framework); a dict."""
+    if framework == 'numpyconv':
+        forward, forward_backward = numpyconv_passes(name, batch, train)
+    else:
+        forward, forward_backward = torch_passes(name, batch, train, threads)
+    base = rss_mb()
+    reset_peak()
+    forward_s = best_of(forward, repeats)
+    forward_peak = peak_mb() - base
+    reset_peak()
+    backward_s = best_of(forward_backward, repeats)
+    backward_peak = peak_mb() - base
+    return {'model': name, 'batch': batch, 'framework': framework, 'forward_s': forward_s,
+            'forward_backward_s': backward_s, 'forward_mb': max(forward_peak, 0.0),
+            'forward_backward_mb': max(backward_peak, 0.0)}
+
+
+# -- the driver ------------------------------------------------------------------------------------
+def run_child(name, batch, framework, args):
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))
+    env = dict(os.environ, PYTHONPATH=path, **{v: str(args.threads) for v in THREAD_VARIABLES})
+    command = [sys.executable, __file__, '--child', name, str(batch), framework, '--repeats',
+               str(args.repeats), '--threads', str(args.threads)] + (['--train'] if args.train else [])
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+        return {'model': name, 'batch': batch, 'framework': framework, 'error': last}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else '-'
+
+
+def seconds(row, key):
+    return f"{row[key]:.3f}" if row and key in row else ('error' if row else '-')
+
+
+def megabytes(row, key):
+    return f"{row[key]:.0f}" if row and key in row else '-'
+
+
+def find(results, model, batch, framework):
+    return next((r for r in results if (r['model'], r['batch'], r['framework']) == (model, batch, framework)),
+                None)
+
+
+def get(row, key):
+    return row.get(key) if row else None
+
+
+def table(results, markdown):
+    """One row per (model, batch): times (s), numpyconv/PyTorch ratios, peak memory above setup (MB)."""
+    head = ['model', 'batch', 'fwd numpyconv', 'fwd torch', 'fwd ratio', 'fwd+bwd numpyconv',
+            'fwd+bwd torch', 'fwd+bwd ratio', 'MB fwd numpyconv', 'MB fwd torch', 'MB fwd+bwd numpyconv',
+            'MB fwd+bwd torch']
+    rows = []
+    keys = sorted({(r['model'], r['batch']) for r in results}, key=lambda k: (k[0], k[1]))
+    for model, batch in keys:
+        ours, theirs = (find(results, model, batch, framework) for framework in ('numpyconv', 'torch'))
+        rows.append([model, str(batch), seconds(ours, 'forward_s'), seconds(theirs, 'forward_s'),
+                     ratio(get(ours, 'forward_s'), get(theirs, 'forward_s')),
+                     seconds(ours, 'forward_backward_s'), seconds(theirs, 'forward_backward_s'),
+                     ratio(get(ours, 'forward_backward_s'), get(theirs, 'forward_backward_s')),
+                     megabytes(ours, 'forward_mb'), megabytes(theirs, 'forward_mb'),
+                     megabytes(ours, 'forward_backward_mb'), megabytes(theirs, 'forward_backward_mb')])
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+    else:
+        widths = [max(len(c) for c in col) for col in zip(head, *rows)]
+        lines = ['  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + rows]
+    errors = [f"{r['model']} batch {r['batch']} {r['framework']}: {r['error']}"
+              for r in results if 'error' in r]
+    return '\n'.join(lines + errors)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=None, help='builders (default: every one)')
+    parser.add_argument('--batch', nargs='+', type=int, default=[1, 8])
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs after the warm-up (min reported)')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--train', action='store_true', help='forward+backward in train mode')
+    parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
+    parser.add_argument('--no-torch', action='store_true', help='time numpyconv alone')
+    parser.add_argument('--child', nargs=3, metavar=('MODEL', 'BATCH', 'FRAMEWORK'), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.child:
+        name, batch, framework = args.child
+        print(json.dumps(measure(name, int(batch), framework, args.repeats, args.train, args.threads)))
+        return 0
+    sys.path.insert(0, str(ROOT))
+    from numpyconv.predict import builders
+    names = args.models or builders()
+    unknown = sorted(set(names) - set(builders()))
+    if unknown:
+        sys.exit(f"unknown models {unknown}; numpyconv.models has: {', '.join(builders())}")
+    with_torch = not args.no_torch and torch_available()
+    results = []
+    for name in names:
+        for batch in args.batch:
+            frameworks = ['numpyconv'] + (['torch'] if with_torch and name in TORCH_MODELS else [])
+            for framework in frameworks:
+                results.append(run_child(name, batch, framework, args))
+                print(f"# {name} batch {batch} {framework}: "
+                      f"{json.dumps({k: v for k, v in results[-1].items() if k not in ('model', 'batch')})}",
+                      file=sys.stderr, flush=True)
+    print(table(results, args.markdown))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
