@@ -180,7 +180,9 @@ def condconv_routing_forward(x, route_weight, route_bias=None):
     x : ndarray (N, C_in, H, W)
         The input the routing looks at (a block's input).
     route_weight : ndarray (E, C_in)
+        The routing's fully connected weight (d-li14's ``fc.weight``).
     route_bias : ndarray (E,) or None
+        Its bias.
 
     Returns
     -------
@@ -188,6 +190,8 @@ def condconv_routing_forward(x, route_weight, route_bias=None):
         Routing weights in (0, 1), to feed :func:`numpyconv.dynamic.aggregated_conv2d_forward`
         (the ``attention`` input) of every convolution that shares them.
     cache : Cache
+        ``'condconv_routing'``: ``gap``, ``fc``, ``sigmoid`` (the caches of the global average
+        pooling, the linear map and the sigmoid), ``shape`` ``(N, E)`` and ``dtype`` of ``r``.
     """
     float_array(x, 'x', 4, "(N, C_in, H, W)")
     float_array(route_weight, 'route_weight', 2, "(E, C_in)")
@@ -205,8 +209,22 @@ def condconv_routing_forward(x, route_weight, route_bias=None):
 
 def condconv_routing_backward(dout, cache):
     """``(dx, droute_weight, droute_bias)`` of :func:`condconv_routing_forward` (eqs. 8-10, the
-    pooling part of eq. 10); ``dout (N, E)`` is the sum of (eq. 7) over the convolutions sharing the
-    routing. ``droute_bias`` is None when ``route_bias`` was."""
+    pooling part of eq. 10).
+
+    Parameters
+    ----------
+    dout : ndarray (N, E)
+        The routing's gradient: the sum of (eq. 7) over the convolutions sharing the routing (eq. 12).
+    cache : Cache
+        From :func:`condconv_routing_forward`.
+
+    Returns
+    -------
+    dx : ndarray (N, C_in, H, W)
+    droute_weight : ndarray (E, C_in)
+    droute_bias : ndarray (E,) or None
+        None when ``route_bias`` was None.
+    """
     cache = check_cache(cache, 'condconv_routing')
     dout = grad_out(dout, cache['shape'], cache['dtype'])
     dlogits, = sigmoid_backward(dout, cache['sigmoid'])                     # (eq. 8)
@@ -227,6 +245,10 @@ class CondConvRouting(Module):
         Input channels.
     num_experts : int
         E.
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
     def __init__(self, c_in, num_experts, *, dtype=np.float32, rng=None):
@@ -270,6 +292,20 @@ class RoutedCondConv2d(MixtureConv2dBase):
     ``bias`` gradients. Keys ``weight (E, C_out, C_in//groups, kh, kw)``, ``bias (E, C_out)``
     (initialised as :class:`CondConv2d`). ``macs`` counts the combination and the convolution (the
     routing is counted where it is computed).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation, groups
+        As :func:`numpyconv.conv2d_forward`.
+    bias : bool
+        A bias per expert.
+    num_experts : int
+        ``E`` (d-li14's default: 1).
+    dtype : float32 or float64, keyword-only
+        Dtype of the parameters.
+    rng : numpy.random.Generator, int or None, keyword-only
+        Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
     PARAM_KEYS = ('weight', 'bias')
 

@@ -44,9 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import module as _module
 from .checkpoint import load_checkpoint, state_dict_of
-from .module import Module, StateDictError
+from .module import Module, StateDictError, no_grad
 
 __all__ = ['predict', 'preprocess', 'load_image', 'load_model', 'class_names', 'builders',
            'preprocessing_for', 'Preprocessing', 'PREPROCESSING']
@@ -267,12 +266,6 @@ def load_model(model_name, checkpoint, *, dtype=np.float32):
 
 
 # -- prediction --------------------------------------------------------------------------------
-def _inference():
-    """A context in which layers keep no cache (``numpyconv.no_grad`` where the package has it)."""
-    no_grad = getattr(_module, 'no_grad', None)
-    return no_grad() if no_grad is not None else contextlib.nullcontext()
-
-
 def _softmax(logits):
     z = np.asarray(logits, dtype=np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
@@ -313,7 +306,7 @@ def run(model, images, model_name=None, *, top=5, batch_size=8):
             inputs.append(preprocess(image, spec))
             prep_seconds.append(time.perf_counter() - tic)
         tic = time.perf_counter()
-        with _inference():
+        with no_grad():
             logits = model.forward(np.stack(inputs).astype(model.dtype, copy=False))
         share = (time.perf_counter() - tic) / len(batch)
         if logits.ndim != 2 or logits.shape[0] != len(batch):

@@ -261,7 +261,7 @@ class CondInvertedResidual(Module):
             dh = bn.backward(dh)
             if self.cond:
                 dh, dr = conv.backward(dh)
-                drouting = drouting + dr                                    # condconv.md (eq. 12)
+                drouting = drouting + dr                                    # (condconv.md eq. 12)
             else:
                 dh = conv.backward(dh)
         if self.cond:
