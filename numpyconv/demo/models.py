@@ -21,15 +21,20 @@ each with OctResNet's 1x1 octave projection shortcut; BN, ReLU and the pool act 
 KernelWarehouse's two layers share one warehouse (sharing range ``layer``, as KW's ResNets), owned
 by the network as ``warehouse_manager``.
 
-Temperature schedules (:meth:`DemoNet.schedule`) are the official ones from each technique module,
-with our run mapped onto the papers' 100-epoch ResNet runs (``step / total_steps = epoch / 100``):
+Temperature schedules (:meth:`DemoNet.schedule`) come from the code each technique module follows,
+with our run mapped onto the training run of that code (``step / total_steps = epoch / epochs``):
 
-* DY-CNN (:func:`numpyconv.dynamic.dynamic_temperature`): ``T = 34 - 3 * epoch`` down to 1,
-  reached after 11 of 100 epochs;
-* ODConv (:func:`numpyconv.odconv.odconv_temperature`): 30 -> 1 linearly over the first 10 epochs,
-  set every iteration;
-* KernelWarehouse (:func:`numpyconv.kernel_warehouse.kw_temperature`): the blend ``t`` from 1 (each
-  layer its own static cells) to 0 over the first 20 epochs, every iteration;
+* DY-CNN (:func:`numpyconv.dynamic.dynamic_temperature`): the paper has no official code; the
+  module follows kaijieshi7/Dynamic-convolution-Pytorch, an unofficial re-implementation, whose
+  ``main.py`` trains 160 epochs (its default) and calls ``update_temperature()`` after each:
+  ``T = 34 - 3 * epoch`` down to 1, reached after 11 of the 160 epochs;
+* ODConv (:func:`numpyconv.odconv.odconv_temperature`): OSVAI/ODConv's ``main.py`` with the README's
+  ResNet command (100 epochs, ``temp_epoch`` 10): 30 -> 1 linearly over the first 10 of the 100
+  epochs, set every iteration;
+* KernelWarehouse (:func:`numpyconv.kernel_warehouse.kw_temperature`): OSVAI/KernelWarehouse's
+  ``main.py`` with its defaults for the ResNet and ConvNeXt configs (300 epochs, ``temp_epoch`` 20,
+  ``temp_init_value`` 1.0): the blend ``t`` from 1 (each layer its own static cells) to 0 over the
+  first 20 of the 300 epochs, set every iteration;
 * CondConv has no temperature (sigmoid routing).
 
 A trained model is evaluated at the end values (``T = 1``, ``t = 0``): :meth:`DemoNet.finish_schedule`.
@@ -53,30 +58,35 @@ from ..odconv import ODConv2d, odconv_temperature
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 32, 32)
-OFFICIAL_EPOCHS = 100      # the ResNet/ImageNet runs the three schedules were published with
+# the official training runs the schedules are mapped onto: (epochs of the run, epochs annealed)
+DYNAMIC_RUN = (160, 11)    # kaijieshi7's main.py default; T reaches 1 after 11 updates
+ODCONV_RUN = (100, 10)     # OSVAI/ODConv README's ResNet command, main.py's temp_epoch
+KW_RUN = (300, 20)         # OSVAI/KernelWarehouse main.py defaults (epochs, temp_epoch)
 
 Technique = namedtuple('Technique', 'label make_layer')
 
 
-# -- temperature schedules, our run mapped onto the official 100 epochs -----------------------------
-def _official_steps(total_steps, epochs):
-    """The number of our steps that stands for ``epochs`` of the official 100."""
-    return max(1, round(total_steps * epochs / OFFICIAL_EPOCHS))
+# -- temperature schedules, our run mapped onto each official run -----------------------------------
+def _official_steps(total_steps, run):
+    """The number of our steps that stands for the annealed epochs of ``run = (epochs, annealed)``."""
+    epochs, annealed = run
+    return max(1, round(total_steps * annealed / epochs))
 
 
 def dynamic_schedule(step, total_steps):
-    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per official epoch."""
-    return dynamic_temperature(step * OFFICIAL_EPOCHS // total_steps)
+    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per epoch of the 160."""
+    return dynamic_temperature(step * DYNAMIC_RUN[0] // total_steps)
 
 
 def odconv_schedule(step, total_steps):
-    """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-epoch anneal."""
-    return odconv_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, 10))
+    """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-of-100-epoch anneal."""
+    return odconv_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, ODCONV_RUN))
 
 
 def kw_schedule(step, total_steps):
-    """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of 20 epochs."""
-    return kw_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, 20))
+    """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of a 20-of-300-epoch
+    anneal."""
+    return kw_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, KW_RUN))
 
 
 def _set_dynamic(layer, value):
