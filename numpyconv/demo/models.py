@@ -58,7 +58,7 @@ from ..odconv import ODConv2d, odconv_temperature
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 32, 32)
-# the official training runs the schedules are mapped onto: (epochs of the run, epochs annealed)
+# the training runs our schedules are mapped onto: (epochs of the run, epochs annealed)
 DYNAMIC_RUN = (160, 11)    # kaijieshi7's main.py default; T reaches 1 after 11 updates
 ODCONV_RUN = (100, 10)     # OSVAI/ODConv README's ResNet command, main.py's temp_epoch
 KW_RUN = (300, 20)         # OSVAI/KernelWarehouse main.py defaults (epochs, temp_epoch)
@@ -66,27 +66,27 @@ KW_RUN = (300, 20)         # OSVAI/KernelWarehouse main.py defaults (epochs, tem
 Technique = namedtuple('Technique', 'label make_layer')
 
 
-# -- temperature schedules, our run mapped onto each official run -----------------------------------
-def _official_steps(total_steps, run):
+# -- temperature schedules, our run mapped onto the run of each technique's code --------------------
+def _annealed_steps(total_steps, run):
     """The number of our steps that stands for the annealed epochs of ``run = (epochs, annealed)``."""
     epochs, annealed = run
     return max(1, round(total_steps * annealed / epochs))
 
 
 def dynamic_schedule(step, total_steps):
-    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per epoch of the 160."""
+    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per epoch of kaijieshi7's 160."""
     return dynamic_temperature(step * DYNAMIC_RUN[0] // total_steps)
 
 
 def odconv_schedule(step, total_steps):
     """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-of-100-epoch anneal."""
-    return odconv_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, ODCONV_RUN))
+    return odconv_temperature(step + 1, 0, 1, temp_epoch=_annealed_steps(total_steps, ODCONV_RUN))
 
 
 def kw_schedule(step, total_steps):
     """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of a 20-of-300-epoch
     anneal."""
-    return kw_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, KW_RUN))
+    return kw_temperature(step + 1, 0, 1, temp_epoch=_annealed_steps(total_steps, KW_RUN))
 
 
 def _set_dynamic(layer, value):
