@@ -474,3 +474,22 @@ def test_resume_of_a_partly_finished_multi_seed_run_trains_only_the_missing_runs
         assert kept[key] == first[key]
     assert [r['seeds'] for r in _csv_rows(tmp_path)] == ['3', '3']
     assert '| Conv | 3 |' in capsys.readouterr().out
+
+
+def test_resume_with_more_seeds_adds_only_the_new_seeds(demo_extra, tmp_path, monkeypatch):
+    from numpyconv.demo import run
+    _segments_dataset(monkeypatch)
+    assert _demo(tmp_path, '--techniques', 'conv') == 0
+    first = _runs(tmp_path)
+    real_train, trained = run.train_technique, []
+
+    def train(technique, *args, seed, **kwargs):
+        trained.append((technique, seed))
+        return real_train(technique, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(run, 'train_technique', train)
+    assert _demo(tmp_path, '--techniques', 'conv', '--seeds', '2', '--resume') == 0
+    assert trained == [('conv', 1)]
+    runs = _runs(tmp_path)
+    assert [r['seed'] for r in runs] == [0, 1] and runs[0] == first[0]
+    assert 'Test min-max (%)' in (tmp_path / 'results.md').read_text()
