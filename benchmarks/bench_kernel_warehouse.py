@@ -12,8 +12,9 @@ warm-up; the best round is reported.
     python benchmarks/bench_kernel_warehouse.py [--dtype float32|float64] [--repeat 5] [--batch 8]
 """
 import numpy as np
+from _official import load_test_module
 
-from numpyconv.bench import (arg_parser, compare_with_conv, layer_pair, load_test_module, torch_module_pair,
+from numpyconv.bench import (arg_parser, compare_with_conv, layer_pair, torch_module_pair,
                              torch_state_dict)
 from numpyconv.kernel_warehouse import WarehouseManager
 

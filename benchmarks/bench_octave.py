@@ -12,9 +12,10 @@ implementations interleaved so that they see the same machine load.
 (from the repository root with numpyconv installed, or with PYTHONPATH=.)
 """
 import numpy as np
+from _official import load_test_module
 
 from numpyconv import OctaveConv2d
-from numpyconv.bench import (arg_parser, compare_with_conv, layer_pair, load_test_module, torch_module_pair,
+from numpyconv.bench import (arg_parser, compare_with_conv, layer_pair, torch_module_pair,
                              torch_state_dict)
 
 

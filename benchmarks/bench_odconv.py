@@ -10,8 +10,9 @@ interleaved rounds (ours, torch, ours, ...) after one warm-up; the best round is
     python benchmarks/bench_odconv.py [--dtype float32|float64] [--repeat 5] [--batch 8]
 """
 import numpy as np
+from _official import load_test_module
 
-from numpyconv.bench import (arg_parser, compare_with_conv, layer_pair, load_test_module, torch_module_pair,
+from numpyconv.bench import (arg_parser, compare_with_conv, layer_pair, torch_module_pair,
                              torch_state_dict)
 from numpyconv.odconv import ODConv2d
 

@@ -21,6 +21,8 @@ At an integer coordinate ``floor`` picks the right-hand derivative, as the offic
 value is 0 but the second still gives the slope towards row / column 0 (eq. 2, boundary note).
 These functions are Numba-compiled and called from the ops' own jitted loops; they only
 compute indices and weights, the loops do the reads and the ``+=`` of the gradients.
+The row helpers at the end (``clamped_corners``, ``corner_dots``, ``axpy``) serve kernels on
+channels-last rows (multi-scale deformable attention): they read and update whole channel rows.
 """
 import math
 
@@ -78,3 +80,35 @@ def corner_slopes(h, w, height, width):
     if not (-1.0 < h < height and -1.0 < w < width):
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     return _slopes(h, w, height, width)
+
+
+# -- row helpers of the channels-last kernels (multi-scale deformable attention) ----------------
+@njit(cache=True, inline='always')
+def clamped_corners(h0, w0, height, width):
+    """In-bounds read indices ``(r0, r1, c0, c1)`` of the four corners of :func:`corners`; a corner
+    outside the image has weight 0, so reading its clamped neighbour adds ``0 * pixel``."""
+    return max(h0, 0), min(h0 + 1, height - 1), max(w0, 0), min(w0 + 1, width - 1)
+
+
+@njit(cache=True, fastmath={'reassoc'})
+def corner_dots(t, v00, v01, v10, v11):
+    """``s_k = sum_c t[c] * v_k[c]`` for four corner rows, accumulated in float64.
+
+    The sums may be reassociated (``fastmath={'reassoc'}``, nothing else), so that they run in SIMD
+    lanes; the order is that of the compiled loop, fixed for a given length: the same inputs give
+    the same bits whatever the thread count. Not inlined, so the reassociation stays in here.
+    """
+    s00 = s01 = s10 = s11 = 0.0
+    for c in range(t.shape[0]):
+        s00 += t[c] * v00[c]
+        s01 += t[c] * v01[c]
+        s10 += t[c] * v10[c]
+        s11 += t[c] * v11[c]
+    return s00, s01, s10, s11
+
+
+@njit(cache=True, inline='always')
+def axpy(a, t, y):
+    """``y += a * t`` over one row (in place, channel order)."""
+    for c in range(t.shape[0]):
+        y[c] += a * t[c]

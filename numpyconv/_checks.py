@@ -84,11 +84,28 @@ def expect_shape(x, expected, name):
 
 
 def positive_int(value, name):
-    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, bool):
+    """``value`` as an int >= 1: ``TypeError`` for a non-int (a float, a bool), ``ValueError`` below 1."""
+    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
     return int(value)
+
+
+def count_int(value, name):
+    """``value`` as an int >= 0 (a count such as an epoch or an iteration)."""
+    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return int(value)
+
+
+def flag(value, name):
+    """``value`` as a bool; ``TypeError`` for anything but a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def dtype_arg(dtype):
@@ -105,6 +122,8 @@ def real(value, name, low=-math.inf, high=math.inf, strict_low=False):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     above = value > low if strict_low else value >= low
     if not (math.isfinite(value) and above and value <= high):
+        if low == -math.inf and high == math.inf:
+            raise ValueError(f"{name} must be a finite real number, got {value!r}")
         interval = f"{'(' if strict_low else '['}{low}, {high}{']' if high < math.inf else ')'}"
         raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
     return float(value)

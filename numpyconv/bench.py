@@ -8,11 +8,10 @@ PyTorch, Numba and BLAS are given the same thread count (NumPy's BLAS count by d
 Throughput is ``2 * multiply_adds / seconds``; the GEMM peak is that of one large ``np.matmul``.
 """
 import argparse
-import importlib.util
+import importlib
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -215,18 +214,6 @@ def torch_conv_pair(torch, x, w):
 def torch_state_dict(torch, layer):
     """A numpyconv layer's ``state_dict`` as PyTorch tensors (same keys)."""
     return {k: torch.tensor(v) for k, v in layer.state_dict().items()}
-
-
-def load_test_module(name):
-    """Import ``tests/<name>.py`` of the source tree by path (the torch re-creations of official
-    modules live in the test files)."""
-    path = Path(__file__).resolve().parents[1] / 'tests' / f'{name}.py'
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the benchmarks need numpyconv's source tree")
-    spec = importlib.util.spec_from_file_location(f'_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def speedups(numerator, denominator):

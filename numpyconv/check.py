@@ -1,43 +1,15 @@
-"""Self-test registry behind ``numpyconv check``.
+"""``numpyconv check``: every registered op case, on this machine, in float64.
 
-Each op registers a small random case::
-
-    from .check import CheckCase, register
-
-    @register('conv2d')
-    def _conv2d_case(rng):                       # rng: numpy.random.Generator
-        x, w = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2))
-        return CheckCase(forward=lambda x, w: conv2d_forward(x, w, groups=2),
-                         backward=conv2d_backward,
-                         inputs=(x, w),
-                         reference=lambda x, w: reference.conv2d(x, w, groups=2))
-
-``forward(*inputs) -> (out, cache)``, ``backward(dout, cache) -> grads``, ``reference(*inputs) -> out``
-(the plain-loop definition). ``numpyconv check`` runs every case in float64: the forward error
-against the reference and the backward error against central finite differences (``gradcheck``).
+The cases live in :mod:`numpyconv.selftest_cases` (one small case per op pair; see there how an op
+registers its own). For each case the forward is compared with the plain-loop reference and the
+backward with central finite differences (:func:`numpyconv.gradcheck`).
 """
-from collections import namedtuple
+import sys
 
 import numpy as np
 
-CheckCase = namedtuple('CheckCase', 'forward backward inputs reference')
-_REGISTRY = {}
-
-
-def register(name):
-    """Decorator: register ``make_case(rng) -> CheckCase`` under ``name``."""
-    def decorate(make_case):
-        _REGISTRY[name] = make_case
-        return make_case
-    return decorate
-
-
-def registered():
-    """``name -> make_case`` for every registered op.
-
-    Each technique module registers its cases when imported; ``import numpyconv`` imports them all.
-    """
-    return dict(_REGISTRY)
+from .gradcheck import gradcheck
+from .selftest_cases import CheckCase, register, registered  # noqa: F401 (the registry's interface)
 
 
 def _max_rel_error(out, ref):
@@ -45,7 +17,7 @@ def _max_rel_error(out, ref):
     refs = ref if isinstance(ref, tuple) else (ref,)
     err = 0.0
     for a, b in zip(outs, refs):
-        if a is None or b is None or a.size == 0:
+        if a is None or b is None or np.size(a) == 0:
             continue
         err = max(err, float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b))))))
     return err
@@ -53,7 +25,6 @@ def _max_rel_error(out, ref):
 
 def run_case(name, make_case, seed=0, tol=1e-8):
     """Run one registered case; returns a dict row for the table."""
-    from .gradcheck import gradcheck
     case = make_case(np.random.default_rng(seed))
     out, _ = case.forward(*case.inputs)
     forward_error = _max_rel_error(out, case.reference(*case.inputs))
@@ -65,15 +36,15 @@ def run_case(name, make_case, seed=0, tol=1e-8):
 
 def run_all(names=None, seed=0, stream=None):
     """Run the registered cases (all, or ``names``); print a table; return the rows."""
-    import sys
     stream = stream or sys.stdout
     cases = registered()
     names = names or sorted(cases)
+    unknown = [name for name in names if name not in cases]
+    if unknown:
+        raise ValueError(f"unknown op {unknown[0]!r}; registered: {sorted(cases)}")
     rows = []
     stream.write(f"{'op':<28}{'forward err vs reference':>26}{'backward err vs FD':>22}  result\n")
     for name in names:
-        if name not in cases:
-            raise ValueError(f"unknown op {name!r}; registered: {sorted(cases)}")
         row = run_case(name, cases[name], seed)
         rows.append(row)
         stream.write(f"{name:<28}{row['forward_error']:>26.2e}{row['backward_error']:>22.2e}  "

@@ -1,4 +1,4 @@
-"""``numpyconv`` command line: ``demo``, ``check``, ``bench``."""
+"""``numpyconv`` command line: ``demo``, ``check``, ``bench``, ``inspect``, ``conform``, ``explain``."""
 import argparse
 import sys
 
@@ -22,6 +22,21 @@ def _demo(args):
     return demo.main(args)
 
 
+def _inspect(args):
+    from . import inspection
+    return inspection.main(args)
+
+
+def _explain(args):
+    from . import explain
+    return explain.main(args)
+
+
+def _conform(args):
+    from .testing import command
+    return command.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog='numpyconv', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -37,6 +52,18 @@ def build_parser():
     bench.add_argument('--quick', action='store_true', help='smaller batch, for a smoke run')
     bench.set_defaults(run=_bench)
 
+    inspect = sub.add_parser('inspect', help="a checkpoint's tensors by module, and the numpyconv layer each "
+                                             "module matches (no code from the file is run)")
+    from .inspection import add_arguments as inspect_arguments
+    inspect_arguments(inspect)
+    inspect.set_defaults(run=_inspect)
+
+    conform = sub.add_parser('conform', help="check another implementation of an op (your kernel) against "
+                                             "numpyconv's: edge and random cases, shrunk reproducers")
+    from .testing.command import add_arguments as add_conform_arguments
+    add_conform_arguments(conform)
+    conform.set_defaults(run=_conform)
+
     demo = sub.add_parser('demo', help='train and compare every technique on real handwritten digits')
     try:
         from .demo import add_arguments
@@ -46,6 +73,10 @@ def build_parser():
     else:
         add_arguments(demo)
         demo.set_defaults(run=_demo)
+
+    from .explain import add_arguments as explain_arguments       # imports no matplotlib
+    explain = sub.add_parser('explain', help="draw a technique's diagram from numpyconv's own computation")
+    explain_arguments(explain).set_defaults(run=_explain)
     return parser
 
 

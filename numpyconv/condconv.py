@@ -35,9 +35,10 @@ To share one routing vector between several convolutions (EfficientNet CondConv 
 """
 import numpy as np
 
-from ._checks import expect_shape, float_array, same_dtype
-from .blocks import (global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
-                     linear_forward, sigmoid_backward, sigmoid_forward)
+from ._checks import Cache, check_cache, expect_shape, float_array, same_dtype
+from .activations import sigmoid_backward, sigmoid_forward
+from .blocks import linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .dynamic import (MixtureConv2dBase, aggregated_conv2d_backward, aggregated_conv2d_forward,
                       check_kernel_bank)
 from .layers import Linear
@@ -67,11 +68,12 @@ def condconv2d_forward(x, weight, bias, route_weight, route_bias, stride=1, padd
     routing, sigmoid_cache = sigmoid_forward(logits)                        # (eq. 3)
     y, conv_cache = aggregated_conv2d_forward(x, routing, weight, bias, stride, padding, dilation,
                                               groups)                       # (eqs. 4, 5)
-    return y, dict(gap=gap_cache, fc=fc_cache, sigmoid=sigmoid_cache, conv=conv_cache)
+    return y, Cache('condconv2d', gap=gap_cache, fc=fc_cache, sigmoid=sigmoid_cache, conv=conv_cache)
 
 
 def condconv2d_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias, droute_weight, droute_bias)`` (eqs. 6-10)."""
+    cache = check_cache(cache, 'condconv2d')
     dx, drouting, dweight, dbias = aggregated_conv2d_backward(dout, cache['conv'])  # (eqs. 6, 7)
     dlogits, = sigmoid_backward(drouting, cache['sigmoid'])                 # (eq. 8)
     dpooled, droute_weight, droute_bias = linear_backward(dlogits, cache['fc'])  # (eq. 9)
@@ -122,20 +124,3 @@ class CondConv2d(MixtureConv2dBase):
     def attention_macs(self):
         """The routing FC (condconv.md eq. 11)."""
         return self.in_channels * self.num_experts
-
-
-# -- numpyconv check --------------------------------------------------------------------------------
-def _register_checks():
-    from .check import CheckCase, register
-    from .reference import dynamic as ref
-
-    @register('condconv2d')
-    def _condconv(rng):
-        args = (rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((3, 4, 2, 3, 3)),
-                rng.standard_normal((3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3))
-        hyper = dict(stride=(1, 2), padding=1, groups=2)
-        return CheckCase(lambda *a: condconv2d_forward(*a, **hyper), condconv2d_backward, args,
-                         lambda *a: ref.condconv2d(*a, **hyper))
-
-
-_register_checks()

@@ -31,10 +31,12 @@ enough (192 -> 192 and up, at least 128 2x2 tiles), is computed by Winograd F(2x
 docs/derivations/winograd.md; ``set_winograd``, ``winograd_mode``).
 im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
-no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass;
-depthwise also keeps its padded input).
+no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass).
 Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
-shifted, scaled copies of the input (eq. 8-10). Pointwise is a per-pixel matrix product (eq. 11).
+shifted, scaled copies of the input (eq. 8-10), each offset only over the outputs that read inside
+``x`` (the padding is never built). Pointwise is a per-pixel matrix product (eq. 11).
+An output larger than the machine's memory is refused before anything is allocated
+(``numpyconv/memory.py``).
 
 Example::
 
@@ -46,12 +48,12 @@ Example::
 """
 import numpy as np
 
-from ._checks import expect_shape, float_array, positive_int, same_dtype
+from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, positive_int, same_dtype
 from .gemm import cols_matmul, cols_matmul_backward, cols_weight_grad
-from .im2col import (Geometry, col2im, conv_geometry, crop_nchw, im2col, pad_nchw)  # noqa: F401 (re-exported)
-from .memory import GEMM_BLOCK, column_budget, even_steps, scratch
+from .im2col import Geometry, _offset_slices, col2im, conv_geometry, im2col  # noqa: F401 (re-exported)
+from .memory import GEMM_BLOCK, column_budget, even_steps, require_memory, scratch
 from .module import Module, default_bias, kaiming_uniform
-from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_mode, winograd_pays
+from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_pays
 
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
 _ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
@@ -105,37 +107,44 @@ def _check_conv(x, weight, bias, groups):
 
 
 # -- depthwise kernels (no im2col) -----------------------------------------------------------
-def _window(p, q, geo):
-    (sh, sw), (dh, dw), (ho, wo) = geo.stride, geo.dilation, geo.out_hw
-    return (slice(p * dh, p * dh + sh * (ho - 1) + 1, sh), slice(q * dw, q * dw + sw * (wo - 1) + 1, sw))
-
-
-def _depthwise_forward(xp, weight, geo):
-    """``y (N, C*m, Ho, Wo)`` for ``weight ([N,] C*m, 1, kh, kw)`` (eq. 8)."""
-    n, c = xp.shape[:2]
-    m = weight.shape[-4] // c
-    w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
-    y = np.zeros((n, c, m) + geo.out_hw, dtype=xp.dtype)                    # (N, C, m, Ho, Wo)
+def _inside_offsets(x, geo):
+    """Yield ``(p, q, rows_out, cols_out, rows_in, cols_in)`` for every kernel offset that reads
+    inside ``x``: the rectangle of outputs whose input lies in ``x`` and the strided input slices
+    they read (the padding, read as zeros, is never built)."""
     for p in range(geo.kernel[0]):
         for q in range(geo.kernel[1]):
-            y += w[..., p, q, None, None] * xp[:, :, None][(..., *_window(p, q, geo))]
+            slices = _offset_slices(p, q, x.shape[2:], geo.stride, geo.dilation, geo.out_hw,
+                                    (geo.pads[0], geo.pads[2]))
+            if all(s.stop > s.start for s in slices[:2]):
+                yield (p, q) + slices
+
+
+def _depthwise_forward(x, weight, geo):
+    """``y (N, C*m, Ho, Wo)`` for ``weight ([N,] C*m, 1, kh, kw)`` (eq. 8): each kernel offset adds
+    its scaled input rectangle, zero padding applied on the fly."""
+    n, c = x.shape[:2]
+    m = weight.shape[-4] // c
+    w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
+    y = np.zeros((n, c, m) + geo.out_hw, dtype=x.dtype)                     # (N, C, m, Ho, Wo)
+    for p, q, rows_out, cols_out, rows_in, cols_in in _inside_offsets(x, geo):
+        y[..., rows_out, cols_out] += w[..., p, q, None, None] * x[:, :, None, rows_in, cols_in]
     return y.reshape((n, c * m) + geo.out_hw)
 
 
-def _depthwise_backward(dy, xp, weight, geo):
-    """``(dxp, dweight)`` of :func:`_depthwise_forward` (eq. 9, 10)."""
-    n, c = xp.shape[:2]
+def _depthwise_backward(dy, x, weight, geo):
+    """``(dx, dweight)`` of :func:`_depthwise_forward` (eq. 9, 10); the padding's share is never
+    formed. Within one offset the input slice has no repeated index, so slice ``+=`` is exact."""
+    n, c = x.shape[:2]
     m = weight.shape[-4] // c
     w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
     dyr = dy.reshape((n, c, m) + geo.out_hw)                                # (N, C, m, Ho, Wo)
-    dxp, dw = np.zeros_like(xp), np.zeros((n,) + w.shape[-4:], dtype=xp.dtype)
-    for p in range(geo.kernel[0]):
-        for q in range(geo.kernel[1]):
-            rows, cols = _window(p, q, geo)
-            dw[..., p, q] = np.einsum('ncmij,ncij->ncm', dyr, xp[:, :, rows, cols])
-            dxp[:, :, rows, cols] += (dyr * w[..., p, q, None, None]).sum(axis=2)
+    dx, dw = np.zeros(x.shape, dtype=x.dtype), np.zeros((n,) + w.shape[-4:], dtype=x.dtype)
+    for p, q, rows_out, cols_out, rows_in, cols_in in _inside_offsets(x, geo):
+        dy_inside = dyr[..., rows_out, cols_out]                            # (N, C, m, rows, cols)
+        dw[..., p, q] = np.einsum('ncmij,ncij->ncm', dy_inside, x[:, :, rows_in, cols_in])
+        dx[:, :, rows_in, cols_in] += (dy_inside * w[..., p, q, None, None]).sum(axis=2)
     dw = dw if weight.ndim == 5 else dw.sum(axis=0)
-    return dxp, dw.reshape(weight.shape)
+    return dx, dw.reshape(weight.shape)
 
 
 # -- conv2d ------------------------------------------------------------------------------------
@@ -146,20 +155,26 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
+    require_memory((x.shape[0], weight.shape[-4]) + geo.out_hw, x.dtype,
+                   _geometry_cause(x, stride, padding, dilation))
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
     winograd = not depthwise and winograd_pays(x, weight, groups, geo)
     if depthwise:
-        xp = pad_nchw(x, geo.pads)                                        # (N, C_in, Hp, Wp)
-        y = _depthwise_forward(xp, weight, geo)
+        y = _depthwise_forward(x, weight, geo)                            # (eq. 8)
     elif winograd:
-        xp, y = None, winograd_conv2d(x, weight, geo)                    # (winograd.py, eq. 1)
+        y = winograd_conv2d(x, weight, geo)                               # (winograd.py, eq. 1)
     else:
-        xp, y = None, _conv_gemm(x, weight, groups, geo, (geo.pads[0], geo.pads[2]))
+        y = _conv_gemm(x, weight, groups, geo, (geo.pads[0], geo.pads[2]))
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
-    cache = dict(x=x, xp=xp, weight=weight, has_bias=bias is not None, groups=groups, geo=geo,
-                 depthwise=depthwise, winograd=winograd)
+    cache = Cache('conv2d', x=x, weight=weight, has_bias=bias is not None, groups=groups, geo=geo,
+                  depthwise=depthwise, winograd=winograd)
     return y, cache
+
+
+def _geometry_cause(x, stride, padding, dilation):
+    """The arguments that set a convolution's output size, for :func:`require_memory`'s message."""
+    return f"x of shape {x.shape} with stride={stride!r}, padding={padding!r}, dilation={dilation!r}"
 
 
 def _col_bytes(x, geo):
@@ -176,11 +191,11 @@ def _blocks(x, geo):
     n, (ho, wo) = x.shape[0], geo.out_hw
     row_bytes = max(1, _col_bytes(x, geo) // ho)                          # one output row's columns
     most = min(2 * GEMM_BLOCK, column_budget()) // row_bytes              # rows the bounds allow
-    cache, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)    # rows: cache-sized, wide GEMM
-    if max(cache, wide) >= ho and most >= ho:
-        samples = min(most // ho, max(cache // ho, -(-wide // ho)))
+    in_cache, wide = GEMM_BLOCK // row_bytes, -(-MIN_GEMM_COLUMNS // wo)  # rows: cache-sized, wide GEMM
+    if max(in_cache, wide) >= ho and most >= ho:
+        samples = min(most // ho, max(in_cache // ho, -(-wide // ho)))
         return [(s, slice(0, ho)) for s in even_steps(n, samples)]
-    bands = even_steps(ho, max(1, min(most, max(cache, wide))))
+    bands = even_steps(ho, max(1, min(most, max(in_cache, wide))))
     return [(slice(i, i + 1), r) for i in range(n) for r in bands]
 
 
@@ -199,6 +214,9 @@ def _column_blocks(x, geo, origin):
     for s, r in _blocks(x, geo):
         shape = (x.shape[1],) + geo.kernel + (s.stop - s.start, r.stop - r.start, geo.out_hw[1])
         if buffer is None or buffer.shape != shape:
+            require_memory(shape, x.dtype, f"kernel_size {geo.kernel} over the {x.shape[1]} channels "
+                           f"and {geo.out_hw[1]} output columns of x of shape {x.shape}",
+                           'one block of im2col columns')
             buffer = scratch('columns', shape, x.dtype)                  # (C, kh, kw, n_s, rows, Wo)
         cols = buffer.transpose(3, 0, 1, 2, 4, 5)                         # (n_s, C, kh, kw, rows, Wo)
         yield s, r, im2col(x[s], geo.kernel, geo.stride, dilation=geo.dilation, out=cols,
@@ -216,13 +234,15 @@ def _conv_gemm(x, weight, groups, geo, origin):
 
 def conv2d_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (``dbias`` None without bias)."""
+    return _conv2d_backward(dout, check_cache(cache, 'conv2d'))
+
+
+def _conv2d_backward(dout, cache):
+    """conv2d's backward on a checked cache (also depthwise_conv2d's)."""
     x, weight, geo = cache['x'], cache['weight'], cache['geo']
-    float_array(dout, 'dout', 4)
-    expect_shape(dout, (x.shape[0], weight.shape[-4]) + geo.out_hw, 'dout')
-    dout = dout.astype(x.dtype, copy=False)
+    dout = grad_out(dout, (x.shape[0], weight.shape[-4]) + geo.out_hw, x.dtype)
     if cache['depthwise']:
-        dxp, dw = _depthwise_backward(dout, cache['xp'], weight, geo)
-        dx = np.ascontiguousarray(crop_nchw(dxp, geo.pads, *geo.in_hw))
+        dx, dw = _depthwise_backward(dout, x, weight, geo)                # (eq. 9, 10)
     elif cache['winograd']:
         dx, dw = winograd_conv2d_backward(dout, x, weight, geo)           # (winograd.py, eq. 6-9)
     elif geo.stride == (1, 1):
@@ -294,12 +314,13 @@ def _check_depthwise_weight(x, weight, name='weight'):
 def depthwise_conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """Depthwise convolution, ``weight (C*multiplier, 1, kh, kw)``: conv2d with groups=C."""
     _check_depthwise_weight(x, weight)
-    return conv2d_forward(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+    y, cache = conv2d_forward(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+    return y, Cache('depthwise_conv2d', **cache)
 
 
 def depthwise_conv2d_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`depthwise_conv2d_forward`."""
-    return conv2d_backward(dout, cache)
+    return _conv2d_backward(dout, check_cache(cache, 'depthwise_conv2d'))
 
 
 def _check_pointwise_weight(weight, bias, c_in, input_desc, names=('weight', 'bias')):
@@ -326,15 +347,15 @@ def pointwise_conv2d_forward(x, weight, bias=None, stride=1):
     y = y.reshape(n, weight.shape[0], ho, wo)
     if bias is not None:
         y += bias[:, None, None]
-    return y, dict(xs=xs, x_shape=x.shape, weight=weight, stride=(sh, sw), has_bias=bias is not None)
+    return y, Cache('pointwise_conv2d', xs=xs, x_shape=x.shape, weight=weight, stride=(sh, sw),
+                    has_bias=bias is not None)
 
 
 def pointwise_conv2d_backward(dout, cache):
     """Gradients ``(dx, dweight, dbias)`` of :func:`pointwise_conv2d_forward` (eq. 12)."""
+    cache = check_cache(cache, 'pointwise_conv2d')
     xs, weight, (sh, sw) = cache['xs'], cache['weight'], cache['stride']
-    float_array(dout, 'dout', 4)
-    expect_shape(dout, (xs.shape[0], weight.shape[0]) + xs.shape[2:], 'dout')
-    dout = dout.astype(xs.dtype, copy=False)
+    dout = grad_out(dout, (xs.shape[0], weight.shape[0]) + xs.shape[2:], xs.dtype)
     n, c_in, ho, wo = xs.shape
     dyr = dout.reshape(n, weight.shape[0], ho * wo)                       # (N, C_out, Ho*Wo)
     xr = xs.reshape(n, c_in, ho * wo)                                     # (N, C_in, Ho*Wo)
@@ -363,12 +384,13 @@ def separable_conv2d_forward(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None
     _check_separable(x, dw_weight, pw_weight, dw_bias, pw_bias)
     mid, dw_cache = depthwise_conv2d_forward(x, dw_weight, dw_bias, stride, padding, dilation)
     y, pw_cache = pointwise_conv2d_forward(mid, pw_weight, pw_bias)
-    return y, (dw_cache, pw_cache)
+    return y, Cache('separable_conv2d', depthwise=dw_cache, pointwise=pw_cache)
 
 
 def separable_conv2d_backward(dout, cache):
     """Gradients ``(dx, d_dw_weight, d_pw_weight, d_dw_bias, d_pw_bias)`` (chain rule)."""
-    dw_cache, pw_cache = cache
+    cache = check_cache(cache, 'separable_conv2d')
+    dw_cache, pw_cache = cache['depthwise'], cache['pointwise']
     dmid, d_pw_w, d_pw_b = pointwise_conv2d_backward(dout, pw_cache)
     dx, d_dw_w, d_dw_b = depthwise_conv2d_backward(dmid, dw_cache)
     return dx, d_dw_w, d_pw_w, d_dw_b, d_pw_b
@@ -459,57 +481,3 @@ class SeparableConv2d(Module):
         m1, mid = self.depthwise.macs(input_shape)
         m2, out = self.pointwise.macs(mid)
         return m1 + m2, out
-
-
-# -- numpyconv check -----------------------------------------------------------------------------
-def _register_checks():
-    from .check import CheckCase, register
-    from .reference import conv as ref
-
-    @register('conv2d')
-    def _conv2d(rng):
-        x, w, b = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
-        hyper = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
-        return CheckCase(lambda x, w, b: conv2d_forward(x, w, b, **hyper), conv2d_backward,
-                         (x, w, b), lambda x, w, b: ref.conv2d(x, w, b, **hyper))
-
-    @register('conv2d_winograd')
-    def _conv2d_winograd(rng):
-        x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
-
-        def forward(x, w, b):
-            with winograd_mode('always'):                                 # F(2x2, 3x3) on small channels
-                return conv2d_forward(x, w, b, padding=(1, 2))
-        return CheckCase(forward, conv2d_backward, (x, w, b),
-                         lambda x, w, b: ref.conv2d(x, w, b, padding=(1, 2)))
-
-    @register('conv2d_per_sample')
-    def _conv2d_per_sample(rng):
-        x, w, b = (rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((2, 6, 2, 3, 3)),
-                   rng.standard_normal((2, 6)))
-        return CheckCase(lambda x, w, b: conv2d_forward(x, w, b, padding=1, groups=2), conv2d_backward,
-                         (x, w, b), lambda x, w, b: ref.conv2d(x, w, b, padding=1, groups=2))
-
-    @register('depthwise_conv2d')
-    def _depthwise(rng):
-        x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6)
-        return CheckCase(lambda x, w, b: depthwise_conv2d_forward(x, w, b, 2, 'valid', 1),
-                         depthwise_conv2d_backward, (x, w, b),
-                         lambda x, w, b: ref.depthwise_conv2d(x, w, b, 2, 0, 1))
-
-    @register('pointwise_conv2d')
-    def _pointwise(rng):
-        x, w, b = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3, 1, 1)), rng.standard_normal(4)
-        return CheckCase(lambda x, w, b: pointwise_conv2d_forward(x, w, b, 2), pointwise_conv2d_backward,
-                         (x, w, b), lambda x, w, b: ref.pointwise_conv2d(x, w, b, 2))
-
-    @register('separable_conv2d')
-    def _separable(rng):
-        args = (rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((6, 1, 3, 3)),
-                rng.standard_normal((4, 6, 1, 1)), rng.standard_normal(6), rng.standard_normal(4))
-        return CheckCase(lambda *a: separable_conv2d_forward(*a, padding='same', dilation=2),
-                         separable_conv2d_backward, args,
-                         lambda *a: ref.separable_conv2d(*a, padding='same', dilation=2))
-
-
-_register_checks()

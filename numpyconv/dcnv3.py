@@ -51,13 +51,13 @@ import numpy as np
 from numba import njit, prange
 
 from ._bilinear import corner_slopes, corners
-from ._checks import expect_shape, float_array, positive_int, same_dtype
+from ._checks import Cache, check_cache, float_array, grad_out, positive_int, same_dtype
 from ._parallel import threads_for
-from .blocks import (linear_backward, linear_forward, sigmoid_backward, sigmoid_forward,
-                     softmax_backward, softmax_forward)
-from .check import CheckCase, register
+from .activations import GELU, sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward
+from .blocks import linear_backward, linear_forward
 from .conv import DepthwiseConv2d, conv_geometry
-from .layers import GELU, LayerNorm, Linear
+from .layers import LayerNorm, Linear
+from .memory import require_memory
 from .module import Module, Sequential, fans
 
 
@@ -100,6 +100,8 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
         raise ValueError(f"x must have shape (N, H, W, {group * group_channels}): channels = "
                          f"group * group_channels = {group} * {group_channels}, got {x.shape}")
     geo = conv_geometry((height, width), kernel_size, stride, padding, dilation)
+    require_memory((n, *geo.out_hw, channels), x.dtype, f"x of shape {x.shape} with kernel_size="
+                   f"{kernel_size!r}, stride={stride!r}, padding={padding!r}, dilation={dilation!r}")
     remove_center = _check_flag(remove_center, 'remove_center')
     (kh, kw), (dh, dw) = geo.kernel, geo.dilation
     if remove_center and (kh % 2 == 0 or kw % 2 == 0):
@@ -246,9 +248,7 @@ def core_forward(x, offset, mask, setup):
 
 def core_backward(dout, x, offset, mask, setup):
     """Run the backward kernel; ``(dx, doffset, dmask)`` in the DCNv3 layout."""
-    float_array(dout, 'dout', 4, "(N, Ho, Wo, C)")
-    expect_shape(dout, setup['out_shape'], 'dout')
-    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dout = np.ascontiguousarray(grad_out(dout, setup['out_shape'], x.dtype))
     dx, doffset, dmask = np.zeros_like(x), np.zeros_like(offset), np.zeros_like(mask)
     with _thread_budget(setup):
         sample_backward_kernel(dout, x, offset, mask, setup['taps'], setup['base'],
@@ -282,11 +282,12 @@ def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group
     same_dtype(('x', x), ('offset', offset), ('mask', mask))
     x = np.ascontiguousarray(x)
     y = core_forward(x, offset, mask, setup)
-    return y, dict(x=x, offset=offset, mask=mask, setup=setup)
+    return y, Cache('dcnv3', x=x, offset=offset, mask=mask, setup=setup)
 
 
 def dcnv3_backward(dout, cache):
     """Gradients ``(dx, doffset, dmask)`` of :func:`dcnv3_forward` (eq. 5-7)."""
+    cache = check_cache(cache, 'dcnv3')
     return core_backward(dout, cache['x'], cache['offset'], cache['mask'], cache['setup'])
 
 
@@ -302,10 +303,13 @@ class ToChannelsLast(Module):
     """InternImage's ``to_channels_last``: ``(N, C, H, W) -> (N, H, W, C)``; no parameters."""
 
     def forward(self, x):
+        float_array(x, 'x', 4, "(N, C, H, W)")
+        self._cache = (x.shape, x.dtype)
         return x.transpose(0, 2, 3, 1)
 
     def backward(self, dout):
-        return np.ascontiguousarray(dout.transpose(0, 3, 1, 2))
+        (n, c, h, w), dtype = self._cache
+        return np.ascontiguousarray(grad_out(dout, (n, h, w, c), dtype).transpose(0, 3, 1, 2))
 
     def macs(self, input_shape):
         n, c, h, w = input_shape
@@ -351,13 +355,15 @@ def center_feature_scale_forward(query, weight, bias, core, value, group):
     scale, sigmoid_cache = sigmoid_forward(logits)
     s = np.repeat(scale, core.shape[-1] // group, axis=-1)            # (N, H, W, G*D)
     z = core * (1 - s) + value * s
-    return z, dict(linear=linear_cache, sigmoid=sigmoid_cache, s=s, core=core, value=value,
-                   group=group)
+    return z, Cache('center_feature_scale', linear=linear_cache, sigmoid=sigmoid_cache, s=s, core=core,
+                    value=value, group=group)
 
 
 def center_feature_scale_backward(dz, cache):
     """``(dquery, dweight, dbias, dcore, dvalue)`` of the blend (eq. 12)."""
+    cache = check_cache(cache, 'center_feature_scale')
     s, core, value = cache['s'], cache['core'], cache['value']
+    dz = grad_out(dz, core.shape, core.dtype, 'dz')
     group = cache['group']
     per_group = dz.shape[:-1] + (group, dz.shape[-1] // group)        # (N, H, W, G, D)
     ds = (dz * (value - core)).reshape(per_group).sum(-1)
@@ -451,9 +457,8 @@ class DCNv3(Module):
 
     def backward(self, dout):
         """``dx``; parameter gradients accumulate into ``grads`` (eq. 11-13)."""
-        float_array(dout, 'dout', 4, "(N, C, H, W)")
-        expect_shape(dout, self._cache['shape'], 'dout')
-        dz = self.output_proj.backward(nchw_to_nhwc(dout.astype(self.dtype, copy=False)))
+        dout = grad_out(dout, self._cache['shape'], self.dtype)
+        dz = self.output_proj.backward(nchw_to_nhwc(dout))
         dcore, dvalue, dx1 = dz, 0.0, 0.0
         if self.center_feature_scale:
             dx1, dweight, dbias, dcore, dvalue = center_feature_scale_backward(
@@ -479,16 +484,16 @@ class DCNv3(Module):
             total += n * h * w * c * self.group
         return total, tuple(input_shape)
 
-
-# -- self-test (numpyconv check) ---------------------------------------------------------------
-@register('dcnv3')
-def _dcnv3_case(rng):
-    """Stride 2, dilation 2, offset_scale 1.5, 2 groups, offsets crossing every border."""
-    from .reference.dcnv3 import dcnv3
-    hyper = (3, 2, 1, 2, 2, 3, 1.5)      # kernel, stride, padding, dilation, group, D, scale
-    x = rng.standard_normal((2, 6, 7, 6))
-    offset = rng.uniform(-4, 4, (2, 2, 3, 2 * 9 * 2))
-    mask = rng.standard_normal((2, 2, 3, 2 * 9))
-    return CheckCase(forward=lambda x, o, m: dcnv3_forward(x, o, m, *hyper),
-                     backward=dcnv3_backward, inputs=(x, offset, mask),
-                     reference=lambda x, o, m: dcnv3(x, o, m, *hyper))
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, H, W, group, P, 2)`` (points row-major) where this layer samples its
+        projected input, and the softmaxed mask ``(N, H, W, group, P)`` as weights
+        (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.channels)
+        n, _, h, w = x.shape
+        with sampling.without_caching(self):
+            x1 = self.dw_conv(x)
+            offset, logits = self.offset(x1), self.mask(x1)
+        mask, _ = softmax_forward(logits.reshape(n, h, w, self.group, self.points), axis=-1)
+        return sampling.sampling_locations('dcnv3', nchw_to_nhwc(x), offset, mask.reshape(n, h, w, -1),
+                                           *self._core_args())

@@ -36,8 +36,7 @@ import math
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, positive_int, same_dtype
-from .check import CheckCase, register
+from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, positive_int, same_dtype
 from .conv import DepthwiseConv2d
 from .dcnv3 import (center_feature_scale_backward, center_feature_scale_forward,
                     check_layer_geometry, check_offset_scale, core_backward, core_forward,
@@ -53,7 +52,17 @@ def packed_channels(group, points):
 
 
 def unpack_offset_mask(offset_mask, group, points):
-    """``(offset (N, Ho, Wo, G*P*2), mask (N, Ho, Wo, G*P))``, contiguous copies (eq. 1)."""
+    """``(offset (N, Ho, Wo, G*P*2), mask (N, Ho, Wo, G*P))``, contiguous copies (eq. 1).
+
+    ``offset_mask (N, Ho, Wo, L)`` with ``L >= 3 * group * points``; channels from ``3*G*P`` on
+    are ignored.
+    """
+    group, points = positive_int(group, 'group'), positive_int(points, 'points')
+    float_array(offset_mask, 'offset_mask', 4, f"(N, Ho, Wo, L) with L >= 3 * group * points = "
+                f"{3 * group * points}")
+    if offset_mask.shape[3] < 3 * group * points:
+        raise ValueError(f"offset_mask must have shape (N, Ho, Wo, L) with L >= 3 * group * points = "
+                         f"{3 * group * points}, got {offset_mask.shape}")
     n, ho, wo, _ = offset_mask.shape
     blocks = offset_mask[..., :3 * group * points].reshape(n, ho, wo, group, 3 * points)
     offset = np.ascontiguousarray(blocks[..., :2 * points]).reshape(n, ho, wo, 2 * group * points)
@@ -69,14 +78,15 @@ def pack_offset_mask(offset, mask, group, channels=None):
     """
     float_array(mask, 'mask', 4, "(N, Ho, Wo, group * P)")
     float_array(offset, 'offset', 4, "(N, Ho, Wo, group * P * 2)")
+    same_dtype(('offset', offset), ('mask', mask))
     group = positive_int(group, 'group')
     n, ho, wo, width = mask.shape
-    if width % group:
+    if width % group or width == 0:
         raise ValueError(f"mask must have shape (N, Ho, Wo, group * P) with group={group}, got "
                          f"{mask.shape}")
     expect_shape(offset, (n, ho, wo, 2 * width), 'offset')
     points = width // group
-    channels = packed_channels(group, points) if channels is None else channels
+    channels = packed_channels(group, points) if channels is None else positive_int(channels, 'channels')
     if channels < 3 * width:
         raise ValueError(f"channels must be >= 3 * group * P = {3 * width}, got {channels}")
     packed = np.zeros((n, ho, wo, channels), dtype=offset.dtype)
@@ -108,11 +118,12 @@ def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group,
     x = np.ascontiguousarray(x)
     offset, mask = unpack_offset_mask(offset_mask, setup['group'], setup['points'])
     y = core_forward(x, offset, mask, setup)
-    return y, dict(x=x, offset=offset, mask=mask, setup=setup, channels=offset_mask.shape[3])
+    return y, Cache('dcnv4', x=x, offset=offset, mask=mask, setup=setup, channels=offset_mask.shape[3])
 
 
 def dcnv4_backward(dout, cache):
     """Gradients ``(dx, doffset_mask)`` of :func:`dcnv4_forward` (eq. 3)."""
+    cache = check_cache(cache, 'dcnv4')
     dx, doffset, dmask = core_backward(dout, cache['x'], cache['offset'], cache['mask'],
                                        cache['setup'])
     return dx, pack_offset_mask(doffset, dmask, cache['setup']['group'], cache['channels'])
@@ -184,9 +195,7 @@ class DCNv4(Module):
 
     def backward(self, dout):
         """``dx``; parameter gradients accumulate into ``grads`` (eq. 5-6)."""
-        float_array(dout, 'dout', 4, "(N, C, H, W)")
-        expect_shape(dout, self._cache['shape'], 'dout')
-        dz = nchw_to_nhwc(dout.astype(self.dtype, copy=False))
+        dz = nchw_to_nhwc(grad_out(dout, self._cache['shape'], self.dtype))
         if self.pointwise:
             dz = self.output_proj.backward(dz)
         dcore, dvalue = dz, 0.0
@@ -216,15 +225,14 @@ class DCNv4(Module):
             total += n * h * w * c * self.group
         return total, tuple(input_shape)
 
-
-# -- self-test (numpyconv check) ---------------------------------------------------------------
-@register('dcnv4')
-def _dcnv4_case(rng):
-    """5x3 kernel without centre (P = 14, 2 groups: 84 used of 88 channels), offset_scale 2."""
-    from .reference.dcnv3 import dcnv4
-    hyper = ((5, 3), 1, (2, 1), 1, 2, 3, 2.0, True)
-    x = rng.standard_normal((2, 5, 4, 6))
-    offset_mask = rng.uniform(-3, 3, (2, 5, 4, 88))
-    return CheckCase(forward=lambda x, om: dcnv4_forward(x, om, *hyper),
-                     backward=dcnv4_backward, inputs=(x, offset_mask),
-                     reference=lambda x, om: dcnv4(x, om, *hyper))
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, H, W, group, P, 2)`` (points row-major) where this layer samples its
+        projected input, and the unnormalised mask ``(N, H, W, group, P)`` as weights
+        (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.channels)
+        inp = nchw_to_nhwc(x)
+        with sampling.without_caching(self):
+            offset_mask = self.offset_mask(nchw_to_nhwc(self.offset_mask_dw(x)) if self.dw_kernel_size
+                                           else inp)
+        return sampling.sampling_locations('dcnv4', inp, offset_mask, *self._core_args())

@@ -39,11 +39,14 @@ The sampling runs in Numba kernels: a sampling plan (top-left corner index and t
 corner weights, computed once per ``(n, offset group, point, pixel)`` and reused by every channel of
 the group), the deformable im2col (parallel over ``(n, channel)``), the deformable col2im (parallel
 over ``(n, channel)``: each iteration owns one input plane, so no write races) and the coordinate
-gradient (parallel over ``(n, offset group, point)``, each owning its output rows; it sums
+gradient (parallel over ``(n, offset group, block of points)``, each owning its output rows; it sums
 ``dcols * corner value`` over the channels first, then applies the corner weights and slopes once).
-Every loop has a fixed order, so results are bitwise reproducible. The input is read through a
-copy with a one-pixel zero ring, so all four corners of any valid sample are in bounds and the inner
-loops have no branch.
+Every loop has a fixed order, so results are bitwise reproducible. ``x`` is read where it is (any
+strides, e.g. a broadcast array): no padded copy of the input is made. Each iteration reads its
+plane through its own copy with a one-pixel zero ring when the plane takes at most
+``RING_PLANE_BYTES`` (one plane per thread), so that all four corners of any valid sample are in
+bounds and the inner loops have no branch; a larger plane is read in place, each corner outside the
+image reading as zero (and receiving no gradient).
 
 Layers (NCHW): :class:`DeformConv2d` = mmcv ``DeformConv2dPack`` (offsets from a zero-initialised
 ``conv_offset``; eq. 11) and :class:`ModulatedDeformConv2d` = mmcv ``ModulatedDeformConv2dPack``
@@ -60,24 +63,26 @@ Example::
     9.0
 """
 import math
+
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._bilinear import corner_slopes_per_corner, corners
-from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
+from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, pair, positive_int, same_dtype
 from ._parallel import threads_for
-from .blocks import sigmoid_backward, sigmoid_forward
-from .check import CheckCase, register
+from .activations import sigmoid_backward, sigmoid_forward
 from .conv import Conv2d, conv_geometry
 from .gemm import cols_matmul, cols_matmul_backward
-from .im2col import crop_nchw, pad_nchw
-from .memory import batch_chunks
+from .memory import batch_chunks, require_memory
 from .module import Module, kaiming_uniform
 
-_RING = (1, 1, 1, 1)   # the zero ring around the input read by the kernels
 
 
 # -- Numba kernels ----------------------------------------------------------------------------
+RING_PLANE_BYTES = 8 * 2 ** 20   # an input plane up to this size is read through a ringed copy
+
+
 @njit(cache=True, inline='always')
 def _position(p, q, geo, dy, dx):
     """Sampling position ``(h, w)`` of kernel point ``p`` at output pixel ``q`` (eq. 3)."""
@@ -92,10 +97,52 @@ def _plane_owner(t, channels, og):
     return b, c, c // (channels // og)
 
 
+@njit(cache=True, inline='always')
+def _ring_buffer(plane, ringed):
+    """Zeros for a flat copy of ``plane (H, W)`` with a one-pixel ring: ``((H+2)*(W+2),)`` (an empty
+    array when not ``ringed``)."""
+    height, width = plane.shape
+    return np.zeros((height + 2) * (width + 2) if ringed else 0, dtype=plane.dtype)
+
+
+@njit(cache=True, inline='always')
+def _fill_ring(plane, ring):
+    """Copy ``plane (H, W)`` (any strides) into the interior of ``ring``; its border stays zero."""
+    height, width = plane.shape
+    for i in range(height):
+        start = (i + 1) * (width + 2) + 1
+        ring[start:start + width] = plane[i]
+
+
+@njit(cache=True, inline='always')
+def _ring_of(plane, ringed):
+    """A ringed copy of ``plane`` (see :func:`_ring_buffer`; empty when not ``ringed``)."""
+    ring = _ring_buffer(plane, ringed)
+    if ringed:
+        _fill_ring(plane, ring)
+    return ring
+
+
+@njit(cache=True, inline='always')
+def _corner_values(ring, plane, o, ringed):
+    """The four corner values of the sample whose top-left corner has the ringed flat index ``o``:
+    read from the ringed copy, or from ``plane`` itself with 0 for a corner outside the image."""
+    ring_w = plane.shape[1] + 2
+    if ringed:
+        return ring[o], ring[o + 1], ring[o + ring_w], ring[o + ring_w + 1]
+    height, width = plane.shape
+    r, c = o // ring_w - 1, o % ring_w - 1
+    top, bottom, left, right = 0 <= r, r + 1 < height, 0 <= c, c + 1 < width
+    zero = plane.dtype.type(0)
+    return (plane[r, c] if top and left else zero, plane[r, c + 1] if top and right else zero,
+            plane[r + 1, c] if bottom and left else zero, plane[r + 1, c + 1] if bottom and right else zero)
+
+
 @njit(cache=True, parallel=True)
 def _plan_kernel(offset, mask, use_mask, height, width, geo, base, weights):
-    """Fill ``base (n, og, K, L)`` (flat index of the top-left corner in the ringed plane) and
-    ``weights (n, og, K, 4, L)`` (the masked corner weights ``m * w00, m * w01, m * w10, m * w11``)."""
+    """Fill ``base (n, og, K, L)`` (flat index of the top-left corner in the plane with a one-pixel
+    ring, ``(h0 + 1) * (W + 2) + w0 + 1``) and ``weights (n, og, K, 4, L)`` (the masked corner
+    weights ``m * w00, m * w01, m * w10, m * w11``)."""
     n, og, npts, npix = base.shape
     ring_w = width + 2
     for t in prange(n * og * npts):
@@ -113,72 +160,116 @@ def _plan_kernel(offset, mask, use_mask, height, width, geo, base, weights):
 
 
 @njit(cache=True, parallel=True)
-def _im2col_kernel(xr, ring_w, base, weights, cols):
-    """Deformable columns ``cols (n, C, K, L)`` from the ringed input ``xr (n, C, (H+2)*(W+2))`` (eq. 4)."""
-    n, channels = xr.shape[0], xr.shape[1]
+def _im2col_kernel(x, base, weights, ringed, cols):
+    """Deformable columns ``cols (n, C, K, L)`` of ``x (n, C, H, W)`` (any strides) (eq. 4)."""
+    n, channels = x.shape[0], x.shape[1]
     for t in prange(n * channels):
         b, c, g = _plane_owner(t, channels, base.shape[1])
-        plane = xr[b, c]
+        plane = x[b, c]
+        ring = _ring_of(plane, ringed)
         for p in range(base.shape[2]):
             wt = weights[b, g, p]
             for q in range(base.shape[3]):
-                o = base[b, g, p, q]
-                cols[b, c, p, q] = (wt[0, q] * plane[o] + wt[1, q] * plane[o + 1]
-                                    + wt[2, q] * plane[o + ring_w] + wt[3, q] * plane[o + ring_w + 1])
+                v00, v01, v10, v11 = _corner_values(ring, plane, base[b, g, p, q], ringed)
+                cols[b, c, p, q] = wt[0, q] * v00 + wt[1, q] * v01 + wt[2, q] * v10 + wt[3, q] * v11
 
 
 @njit(cache=True, parallel=True)
-def _col2im_kernel(dcols, ring_w, base, weights, dxr):
-    """Input gradient ``dxr (n, C, (H+2)*(W+2))`` on the ringed grid: the transposed sampling (eq. 7)."""
-    n, channels = dcols.shape[0], dcols.shape[1]
+def _col2im_kernel(dcols, base, weights, ringed, dx):
+    """Input gradient ``dx (n, C, H, W)``: the transposed sampling (eq. 7); the padding's share is
+    dropped (added to the ring and discarded, or not added)."""
+    n, channels, height, width = dx.shape
+    ring_w = width + 2
     for t in prange(n * channels):
         b, c, g = _plane_owner(t, channels, base.shape[1])
-        plane = dxr[b, c]
-        plane[:] = 0.0
+        plane = dx[b, c]
+        plane[...] = 0.0
+        ring = _ring_of(plane, ringed)
         for p in range(base.shape[2]):
             wt, grad = weights[b, g, p], dcols[b, c, p]
             for q in range(base.shape[3]):
                 o, v = base[b, g, p, q], grad[q]
-                plane[o] += wt[0, q] * v
-                plane[o + 1] += wt[1, q] * v
-                plane[o + ring_w] += wt[2, q] * v
-                plane[o + ring_w + 1] += wt[3, q] * v
+                if ringed:
+                    ring[o] += wt[0, q] * v
+                    ring[o + 1] += wt[1, q] * v
+                    ring[o + ring_w] += wt[2, q] * v
+                    ring[o + ring_w + 1] += wt[3, q] * v
+                else:
+                    r, s = o // ring_w - 1, o % ring_w - 1
+                    top, bottom, left, right = 0 <= r, r + 1 < height, 0 <= s, s + 1 < width
+                    if top and left:
+                        plane[r, s] += wt[0, q] * v
+                    if top and right:
+                        plane[r, s + 1] += wt[1, q] * v
+                    if bottom and left:
+                        plane[r + 1, s] += wt[2, q] * v
+                    if bottom and right:
+                        plane[r + 1, s + 1] += wt[3, q] * v
+        if ringed:
+            for i in range(height):
+                start = (i + 1) * ring_w + 1
+                plane[i] = ring[start:start + width]
+
+
+@njit(cache=True, inline='always')
+def _coordinate_point(corner_sums, b, g, p, offset, mask, use_mask, geo, height, width, doffset, dmask):
+    """Offset and mask gradients of point ``p`` of group ``g`` from its four corner sums ``S_k``
+    (eq. 8-10)."""
+    npts = geo[0] * geo[1]
+    for q in range(corner_sums.shape[1]):
+        s00, s01, s10, s11 = corner_sums[0, q], corner_sums[1, q], corner_sums[2, q], corner_sums[3, q]
+        h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
+                         float(offset[b, (g * npts + p) * 2 + 1, q]))
+        dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes_per_corner(h, w, height, width)
+        m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
+        doffset[b, (g * npts + p) * 2, q] = m * (dh00 * s00 + dh01 * s01 + dh10 * s10 + dh11 * s11)
+        doffset[b, (g * npts + p) * 2 + 1, q] = m * (dw00 * s00 + dw01 * s01 + dw10 * s10 + dw11 * s11)
+        if use_mask:
+            _, _, w00, w01, w10, w11 = corners(h, w, height, width)
+            dmask[b, g * npts + p, q] = w00 * s00 + w01 * s01 + w10 * s10 + w11 * s11
 
 
 @njit(cache=True, parallel=True)
-def _coord_kernel(xr, ring_w, base, offset, mask, use_mask, dcols, height, width, geo, doffset, dmask):
+def _coord_kernel(x, base, offset, mask, use_mask, dcols, geo, ringed, blocks, doffset, dmask):
     """Offset gradient ``doffset (n, 2*og*K, L)`` (eq. 8, 9) and mask gradient ``dmask (n, og*K, L)``
     (eq. 10). Both are linear in the four corner values, so the channel sum runs first, on
     ``S_k = sum_{c in group} dcols[c] * v_k[c]`` per corner k; the corner weights and slopes (eq. 2)
-    multiply the four sums once per ``(n, group, point, pixel)``."""
-    n, channels = xr.shape[0], xr.shape[1]
+    multiply the four sums once per ``(n, group, point, pixel)``. Parallel over ``(n, group, block
+    of points)``, ``blocks`` per group: each owns its output rows, and every sum runs over the
+    channels in order whatever the blocks (bitwise the same results)."""
+    n, channels, height, width = x.shape
     og, npts, npix = base.shape[1], base.shape[2], base.shape[3]
     per_group = channels // og
-    for t in prange(n * og * npts):
-        b, g, p = t // (og * npts), (t // npts) % og, t % npts
-        corner_sums = np.zeros((4, npix), xr.dtype)
+    for t in prange(n * og * blocks):
+        b, g, k = t // (og * blocks), (t // blocks) % og, t % blocks
+        first, stop = k * npts // blocks, (k + 1) * npts // blocks
+        corner_sums = np.zeros((stop - first, 4, npix), dcols.dtype)
+        ring = _ring_buffer(x[b, 0], ringed)
         for c in range(g * per_group, (g + 1) * per_group):
-            plane, grad = xr[b, c], dcols[b, c, p]
-            for q in range(npix):
-                o, v = base[b, g, p, q], grad[q]
-                corner_sums[0, q] += v * plane[o]
-                corner_sums[1, q] += v * plane[o + 1]
-                corner_sums[2, q] += v * plane[o + ring_w]
-                corner_sums[3, q] += v * plane[o + ring_w + 1]
-        for q in range(npix):
-            s00, s01, s10, s11 = corner_sums[0, q], corner_sums[1, q], corner_sums[2, q], corner_sums[3, q]
-            h, w = _position(p, q, geo, float(offset[b, (g * npts + p) * 2, q]),
-                             float(offset[b, (g * npts + p) * 2 + 1, q]))
-            dh00, dh01, dh10, dh11, dw00, dw01, dw10, dw11 = corner_slopes_per_corner(h, w, height, width)
-            m = float(mask[b, g * npts + p, q]) if use_mask else 1.0
-            doffset[b, (g * npts + p) * 2, q] = m * (dh00 * s00 + dh01 * s01 + dh10 * s10 + dh11 * s11)
-            doffset[b, (g * npts + p) * 2 + 1, q] = m * (dw00 * s00 + dw01 * s01 + dw10 * s10 + dw11 * s11)
-            if use_mask:
-                _, _, w00, w01, w10, w11 = corners(h, w, height, width)
-                dmask[b, g * npts + p, q] = w00 * s00 + w01 * s01 + w10 * s10 + w11 * s11
+            plane = x[b, c]
+            if ringed:
+                _fill_ring(plane, ring)
+            for p in range(first, stop):
+                grad, sums = dcols[b, c, p], corner_sums[p - first]
+                for q in range(npix):
+                    v00, v01, v10, v11 = _corner_values(ring, plane, base[b, g, p, q], ringed)
+                    v = grad[q]
+                    sums[0, q] += v * v00
+                    sums[1, q] += v * v01
+                    sums[2, q] += v * v10
+                    sums[3, q] += v * v11
+        for p in range(first, stop):
+            _coordinate_point(corner_sums[p - first], b, g, p, offset, mask, use_mask, geo, height,
+                              width, doffset, dmask)
 
 
 # -- Python wrappers around the kernels ---------------------------------------------------------
+def _ringed(x):
+    """Whether the kernels read ``x``'s planes through ringed copies (a plane of at most
+    ``RING_PLANE_BYTES``; larger planes are read where they are, with a test per corner)."""
+    return (x.shape[2] + 2) * (x.shape[3] + 2) * x.itemsize <= RING_PLANE_BYTES
+
+
 def _geo_tuple(geo):
     """The integers the kernels need: ``(kh, kw, sh, sw, p_top, p_left, dh, dw, Wo)``."""
     return (*geo.kernel, *geo.stride, geo.pads[0], geo.pads[2], *geo.dilation, geo.out_hw[1])
@@ -211,32 +302,32 @@ def _sampling_plan(offset, mask, geo, dtype):
     return base, weights
 
 
-def _deform_im2col(xr, plan, geo):
-    """Deformable columns ``(n, C, kh, kw, Ho, Wo)`` of the ringed input ``xr`` (eq. 4), a view of
-    a ``(C, kh, kw, n, Ho, Wo)`` array: conv2d's block layout, in which the GEMMs of (eq. 5, 6) take
+def _deform_im2col(x, plan, geo):
+    """Deformable columns ``(n, C, kh, kw, Ho, Wo)`` of ``x`` (eq. 4), a view of a
+    ``(C, kh, kw, n, Ho, Wo)`` array: conv2d's block layout, in which the GEMMs of (eq. 5, 6) take
     the whole batch at once."""
-    n, channels = xr.shape[:2]
-    block = np.empty((channels,) + geo.kernel + (n,) + geo.out_hw, dtype=xr.dtype)
+    n, channels = x.shape[:2]
+    block = np.empty((channels,) + geo.kernel + (n,) + geo.out_hw, dtype=x.dtype)
     cols = block.transpose(3, 0, 1, 2, 4, 5)                             # (n, C, kh, kw, Ho, Wo)
-    _im2col_kernel(_rows(xr), xr.shape[3], *plan, _by_point(cols))
+    _im2col_kernel(x, *plan, _ringed(x), _by_point(cols))
     return cols
 
 
-def _deform_col2im(dcols, plan, ring_hw):
-    """Gradient on the ringed input ``(n, C, H+2, W+2)`` from ``dcols (n, C, kh, kw, Ho, Wo)`` (eq. 7)."""
-    dxr = np.empty(dcols.shape[:2] + tuple(ring_hw), dtype=dcols.dtype)
-    _col2im_kernel(_by_point(dcols), ring_hw[1], *plan, _rows(dxr))
-    return dxr
+def _deform_col2im(dcols, plan, dx):
+    """Write the input gradient of ``dcols (n, C, kh, kw, Ho, Wo)`` into ``dx (n, C, H, W)`` (eq. 7)."""
+    _col2im_kernel(_by_point(dcols), *plan, _ringed(dx), dx)
 
 
-def _coordinate_grads(xr, offset, mask, dcols, plan, geo):
+def _coordinate_grads(x, offset, mask, dcols, plan, geo):
     """``(doffset (n, 2*og*K, Ho, Wo), dmask (n, og*K, Ho, Wo) or None)`` (eq. 8-10)."""
-    dtype = xr.dtype
+    dtype = x.dtype
     doffset = np.empty(offset.shape, dtype=dtype)
     dmask = np.empty(mask.shape, dtype=dtype) if mask is not None else None
-    _coord_kernel(_rows(xr), xr.shape[3], plan[0], _flat_input(offset, dtype), _flat_input(mask, dtype),
-                  mask is not None, _by_point(dcols), geo.in_hw[0], geo.in_hw[1], _geo_tuple(geo),
-                  _rows(doffset), _flat_input(dmask, dtype))
+    og, npts = plan[0].shape[1:3]
+    blocks = min(npts, -(-numba.get_num_threads() // max(1, x.shape[0] * og)))  # tasks for every thread
+    _coord_kernel(x, plan[0], _flat_input(offset, dtype), _flat_input(mask, dtype), mask is not None,
+                  _by_point(dcols), _geo_tuple(geo), _ringed(x), max(blocks, 1), _rows(doffset),
+                  _flat_input(dmask, dtype))
     return doffset, dmask
 
 
@@ -280,75 +371,75 @@ def _bytes_per_sample(x, geo):
     return x.shape[1] * int(np.prod(geo.kernel)) * int(np.prod(geo.out_hw)) * x.itemsize
 
 
+def _cause(x, offset, stride, padding, dilation):
+    return (f"x of shape {x.shape} and offset of shape {offset.shape} with stride={stride!r}, "
+            f"padding={padding!r}, dilation={dilation!r}")
+
+
 def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Deformable convolution as ``torchvision.ops.deform_conv2d``; returns ``(y, cache)``.
 
     ``mask=None`` is DCNv1, a mask ``(N, offset_groups*kh*kw, Ho, Wo)`` DCNv2. Groups and offset
-    groups are inferred from the shapes of ``weight`` and ``offset``.
+    groups are inferred from the shapes of ``weight`` and ``offset``. ``x`` is read where it is (any
+    strides, e.g. a broadcast array): the padding is a shift of the sampling positions (eq. 3) and
+    the bilinear sampling reads zeros outside the image, so no padded copy is made.
     """
     groups, geo = _check_deform(x, offset, weight, bias, mask, stride, padding, dilation)
-    xr = pad_nchw(x, _RING)                                              # (N, C, H+2, W+2)
+    cause = _cause(x, offset, stride, padding, dilation)
+    require_memory((x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype, cause)
+    require_memory(x.shape[1:2] + geo.kernel + geo.out_hw, x.dtype, cause, 'the columns of one sample')
     y = np.empty((x.shape[0], weight.shape[0]) + geo.out_hw, dtype=x.dtype)
     chunks = batch_chunks(x.shape[0], _bytes_per_sample(x, geo))
     for s in chunks:
-        with threads_for(_work(xr[s], geo)):
+        with threads_for(_work(x[s], geo)):
             plan = _sampling_plan(offset[s], None if mask is None else mask[s], geo, x.dtype)
-            cols = _deform_im2col(xr[s], plan, geo)                      # (n, C, kh, kw, Ho, Wo)
+            cols = _deform_im2col(x[s], plan, geo)                       # (n, C, kh, kw, Ho, Wo) (eq. 4)
         y[s] = cols_matmul(cols, weight, groups)                         # (eq. 5)
     if bias is not None:
         y += bias[:, None, None]
     single = len(chunks) == 1
-    cache = dict(xr=xr, offset=offset, mask=mask, weight=weight, has_bias=bias is not None,
-                 groups=groups, geo=geo, plan=plan if single else None, cols=cols if single else None)
+    cache = Cache('deform_conv2d', x=x, offset=offset, mask=mask, weight=weight,
+                  has_bias=bias is not None, groups=groups, geo=geo, plan=plan if single else None,
+                  cols=cols if single else None)
     return y, cache
+
+
+def _chunk_backward(dout, x, offset, mask, weight, groups, geo, plan, cols, dx):
+    """One chunk of samples: ``dx`` written in place (eq. 7); returns ``(doffset, dmask, dweight)``."""
+    dcols, dweight = cols_matmul_backward(dout, cols, weight, groups, reuse=True)    # (eq. 6)
+    with threads_for(_work(x, geo)):
+        _deform_col2im(dcols, plan, dx)                                               # (eq. 7)
+        doffset, dmask = _coordinate_grads(x, offset, mask, dcols, plan, geo)         # (eq. 8-10)
+    return doffset, dmask, dweight
 
 
 def deform_conv2d_backward(dout, cache):
     """Gradients ``(dx, doffset, dweight, dbias, dmask)`` of :func:`deform_conv2d_forward`,
     in forward's positional order; ``dbias``/``dmask`` are None when bias/mask were None."""
-    xr, offset, mask, weight, geo = (cache[k] for k in ('xr', 'offset', 'mask', 'weight', 'geo'))
-    n = xr.shape[0]
-    float_array(dout, 'dout', 4, "(N, C_out, Ho, Wo)")
-    expect_shape(dout, (n, weight.shape[0]) + geo.out_hw, 'dout')
-    dout = dout.astype(xr.dtype, copy=False)
-    dxr = np.empty_like(xr)
-    doffset = np.empty(offset.shape, dtype=xr.dtype)
-    dmask = None if mask is None else np.empty(mask.shape, dtype=xr.dtype)
+    cache = check_cache(cache, 'deform_conv2d')
+    x, offset, mask, weight, geo = (cache[k] for k in ('x', 'offset', 'mask', 'weight', 'geo'))
+    n = x.shape[0]
+    dout = grad_out(dout, (n, weight.shape[0]) + geo.out_hw, x.dtype)
+    require_memory(x.shape, x.dtype, f"x of shape {x.shape}", 'the input gradient')
+    dx = np.empty(x.shape, dtype=x.dtype)
+    doffset = np.empty(offset.shape, dtype=x.dtype)
+    dmask = None if mask is None else np.empty(mask.shape, dtype=x.dtype)
     dweight = np.zeros_like(weight)
     plan, cols = cache['plan'], cache['cols']
-    chunks = [slice(0, n)] if cols is not None else batch_chunks(n, _bytes_per_sample(xr, geo))
+    chunks = [slice(0, n)] if cols is not None else batch_chunks(n, _bytes_per_sample(x, geo))
     for s in chunks:
         mask_s = None if mask is None else mask[s]
         if cache['cols'] is None:
-            with threads_for(_work(xr[s], geo)):
-                plan = _sampling_plan(offset[s], mask_s, geo, xr.dtype)
-                cols = _deform_im2col(xr[s], plan, geo)
-        dcols, dw = cols_matmul_backward(dout[s], cols, weight, cache['groups'], reuse=True)  # (eq. 6)
+            with threads_for(_work(x[s], geo)):
+                plan = _sampling_plan(offset[s], mask_s, geo, x.dtype)
+                cols = _deform_im2col(x[s], plan, geo)
+        doffset[s], dmask_s, dw = _chunk_backward(dout[s], x[s], offset[s], mask_s, weight,
+                                                  cache['groups'], geo, plan, cols, dx[s])
         dweight += dw
-        with threads_for(_work(xr[s], geo)):
-            dxr[s] = _deform_col2im(dcols, plan, xr.shape[2:])                       # (eq. 7)
-            doffset[s], dmask_s = _coordinate_grads(xr[s], offset[s], mask_s, dcols, plan, geo)  # (eq. 8-10)
         if dmask is not None:
             dmask[s] = dmask_s
     dbias = dout.sum(axis=(0, 2, 3)) if cache['has_bias'] else None
-    dx = np.ascontiguousarray(crop_nchw(dxr, _RING, *geo.in_hw))
     return dx, doffset, dweight, dbias, dmask
-
-
-@register('deform_conv2d')
-def _deform_conv2d_case(rng):
-    """DCNv2 with groups 2, offset groups 2, stride/padding/dilation pairs, offsets crossing borders."""
-    from .reference import deformable as reference
-    hyper = dict(stride=(2, 1), padding=(1, 0), dilation=(2, 1))
-    x = rng.standard_normal((2, 4, 5, 4))
-    weight, bias = rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
-    offset = rng.uniform(-2.5, 2.5, (2, 2 * 2 * 6, 2, 3))              # og = 2, K = 6, Ho, Wo = 2, 3
-    mask = rng.uniform(0.0, 1.0, (2, 2 * 6, 2, 3))
-    return CheckCase(
-        forward=lambda x, o, w, b, m: deform_conv2d_forward(x, o, w, b, mask=m, **hyper),
-        backward=deform_conv2d_backward,
-        inputs=(x, offset, weight, bias, mask),
-        reference=lambda x, o, w, b, m: reference.deform_conv2d(x, o, w, b, mask=m, **hyper))
 
 
 # -- layers -------------------------------------------------------------------------------------
@@ -442,6 +533,16 @@ class DeformConv2d(_DeformPack):
         self._accumulate(dweight, None)
         return dx + self.conv_offset.backward(doffset)                   # (eq. 11)
 
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, Ho, Wo, deform_groups, kh*kw, 2)`` where this layer samples ``x``, and
+        ones as weights (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.in_channels)
+        with sampling.without_caching(self):
+            offset = self.conv_offset(x)
+        return sampling.sampling_locations('deform_conv2d', x, offset, self._params['weight'], None,
+                                           self.stride, self.padding, self.dilation)
+
 
 class ModulatedDeformConv2d(_DeformPack):
     """DCNv2 layer = mmcv ``ModulatedDeformConv2dPack`` (eq. 12)::
@@ -481,3 +582,15 @@ class ModulatedDeformConv2d(_DeformPack):
         dlogits, = sigmoid_backward(dmask, self._mask_cache)
         dout_offset = np.concatenate([doffset, dlogits], axis=1)         # (N, 3*dg*K, Ho, Wo)
         return dx + self.conv_offset.backward(dout_offset)               # (eq. 12)
+
+    def sampling_locations(self, x):
+        """Pixel ``(x, y)`` ``(N, Ho, Wo, deform_groups, kh*kw, 2)`` where this layer samples ``x``, and
+        the mask as weights (:func:`numpyconv.sampling_locations`); keeps nothing for a backward pass."""
+        from . import sampling
+        self._check_input(x, channels=self.in_channels)
+        with sampling.without_caching(self):
+            out = self.conv_offset(x)
+        n_offsets = 2 * out.shape[1] // 3
+        mask, _ = sigmoid_forward(out[:, n_offsets:])
+        return sampling.sampling_locations('deform_conv2d', x, out[:, :n_offsets], self._params['weight'],
+                                           None, self.stride, self.padding, self.dilation, mask=mask)

@@ -44,11 +44,13 @@ import numbers
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, positive_int, same_dtype
-from .blocks import (_real, global_avg_pool2d_backward, global_avg_pool2d_forward, linear_backward,
-                     linear_forward, relu_backward, relu_forward, softmax_backward, softmax_forward)
+from ._checks import Cache, check_cache, count_int, expect_shape, float_array, positive_int, real, same_dtype
+from .activations import relu_backward, relu_forward, softmax_backward, softmax_forward
+from .blocks import linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (Conv2d, check_hyper_parameters, check_layer_channels, conv2d_backward,
                    conv2d_forward, conv_geometry)
+from .memory import require_memory
 from .module import Module, kaiming_normal_fan_out
 
 
@@ -93,18 +95,21 @@ def aggregated_conv2d_forward(x, attention, weight, bias=None, stride=1, padding
     groups = check_kernel_bank(x, weight, bias, groups)
     _check_attention(x, attention, weight)
     n, k = attention.shape
+    require_memory((n,) + weight.shape[1:], x.dtype, f"x of shape {x.shape} (batch {n}) with weight of "
+                   f"shape {weight.shape}", 'the per-sample kernels')
     kernels = attention @ weight.reshape(k, -1)                          # (N, C_out*C_g*kh*kw) (eq. 6)
     kernels = kernels.reshape((n,) + weight.shape[1:])                   # (N, C_out, C_g, kh, kw)
     biases = None if bias is None else attention @ bias                  # (N, C_out)
     y, conv_cache = conv2d_forward(x, kernels, biases, stride, padding, dilation, groups)  # (eq. 7)
-    return y, dict(conv=conv_cache, attention=attention, weight=weight, bias=bias)
+    return y, Cache('aggregated_conv2d', conv=conv_cache, attention=attention, weight=weight, bias=bias)
 
 
 def aggregated_conv2d_backward(dout, cache):
     """Gradients ``(dx, dattention, dweight, dbias)`` of :func:`aggregated_conv2d_forward`."""
+    cache = check_cache(cache, 'aggregated_conv2d')
     attention, weight, bias = cache['attention'], cache['weight'], cache['bias']
     n, k = attention.shape
-    dx, dkernels, dbiases = conv2d_backward(dout, cache['conv'])          # (eq. 8)
+    dx, dkernels, dbiases = conv2d_backward(dout, cache['conv'])          # (eq. 8, dout checked there)
     dkernels = dkernels.reshape(n, weight[0].size)                       # (N, C_out*C_g*kh*kw)
     dweight = (attention.T @ dkernels).reshape(weight.shape)             # (eq. 9)
     dattention = dkernels @ weight.reshape(k, -1).T                      # (N, K) (eq. 10)
@@ -144,8 +149,8 @@ def dynamic_conv2d_forward(x, weight, bias, fc1_weight, fc2_weight, fc2_bias, te
     logits, fc2_cache = linear_forward(active, fc2_weight[:, :, 0, 0], fc2_bias)  # (N, K) (eq. 4)
     pi, softmax_cache = softmax_forward(logits, axis=1, temperature=temperature)  # (eq. 5)
     y, conv_cache = aggregated_conv2d_forward(x, pi, weight, bias, stride, padding, dilation, groups)
-    cache = dict(gap=gap_cache, fc1=fc1_cache, relu=relu_cache, fc2=fc2_cache,
-                 softmax=softmax_cache, conv=conv_cache)
+    cache = Cache('dynamic_conv2d', gap=gap_cache, fc1=fc1_cache, relu=relu_cache, fc2=fc2_cache,
+                  softmax=softmax_cache, conv=conv_cache)
     return y, cache
 
 
@@ -154,6 +159,7 @@ def dynamic_conv2d_backward(dout, cache):
 
     ``dbias`` / ``dfc2_bias`` are None when the forward got None.
     """
+    cache = check_cache(cache, 'dynamic_conv2d')
     dx, dpi, dweight, dbias = aggregated_conv2d_backward(dout, cache['conv'])    # (eqs. 8-10)
     dlogits, = softmax_backward(dpi, cache['softmax'])                           # (eq. 11)
     dactive, dfc2_weight, dfc2_bias = linear_backward(dlogits, cache['fc2'])     # (eq. 12)
@@ -167,7 +173,7 @@ def dynamic_conv2d_backward(dout, cache):
 # -- temperature schedule -----------------------------------------------------------------------
 def _check_official_temperature(temperature):
     """Dynamic_conv2d asserts ``T % 3 == 1`` so that the schedule (eq. 16) reaches 1."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature >= 1 and temperature % 3 == 1):
         raise ValueError(f"temperature must be >= 1 with temperature % 3 == 1 (1, 4, ..., 31, 34, ...), "
@@ -184,10 +190,9 @@ def dynamic_temperature(epoch, initial=34):
     >>> [dynamic_temperature(e) for e in (0, 1, 10, 11, 50)]
     [34, 31, 4, 1, 1]
     """
-    if not isinstance(epoch, (numbers.Integral, np.integer)) or isinstance(epoch, bool) or epoch < 0:
-        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    epoch = count_int(epoch, 'epoch')
     _check_official_temperature(initial)
-    return max(1, initial - 3 * int(epoch))
+    return max(1, initial - 3 * epoch)
 
 
 # -- layers ---------------------------------------------------------------------------------------
@@ -276,7 +281,7 @@ class DynamicConv2d(MixtureConv2dBase):
                          ('in_planes', 'out_planes', 'K'), dtype=dtype, rng=rng)
         self.in_planes, self.out_planes, self.K = self.in_channels, self.out_channels, self.num_kernels
         self.temperature = temperature
-        ratio = _real(ratio, 'ratio', -math.inf)                          # any finite real, as official
+        ratio = real(ratio, 'ratio', -math.inf)                          # any finite real, as official
         self.hidden = self.K if self.in_planes == 3 else int(self.in_planes * ratio) + 1
         if self.hidden < 1:
             raise ValueError(f"ratio={ratio!r} gives a hidden width of {self.hidden} for "
@@ -312,29 +317,3 @@ class DynamicConv2d(MixtureConv2dBase):
     def attention_macs(self):
         """FC1 and FC2 of the attention (eq. 17)."""
         return self.in_planes * self.hidden + self.hidden * self.K
-
-
-# -- numpyconv check --------------------------------------------------------------------------------
-def _register_checks():
-    from .check import CheckCase, register
-    from .reference import dynamic as ref
-
-    @register('aggregated_conv2d')
-    def _aggregated(rng):
-        args = (rng.standard_normal((2, 4, 5, 5)), rng.random((2, 3)),
-                rng.standard_normal((3, 6, 2, 3, 3)), rng.standard_normal((3, 6)))
-        hyper = dict(stride=2, padding=1, groups=2)
-        return CheckCase(lambda *a: aggregated_conv2d_forward(*a, **hyper), aggregated_conv2d_backward,
-                         args, lambda *a: ref.aggregated_conv2d(*a, **hyper))
-
-    @register('dynamic_conv2d')
-    def _dynamic(rng):
-        args = (rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((3, 6, 2, 3, 3)),
-                rng.standard_normal((3, 6)), rng.standard_normal((2, 4, 1, 1)),
-                rng.standard_normal((3, 2, 1, 1)), rng.standard_normal(3))
-        hyper = dict(temperature=0.7, padding=1, dilation=(1, 2), groups=2)
-        return CheckCase(lambda *a: dynamic_conv2d_forward(*a, **hyper), dynamic_conv2d_backward,
-                         args, lambda *a: ref.dynamic_conv2d(*a, **hyper))
-
-
-_register_checks()

@@ -30,16 +30,30 @@ Memory: the column buffer is ``kh*kw`` times the (output-sized) input; how much 
 holds at once is the memory policy's (``numpyconv/memory.py``): conv2d works block by block,
 the deformable convolutions keep at most :func:`~numpyconv.memory.column_budget` bytes.
 """
+import numbers
 from collections import namedtuple
 
 import numpy as np
 
 from ._checks import expect_shape, float_array, padding4, pair
+from .memory import require_memory
 
 
 def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
-    """``floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1`` (docs/derivations/conv.md)."""
-    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+    """``floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1`` (docs/derivations/conv.md).
+
+    All ints: ``size``, ``pad_before``, ``pad_after`` >= 0, ``kernel``, ``stride``, ``dilation`` >= 1.
+    The result is < 1 when the dilated kernel does not fit (:func:`conv_geometry` raises then).
+    """
+    for name, value, low in (('size', size, 0), ('kernel', kernel, 1), ('stride', stride, 1),
+                             ('pad_before', pad_before, 0), ('pad_after', pad_after, 0),
+                             ('dilation', dilation, 1)):
+        if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    return (int(size) + int(pad_before) + int(pad_after) - int(dilation) * (int(kernel) - 1) - 1) \
+        // int(stride) + 1
 
 
 Geometry = namedtuple('Geometry', 'kernel stride dilation pads out_hw in_hw')
@@ -98,6 +112,13 @@ def _inside(offset, step, n_out, n_in):
     return slice(first, stop), slice(first * step + offset, (stop - 1) * step + offset + 1, step)
 
 
+def _window(p, q, geo):
+    """The strided slices of a padded input that kernel offset ``(p, q)`` reads for every output of
+    the :class:`Geometry` ``geo``: ``(rows, columns)``."""
+    (sh, sw), (dh, dw), (ho, wo) = geo.stride, geo.dilation, geo.out_hw
+    return (slice(p * dh, p * dh + sh * (ho - 1) + 1, sh), slice(q * dw, q * dw + sw * (wo - 1) + 1, sw))
+
+
 def _offset_slices(p, q, x_hw, stride, dilation, out_hw, origin):
     """For kernel offset ``(p, q)``: ``(rows_out, cols_out, rows_in, cols_in)``, the rectangle of
     output positions that read inside ``x`` and the strided input slices they read."""
@@ -153,7 +174,7 @@ def _placement(in_hw, kernel_size, stride, padding, dilation, out_hw, origin):
         geo = conv_geometry(in_hw, kernel_size, stride, padding, dilation)
         return geo.kernel, geo.stride, geo.dilation, geo.out_hw, (geo.pads[0], geo.pads[2])
     return (pair(kernel_size, 'kernel_size', minimum=1), pair(stride, 'stride', minimum=1),
-            pair(dilation, 'dilation', minimum=1), tuple(out_hw), tuple(origin))
+            pair(dilation, 'dilation', minimum=1), pair(out_hw, 'out_hw', minimum=0), pair(origin, 'origin'))
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=None, origin=None):
@@ -171,6 +192,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=
                                                               dilation, out_hw, origin)
     shape = x.shape[:2] + kernel_size + out_hw                            # (N, C, kh, kw, Ho, Wo)
     if out is None:
+        require_memory(shape, x.dtype, f"x of shape {x.shape} with kernel_size={kernel_size}, stride="
+                       f"{stride}, padding={padding!r}, dilation={dilation}", 'the columns')
         cols = np.empty(shape, dtype=x.dtype)
     else:
         cols = float_array(out, 'out', 6, "(N, C, kh, kw, Ho, Wo)")
@@ -211,7 +234,14 @@ def col2im(cols, in_hw, stride=1, padding=0, dilation=1, *, out=None, origin=Non
     if out_hw != (ho, wo):
         raise ValueError(f"cols must have shape (N, C, {kh}, {kw}) + {out_hw}, the output size of "
                          f"in_hw {in_hw} with this stride, padding and dilation; got {cols.shape}")
-    x = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype) if out is None else out
+    if out is None:
+        require_memory((n, c) + tuple(in_hw), cols.dtype, f"in_hw={in_hw}")
+        x = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype)
+    else:
+        x = float_array(out, 'out', 4, "(N, C, H, W)")
+        expect_shape(x, (n, c) + tuple(in_hw), 'out')
+        if x.dtype != cols.dtype:
+            raise TypeError(f"out must have cols's dtype {cols.dtype}, got {x.dtype}")
     for p in range(kh):
         for q in range(kw):
             rows_out, cols_out, rows_in, cols_in = _offset_slices(p, q, in_hw, stride, dilation,

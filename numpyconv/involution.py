@@ -53,11 +53,13 @@ Example::
 import numpy as np
 from numba import njit, prange
 
-from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
+from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, pair, positive_int, same_dtype
 from ._parallel import threads_for
-from .check import CheckCase, register
 from .conv import PointwiseConv2d, conv_geometry
-from .layers import AvgPool2d, BatchNorm2d, ReLU
+from .activations import ReLU
+from .layers import BatchNorm2d
+from .memory import require_memory
+from .pooling import AvgPool2d
 from .module import Module, Sequential, kaiming_normal_fan_out
 
 
@@ -187,35 +189,24 @@ def involution_forward(x, kernel, kernel_size, stride=1, dilation=1):
     ``kernel_size``, ``stride``, ``dilation`` are ints or pairs; padding is ``d*(K-1)//2``.
     """
     geo, groups = _check_involution(x, kernel, kernel_size, stride, dilation)
+    require_memory(x.shape[:2] + geo.out_hw, x.dtype, f"x of shape {x.shape} with kernel_size="
+                   f"{kernel_size!r}, stride={stride!r}, dilation={dilation!r}")
     x, kernel = _kernel_operand(x), _kernel_operand(kernel)
     y = np.zeros(x.shape[:2] + geo.out_hw, dtype=x.dtype)                 # (N, C, Ho, Wo)
     work = y.size * geo.kernel[0] * geo.kernel[1]
     _launch(_channel_plane_kernel, work, kernel, x, y, _geo_tuple(geo), False)   # (eq. 2)
-    return y, dict(x=x, kernel=kernel, geo=geo, groups=groups, work=work)
+    return y, Cache('involution', x=x, kernel=kernel, geo=geo, groups=groups, work=work)
 
 
 def involution_backward(dout, cache):
     """Gradients ``(dx, dkernel)`` of :func:`involution_forward` (eq. 3, 4)."""
+    cache = check_cache(cache, 'involution')
     x, kernel, geo, work = cache['x'], cache['kernel'], cache['geo'], cache['work']
-    float_array(dout, 'dout', 4, "(N, C, Ho, Wo)")
-    expect_shape(dout, x.shape[:2] + geo.out_hw, 'dout')
-    dout = _kernel_operand(dout, x.dtype)
+    dout = _kernel_operand(grad_out(dout, x.shape[:2] + geo.out_hw, x.dtype))
     dx, dkernel = np.zeros_like(x), np.zeros_like(kernel)
     _launch(_channel_plane_kernel, work, kernel, dx, dout, _geo_tuple(geo), True)  # (eq. 4)
     _launch(_kernel_grad_kernel, work, x, dout, _geo_tuple(geo), dkernel)  # (eq. 3)
     return dx, dkernel
-
-
-@register('involution')
-def _involution_case(rng):
-    """Two groups of 3 channels, 3x3 kernel, stride (2, 1), dilation (1, 2): taps cross the borders."""
-    from .reference import involution as reference
-    hyper = dict(kernel_size=3, stride=(2, 1), dilation=(1, 2))
-    x = rng.standard_normal((2, 6, 5, 6))
-    kernel = rng.standard_normal((2, 2 * 9, 3, 6))
-    return CheckCase(forward=lambda x, k: involution_forward(x, k, **hyper),
-                     backward=involution_backward, inputs=(x, kernel),
-                     reference=lambda x, k: reference.involution(x, k, **hyper))
 
 
 # -- layers ---------------------------------------------------------------------------------------

@@ -65,17 +65,18 @@ whole network as the paper does by making the manager a child module of the netw
 official models' ``self.warehouse_manager``), or with :func:`kw_count`.
 """
 import math
-import numbers
 from collections import namedtuple
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
-from .blocks import (batch_norm_backward, batch_norm_forward, global_avg_pool2d_backward,
-                     global_avg_pool2d_forward, linear_backward, linear_forward, relu_backward,
-                     relu_forward)
+from ._checks import (Cache, check_cache, count_int, expect_shape, flag, float_array, grad_out, pair,
+                      positive_int, real, same_dtype)
+from .activations import relu_backward, relu_forward
+from .blocks import batch_norm_backward, batch_norm_forward, linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
                    conv_geometry)
+from .memory import require_memory
 from .module import Module, count, kaiming_normal_fan_out
 
 CAF_EPS = 1e-3  # the constant added to the L1 norm in the official attention (eq. 7)
@@ -104,29 +105,20 @@ def kw_caf_forward(z):
     """CAF, the signed L1 normalisation of each row: ``z / (sum_k |z_k| + 1e-3)``; ``(out, cache)``."""
     float_array(z, 'z', 2, "(rows, M + 1)")
     denom = np.abs(z).sum(axis=1, keepdims=True) + CAF_EPS                # (R, 1) (eq. 7)
-    return z / denom, (z, denom)
+    return z / denom, Cache('kw_caf', z=z, denom=denom)
 
 
 def kw_caf_backward(dout, cache):
     """Gradient ``(dz,)`` of :func:`kw_caf_forward`: ``dout/D - sign(z) <dout, z> / D^2`` (eq. 20)."""
-    z, denom = cache
-    float_array(dout, 'dout', 2, f"{z.shape}")
-    expect_shape(dout, z.shape, 'dout')
-    dout = dout.astype(z.dtype, copy=False)
+    cache = check_cache(cache, 'kw_caf')
+    z, denom = cache['z'], cache['denom']
+    dout = grad_out(dout, z.shape, z.dtype)
     contrast = (dout * z).sum(axis=1, keepdims=True) / denom ** 2          # (R, 1)
     return (dout / denom - np.sign(z) * contrast,)
 
 
 # -- attention branch (eq. 1-9, 18-26) ----------------------------------------------------------
 AttentionSizes = namedtuple('AttentionSizes', 'm P M nl nb')
-
-
-def _real(value, name, minimum=None):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    if minimum is not None and value <= minimum:
-        raise ValueError(f"{name} must be > {minimum}, got {value!r}")
-    return float(value)
 
 
 def _check_attention(x, fc1_weight, norm1_weight, norm1_bias, running_mean, running_var,
@@ -209,10 +201,8 @@ def kw_attention_forward(x, fc1_weight, norm1_weight, norm1_bias, running_mean, 
     """
     sizes = _check_attention(x, fc1_weight, norm1_weight, norm1_bias, running_mean, running_var,
                              fc2_weight, fc2_bias, fc3_weight, basis_bias, num_cells, temp_bias)
-    temperature = _real(temperature, 'temperature')
-    if not isinstance(start_cell_idx, (numbers.Integral, np.integer)) or start_cell_idx < 0:
-        raise ValueError(f"start_cell_idx must be an int >= 0, got {start_cell_idx!r}")
-    start = min(int(start_cell_idx), sizes.M - (sizes.nl or 0))            # as python slicing clamps
+    temperature = real(temperature, 'temperature')
+    start = min(count_int(start_cell_idx, 'start_cell_idx'), sizes.M - (sizes.nl or 0))  # as slicing clamps
     n = x.shape[0]
     pooled, gap_cache = global_avg_pool2d_forward(x)                       # (N, C_in) (eq. 1)
     hidden, fc1_cache = linear_forward(pooled, fc1_weight)                 # (N, D) (eq. 2)
@@ -228,9 +218,10 @@ def kw_attention_forward(x, fc1_weight, norm1_weight, norm1_bias, running_mean, 
     if temp_bias is not None:
         blend.reshape(n, sizes.m, sizes.P)[...] += temperature * temp_bias.reshape(sizes.m, sizes.P)
     attention = np.ascontiguousarray(blend[:, :sizes.M])                  # (N*m, M) (eq. 9)
-    cache = dict(gap=gap_cache, fc1=fc1_cache, bn=bn_cache, relu=relu_cache, fc2=fc2_cache,
-                 fc3=fc3_cache, caf=caf_cache, sizes=sizes, start=start, temperature=temperature,
-                 running_mean=bn_cache['running_mean'], running_var=bn_cache['running_var'])
+    cache = Cache('kw_attention', gap=gap_cache, fc1=fc1_cache, bn=bn_cache, relu=relu_cache,
+                  fc2=fc2_cache, fc3=fc3_cache, caf=caf_cache, sizes=sizes, start=start,
+                  temperature=temperature, running_mean=bn_cache['running_mean'],
+                  running_var=bn_cache['running_var'])
     return attention, cache
 
 
@@ -239,10 +230,9 @@ def kw_attention_backward(dout, cache):
     ``(dx, dfc1_weight, dnorm1_weight, dnorm1_bias, drunning_mean, drunning_var, dfc2_weight,
     dfc2_bias, dfc3_weight, dbasis_bias)`` (None for absent inputs; the running statistics get their
     eval-mode gradient, zeros in training: blocks eq. 22a) (eq. 18-26)."""
-    sizes = cache['sizes']
-    float_array(dout, 'dout', 2, "(N*m, M)")
-    z = cache['caf'][0]
-    expect_shape(dout, (z.shape[0], sizes.M), 'dout')
+    cache = check_cache(cache, 'kw_attention')
+    sizes, z = cache['sizes'], cache['caf']['z']
+    dout = grad_out(dout, (z.shape[0], sizes.M), z.dtype)
     dblend = np.zeros_like(z)                                              # (N*m, P) (eq. 18)
     dblend[:, :sizes.M] = dout
     dlogits, = kw_caf_backward((1.0 - cache['temperature']) * dblend, cache['caf'])  # (eq. 19, 20)
@@ -328,13 +318,15 @@ def kw_conv2d_forward(x, warehouse, fc1_weight, norm1_weight, norm1_bias, runnin
     attention, att_cache = kw_attention_forward(
         *attention_args, num_cells=warehouse.shape[0], start_cell_idx=start_cell_idx,
         temperature=temperature, temp_bias=temp_bias, training=training, momentum=momentum, eps=eps)
+    require_memory((x.shape[0],) + weight_shape, x.dtype, f"x of shape {x.shape} (batch {x.shape[0]}) "
+                   f"with a kernel of shape {weight_shape}", 'the per-sample kernels')
     kernels = _assemble_forward(attention, warehouse, layout, weight_shape)  # (N, C_out, C_g, kh, kw)
     per_sample_bias = None if bias is None else np.broadcast_to(bias, (x.shape[0], bias.size))
     y, conv_cache = conv2d_forward(x, kernels, per_sample_bias, stride, padding, dilation,
                                    groups)                                # (eq. 12)
-    return y, dict(attention=att_cache, conv=conv_cache, weights=attention, warehouse=warehouse,
-                   layout=layout, running_mean=att_cache['running_mean'],
-                   running_var=att_cache['running_var'])
+    return y, Cache('kw_conv2d', attention=att_cache, conv=conv_cache, weights=attention,
+                    warehouse=warehouse, layout=layout, running_mean=att_cache['running_mean'],
+                    running_var=att_cache['running_var'])
 
 
 def kw_conv2d_backward(dout, cache):
@@ -345,6 +337,7 @@ def kw_conv2d_backward(dout, cache):
 
     None for inputs given as None; the running statistics as in :func:`kw_attention_backward`.
     """
+    cache = check_cache(cache, 'kw_conv2d')
     dx, dkernels, dbias = conv2d_backward(dout, cache['conv'])            # (eq. 13, 14)
     dattention, dwarehouse = _assemble_backward(dkernels, cache['weights'], cache['warehouse'],
                                                 cache['layout'])          # (eq. 15-17)
@@ -367,11 +360,10 @@ def kw_temperature(iteration, epoch, iters_per_epoch, temp_epoch=20, temp_init_v
     >>> kw_temperature(0, 0, 100), kw_temperature(1000, 0, 100), kw_temperature(0, 30, 100)
     (1.0, 0.5, 0.0)
     """
-    for value, name in ((iteration, 'iteration'), (epoch, 'epoch'), (iters_per_epoch, 'iters_per_epoch'),
-                        (temp_epoch, 'temp_epoch')):
-        if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    temp_init_value, temp_end = _real(temp_init_value, 'temp_init_value'), _real(temp_end, 'temp_end')
+    iteration, epoch = count_int(iteration, 'iteration'), count_int(epoch, 'epoch')
+    iters_per_epoch = count_int(iters_per_epoch, 'iters_per_epoch')
+    temp_epoch = count_int(temp_epoch, 'temp_epoch')
+    temp_init_value, temp_end = real(temp_init_value, 'temp_init_value'), real(temp_end, 'temp_end')
     total = iters_per_epoch * temp_epoch
     current = iters_per_epoch * epoch + iteration
     return temp_end + max(0.0, (temp_init_value - temp_end) * (total - current) / max(1.0, total))
@@ -488,7 +480,7 @@ class KWConv2d(Module):
 
     def update_temperature(self, temperature):
         """Set the blend ``t`` of eq. 8 (official ``update_temperature(temp_value)``)."""
-        self.temperature = _real(temperature, 'temperature')
+        self.temperature = real(temperature, 'temperature')
 
     def forward(self, x):
         self._require_allocated()
@@ -567,7 +559,7 @@ class WarehouseManager(Module):
         if isinstance(nonlocal_basis_ratio, (tuple, list)):
             raise TypeError(f"nonlocal_basis_ratio must be a scalar (the official code does not "
                             f"parse it per warehouse), got {nonlocal_basis_ratio!r}")
-        self.nonlocal_basis_ratio = _real(nonlocal_basis_ratio, 'nonlocal_basis_ratio', 0)
+        self.nonlocal_basis_ratio = real(nonlocal_basis_ratio, 'nonlocal_basis_ratio', 0, strict_low=True)
         if not isinstance(sharing_range, (str, tuple, list)) or \
                 not all(isinstance(s, str) for s in sharing_range):
             raise TypeError(f"sharing_range must be a tuple of strings, got {sharing_range!r}")
@@ -575,6 +567,12 @@ class WarehouseManager(Module):
         self._options = dict(reduction=reduction, cell_num_ratio=cell_num_ratio,
                              cell_inplane_ratio=cell_inplane_ratio,
                              cell_outplane_ratio=cell_outplane_ratio, spatial_partition=spatial_partition)
+        for key, value in self._options.items():         # each value, before the warehouses exist
+            for v in (value if isinstance(value, (tuple, list)) else (value,)):
+                if key == 'spatial_partition':
+                    flag(v, key)
+                else:
+                    real(v, key, 0, strict_low=True)
         self.warehouses = {}   # fused name -> reserved layers, in reserve order
         self.options = None    # per-warehouse options after store()
         self._allocated = False
@@ -613,7 +611,7 @@ class WarehouseManager(Module):
         n = len(self.warehouses)
         options = {k: _per_warehouse(v, n, k) for k, v in self._options.items()}
         for key in ('reduction', 'cell_num_ratio', 'cell_inplane_ratio', 'cell_outplane_ratio'):
-            options[key] = [_real(v, key, 0) for v in options[key]]
+            options[key] = [real(v, key, 0, strict_low=True) for v in options[key]]
         shapes = []
         for i, layers in enumerate(self.warehouses.values()):
             cell = self._cell_shape(i, layers, options)
@@ -630,8 +628,6 @@ class WarehouseManager(Module):
         in_gcd = math.gcd(*(layer.in_planes // layer.groups for layer in layers))
         kernels = {layer.kernel_size for layer in layers}
         spatial = options['spatial_partition'][i]
-        if not isinstance(spatial, (bool, np.bool_)):
-            raise TypeError(f"spatial_partition must be a bool, got {spatial!r}")
         if not spatial and len(kernels) > 1:
             raise ValueError(f"spatial_partition=False needs one kernel size per warehouse; warehouse "
                              f"{i} has {sorted(kernels)}")
@@ -642,7 +638,14 @@ class WarehouseManager(Module):
     def _layer_list(self, layers):
         if isinstance(layers, Module):
             layers = [m for _, m in layers.named_modules() if isinstance(m, KWConv2d)]
-        layers = list(layers)
+        given = layers
+        try:
+            layers = list(layers)
+        except TypeError:
+            layers = None
+        if layers is None or not all(isinstance(m, KWConv2d) for m in layers):
+            raise TypeError(f"allocate takes the reserved KWConv2d layers (a sequence of them, or a "
+                            f"Module holding them), got {type(given).__name__} {given!r:.80}")
         reserved = [layer for group in self.warehouses.values() for layer in group]
         foreign = [layer for layer in layers if not any(layer is r for r in reserved)]
         if foreign:
@@ -690,75 +693,9 @@ class WarehouseManager(Module):
 def kw_count(network, manager, input_shape):
     """``numpyconv.count`` for a network of KW layers: ``(params, multiply_adds)`` with every warehouse
     counted once, whether or not ``manager`` is a child module of ``network``."""
+    if not isinstance(manager, WarehouseManager):
+        raise TypeError(f"manager must be the network's WarehouseManager, got {type(manager).__name__}")
     params, macs = count(network, input_shape)
     if not any(m is manager for _, m in network.named_modules()):
         params += manager.num_params()
     return params, macs
-
-
-# -- numpyconv check --------------------------------------------------------------------------------
-def _register_checks():
-    from .check import CheckCase, register
-    from .reference import kernel_warehouse as ref
-
-    @register('kw_caf')
-    def _caf(rng):
-        z = rng.standard_normal((6, 5))
-        return CheckCase(kw_caf_forward, kw_caf_backward, (z,), ref.kw_caf)
-
-    def attention_case(rng):
-        """Basis-mode attention in train mode: m = 2 mixtures, M = 5 cells, nl = 2, nb = 3."""
-        x = rng.standard_normal((3, 4, 3, 3))
-        params = (rng.standard_normal((6, 4)), 1 + 0.1 * rng.standard_normal(6),
-                  0.1 * rng.standard_normal(6), rng.standard_normal((12, 6)),
-                  rng.standard_normal((3, 3)), 0.1 * rng.standard_normal(12))
-        buffers = (np.zeros(6), np.ones(6))
-        hyper = dict(num_cells=5, start_cell_idx=1, temperature=0.3,
-                     temp_bias=np.eye(6)[[1, 4]].ravel(), training=True)
-        return x, params, buffers, hyper
-
-    @register('kw_attention')
-    def _attention(rng):
-        x, (w1, g, b, w2, w3, bb), (rm, rv), hyper = attention_case(rng)
-
-        def forward(x, w1, g, b, w2, w3, bb):
-            return kw_attention_forward(x, w1, g, b, rm, rv, w2, None, w3, bb, **hyper)
-
-        def backward(dout, cache):
-            dx, dw1, dg, db, _, _, dw2, _, dw3, dbb = kw_attention_backward(dout, cache)
-            return dx, dw1, dg, db, dw2, dw3, dbb
-
-        return CheckCase(forward, backward, (x, w1, g, b, w2, w3, bb),
-                         lambda x, w1, g, b, w2, w3, bb: ref.kw_attention(
-                             x, w1, g, b, rm, rv, w2, None, w3, bb, **hyper))
-
-    @register('kw_conv2d')
-    def _conv(rng):
-        """Plain mode, 1x1 cells, groups 2: C_in 4 -> C_out 4, 3x3 kernel, cells (2, 1, 1, 1)."""
-        x = rng.standard_normal((2, 4, 5, 5))
-        warehouse = rng.standard_normal((7, 2, 1, 1, 1))
-        m, P = 2 * 2 * 9, 8
-        params = (rng.standard_normal((16, 4)), 1 + 0.1 * rng.standard_normal(16),
-                  0.1 * rng.standard_normal(16), rng.standard_normal((m * P, 16)),
-                  rng.standard_normal(m * P), rng.standard_normal(4))
-        buffers = (np.zeros(16), np.ones(16))
-        temp_bias = np.zeros(m * P)
-        temp_bias[np.arange(m) * P + np.arange(m) % 7] = 1
-        hyper = dict(kernel_size=3, stride=2, padding=1, groups=2, temperature=0.4,
-                     temp_bias=temp_bias, training=True)
-
-        def forward(x, e, w1, g, b, w2, b2, bias):
-            return kw_conv2d_forward(x, e, w1, g, b, buffers[0].copy(), buffers[1].copy(), w2, b2,
-                                     None, None, bias, **hyper)
-
-        def backward(dout, cache):
-            dx, de, dw1, dg, db, _, _, dw2, db2, _, _, dbias = kw_conv2d_backward(dout, cache)
-            return dx, de, dw1, dg, db, dw2, db2, dbias
-
-        def reference(x, e, w1, g, b, w2, b2, bias):
-            return ref.kw_conv2d(x, e, w1, g, b, *buffers, w2, b2, None, None, bias, **hyper)
-
-        return CheckCase(forward, backward, (x, warehouse) + params, reference)
-
-
-_register_checks()

@@ -17,26 +17,23 @@ others             none
 Initialisation as PyTorch: Linear ``U(+-1/sqrt(in))`` for weight and bias; norms weight 1, bias 0,
 running mean 0, running variance 1.
 
-Cost model (``macs``): Linear counts ``in * out`` multiply-adds per row of the input. Normalisation,
-activation, pooling, upsampling and flatten layers count 0 multiply-adds, as the papers do (their
-element-wise cost is not counted in the MAC/FLOP tables).
+Cost model (``macs``): Linear counts ``in * out`` multiply-adds per row of the input. Normalisation
+and flatten layers count 0 multiply-adds, as the papers do (their element-wise cost is not counted
+in the MAC/FLOP tables).
 
-Parameter-free layers accept float32 and float64 input whatever their ``dtype`` (the output keeps
-the input's dtype); layers with parameters require input of their own dtype.
+Flatten accepts float32 and float64 input whatever its ``dtype`` (the output keeps the input's
+dtype); layers with parameters require input of their own dtype. The activation, pooling,
+upsampling and dropout layers live in numpyconv/activations.py, pooling.py, upsample.py and
+dropout.py.
 """
 import math
 import numbers
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, positive_int
-from .blocks import (_integer_scale, _real, avg_pool2d_backward, avg_pool2d_forward,
-                     batch_norm_backward, batch_norm_forward, gelu_backward, gelu_forward,
-                     global_avg_pool2d_backward, global_avg_pool2d_forward, layer_norm_backward,
-                     layer_norm_forward, linear_backward, linear_forward, relu_backward, relu_forward,
-                     sigmoid_backward, sigmoid_forward, upsample_nearest2d_backward,
-                     upsample_nearest2d_forward)
-from .conv import check_hyper_parameters, conv_geometry
+from ._checks import float_array, grad_out, positive_int, real
+from .blocks import (batch_norm_backward, batch_norm_forward, layer_norm_backward, layer_norm_forward,
+                     linear_backward, linear_forward)
 from .module import Module, default_bias, kaiming_uniform
 
 
@@ -91,8 +88,8 @@ class _BatchNorm(Module):
                  track_running_stats=True, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.num_features = positive_int(num_features, 'num_features')
-        self.eps = _real(eps, 'eps', 0)
-        self.momentum = None if momentum is None else _real(momentum, 'momentum', 0, 1)
+        self.eps = real(eps, 'eps', 0)
+        self.momentum = None if momentum is None else real(momentum, 'momentum', 0, 1)
         if affine:
             self.add_param('weight', np.ones(self.num_features))
             self.add_param('bias', np.zeros(self.num_features))
@@ -163,7 +160,7 @@ class LayerNorm(Module):
         if not dims:
             raise ValueError("normalized_shape must name at least one axis, got ()")
         self.normalized_shape = tuple(positive_int(d, 'normalized_shape') for d in dims)
-        self.eps = _real(eps, 'eps', 0)
+        self.eps = real(eps, 'eps', 0)
         self.channels_first = bool(channels_first)
         if self.channels_first and len(self.normalized_shape) != 1:
             raise ValueError(f"channels_first LayerNorm normalises one axis (C), got normalized_shape "
@@ -206,12 +203,9 @@ class LayerNorm(Module):
         x_hat = self._cache['x_hat']
         if self.channels_first:
             n, h, w, c = x_hat.shape
-            float_array(dout, 'dout', 4, "(N, C, H, W)")
-            expect_shape(dout, (n, c, h, w), 'dout')
-            dout = dout.transpose(0, 2, 3, 1)                              # (N, H, W, C)
+            dout = grad_out(dout, (n, c, h, w), self.dtype).transpose(0, 2, 3, 1)    # (N, H, W, C)
         else:
-            float_array(dout, 'dout')
-            expect_shape(dout, x_hat.shape[:-1] + self.normalized_shape, 'dout')
+            dout = grad_out(dout, x_hat.shape[:-1] + self.normalized_shape, self.dtype)
             dout = dout.reshape(x_hat.shape)                               # (..., prod(normalized_shape))
         dx, dweight, dbias = layer_norm_backward(dout, self._cache)
         if dweight is not None:
@@ -231,87 +225,7 @@ class LayerNorm(Module):
         return 0, shape
 
 
-# -- parameter-free layers -----------------------------------------------------------------------
-class _Stateless(Module):
-    """A layer without parameters around one functional pair; counts 0 multiply-adds."""
-    _forward_fn = _backward_fn = None
-
-    def forward(self, x):
-        y, self._cache = type(self)._forward_fn(x)
-        return y
-
-    def backward(self, dout):
-        return type(self)._backward_fn(dout, self._cache)[0]
-
-    def macs(self, input_shape):
-        return 0, self._check_input_shape(input_shape, ranks=None, hint="a tuple of sizes >= 0")
-
-
-class ReLU(_Stateless):
-    """``torch.nn.ReLU``."""
-    _forward_fn, _backward_fn = relu_forward, relu_backward
-
-
-class GELU(_Stateless):
-    """``torch.nn.GELU()`` (exact erf form, ``approximate='none'``)."""
-    _forward_fn, _backward_fn = gelu_forward, gelu_backward
-
-
-class Sigmoid(_Stateless):
-    """``torch.nn.Sigmoid``."""
-    _forward_fn, _backward_fn = sigmoid_forward, sigmoid_backward
-
-
-class GlobalAvgPool2d(_Stateless):
-    """``nn.AdaptiveAvgPool2d(1)`` followed by flatten: ``(N, C, H, W) -> (N, C)``."""
-    _forward_fn, _backward_fn = global_avg_pool2d_forward, global_avg_pool2d_backward
-
-    def macs(self, input_shape):
-        return 0, self._check_input_shape(input_shape, hint="(N, C, H, W)")[:2]
-
-
-class AvgPool2d(_Stateless):
-    """``torch.nn.AvgPool2d(kernel_size, stride)`` without padding, floor mode."""
-
-    def __init__(self, kernel_size, stride=None, *, dtype=np.float32, rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
-        check_hyper_parameters(self.kernel_size, self.stride, 0, 1)
-
-    def forward(self, x):
-        y, self._cache = avg_pool2d_forward(x, self.kernel_size, self.stride)
-        return y
-
-    def backward(self, dout):
-        return avg_pool2d_backward(dout, self._cache)[0]
-
-    def macs(self, input_shape):
-        input_shape = self._check_input_shape(input_shape, hint="(N, C, H, W)")
-        geo = conv_geometry(input_shape[2:], self.kernel_size, self.stride, 0, 1)
-        return 0, tuple(input_shape[:2]) + geo.out_hw
-
-
-class Upsample(_Stateless):
-    """``torch.nn.Upsample(scale_factor, mode='nearest')`` for integer scale factors."""
-
-    def __init__(self, scale_factor=2, mode='nearest', *, dtype=np.float32, rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        if mode != 'nearest':
-            raise ValueError(f"mode must be 'nearest' (the only mode implemented), got {mode!r}")
-        self.scale_factor, self.mode = _integer_scale(scale_factor), mode
-
-    def forward(self, x):
-        y, self._cache = upsample_nearest2d_forward(x, self.scale_factor)
-        return y
-
-    def backward(self, dout):
-        return upsample_nearest2d_backward(dout, self._cache)[0]
-
-    def macs(self, input_shape):
-        (sh, sw), (n, c, h, w) = self.scale_factor, self._check_input_shape(input_shape, hint="(N, C, H, W)")
-        return 0, (n, c, h * sh, w * sw)
-
-
+# -- flatten ------------------------------------------------------------------------------------
 class Flatten(Module):
     """``torch.nn.Flatten(start_dim=1, end_dim=-1)``: merge axes ``start_dim..end_dim``."""
 
@@ -338,9 +252,7 @@ class Flatten(Module):
 
     def backward(self, dout):
         x_shape, y_shape, dtype = self._cache
-        float_array(dout, 'dout')
-        expect_shape(dout, y_shape, 'dout')
-        return dout.astype(dtype, copy=False).reshape(x_shape)
+        return grad_out(dout, y_shape, dtype).reshape(x_shape)
 
     def macs(self, input_shape):
         return 0, self._out_shape(input_shape)

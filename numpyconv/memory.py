@@ -13,6 +13,7 @@ Three rules serve every op:
   the machine's memory raises a ``ValueError`` naming the bytes needed, the memory there is and the
   argument that asked for it (:func:`require_memory`), instead of NumPy's ``MemoryError`` half-way.
 """
+import functools
 import numbers
 import os
 import threading
@@ -76,8 +77,10 @@ def scratch(slot, shape, dtype):
     return memory[:nbytes].view(dtype).reshape(shape)
 
 
+@functools.lru_cache(maxsize=None)
 def machine_memory():
-    """Bytes of memory this process can have: the physical memory, or a smaller cgroup limit."""
+    """Bytes of memory this process can have: the physical memory, or a smaller cgroup limit (read
+    once per process)."""
     try:
         total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     except (ValueError, OSError, AttributeError):        # not a POSIX system: no bound known

@@ -15,16 +15,21 @@ Contract of every layer (API.md):
 * ``train()`` / ``eval()``, ``zero_grad()``.
 
 Subclasses call :meth:`add_param`, :meth:`add_buffer` and :meth:`add_module` in ``__init__`` and
-reach their own arrays through ``self._params[name]`` / ``self._grads[name]``.
+reach their own arrays through ``self._params[name]`` / ``self._grads[name]``. What a forward pass
+keeps for the backward pass goes in attributes whose names end in ``cache`` (``self._cache``,
+``self._mask_cache``): under :class:`no_grad` they are dropped when the forward returns, for every
+layer, by the one mechanism here (``Module.__init_subclass__`` wraps each ``forward``).
 """
 import copy
+import functools
 import math
 import numbers
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._checks import dtype_arg, float_array
+from ._checks import Cache, dtype_arg, float_array
 
 
 def make_rng(rng):
@@ -59,6 +64,69 @@ def default_bias(rng, fan_in, n, dtype):
     return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
 
 
+# -- no_grad: forward passes that keep nothing for a backward pass -------------------------------
+_GRAD_MODE = threading.local()      # this thread's count of open no_grad blocks
+
+
+class no_grad:
+    """``with numpyconv.no_grad(): y = model(x)``: layers keep nothing for a backward pass.
+
+    Inside the block every layer drops what its forward pass would keep for ``backward`` (the op
+    caches, which hold references to the inputs) as soon as the forward returns, so a deep network's
+    forward needs memory for its largest activations rather than for all of them. A ``backward``
+    after such a forward raises ``RuntimeError``. Outputs are unchanged; BatchNorm layers in train
+    mode still update their running statistics (as in PyTorch). Per thread; blocks nest; also a
+    decorator (``@numpyconv.no_grad()``). The functional ops are not affected: their caches are
+    whatever the caller keeps.
+    """
+
+    def __enter__(self):
+        _GRAD_MODE.depth = getattr(_GRAD_MODE, 'depth', 0) + 1
+        return self
+
+    def __exit__(self, *exc_info):
+        _GRAD_MODE.depth -= 1
+        return False
+
+    def __call__(self, function):
+        @functools.wraps(function)
+        def without_caches(*args, **kwargs):
+            with no_grad():
+                return function(*args, **kwargs)
+        return without_caches
+
+
+def is_grad_enabled():
+    """False inside a :class:`no_grad` block (of this thread)."""
+    return not getattr(_GRAD_MODE, 'depth', 0)
+
+
+def _cache_names(module):
+    return [name for name in vars(module) if name.endswith('cache')]
+
+
+def _forward_of(forward):
+    """``forward`` such that under :class:`no_grad` the layer's ``*cache`` attributes are dropped when
+    its outermost forward call returns (a subclass's forward may call ``super().forward``)."""
+    @functools.wraps(forward)
+    def run(self, *args, **kwargs):
+        state = self.__dict__
+        if is_grad_enabled():
+            state['_forward_under_no_grad'] = False
+            return forward(self, *args, **kwargs)
+        depth = state.get('_no_grad_depth', 0)
+        state['_no_grad_depth'] = depth + 1
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            state['_no_grad_depth'] = depth
+            if depth == 0:
+                for name in _cache_names(self):
+                    del state[name]
+                state['_forward_under_no_grad'] = True
+    return run
+
+
 class StateDictError(KeyError, ValueError):
     """Missing or unexpected state_dict keys: a ``KeyError`` that is also a ``ValueError`` (a bad
     argument, as the API contract says), with a plain (unquoted) message."""
@@ -69,6 +137,11 @@ class StateDictError(KeyError, ValueError):
 
 class Module:
     """Base class of every numpyconv layer (see the module docstring for the contract)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if 'forward' in cls.__dict__:
+            cls.forward = _forward_of(cls.__dict__['forward'])
 
     def __init__(self, *, dtype=np.float32, rng=None):
         self.dtype = dtype_arg(dtype)
@@ -133,6 +206,8 @@ class Module:
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping key -> array (a state_dict), got "
                             f"{type(state).__name__}")
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict must be a bool, got {strict!r}")
         own = {**self.params, **self.buffers}
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own), key=str)
@@ -174,6 +249,10 @@ class Module:
         return checked
 
     def train(self, mode=True):
+        """Set training mode (``mode=True``) or evaluation mode on this layer and its children."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be a bool (True: training, False: evaluation), got {mode!r}")
+        mode = bool(mode)
         for _, m in self.named_modules():
             m.training = mode
         return self
@@ -183,8 +262,14 @@ class Module:
 
     # -- computation ----------------------------------------------------------------------
     def __getattr__(self, name):
-        """Only reached for a missing attribute: a forward cache read before any forward pass."""
+        """Only reached for a missing attribute: a forward cache read before any forward pass, or
+        after a forward under :class:`no_grad`."""
         if name.endswith('cache') and not name.startswith('__'):
+            if self.__dict__.get('_forward_under_no_grad'):
+                raise RuntimeError(f"{type(self).__name__}.backward needs the cache of a forward pass, "
+                                   f"but the last forward ran under numpyconv.no_grad(), which keeps "
+                                   f"nothing for a backward pass: run forward(x) outside no_grad() "
+                                   f"before backward(dout)")
             raise RuntimeError(f"{type(self).__name__}.backward needs the cache of a forward pass: "
                                f"call forward(x) before backward(dout)")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -279,11 +364,38 @@ class Sequential(Module):
 def count(layer, input_shape):
     """``(params, multiply_adds)`` of ``layer`` for one forward pass on ``input_shape``.
 
-    Multiply-adds count one per multiply-accumulate of the layer's main computation, the way
-    the papers of each technique count them (each layer's ``macs`` says what it counts).
+    Parameters
+    ----------
+    layer : Module
+        A numpyconv layer or network.
+    input_shape : tuple of int
+        The shape of its input, non-negative ints (e.g. ``(1, 3, 224, 224)``).
+
+    Returns
+    -------
+    params, multiply_adds : int
+        Multiply-adds count one per multiply-accumulate of the layer's main computation, the way
+        the papers of each technique count them (each layer's ``macs`` says what it counts).
     """
-    macs, _ = layer.macs(tuple(input_shape))
+    if not isinstance(layer, Module):
+        raise TypeError(f"count takes a numpyconv layer (a Module) and an input shape tuple of "
+                        f"non-negative ints, got layer of type {type(layer).__name__}")
+    input_shape = _shape_arg(input_shape, 'input_shape')
+    macs, _ = layer.macs(input_shape)
     return layer.num_params(), int(macs)
+
+
+def _shape_arg(shape, name):
+    """``shape`` as a tuple of non-negative ints (a tuple or list of them)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"{name} must be a tuple of non-negative ints, got {type(shape).__name__} "
+                        f"{shape!r}")
+    if not all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, (bool, np.bool_))
+               for s in shape):
+        raise TypeError(f"{name} must be a tuple of non-negative ints, got {tuple(shape)!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{name} must be a tuple of non-negative ints, got {tuple(shape)!r}")
+    return tuple(int(s) for s in shape)
 
 
 def float64_copy(layer):
@@ -306,6 +418,8 @@ def float64_copy(layer):
                 obj.dtype = np.dtype(np.float64)
                 obj.__dict__.update({k: cast(v) for k, v in vars(obj).items()})
             return obj
+        if isinstance(obj, Cache):
+            return Cache(obj.op, **{k: cast(v) for k, v in obj.items()})
         if isinstance(obj, dict):
             return {k: cast(v) for k, v in obj.items()}
         if type(obj) in (list, tuple):

@@ -51,10 +51,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
-from .blocks import (avg_pool2d_backward, avg_pool2d_forward, upsample_nearest2d_backward,
-                     upsample_nearest2d_forward)
-from .check import CheckCase, register
+from ._checks import Cache, check_cache, float_array, grad_out, pair, positive_int, same_dtype
+from .pooling import avg_pool2d_backward, avg_pool2d_forward
+from .upsample import upsample_nearest2d_backward, upsample_nearest2d_forward
 from .conv import Conv2d, check_hyper_parameters, conv2d_backward, conv2d_forward, conv_geometry
 from .module import Module
 
@@ -239,7 +238,7 @@ def octave_conv2d_forward(x_h, x_l, w_h2h, w_h2l, w_l2h, w_l2l, stride=1, paddin
             y, up_cache = upsample_nearest2d_forward(y, 2)              # U (eq. 4, 6)
         outputs[path.target] = _add(outputs[path.target], y)            # (eq. 7)
         records.append((path, conv_cache, up_cache))
-    cache = dict(records=records, pool_caches={k: v[1] for k, v in pyramids.items()},
+    cache = Cache('octave_conv2d', records=records, pool_caches={k: v[1] for k, v in pyramids.items()},
                  in_shapes={k: None if v is None else v.shape for k, v in parts.items()},
                  weight_shapes={k: None if v is None else v.shape for k, v in weights.items()},
                  out_shapes={k: None if v is None else v.shape for k, v in outputs.items()},
@@ -263,9 +262,7 @@ def _output_grads(dout, cache):
             if shape is None:
                 raise ValueError(f"{name} must be None: the forward produced no y_{target}, got an "
                                  f"array of shape {np.shape(dy)}")
-            float_array(dy, name, 4, f"{shape}")
-            expect_shape(dy, shape, name)
-            dy = dy.astype(cache['dtype'], copy=False)
+            dy = grad_out(dy, shape, cache['dtype'], name)
         grads[target] = dy
     return grads
 
@@ -276,6 +273,7 @@ def octave_conv2d_backward(dout, cache):
     ``dout = (dy_h, dy_l)``; a None entry is a zero gradient. Gradients are None for inputs given
     as None and zero for inputs given but not used (``w_l2h``/``w_l2l`` without ``x_l``).
     """
+    cache = check_cache(cache, 'octave_conv2d')
     dys = _output_grads(dout, cache)
     pool_caches, dtype = cache['pool_caches'], cache['dtype']
     level_grads = {k: [None] * (len(c) + 1) for k, c in pool_caches.items()}
@@ -299,7 +297,7 @@ def octave_conv2d_backward(dout, cache):
 
 # -- the layer ---------------------------------------------------------------------------------------
 def _alpha(value, name):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number in [0, 1), got {value!r}")
     if not 0 <= value < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value!r} (the official OctaveConv accepts 1 "
@@ -400,11 +398,11 @@ class OctaveConv2d(Module):
         return outputs['h'], outputs['l']
 
     def backward(self, dout):
-        grads = octave_conv2d_backward(dout, self._cache)
+        dys = _output_grads(dout, self._cache)                 # checked, in the layer's dtype
+        grads = octave_conv2d_backward((dys['h'], dys['l']), self._cache)
         for name, dw in zip(PATH_NAMES, grads[2:]):
             if name in self.paths:
                 self.paths[name]._grads['weight'] += dw                               # (eq. 14)
-        dys = dict(zip('hl', dout))
         for name in self._evaluated:
             dy = dys[name[2]]
             if 'bias' in self.paths[name]._grads and dy is not None:
@@ -430,15 +428,3 @@ class OctaveConv2d(Module):
             total += n * self.out_split[p.target] * math.prod(conv_hw[p.name]) * per_output
         produced = sum(self.out_split[t] for t in 'hl' if any(p.target == t for p in paths))
         return total, (n, produced) + target_hw['h2h']
-
-
-# -- numpyconv check --------------------------------------------------------------------------------
-@register('octave_conv2d')
-def _octave_case(rng):
-    from .reference.octave import octave_conv2d
-    x_h, x_l = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 2, 4, 4))
-    weights = tuple(rng.standard_normal(s) for s in ((4, 3, 3, 3), (2, 3, 3, 3), (4, 2, 3, 3), (2, 2, 3, 3)))
-    return CheckCase(forward=lambda *a: octave_conv2d_forward(*a, stride=2, padding=1),
-                     backward=octave_conv2d_backward,
-                     inputs=(x_h, x_l) + weights,
-                     reference=lambda *a: octave_conv2d(*a, stride=2, padding=1))

@@ -56,17 +56,18 @@ are ``cache['running_mean']`` / ``cache['running_var']`` (the layer stores them 
 schedule (eq. 28); the temperature is not part of the state_dict and is 1 for inference.
 MACs: eq. 27 (conv, attention FCs, aggregation, channel and filter scaling).
 """
-import numbers
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, pair, positive_int, same_dtype
-from .blocks import (_real, batch_norm_backward, batch_norm_forward, global_avg_pool2d_backward,
-                     global_avg_pool2d_forward, linear_backward, linear_forward, relu_backward,
-                     relu_forward, sigmoid_backward, sigmoid_forward, softmax_backward,
-                     softmax_forward)
+from ._checks import (Cache, check_cache, count_int, expect_shape, float_array, grad_out, pair, positive_int,
+                      real, same_dtype)
+from .activations import (relu_backward, relu_forward, sigmoid_backward, sigmoid_forward, softmax_backward,
+                          softmax_forward)
+from .blocks import batch_norm_backward, batch_norm_forward, linear_backward, linear_forward
+from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
                    conv_geometry)
+from .memory import require_memory
 from .module import Module, kaiming_normal_fan_out
 
 HEADS = ('channel', 'filter', 'spatial', 'kernel')
@@ -76,7 +77,7 @@ HEADS = ('channel', 'filter', 'spatial', 'kernel')
 def odconv_attention_channels(in_planes, reduction=0.0625, min_channel=16):
     """Attention width ``max(int(in_planes * reduction), min_channel)`` (official ``Attention``)."""
     in_planes = positive_int(in_planes, 'in_planes')
-    reduction = _real(reduction, 'reduction', 0, strict_low=True)
+    reduction = real(reduction, 'reduction', 0, strict_low=True)
     return max(int(in_planes * reduction), positive_int(min_channel, 'min_channel'))
 
 
@@ -103,11 +104,9 @@ def odconv_temperature(iteration, epoch, iters_per_epoch, temp_epoch=10, temp_in
     >>> odconv_temperature(0, 0, 100), odconv_temperature(0, 5, 100), odconv_temperature(0, 10, 100)
     (30.0, 15.5, 1.0)
     """
-    for name, value in (('iteration', iteration), ('epoch', epoch)):
-        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    iteration, epoch = count_int(iteration, 'iteration'), count_int(epoch, 'epoch')
     total = positive_int(iters_per_epoch, 'iters_per_epoch') * positive_int(temp_epoch, 'temp_epoch')
-    temp_init = _real(temp_init, 'temp_init', 1)
+    temp_init = real(temp_init, 'temp_init', 1)
     current = int(iteration) + int(epoch) * int(iters_per_epoch)
     return 1.0 + max(0.0, (temp_init - 1.0) * ((total - current) / total))
 
@@ -262,13 +261,15 @@ def odconv2d_forward(x, weight, fc_weight, bn_weight, bn_bias, bn_running_mean, 
         mixed = None
         u, conv_cache = conv2d_forward(xt, weight[0], None, stride, padding, dilation, groups)  # (eq. 12)
     else:
+        require_memory((x.shape[0],) + weight.shape[1:], x.dtype, f"x of shape {x.shape} (batch "
+                       f"{x.shape[0]}) with weight of shape {weight.shape}", 'the per-sample kernels')
         kernels, mixed = _aggregate_forward(weight, att['spatial'], att['kernel'])  # (eqs. 7-8)
         u, conv_cache = conv2d_forward(xt, kernels, None, stride, padding, dilation, groups)  # (eq. 10)
     filt = att['filter']
     y = u if filt is None else u * filt[:, :, None, None]                     # (eq. 11)
-    cache = dict(x=x, u=None if filt is None else u, att=att, attention=att_cache, conv=conv_cache,
-                 weight=weight, mixed=mixed, pw1x=pw1x, running_mean=att_cache['bn']['running_mean'],
-                 running_var=att_cache['bn']['running_var'])
+    cache = Cache('odconv2d', x=x, u=None if filt is None else u, out_shape=y.shape, att=att,
+                  attention=att_cache, conv=conv_cache, weight=weight, mixed=mixed, pw1x=pw1x,
+                  running_mean=att_cache['bn']['running_mean'], running_var=att_cache['bn']['running_var'])
     return y, cache
 
 
@@ -280,13 +281,12 @@ def odconv2d_backward(dout, cache):
     dspatial_fc_bias, dkernel_fc_weight, dkernel_fc_bias)``; None for a skipped head. The running
     statistics get their eval-mode gradient (eq. 24), zeros in train mode.
     """
+    cache = check_cache(cache, 'odconv2d')
     att, x, weight = cache['att'], cache['x'], cache['weight']
-    float_array(dout, 'dout', 4, "(N, C_out, Ho, Wo)")
-    dout = dout.astype(x.dtype, copy=False)
+    dout = grad_out(dout, cache['out_shape'], x.dtype)
     datt = {}
     du = dout
     if att['filter'] is not None:
-        expect_shape(dout, cache['u'].shape, 'dout')
         du = dout * att['filter'][:, :, None, None]                             # (eq. 13)
         datt['filter'] = np.einsum('nohw,nohw->no', dout, cache['u'])          # (eq. 13)
     dxt, dkernels, _ = conv2d_backward(du, cache['conv'])                      # (eq. 14)
@@ -336,7 +336,7 @@ class _ODConvAttention(Module):
         self.add_buffer('bn.num_batches_tracked', np.array(0, dtype=np.int64))
 
     def update_temperature(self, temperature):
-        self.temperature = _real(temperature, 'temperature', 0, strict_low=True)
+        self.temperature = real(temperature, 'temperature', 0, strict_low=True)
 
     def arrays(self):
         """The arrays in :func:`odconv2d_forward` order after ``x, weight`` (None for skipped heads)."""
@@ -419,39 +419,3 @@ class ODConv2d(Module):
                       + (0 if pw1x else self.kernel_num * kernel_elems) + c_in * h * w
                       + (0 if widths['filter'] is None else self.out_planes * out_hw))
         return n * per_sample, (n, self.out_planes) + geo.out_hw
-
-
-# -- numpyconv check ----------------------------------------------------------------------------------
-def _register_checks():
-    from .check import CheckCase, register
-    from .reference import odconv as ref
-
-    @register('odconv2d')
-    def _odconv(rng):
-        """Train mode (BatchNorm couples the 3 samples), all four heads, T = 1.7, groups 2."""
-        hidden = 5
-        running = (rng.standard_normal(hidden), rng.random(hidden) + 0.5)
-        args = (rng.standard_normal((3, 4, 5, 5)), rng.standard_normal((3, 6, 2, 3, 3)),
-                rng.standard_normal((hidden, 4, 1, 1)), rng.random(hidden) + 0.5,
-                rng.standard_normal(hidden), rng.standard_normal((4, hidden, 1, 1)),
-                rng.standard_normal(4), rng.standard_normal((6, hidden, 1, 1)),
-                rng.standard_normal(6), rng.standard_normal((9, hidden, 1, 1)),
-                rng.standard_normal(9), rng.standard_normal((3, hidden, 1, 1)),
-                rng.standard_normal(3))
-        hyper = dict(stride=2, padding=1, groups=2, temperature=1.7, training=True)
-
-        def forward(x, weight, fc, gamma, beta, *heads):  # fresh running buffers: inputs untouched
-            y, cache = odconv2d_forward(x, weight, fc, gamma, beta, *(r.copy() for r in running),
-                                        *heads, **hyper)
-            return y, cache
-
-        def backward(dout, cache):
-            grads = odconv2d_backward(dout, cache)
-            return grads[:5] + grads[7:]                                      # drop the buffers
-
-        def reference(x, weight, fc, gamma, beta, *heads):
-            return ref.odconv2d(x, weight, fc, gamma, beta, *running, *heads, **hyper)
-        return CheckCase(forward, backward, args, reference)
-
-
-_register_checks()

@@ -20,15 +20,14 @@ weight decay is PyTorch's coupled L2 form ``g <- g + weight_decay * theta`` in b
 * Adam (eq. 34-35): ``m_t = beta1 m_{t-1} + (1 - beta1) g``, ``v_t = beta2 v_{t-1} + (1 - beta2) g^2``,
   ``theta -= lr / (1 - beta1^t) * m_t / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)``.
 
-``lr`` is a plain attribute (change it for a schedule). An array shared by several layers is updated
-once per step.
+``lr`` may be changed between steps (a schedule); it is checked as the constructor's is. An array
+shared by several layers is updated once per step.
 """
 import math
 
 import numpy as np
 
-from ._checks import float_array
-from .blocks import _real
+from ._checks import flag, float_array, real
 from .module import Module
 
 
@@ -56,9 +55,18 @@ class _Optimizer:
 
     def __init__(self, module, lr, weight_decay, grads):
         self._sources = _sources(module, grads)
-        self.lr = _real(lr, 'lr', 0)
-        self.weight_decay = _real(weight_decay, 'weight_decay', 0)
+        self.lr = lr
+        self.weight_decay = real(weight_decay, 'weight_decay', 0)
         self.state = {}
+
+    @property
+    def lr(self):
+        """The learning rate, a finite real >= 0 (set it between steps for a schedule)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = real(value, 'lr', 0)
 
     def _parameters(self):
         """Yield ``(key, param, grad)`` for every distinct parameter array."""
@@ -89,9 +97,9 @@ class SGD(_Optimizer):
     def __init__(self, module, lr, momentum=0, weight_decay=0, nesterov=False, dampening=0, *,
                  grads=None):
         super().__init__(module, lr, weight_decay, grads)
-        self.momentum = _real(momentum, 'momentum', 0)
-        self.dampening = _real(dampening, 'dampening', -math.inf)
-        self.nesterov = bool(nesterov)
+        self.momentum = real(momentum, 'momentum', 0)
+        self.dampening = real(dampening, 'dampening', -math.inf)
+        self.nesterov = flag(nesterov, 'nesterov')
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"Nesterov momentum requires a momentum > 0 and zero dampening, got "
                              f"momentum={momentum}, dampening={dampening}")
@@ -119,10 +127,10 @@ class Adam(_Optimizer):
         super().__init__(module, lr, weight_decay, grads)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-        self.betas = tuple(_real(b, f'betas[{i}]', 0, 1) for i, b in enumerate(betas))
+        self.betas = tuple(real(b, f'betas[{i}]', 0, 1) for i, b in enumerate(betas))
         if self.betas[0] == 1 or self.betas[1] == 1:
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
-        self.eps = _real(eps, 'eps', 0)
+        self.eps = real(eps, 'eps', 0)
 
     def step(self):
         """One update of every parameter, in place."""

@@ -66,6 +66,8 @@ _thread = threading.local()         # winograd_mode's, this thread's (None: none
 
 
 def _check_mode(mode):
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be one of the strings {MODES}, got {mode!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 

@@ -4,8 +4,8 @@ import io
 import numpy as np
 import pytest
 
-from numpyconv import check, cli
-from numpyconv.check import CheckCase, register
+from numpyconv import check, cli, selftest_cases
+from numpyconv.selftest_cases import CheckCase, register
 
 
 def test_check_runs_every_registered_op_and_passes(capsys):
@@ -27,7 +27,7 @@ def test_check_reports_a_wrong_backward():
         rows = check.run_all(['_square_wrong'], stream=stream)
         assert not rows[0]['ok'] and 'FAIL' in stream.getvalue()
     finally:
-        check._REGISTRY.pop('_square_wrong')
+        selftest_cases._OP_CASES.pop('_square_wrong')
 
 
 def test_check_unknown_op():

@@ -9,7 +9,7 @@ from numpyconv.condconv import CondConv2d, condconv2d_backward, condconv2d_forwa
 from numpyconv.conv import conv2d_forward
 from numpyconv.dynamic import aggregated_conv2d_backward, aggregated_conv2d_forward
 from numpyconv.gradcheck import gradcheck, gradcheck_layer
-from numpyconv.reference import dynamic as ref
+from numpyconv.reference import condconv as ref
 
 KEYS = ('weight', 'bias', 'route.fc.weight', 'route.fc.bias')
 

@@ -6,7 +6,7 @@ import numpyconv as nc
 import numpyconv._parallel
 from numpyconv import dcnv3 as D3
 from numpyconv.conv import depthwise_conv2d_forward
-from numpyconv.reference import dcnv3 as ref
+from numpyconv import reference as ref
 
 RNG = np.random.default_rng(2024)
 

@@ -7,8 +7,8 @@ import pytest
 import numpyconv as nc
 from numpyconv import dcnv3 as D3
 from numpyconv import dcnv4 as D4
-from numpyconv.blocks import softmax_forward
-from numpyconv.reference import dcnv3 as ref
+from numpyconv.activations import softmax_forward
+from numpyconv import reference as ref
 from test_dcnv3 import (assert_crosses_every_border, compare_with_torch_module,
                         gradcheck_random_layer, locations, output_geometry, pairs, randomize,
                         torch_dcnv3_core)

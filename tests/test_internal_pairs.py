@@ -7,7 +7,7 @@ normalisation core of batch_norm/layer_norm, the octave pooling pyramid, the DCN
 import numpy as np
 import pytest
 
-from numpyconv import blocks, conv as C, dcnv3, octave
+from numpyconv import blocks, conv as C, dcnv3, gemm, octave
 from numpyconv.gradcheck import gradcheck
 
 RNG = np.random.default_rng(7)
@@ -19,10 +19,10 @@ def test_cols_matmul_pair(per_sample, groups):
     weight = RNG.standard_normal(((3,) if per_sample else ()) + (6, 4 // groups, 3, 2))
 
     def forward(cols, weight):
-        return C.cols_matmul(cols, weight, groups), (cols, weight)
+        return gemm.cols_matmul(cols, weight, groups), (cols, weight)
 
     def backward(dy, cache):
-        return C.cols_matmul_backward(dy, cache[0], cache[1], groups)
+        return gemm.cols_matmul_backward(dy, cache[0], cache[1], groups)
     gradcheck(forward, backward, (cols, weight))
 
 
@@ -34,15 +34,15 @@ def test_cols_matmul_block_layout_equals_per_sample(groups):
     cols = RNG.standard_normal((3, 4, 3, 2, 4, 5))                       # (n, C, kh, kw, Ho, Wo)
     block = np.ascontiguousarray(cols.transpose(1, 2, 3, 0, 4, 5)).transpose(3, 0, 1, 2, 4, 5)
     weight, dy = RNG.standard_normal((6, 4 // groups, 3, 2)), RNG.standard_normal((3, 6, 4, 5))
-    assert C._batch_inside(block) and not C._batch_inside(cols)
-    np.testing.assert_allclose(C.cols_matmul(block, weight, groups), C.cols_matmul(cols, weight, groups),
-                               rtol=1e-13, atol=1e-13)
-    (dcols_b, dw_b), (dcols, dw) = (C.cols_matmul_backward(dy, c, weight, groups) for c in (block, cols))
-    assert C._batch_inside(dcols_b)
-    again, _ = C.cols_matmul_backward(2 * dy, block, weight, groups)
+    assert gemm._batch_inside(block) and not gemm._batch_inside(cols)
+    np.testing.assert_allclose(gemm.cols_matmul(block, weight, groups),
+                               gemm.cols_matmul(cols, weight, groups), rtol=1e-13, atol=1e-13)
+    (dcols_b, dw_b), (dcols, dw) = (gemm.cols_matmul_backward(dy, c, weight, groups) for c in (block, cols))
+    assert gemm._batch_inside(dcols_b)
+    again, _ = gemm.cols_matmul_backward(2 * dy, block, weight, groups)
     assert not np.shares_memory(again, dcols_b)                          # fresh unless reuse=True
-    reused, _ = C.cols_matmul_backward(dy, block, weight, groups, reuse=True)
-    assert np.shares_memory(reused, C.cols_matmul_backward(dy, block, weight, groups, reuse=True)[0])
+    reused, _ = gemm.cols_matmul_backward(dy, block, weight, groups, reuse=True)
+    assert np.shares_memory(reused, gemm.cols_matmul_backward(dy, block, weight, groups, reuse=True)[0])
     np.testing.assert_allclose(dcols_b, dcols, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(dw_b, dw, rtol=1e-13, atol=1e-13)
 

@@ -7,7 +7,7 @@ from numpyconv.conv import conv2d_backward, conv2d_forward, conv_geometry
 from numpyconv.gradcheck import gradcheck, gradcheck_layer
 from numpyconv.involution import (Involution2d, involution_backward, involution_forward,
                                   involution_padding)
-from numpyconv.reference import involution as ref
+from numpyconv import reference as ref
 
 
 def _out_hw(hw, kernel_size, stride=1, dilation=1):

@@ -151,9 +151,9 @@ def test_caf_backward_checks_dout():
     _, cache = kw.kw_caf_forward(np.arange(6.0).reshape(2, 3) - 2)
     with pytest.raises(TypeError, match='dout must be a numpy.ndarray'):
         kw.kw_caf_backward([[1.0, 2.0, 3.0]] * 2, cache)
-    with pytest.raises(TypeError, match='dout must be float32 or float64'):
+    with pytest.raises(TypeError, match='dout must be a real floating array.*int64'):
         kw.kw_caf_backward(np.ones((2, 3), dtype=np.int64), cache)
-    with pytest.raises(ValueError, match=r'dout must be \(2, 3\), got shape \(3,\)'):
+    with pytest.raises(ValueError, match=r'dout must have shape \(2, 3\), got \(3,\)'):
         kw.kw_caf_backward(np.ones(3), cache)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import numpyconv as nc
 from numpyconv import octave as O
-from numpyconv.blocks import avg_pool2d_forward
+from numpyconv.pooling import avg_pool2d_forward
 from numpyconv.conv import Conv2d, conv2d_forward
 from numpyconv.module import Sequential
 from numpyconv.reference import octave as ref

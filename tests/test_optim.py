@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import numpyconv.layers as L
+from numpyconv.activations import ReLU
 from numpyconv.blocks import cross_entropy_backward, cross_entropy_forward
 from numpyconv.module import Sequential
 from numpyconv.optim import SGD, Adam
@@ -128,7 +129,7 @@ def test_training_reduces_loss():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 4))
     t = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    model = Sequential(L.Linear(4, 8, dtype=np.float64, rng=0), L.ReLU(),
+    model = Sequential(L.Linear(4, 8, dtype=np.float64, rng=0), ReLU(),
                        L.Linear(8, 2, dtype=np.float64, rng=1))
     opt = Adam(model, lr=0.05)
     losses = []
@@ -142,13 +143,13 @@ def test_training_reduces_loss():
 
 
 @pytest.mark.parametrize('call, error, match', [
-    (lambda: SGD(L.ReLU(), lr=-1), ValueError, 'lr'),
-    (lambda: SGD(L.ReLU(), lr=0.1, momentum=-0.5), ValueError, 'momentum'),
-    (lambda: SGD(L.ReLU(), lr=0.1, nesterov=True), ValueError, 'Nesterov momentum requires'),
-    (lambda: SGD(L.ReLU(), lr=0.1, momentum=0.9, nesterov=True, dampening=0.1), ValueError, 'zero dampening'),
-    (lambda: Adam(L.ReLU(), betas=(0.9, 1.0)), ValueError, r'betas must lie in \[0, 1\)'),
-    (lambda: Adam(L.ReLU(), betas=0.9), TypeError, 'betas must be a pair'),
-    (lambda: Adam(L.ReLU(), eps=-1.0), ValueError, 'eps'),
+    (lambda: SGD(ReLU(), lr=-1), ValueError, 'lr'),
+    (lambda: SGD(ReLU(), lr=0.1, momentum=-0.5), ValueError, 'momentum'),
+    (lambda: SGD(ReLU(), lr=0.1, nesterov=True), ValueError, 'Nesterov momentum requires'),
+    (lambda: SGD(ReLU(), lr=0.1, momentum=0.9, nesterov=True, dampening=0.1), ValueError, 'zero dampening'),
+    (lambda: Adam(ReLU(), betas=(0.9, 1.0)), ValueError, r'betas must lie in \[0, 1\)'),
+    (lambda: Adam(ReLU(), betas=0.9), TypeError, 'betas must be a pair'),
+    (lambda: Adam(ReLU(), eps=-1.0), ValueError, 'eps'),
     (lambda: SGD({'w': np.zeros(2)}, 0.1), ValueError, 'needs grads='),
     (lambda: SGD({'w': np.zeros(2)}, 0.1, grads={'v': np.zeros(2)}), ValueError, 'same keys'),
     (lambda: SGD('model', 0.1), TypeError, 'module must be a numpyconv Module'),

@@ -244,8 +244,11 @@ def test_set_winograd_checks_and_returns_the_previous_mode():
     assert W.set_winograd('never') == 'auto'
     assert W.set_winograd('auto') == 'never'
     for bad in (W.set_winograd, W.winograd_mode):
-        with pytest.raises(ValueError, match="mode must be one of"):
+        with pytest.raises(TypeError, match="mode must be one of the strings"):
             with bad(True):
+                pass
+        with pytest.raises(ValueError, match="mode must be one of"):
+            with bad('sometimes'):
                 pass
 
 

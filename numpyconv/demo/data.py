@@ -19,6 +19,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .._checks import count_int, positive_int
+
 CANVAS = 32          # side of the network input
 DIGIT = 28           # side of the upscaled digit on the canvas
 DATA_SEED = 2024     # fixed: the deformations and the split never change between runs
@@ -102,6 +104,11 @@ def load_digits_dataset(seed=DATA_SEED):
 
 def limit(dataset, n_train=None, n_test=None):
     """The first ``n_train`` / ``n_test`` samples (None keeps all): the tiny mode of the tests."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a Dataset (x_train, y_train, x_test, y_test), got "
+                        f"{type(dataset).__name__}")
+    n_train, n_test = (None if n is None else count_int(n, name) for n, name in ((n_train, 'n_train'),
+                                                                                  (n_test, 'n_test')))
     return Dataset(dataset.x_train[:n_train], dataset.y_train[:n_train],
                    dataset.x_test[:n_test], dataset.y_test[:n_test])
 
@@ -126,6 +133,7 @@ def segment_digits(n, seed=0):
 
     No scikit-learn needed; classes cycle 0..9 so any ``n >= 10`` holds every class.
     """
+    n = positive_int(n, 'n')
     labels = np.arange(n) % 10
     x = deform(np.stack([_glyph(d) for d in labels]), seed)
     x = ((x - x.mean()) / x.std()).astype(np.float32)[:, None]

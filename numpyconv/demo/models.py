@@ -51,7 +51,9 @@ from ..deformable import DeformConv2d, ModulatedDeformConv2d
 from ..dynamic import DynamicConv2d, dynamic_temperature
 from ..involution import Involution2d
 from ..kernel_warehouse import KWConv2d, WarehouseManager, kw_temperature
-from ..layers import AvgPool2d, BatchNorm2d, GlobalAvgPool2d, Linear, ReLU
+from .. import AvgPool2d, GlobalAvgPool2d, ReLU
+from .._checks import count_int, positive_int
+from ..layers import BatchNorm2d, Linear
 from ..module import Module, Sequential, make_rng
 from ..octave import OctaveConv2d
 from ..odconv import ODConv2d, odconv_temperature
@@ -73,19 +75,27 @@ def _annealed_steps(total_steps, run):
     return max(1, round(total_steps * annealed / epochs))
 
 
+def _steps(step, total_steps):
+    """Check a schedule's arguments: ``step`` an int >= 0, ``total_steps`` an int >= 1."""
+    return count_int(step, 'step'), positive_int(total_steps, 'total_steps')
+
+
 def dynamic_schedule(step, total_steps):
     """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per epoch of kaijieshi7's 160."""
+    step, total_steps = _steps(step, total_steps)
     return dynamic_temperature(step * DYNAMIC_RUN[0] // total_steps)
 
 
 def odconv_schedule(step, total_steps):
     """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-of-100-epoch anneal."""
+    step, total_steps = _steps(step, total_steps)
     return odconv_temperature(step + 1, 0, 1, temp_epoch=_annealed_steps(total_steps, ODCONV_RUN))
 
 
 def kw_schedule(step, total_steps):
     """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of a 20-of-300-epoch
     anneal."""
+    step, total_steps = _steps(step, total_steps)
     return kw_temperature(step + 1, 0, 1, temp_epoch=_annealed_steps(total_steps, KW_RUN))
 
 
@@ -130,6 +140,9 @@ TECHNIQUES = {
 
 
 def technique_label(name):
+    """The display name of a technique key (``'dcnv2'`` -> ``'Deformable v2'``)."""
+    if not isinstance(name, str) or name not in TECHNIQUES:
+        raise ValueError(f"technique must be one of {', '.join(TECHNIQUES)}, got {name!r}")
     return TECHNIQUES[name].label
 
 

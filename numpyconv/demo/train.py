@@ -10,18 +10,22 @@ import time
 
 import numpy as np
 
-from ..blocks import cross_entropy_backward, cross_entropy_forward
+from .. import cross_entropy_backward, cross_entropy_forward
+from .._checks import count_int, positive_int, real
 from ..optim import Adam
 from .models import build_model, technique_label
 
 
 def cosine_lr(base_lr, step, total_steps):
     """``base_lr * (1 + cos(pi * step / total_steps)) / 2``."""
+    base_lr, step = real(base_lr, 'base_lr', 0), count_int(step, 'step')
+    total_steps = count_int(total_steps, 'total_steps')
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
 
 
 def batches_per_epoch(n_train, batch_size):
     """Full batches per epoch (one batch of everything when ``n_train < batch_size``)."""
+    n_train, batch_size = count_int(n_train, 'n_train'), positive_int(batch_size, 'batch_size')
     if n_train < 2:
         raise ValueError(f"training needs at least 2 samples (BatchNorm statistics), got {n_train}")
     return max(n_train // batch_size, 1)
