@@ -162,26 +162,48 @@ def test_model_schedule_sets_both_layers(name, attribute, start, end):
 
 # -- what the figures read ----------------------------------------------------------------------------
 @pytest.mark.parametrize('name', ['dcnv1', 'dcnv2', 'dcnv3', 'dcnv4'])
-def test_sampling_locations_start_on_the_regular_window_and_follow_offsets(name):
-    model = build_model(name, 16, seed=0).eval()
-    layer = model.technique_layers()[1]
+def test_sampling_points_start_on_the_regular_window_and_follow_offsets(name):
+    from numpyconv.demo.figures import sampling_points
+    model = build_model(name, 16, seed=0)
     x = segments(2)[0]
-    model(x)
-    locations, weights = models.sampling_locations(layer)
+    (loc1, w1), (locations, weights) = sampling_points(model, x)
+    assert loc1.shape == (2, 16, 16, 1, 9, 2) and w1.shape == (2, 16, 16, 1, 9)
     assert locations.shape == (2, 8, 8, 1, 9, 2) and weights.shape == (2, 8, 8, 1, 9)
-    window = {(r, c) for r in (2, 3, 4) for c in (4, 5, 6)}
-    assert {tuple(p) for p in locations[1, 3, 5, 0]} == window                # zero-initialised offsets
-    shift = np.array([0.25, -0.5])                                           # (row, col)
+    window = [(c, r) for r in (2, 3, 4) for c in (4, 5, 6)]                 # (x, y), row-major points
+    assert [tuple(p) for p in locations[1, 3, 5, 0]] == window               # zero-initialised offsets
+    shift = np.array([-0.5, 0.25])                                           # (x, y)
+    layer = model.technique_layers()[1]
     if name in ('dcnv1', 'dcnv2'):
-        bias = layer.conv_offset.params['bias']
-        bias[:18].reshape(-1, 2)[:] = shift                                  # (dy, dx) pairs
+        layer.conv_offset.params['bias'][:18].reshape(-1, 2)[:] = shift[::-1]   # (dy, dx) pairs
     else:
-        linear = layer.offset if name == 'dcnv3' else layer.offset_mask
-        bias = linear.params['bias']
-        (bias.reshape(-1, 2) if name == 'dcnv3' else bias[:18].reshape(-1, 2))[:] = shift[::-1]  # (dx, dy)
-    model(x)
-    moved = models.sampling_locations(layer)[0]
+        bias = (layer.offset if name == 'dcnv3' else layer.offset_mask).params['bias']
+        (bias.reshape(-1, 2) if name == 'dcnv3' else bias[:18].reshape(-1, 2))[:] = shift  # (dx, dy)
+    moved, _ = sampling_points(model, x)[1]
     np.testing.assert_allclose(moved - locations, np.broadcast_to(shift, locations.shape), atol=1e-6)
+    np.testing.assert_array_equal(sampling_points(model, x)[0][0], loc1)    # block1 untouched
+
+
+def test_sampling_points_are_the_public_sampling_locations_of_the_block_input():
+    import numpyconv
+    from numpyconv.demo.figures import sampling_points
+    model = build_model('dcnv2', 16, seed=1)
+    layer = model.technique_layers()[0]
+    rng = np.random.default_rng(0)
+    for p in layer.conv_offset.params.values():
+        p[:] = rng.normal(0, 0.1, p.shape)
+    x = segments(3)[0]
+    locations, weights = sampling_points(model, x)[0]
+    assert model.training                                                    # mode restored
+    model.eval()
+    inp = model.stem(x)
+    out = layer.conv_offset(inp)
+    mask = 1 / (1 + np.exp(-out[:, 18:]))
+    expected = numpyconv.sampling_locations('deform_conv2d', inp, out[:, :18], layer.params['weight'],
+                                            None, 1, 1, 1, mask=mask)
+    np.testing.assert_allclose(locations, expected[0], atol=1e-5)
+    np.testing.assert_allclose(weights, expected[1], atol=1e-6)
+    regular = sampling_points(build_model('dcnv2', 16, seed=1), x)[0][0]
+    assert np.abs(locations - regular).max() > 0.1                           # the offsets moved them
 
 
 @pytest.mark.parametrize('name', ['dynamic', 'condconv', 'odconv'])

@@ -17,7 +17,7 @@ from a further 2x2 average pool (centred on input pixel ``4r + 1``).
 """
 import numpy as np
 
-from .models import involution_kernels, kernel_attention, sampling_locations, technique_label
+from .models import involution_kernels, kernel_attention, technique_label
 
 DEFORMABLE = ('dcnv1', 'dcnv2', 'dcnv3', 'dcnv4')
 ATTENTION = ('dynamic', 'condconv', 'odconv')
@@ -186,7 +186,7 @@ def deformable_sampling(models, image, path):
     names = [n for n in DEFORMABLE if n in models]
     fig, axes = plt.subplots(len(names), 2, figsize=(7.5, 3.7 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
-        blocks = _forward_read(models[name], image[None], sampling_locations)
+        blocks = sampling_points(models[name], image[None])
         for block, ax in enumerate(row):
             locations, weights = blocks[block]
             _draw_sampling(ax, image[0], block, locations[0], weights[0])
@@ -198,6 +198,16 @@ def deformable_sampling(models, image, path):
     return _save(fig, path)
 
 
+def sampling_points(model, x):
+    """``[(locations, weights) of block1, (locations, weights) of block2]`` of a deformable
+    :class:`~numpyconv.demo.models.DemoNet` on ``x (N, 1, 32, 32)`` in eval mode: each layer's
+    ``sampling_locations`` of its block input, i.e. :func:`numpyconv.sampling_locations` for
+    ``'deform_conv2d'``, ``'dcnv3'`` or ``'dcnv4'``. ``locations (N, Ho, Wo, G, P, 2)`` are pixel
+    ``(x, y)`` on the block's grid, ``weights (N, Ho, Wo, G, P)`` the modulation (ones for DCNv1)."""
+    return [layer.sampling_locations(inp) for layer, inp in zip(model.technique_layers(),
+                                                                model.block_inputs(x))]
+
+
 def _draw_sampling(ax, image, block, locations, weights):
     _show_digit(ax, image)
     colours = _colours(10)
@@ -205,19 +215,19 @@ def _draw_sampling(ax, image, block, locations, weights):
     window = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=float)
     for k, (r, c) in enumerate(ink_positions(image, locations.shape[0], count=3 - block)):
         colour = colours[(k + 3) % 10]
-        regular = _grid_to_input(block, np.array([r, c]) + window)
-        ax.scatter(regular[:, 1], regular[:, 0], marker='s', s=30, facecolors='none',
+        regular = _grid_to_input(block, np.array([c, r]) + window)           # (9, 2) as (x, y)
+        ax.scatter(regular[:, 0], regular[:, 1], marker='s', s=30, facecolors='none',
                    edgecolors=colour, linewidths=0.8, alpha=0.6)
-        centre = _grid_to_input(block, (r, c))
+        centre = _grid_to_input(block, (c, r))
         for g in range(locations.shape[2]):
-            points = _grid_to_input(block, locations[r, c, g])              # (P, 2)
+            points = _grid_to_input(block, locations[r, c, g])              # (P, 2) as (x, y)
             for p in points:
-                ax.plot([centre[1], p[1]], [centre[0], p[0]], color=colour, linewidth=0.6, alpha=0.5)
+                ax.plot([centre[0], p[0]], [centre[1], p[1]], color=colour, linewidth=0.6, alpha=0.5)
             size = 90 * np.abs(weights[r, c, g]) / max(np.abs(weights[r, c, g]).max(), 1e-12)
-            ax.scatter(points[:, 1], points[:, 0], s=size + 6, color=colour,
+            ax.scatter(points[:, 0], points[:, 1], s=size + 6, color=colour,
                        marker=markers[g % len(markers)], edgecolors='white', linewidths=0.4,
                        zorder=3)
-        ax.plot(centre[1], centre[0], marker='+', color='black', markersize=10, zorder=4)
+        ax.plot(centre[0], centre[1], marker='+', color='black', markersize=10, zorder=4)
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
 

@@ -54,7 +54,7 @@ from ..kernel_warehouse import KWConv2d, WarehouseManager, kw_temperature
 from .. import AvgPool2d, GlobalAvgPool2d, ReLU
 from .._checks import count_int, positive_int
 from ..layers import BatchNorm2d, Linear
-from ..module import Module, Sequential, make_rng
+from ..module import Module, Sequential, make_rng, no_grad
 from ..octave import OctaveConv2d
 from ..odconv import ODConv2d, odconv_temperature
 
@@ -334,6 +334,18 @@ class DemoNet(Module):
             total += m
         return total, input_shape
 
+    def block_inputs(self, x):
+        """``[input of block1 (N, C, 16, 16), input of block2 (N, C, 8, 8)]`` for ``x (N, 1, 32, 32)``
+        (block2's a (high, low) pair for octave), in eval mode, keeping nothing for a backward pass."""
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                first = self.stem(x)
+                return [first, self.pool(self.block1(first))]
+        finally:
+            self.train(was_training)
+
     def predict(self, x, batch_size=256):
         """Class scores ``(N, 10)`` in eval mode, computed in batches."""
         was_training = self.training
@@ -357,49 +369,6 @@ def kernel_attention(layer):
     if isinstance(layer, ODConv2d):
         return layer._cache['att']['kernel']
     return layer._cache['conv']['attention']
-
-
-def sampling_locations(layer):
-    """Where a deformable layer sampled in its last forward pass.
-
-    Returns ``(points, weights)``: ``points (N, Ho, Wo, G, P, 2)`` as ``(row, col)`` in the layer's
-    input pixel coordinates, ``weights (N, Ho, Wo, G, P)`` the modulation (ones for DCNv1). ``G``
-    offset groups, ``P`` kernel points.
-    """
-    if isinstance(layer, (DeformConv2d, ModulatedDeformConv2d)):
-        return _torchvision_locations(layer._cache)
-    return _dcnv3_locations(layer._cache['core'])
-
-
-def _torchvision_locations(cache):
-    """torchvision rule (deformable eq. 3): ``h = y sh - p_top + i dh + dy``, point ``p = i kw + j``."""
-    geo, offset, mask = cache['geo'], cache['offset'], cache['mask']
-    n, _, ho, wo = offset.shape
-    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    points = kh * kw
-    offset = offset.reshape(n, -1, points, 2, ho, wo).transpose(0, 4, 5, 1, 2, 3)  # (N, Ho, Wo, G, P, 2)
-    taps = np.array([(i * dh, j * dw) for i in range(kh) for j in range(kw)], dtype=offset.dtype)
-    grid = np.stack(np.meshgrid(np.arange(ho) * sh - geo.pads[0], np.arange(wo) * sw - geo.pads[2],
-                                indexing='ij'), axis=-1)                          # (Ho, Wo, 2)
-    locations = grid[None, :, :, None, None, :] + taps[None, None, None, None] + offset
-    if mask is None:
-        return locations, np.ones(locations.shape[:-1], dtype=offset.dtype)
-    return locations, mask.reshape(n, -1, points, ho, wo).transpose(0, 3, 4, 1, 2)
-
-
-def _dcnv3_locations(core):
-    """DCNv3/DCNv4 rule (dcnv3 eq. 2), offsets as (dx, dy) pairs, column-major points."""
-    setup, offset, mask = core['setup'], core['offset'], core['mask']
-    n, ho, wo, _ = offset.shape
-    group, points, scale = setup['group'], setup['points'], setup['scale']
-    sh, sw, pt, pl, half_h, half_w = setup['base']
-    d_row_col = offset.reshape(n, ho, wo, group, points, 2)[..., ::-1]            # (dy, dx)
-    origin = np.stack(np.meshgrid(np.arange(ho) * sh - pt + half_h - half_h * scale,
-                                  np.arange(wo) * sw - pl + half_w - half_w * scale,
-                                  indexing='ij'), axis=-1)                        # (Ho, Wo, 2)
-    taps = setup['taps'].astype(offset.dtype)                                     # (P, 2) (row, col)
-    locations = origin[None, :, :, None, None, :] + scale * (taps + d_row_col)
-    return locations, mask.reshape(n, ho, wo, group, points)
 
 
 def involution_kernels(layer):
