@@ -2,10 +2,11 @@
 
 One template network (:mod:`numpyconv.demo.models`) with the technique under test in its two
 blocks, trained with our own backward passes on scikit-learn's digits, upscaled and randomly
-deformed (:mod:`numpyconv.demo.data`). For each technique: a progress bar per epoch, then the
-results table (terminal, ``results.md``, ``results.csv``, ``results.json``), the trained weights
-(``models/<technique>.npz``) and the figures (``figures/*.png``) are rewritten, so an interrupted
-run keeps everything finished so far; ``--resume`` continues it.
+deformed (:mod:`numpyconv.demo.data`), once per seed (``--seeds K``: mean and spread per technique).
+After each (technique, seed) run the results (terminal table, ``results.md``, ``results.csv``,
+``results_per_seed.csv``, ``results.json``), the trained weights (``models/<technique>_seed<S>.npz``)
+and the figures (``figures/*.png``) are rewritten, so an interrupted run keeps everything finished
+so far; ``--resume`` continues it.
 
 Importing this package needs only the core install: scikit-learn, matplotlib and tqdm (the
 ``demo`` extra) are imported when the demo runs.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from .models import TECHNIQUES
 
-DEFAULTS = dict(epochs=15, width=32, batch_size=32, lr=1e-2, seed=0, threads=1)
+DEFAULTS = dict(epochs=15, width=32, batch_size=32, lr=1e-2, seed=0, seeds=1, threads=1)
 
 
 def technique_list(text):
@@ -50,9 +51,10 @@ def add_arguments(parser):
     parser.add_argument('--techniques', type=technique_list, default=list(TECHNIQUES),
                         metavar='LIST', help=f"comma-separated, or 'all' (default): "
                                              f"{', '.join(TECHNIQUES)}")
-    parser.description = ("Train one small CNN per technique on scikit-learn's handwritten digits "
-                          "(upscaled, randomly deformed) with numpyconv's own backward passes; write "
-                          "a results table (terminal, Markdown, CSV), trained weights and figures.")
+    parser.description = ("Train one small CNN per technique (and per seed) on scikit-learn's "
+                          "handwritten digits (upscaled, randomly deformed) with numpyconv's own "
+                          "backward passes; write a results table (terminal, Markdown, CSV, JSON), "
+                          "trained weights and figures.")
     parser.add_argument('--epochs', type=_positive, default=DEFAULTS['epochs'],
                         help='%(default)s by default')
     parser.add_argument('--width', type=_positive, default=DEFAULTS['width'],
@@ -63,7 +65,13 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=_positive_float, default=DEFAULTS['lr'],
                         help='Adam learning rate, cosine decay to 0 (%(default)s by default)')
     parser.add_argument('--seed', type=int, default=DEFAULTS['seed'],
-                        help='initialisation and shuffling (the data set itself is fixed)')
+                        help='first seed: initial weights and the order of the training batches (the '
+                             'data set, its deformations and the train/test split are fixed); '
+                             '%(default)s by default')
+    parser.add_argument('--seeds', type=_positive, default=DEFAULTS['seeds'], metavar='K',
+                        help='train every technique K times, with seeds SEED, SEED+1, ..., and report '
+                             'the mean, standard deviation and min-max per technique (%(default)s '
+                             'by default)')
     parser.add_argument('--out', type=Path, default=Path('demo_output'),
                         help='output folder (%(default)s by default)')
     existing = parser.add_mutually_exclusive_group()
@@ -71,7 +79,8 @@ def add_arguments(parser):
                           help="start afresh in a non-empty output folder (deletes the demo's own "
                                "files there, nothing else)")
     existing.add_argument('--resume', action='store_true',
-                          help='continue an interrupted run in --out, skipping finished techniques')
+                          help='continue an interrupted run in --out, skipping the finished '
+                               '(technique, seed) runs')
     parser.add_argument('--limit-train', type=_positive, default=None, metavar='N',
                         help='use only the first N training images (tiny mode for tests)')
     parser.add_argument('--limit-test', type=_positive, default=None, metavar='N',

@@ -1,11 +1,15 @@
 """The demo's figures (PNG, matplotlib's Agg backend; matplotlib is imported lazily).
 
-* ``results.png``: test accuracy, multiply-adds and time per epoch of every technique;
-* ``training_curves.png``: training loss and test accuracy per epoch, all techniques;
+* ``results.png``: test accuracy, multiply-adds and time per epoch of every technique (bars: the
+  mean over the seeds; error bars: min-max; dots: the seeds);
+* ``training_curves.png``: training loss and test accuracy per epoch, all techniques (lines: the
+  mean over the seeds; bands: min-max);
 * ``deformable_sampling.png``: where DCNv1-v4 sample, drawn over a test digit;
 * ``involution_kernels.png``: the kernels involution generates at a few positions;
 * ``octave_maps.png``: the high- and low-frequency maps of the first octave block;
 * ``kernel_attention.png``: DY-CNN / CondConv / ODConv weights over their kernels, whole test set.
+
+The four technique figures show the networks trained with the first seed.
 
 Coordinates: the technique layers work on feature grids of the 32x32 input. Block1's 16x16 grid
 comes from the stride-2 stem (grid pixel ``r`` is centred on input pixel ``2r``), block2's 8x8 grid
@@ -13,7 +17,7 @@ from a further 2x2 average pool (centred on input pixel ``4r + 1``).
 """
 import numpy as np
 
-from .models import involution_kernels, kernel_attention, sampling_locations, technique_label
+from .models import involution_kernels, kernel_attention, technique_label
 
 DEFORMABLE = ('dcnv1', 'dcnv2', 'dcnv3', 'dcnv4')
 ATTENTION = ('dynamic', 'condconv', 'odconv')
@@ -40,43 +44,94 @@ def _colours(n):
 
 
 # -- results ----------------------------------------------------------------------------------------
-def results_chart(rows, path):
-    """Three bar panels sharing the technique axis: test accuracy, MMACs per image, s per epoch."""
+def results_chart(summary, path):
+    """Three bar panels sharing the technique axis: test accuracy, MMACs per image, s per epoch.
+
+    ``summary``: one row per technique (``label``, ``macs`` and, for ``test_acc`` and
+    ``seconds_per_epoch``, ``dict(mean, std, min, max, values)`` over the seeds). Bars show the mean;
+    with several seeds, error bars the min-max and dots every seed.
+    """
     plt = _pyplot()
-    labels = [r['label'] for r in rows]
-    panels = [('test accuracy (%)', [100 * r['test_acc'] for r in rows], '{:.1f}'),
-              ('multiply-adds per image (M)', [r['macs'] / 1e6 for r in rows], '{:.2f}'),
-              ('training time per epoch (s)', [r['seconds_per_epoch'] for r in rows], '{:.1f}')]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
-    y = np.arange(len(rows))
-    for ax, (title, values, fmt), colour in zip(axes, panels, ('tab:blue', 'tab:orange', 'tab:green')):
-        ax.barh(y, values, color=colour)
+    labels = [r['label'] for r in summary]
+    panels = [('test accuracy (%)', [_scaled(r['test_acc'], 100) for r in summary], '{:.1f}'),
+              ('multiply-adds per image (M)', [_constant(r['macs'] / 1e6) for r in summary], '{:.2f}'),
+              ('training time per epoch (s)', [r['seconds_per_epoch'] for r in summary], '{:.1f}')]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(summary) + 1.6), sharey=True)
+    y = np.arange(len(summary))
+    for ax, (title, stats, fmt), colour in zip(axes, panels, ('tab:blue', 'tab:orange', 'tab:green')):
+        _spread_bars(ax, y, stats, fmt, colour)
         ax.set_title(title)
-        for yi, v in zip(y, values):
-            ax.text(v, yi, ' ' + fmt.format(v), va='center', fontsize=8)
-        ax.set_xlim(0, 112 if title.startswith('test') else max(values + [1e-9]) * 1.25)
+        top = max([s['max'] for s in stats] + [1e-9])
+        ax.set_xlim(0, 112 if title.startswith('test') else top * 1.3)
         ax.grid(axis='x', alpha=0.3)
     axes[0].set_yticks(y, labels)
     axes[0].invert_yaxis()
-    fig.suptitle('numpyconv demo: one template network, the technique swapped in its two blocks')
+    note = _seeds_note([len(r['test_acc']['values']) for r in summary], 'error bars: min-max, dots: seeds')
+    fig.suptitle('numpyconv demo: one template network, the technique swapped in its two blocks' + note)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def training_curves(rows, path):
-    """Training loss and test accuracy per epoch, every technique on the same two axes."""
+def _constant(value):
+    return dict(mean=value, std=None, min=value, max=value, values=[value])
+
+
+def _scaled(stats, factor):
+    return dict(mean=factor * stats['mean'], std=None if stats['std'] is None else factor * stats['std'],
+                min=factor * stats['min'], max=factor * stats['max'],
+                values=[factor * v for v in stats['values']])
+
+
+def _seeds_note(counts, what):
+    """``'; mean of 3 seeds, <what>'`` (``'1-3 seeds'`` when they differ); ``''`` for single runs."""
+    low, high = min(counts, default=1), max(counts, default=1)
+    if high == 1:
+        return ''
+    return f"; mean of {low if low == high else f'{low}-{high}'} seeds, {what}"
+
+
+def _spread_bars(ax, y, stats, fmt, colour):
+    """Horizontal bars at the means; min-max error bars and per-seed dots where there are several."""
+    means = [s['mean'] for s in stats]
+    ax.barh(y, means, color=colour, alpha=0.85)
+    several = [i for i, s in enumerate(stats) if len(s['values']) > 1]
+    if several:
+        low = [max(means[i] - stats[i]['min'], 0.0) for i in several]       # >= 0 despite rounding
+        high = [max(stats[i]['max'] - means[i], 0.0) for i in several]
+        ax.errorbar([means[i] for i in several], y[several], xerr=[low, high], fmt='none',
+                    ecolor='black', elinewidth=1, capsize=3)
+        for i in several:
+            ax.scatter(stats[i]['values'], np.full(len(stats[i]['values']), y[i]), s=10, color='black',
+                       zorder=3)
+    for yi, s in zip(y, stats):
+        ax.text(s['max'], yi, ' ' + fmt.format(s['mean']), va='center', fontsize=8)
+
+
+def training_curves(groups, path):
+    """Training loss and test accuracy per epoch, every technique on the same two axes.
+
+    ``groups``: ``(label, histories)`` per technique, one history (a list of per-epoch dicts with
+    ``epoch``, ``train_loss``, ``test_acc``) per seed. Lines show the mean over the seeds, bands the
+    min-max.
+    """
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r, colour in zip(rows, _colours(len(rows))):
-        epochs = [h['epoch'] for h in r['history']]
-        style = dict(color=colour, marker='o', markersize=3, label=r['label'])
-        ax_loss.plot(epochs, [h['train_loss'] for h in r['history']], **style)
-        ax_acc.plot(epochs, [100 * h['test_acc'] for h in r['history']], **style)
+    for (label, histories), colour in zip(groups, _colours(len(groups))):
+        epochs = [h['epoch'] for h in histories[0]]
+        for ax, key, scale in ((ax_loss, 'train_loss', 1), (ax_acc, 'test_acc', 100)):
+            values = scale * np.array([[h[key] for h in history] for history in histories])  # (seeds, E)
+            ax.plot(epochs, values.mean(axis=0), color=colour, marker='o', markersize=3, label=label)
+            if len(histories) > 1:
+                ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15,
+                                linewidth=0)
     ax_loss.set(xlabel='epoch', ylabel='training loss (cross-entropy)', yscale='log')
     ax_acc.set(xlabel='epoch', ylabel='test accuracy (%)', ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=8, loc='lower right', ncol=2)
+    note = _seeds_note([len(h) for _, h in groups], 'bands: min-max over the seeds')
+    if note:
+        fig.suptitle(note[2:].capitalize(), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -131,7 +186,7 @@ def deformable_sampling(models, image, path):
     names = [n for n in DEFORMABLE if n in models]
     fig, axes = plt.subplots(len(names), 2, figsize=(7.5, 3.7 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
-        blocks = _forward_read(models[name], image[None], sampling_locations)
+        blocks = sampling_points(models[name], image[None])
         for block, ax in enumerate(row):
             locations, weights = blocks[block]
             _draw_sampling(ax, image[0], block, locations[0], weights[0])
@@ -143,6 +198,16 @@ def deformable_sampling(models, image, path):
     return _save(fig, path)
 
 
+def sampling_points(model, x):
+    """``[(locations, weights) of block1, (locations, weights) of block2]`` of a deformable
+    :class:`~numpyconv.demo.models.DemoNet` on ``x (N, 1, 32, 32)`` in eval mode: each layer's
+    ``sampling_locations`` of its block input, i.e. :func:`numpyconv.sampling_locations` for
+    ``'deform_conv2d'``, ``'dcnv3'`` or ``'dcnv4'``. ``locations (N, Ho, Wo, G, P, 2)`` are pixel
+    ``(x, y)`` on the block's grid, ``weights (N, Ho, Wo, G, P)`` the modulation (ones for DCNv1)."""
+    return [layer.sampling_locations(inp) for layer, inp in zip(model.technique_layers(),
+                                                                model.block_inputs(x))]
+
+
 def _draw_sampling(ax, image, block, locations, weights):
     _show_digit(ax, image)
     colours = _colours(10)
@@ -150,19 +215,19 @@ def _draw_sampling(ax, image, block, locations, weights):
     window = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=float)
     for k, (r, c) in enumerate(ink_positions(image, locations.shape[0], count=3 - block)):
         colour = colours[(k + 3) % 10]
-        regular = _grid_to_input(block, np.array([r, c]) + window)
-        ax.scatter(regular[:, 1], regular[:, 0], marker='s', s=30, facecolors='none',
+        regular = _grid_to_input(block, np.array([c, r]) + window)           # (9, 2) as (x, y)
+        ax.scatter(regular[:, 0], regular[:, 1], marker='s', s=30, facecolors='none',
                    edgecolors=colour, linewidths=0.8, alpha=0.6)
-        centre = _grid_to_input(block, (r, c))
+        centre = _grid_to_input(block, (c, r))
         for g in range(locations.shape[2]):
-            points = _grid_to_input(block, locations[r, c, g])              # (P, 2)
+            points = _grid_to_input(block, locations[r, c, g])              # (P, 2) as (x, y)
             for p in points:
-                ax.plot([centre[1], p[1]], [centre[0], p[0]], color=colour, linewidth=0.6, alpha=0.5)
+                ax.plot([centre[0], p[0]], [centre[1], p[1]], color=colour, linewidth=0.6, alpha=0.5)
             size = 90 * np.abs(weights[r, c, g]) / max(np.abs(weights[r, c, g]).max(), 1e-12)
-            ax.scatter(points[:, 1], points[:, 0], s=size + 6, color=colour,
+            ax.scatter(points[:, 0], points[:, 1], s=size + 6, color=colour,
                        marker=markers[g % len(markers)], edgecolors='white', linewidths=0.4,
                        zorder=3)
-        ax.plot(centre[1], centre[0], marker='+', color='black', markersize=10, zorder=4)
+        ax.plot(centre[0], centre[1], marker='+', color='black', markersize=10, zorder=4)
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
 

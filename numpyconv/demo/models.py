@@ -21,16 +21,20 @@ each with OctResNet's 1x1 octave projection shortcut; BN, ReLU and the pool act 
 KernelWarehouse's two layers share one warehouse (sharing range ``layer``, as KW's ResNets), owned
 by the network as ``warehouse_manager``.
 
-Temperature schedules (:meth:`DemoNet.schedule`) are the official ones from each technique module,
-with our run standing for 100 epochs of official training (``step / total_steps = epoch / 100``):
+Temperature schedules (:meth:`DemoNet.schedule`) come from the code each technique module follows,
+with our run mapped onto the training run of that code (``step / total_steps = epoch / epochs``):
 
-* DY-CNN (:func:`numpyconv.dynamic.dynamic_temperature`): ``T = 34 - 3 * epoch`` down to 1,
-  reached after 11 of 100 epochs;
-* ODConv (:func:`numpyconv.odconv.odconv_temperature`): 30 -> 1 linearly over the first 10 epochs,
-  set every iteration;
-* KernelWarehouse (:func:`numpyconv.kernel_warehouse.kw_temperature`): the blend ``t`` from 1 (each
-  layer its own static cells) to 0 over the first 20 epochs, every iteration (the official ``main.py``
-  anneals 20 epochs of its 300);
+* DY-CNN (:func:`numpyconv.dynamic.dynamic_temperature`): the paper has no official code; the
+  module follows kaijieshi7/Dynamic-convolution-Pytorch, an unofficial re-implementation, whose
+  ``main.py`` trains 160 epochs (its default) and calls ``update_temperature()`` after each:
+  ``T = 34 - 3 * epoch`` down to 1, reached after 11 of the 160 epochs;
+* ODConv (:func:`numpyconv.odconv.odconv_temperature`): OSVAI/ODConv's ``main.py`` with the README's
+  ResNet command (100 epochs, ``temp_epoch`` 10): 30 -> 1 linearly over the first 10 of the 100
+  epochs, set every iteration;
+* KernelWarehouse (:func:`numpyconv.kernel_warehouse.kw_temperature`): OSVAI/KernelWarehouse's
+  ``main.py`` with its defaults for the ResNet and ConvNeXt configs (300 epochs, ``temp_epoch`` 20,
+  ``temp_init_value`` 1.0): the blend ``t`` from 1 (each layer its own static cells) to 0 over the
+  first 20 of the 300 epochs, set every iteration;
 * CondConv has no temperature (sigmoid routing).
 
 A trained model is evaluated at the end values (``T = 1``, ``t = 0``): :meth:`DemoNet.finish_schedule`.
@@ -50,21 +54,25 @@ from ..kernel_warehouse import KWConv2d, WarehouseManager, kw_temperature
 from .. import AvgPool2d, GlobalAvgPool2d, ReLU
 from .._checks import count_int, positive_int
 from ..layers import BatchNorm2d, Linear
-from ..module import Module, Sequential, make_rng
+from ..module import Module, Sequential, make_rng, no_grad
 from ..octave import OctaveConv2d
 from ..odconv import ODConv2d, odconv_temperature
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 32, 32)
-OFFICIAL_EPOCHS = 100      # epochs a demo run stands for (each schedule anneals over its official epochs)
+# the training runs our schedules are mapped onto: (epochs of the run, epochs annealed)
+DYNAMIC_RUN = (160, 11)    # kaijieshi7's main.py default; T reaches 1 after 11 updates
+ODCONV_RUN = (100, 10)     # OSVAI/ODConv README's ResNet command, main.py's temp_epoch
+KW_RUN = (300, 20)         # OSVAI/KernelWarehouse main.py defaults (epochs, temp_epoch)
 
 Technique = namedtuple('Technique', 'label make_layer')
 
 
-# -- temperature schedules, our run mapped onto 100 epochs of official training ---------------------
-def _official_steps(total_steps, epochs):
-    """The number of our steps that stands for ``epochs`` of the official 100."""
-    return max(1, round(total_steps * epochs / OFFICIAL_EPOCHS))
+# -- temperature schedules, our run mapped onto the run of each technique's code --------------------
+def _annealed_steps(total_steps, run):
+    """The number of our steps that stands for the annealed epochs of ``run = (epochs, annealed)``."""
+    epochs, annealed = run
+    return max(1, round(total_steps * annealed / epochs))
 
 
 def _steps(step, total_steps):
@@ -73,21 +81,22 @@ def _steps(step, total_steps):
 
 
 def dynamic_schedule(step, total_steps):
-    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per official epoch."""
+    """DY-CNN temperature at 0-based ``step``: one ``update_temperature()`` per epoch of kaijieshi7's 160."""
     step, total_steps = _steps(step, total_steps)
-    return dynamic_temperature(step * OFFICIAL_EPOCHS // total_steps)
+    return dynamic_temperature(step * DYNAMIC_RUN[0] // total_steps)
 
 
 def odconv_schedule(step, total_steps):
-    """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-epoch anneal."""
+    """ODConv temperature at ``step``: the official iteration ``step + 1`` of a 10-of-100-epoch anneal."""
     step, total_steps = _steps(step, total_steps)
-    return odconv_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, 10))
+    return odconv_temperature(step + 1, 0, 1, temp_epoch=_annealed_steps(total_steps, ODCONV_RUN))
 
 
 def kw_schedule(step, total_steps):
-    """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of 20 epochs."""
+    """KernelWarehouse blend ``t`` at ``step``: the official iteration ``step + 1`` of a 20-of-300-epoch
+    anneal."""
     step, total_steps = _steps(step, total_steps)
-    return kw_temperature(step + 1, 0, 1, temp_epoch=_official_steps(total_steps, 20))
+    return kw_temperature(step + 1, 0, 1, temp_epoch=_annealed_steps(total_steps, KW_RUN))
 
 
 def _set_dynamic(layer, value):
@@ -325,6 +334,18 @@ class DemoNet(Module):
             total += m
         return total, input_shape
 
+    def block_inputs(self, x):
+        """``[input of block1 (N, C, 16, 16), input of block2 (N, C, 8, 8)]`` for ``x (N, 1, 32, 32)``
+        (block2's a (high, low) pair for octave), in eval mode, keeping nothing for a backward pass."""
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                first = self.stem(x)
+                return [first, self.pool(self.block1(first))]
+        finally:
+            self.train(was_training)
+
     def predict(self, x, batch_size=256):
         """Class scores ``(N, 10)`` in eval mode, computed in batches."""
         was_training = self.training
@@ -348,49 +369,6 @@ def kernel_attention(layer):
     if isinstance(layer, ODConv2d):
         return layer._cache['att']['kernel']
     return layer._cache['conv']['attention']
-
-
-def sampling_locations(layer):
-    """Where a deformable layer sampled in its last forward pass.
-
-    Returns ``(points, weights)``: ``points (N, Ho, Wo, G, P, 2)`` as ``(row, col)`` in the layer's
-    input pixel coordinates, ``weights (N, Ho, Wo, G, P)`` the modulation (ones for DCNv1). ``G``
-    offset groups, ``P`` kernel points.
-    """
-    if isinstance(layer, (DeformConv2d, ModulatedDeformConv2d)):
-        return _torchvision_locations(layer._cache)
-    return _dcnv3_locations(layer._cache['core'])
-
-
-def _torchvision_locations(cache):
-    """torchvision rule (deformable eq. 3): ``h = y sh - p_top + i dh + dy``, point ``p = i kw + j``."""
-    geo, offset, mask = cache['geo'], cache['offset'], cache['mask']
-    n, _, ho, wo = offset.shape
-    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    points = kh * kw
-    offset = offset.reshape(n, -1, points, 2, ho, wo).transpose(0, 4, 5, 1, 2, 3)  # (N, Ho, Wo, G, P, 2)
-    taps = np.array([(i * dh, j * dw) for i in range(kh) for j in range(kw)], dtype=offset.dtype)
-    grid = np.stack(np.meshgrid(np.arange(ho) * sh - geo.pads[0], np.arange(wo) * sw - geo.pads[2],
-                                indexing='ij'), axis=-1)                          # (Ho, Wo, 2)
-    locations = grid[None, :, :, None, None, :] + taps[None, None, None, None] + offset
-    if mask is None:
-        return locations, np.ones(locations.shape[:-1], dtype=offset.dtype)
-    return locations, mask.reshape(n, -1, points, ho, wo).transpose(0, 3, 4, 1, 2)
-
-
-def _dcnv3_locations(core):
-    """DCNv3/DCNv4 rule (dcnv3 eq. 2), offsets as (dx, dy) pairs, column-major points."""
-    setup, offset, mask = core['setup'], core['offset'], core['mask']
-    n, ho, wo, _ = offset.shape
-    group, points, scale = setup['group'], setup['points'], setup['scale']
-    sh, sw, pt, pl, half_h, half_w = setup['base']
-    d_row_col = offset.reshape(n, ho, wo, group, points, 2)[..., ::-1]            # (dy, dx)
-    origin = np.stack(np.meshgrid(np.arange(ho) * sh - pt + half_h - half_h * scale,
-                                  np.arange(wo) * sw - pl + half_w - half_w * scale,
-                                  indexing='ij'), axis=-1)                        # (Ho, Wo, 2)
-    taps = setup['taps'].astype(offset.dtype)                                     # (P, 2) (row, col)
-    locations = origin[None, :, :, None, None, :] + scale * (taps + d_row_col)
-    return locations, mask.reshape(n, ho, wo, group, points)
 
 
 def involution_kernels(layer):

@@ -1,16 +1,24 @@
-"""The ``numpyconv demo`` run: output folder rules, the loop over techniques, tables and figures.
+"""The ``numpyconv demo`` run: output folder rules, the loop over techniques and seeds, tables, figures.
+
+Every technique is trained once per seed (``--seed S --seeds K``: seeds ``S, S+1, ..., S+K-1``); a
+seed chooses the initial weights and the order of the training batches, while the data set, its
+deformations and the train/test split stay fixed. The runs go round by round: every technique
+with seed ``S``, then every technique with ``S+1``, and so on.
 
 Output folder (``--out``)::
 
     config.json                 the settings (``--resume`` refuses different ones)
-    results.json / .csv / .md   the table (json also holds every epoch's numbers)
-    models/<technique>.npz      trained state_dict (load with :func:`load_model`)
+    results.md                  the summary table (mean, spread) and the test accuracy per seed
+    results.csv                 the summary: one row per technique (mean, std, min, max)
+    results_per_seed.csv        one row per technique and seed
+    results.json                settings, summary and every run with every epoch's numbers
+    models/<technique>_seed<S>.npz   trained state_dict (load with :func:`load_model`)
     figures/*.png               results chart, training curves, technique figures
 
 The folder is created if absent. A non-empty folder is refused unless ``--force`` (deletes the
-demo's own files listed above, nothing else) or ``--resume`` (keeps them and skips the finished
-techniques). Everything is rewritten after each technique, so Ctrl-C loses at most the technique
-in progress; the run then prints the table of what finished and exits with status 130.
+demo's own files listed above, nothing else) or ``--resume`` (keeps them and skips every finished
+(technique, seed) run). Everything is rewritten after each run, so Ctrl-C loses at most the run in
+progress; the demo then prints the table of what finished and exits with status 130.
 """
 import contextlib
 import csv
@@ -27,13 +35,12 @@ from .models import INPUT_SHAPE, TECHNIQUES, build_model, technique_label
 from .train import train_technique
 from ..module import count
 
-OUTPUT_FILES = ('config.json', 'results.json', 'results.csv', 'results.md')
+OUTPUT_FILES = ('config.json', 'results.json', 'results.csv', 'results_per_seed.csv', 'results.md')
 OUTPUT_DIRS = {'models': '*.npz', 'figures': '*.png'}
 # settings that must match for --resume (the rest only choose what to run and how to show it)
 RUN_SETTINGS = ('epochs', 'width', 'batch_size', 'lr', 'seed', 'limit_train', 'limit_test')
-COLUMNS = (('label', 'Technique'), ('params', 'Params'), ('macs', 'MACs / image'),
-           ('seconds_per_epoch', 'Time / epoch (s)'), ('train_acc', 'Train acc (%)'),
-           ('test_acc', 'Test acc (%)'))
+# the numbers of a run that vary with the seed, summarised per technique
+MEASURED = ('train_acc', 'test_acc', 'test_loss', 'seconds_per_epoch')
 FIGURES = dict(results='results.png', curves='training_curves.png',
                deformable='deformable_sampling.png', involution='involution_kernels.png',
                octave='octave_maps.png', attention='kernel_attention.png')
@@ -81,14 +88,19 @@ def _own_files(out):
     return [f for f in files if f.is_file()]
 
 
+def model_path(out, technique, seed):
+    """``out/models/<technique>_seed<seed>.npz``."""
+    return Path(out) / 'models' / f'{technique}_seed{seed}.npz'
+
+
 def prepare_output(out, settings, force, resume):
-    """Create or check ``out``; returns the rows already finished (``--resume``) or ``[]``."""
+    """Create or check ``out``; returns the runs already finished (``--resume``) or ``[]``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DemoError(f"--out {out} exists and is not a folder")
     non_empty = out.exists() and any(out.iterdir())
     if resume:
-        return _resumed_rows(out, settings)
+        return _resumed_runs(out, settings)
     if non_empty and not force:
         raise DemoError(f"output folder {out} is not empty; pass --force to start afresh (deletes "
                         f"the demo's results, models and figures there), --resume to continue an "
@@ -101,7 +113,8 @@ def prepare_output(out, settings, force, resume):
     return []
 
 
-def _resumed_rows(out, settings):
+def _resumed_runs(out, settings):
+    """The finished runs of ``out/results.json`` whose model file is there."""
     config = out / 'config.json'
     if not config.is_file():
         raise DemoError(f"--resume: {config} not found; nothing to resume in {out}")
@@ -112,8 +125,13 @@ def _resumed_rows(out, settings):
         raise DemoError(f"--resume needs the settings of the interrupted run ({detail}); drop the "
                         f"changed options or use --force")
     results = out / 'results.json'
-    rows = json.loads(results.read_text()) if results.is_file() else []
-    return [r for r in rows if (out / 'models' / f"{r['technique']}.npz").is_file()]
+    if not results.is_file():
+        return []
+    saved = json.loads(results.read_text())
+    if not isinstance(saved, dict) or not isinstance(saved.get('runs'), list):
+        raise DemoError(f"--resume: {results} does not hold this demo's runs (a 'runs' list); "
+                        f"use --force to start afresh")
+    return [r for r in saved['runs'] if model_path(out, r['technique'], r['seed']).is_file()]
 
 
 # -- models on disk --------------------------------------------------------------------------------
@@ -130,65 +148,165 @@ def load_model(path, technique, width):
     return model.eval()
 
 
-# -- the table ---------------------------------------------------------------------------------------
-def _cell(key, value):
+# -- runs and their summary ---------------------------------------------------------------------------
+def _order(technique):
+    return list(TECHNIQUES).index(technique)
+
+
+def in_table_order(runs):
+    """Runs (or summary rows) by technique in table order, then by seed."""
+    return sorted(runs, key=lambda r: (_order(r['technique']), r.get('seed', 0)))
+
+
+def spread(values):
+    """``dict(mean, std, min, max, values)`` of per-seed numbers; ``std`` is the sample standard
+    deviation (``ddof=1``), None for a single seed."""
+    v = np.asarray(values, dtype=float)
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else None,
+                min=float(v.min()), max=float(v.max()), values=[float(x) for x in v])
+
+
+def summarise(runs):
+    """One row per technique (table order): its seeds, params, MACs and the :func:`spread` of every
+    ``MEASURED`` number over its seeds."""
+    by_technique = {}
+    for r in in_table_order(runs):
+        by_technique.setdefault(r['technique'], []).append(r)
+    rows = []
+    for technique, group in by_technique.items():
+        row = dict(technique=technique, label=group[0]['label'], seeds=[r['seed'] for r in group],
+                   params=group[0]['params'], macs=group[0]['macs'])
+        row.update({key: spread([r[key] for r in group]) for key in MEASURED})
+        rows.append(row)
+    return rows
+
+
+# -- the tables ------------------------------------------------------------------------------------
+def _number(key, value):
     if key in ('train_acc', 'test_acc'):
         return f"{100 * value:.1f}"
-    if key == 'params':
-        return f"{value:,}"
-    if key == 'macs':
-        return f"{value / 1e6:.2f} M"
     if key == 'seconds_per_epoch':
         return f"{value:.1f}"
-    return str(value)
+    return f"{value:.3f}"
 
 
-def in_table_order(rows):
-    return sorted(rows, key=lambda r: list(TECHNIQUES).index(r['technique']))
+def _mean_std(key, stats):
+    text = _number(key, stats['mean'])
+    return text if stats['std'] is None else f"{text} ± {_number(key, stats['std'])}"
 
 
-def markdown_table(rows):
-    lines = ['| ' + ' | '.join(title for _, title in COLUMNS) + ' |',
-             '|' + '|'.join(['---'] + ['---:'] * (len(COLUMNS) - 1)) + '|']
-    lines += ['| ' + ' | '.join(_cell(k, r[k]) for k, _ in COLUMNS) + ' |' for r in in_table_order(rows)]
-    return '\n'.join(lines)
+def _min_max(key, stats):
+    return f"{_number(key, stats['min'])}-{_number(key, stats['max'])}"
 
 
-def write_results(out, rows, settings):
-    """results.json, results.csv and results.md (table, settings, figure links)."""
-    (out / 'results.json').write_text(json.dumps(rows, indent=1) + '\n')
-    keys = ['technique'] + [k for k, _ in COLUMNS]
-    with open(out / 'results.csv', 'w', newline='') as f:
+def _columns(with_spread):
+    """``(title, cell(summary row))`` of the summary table; the spread columns only for several seeds."""
+    columns = [('Technique', lambda r: r['label'])]
+    if with_spread:
+        columns.append(('Seeds', lambda r: str(len(r['seeds']))))
+    columns += [('Params', lambda r: f"{r['params']:,}"),
+                ('MACs / image', lambda r: f"{r['macs'] / 1e6:.2f} M")]
+    measured = (('seconds_per_epoch', 'Time / epoch (s)', None),
+                ('train_acc', 'Train acc (%)', 'Train min-max (%)'),
+                ('test_acc', 'Test acc (%)', 'Test min-max (%)'))
+    for key, title, range_title in measured:
+        if not with_spread:
+            columns.append((title, lambda r, key=key: _number(key, r[key]['mean'])))
+            continue
+        columns.append((title, lambda r, key=key: _mean_std(key, r[key])))
+        if range_title:
+            columns.append((range_title, lambda r, key=key: _min_max(key, r[key])))
+    return columns
+
+
+def _markdown(titles, lines):
+    out = ['| ' + ' | '.join(titles) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(titles) - 1)) + '|']
+    return '\n'.join(out + ['| ' + ' | '.join(cells) + ' |' for cells in lines])
+
+
+def markdown_table(summary, with_spread=False):
+    """The summary table: one line per technique; with ``with_spread``, mean ± std and min-max."""
+    columns = _columns(with_spread)
+    return _markdown([t for t, _ in columns], [[cell(r) for _, cell in columns] for r in summary])
+
+
+def per_seed_table(summary):
+    """Test accuracy (%) of every technique (rows) and seed (columns)."""
+    seeds = sorted({s for r in summary for s in r['seeds']})
+    lines = []
+    for r in summary:
+        value = dict(zip(r['seeds'], r['test_acc']['values']))
+        lines.append([r['label']] + [_number('test_acc', value[s]) if s in value else '' for s in seeds])
+    return _markdown(['Test acc (%)'] + [f'seed {s}' for s in seeds], lines)
+
+
+def _csv(path, keys, rows):
+    with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, keys, extrasaction='ignore')
         writer.writeheader()
-        writer.writerows(in_table_order(rows))
+        writer.writerows(rows)
+
+
+def summary_csv_row(row):
+    """``row`` flattened: ``<number>_mean``, ``_std`` (empty for one seed), ``_min``, ``_max``."""
+    flat = dict(technique=row['technique'], label=row['label'], seeds=len(row['seeds']),
+                params=row['params'], macs=row['macs'])
+    for key in MEASURED:
+        flat.update({f'{key}_{stat}': row[key][stat] for stat in ('mean', 'std', 'min', 'max')})
+    return flat
+
+
+def write_results(out, runs, settings, with_spread):
+    """results.json, results.csv (summary), results_per_seed.csv and results.md."""
+    runs = in_table_order(runs)
+    summary = summarise(runs)
+    (out / 'results.json').write_text(json.dumps(dict(settings=settings, summary=summary, runs=runs),
+                                                 indent=1) + '\n')
+    keys = ['technique', 'label', 'seeds', 'params', 'macs']
+    _csv(out / 'results.csv', keys + [f'{key}_{stat}' for key in MEASURED
+                                      for stat in ('mean', 'std', 'min', 'max')],
+         [summary_csv_row(r) for r in summary])
+    _csv(out / 'results_per_seed.csv', ['technique', 'label', 'seed', 'params', 'macs'] + list(MEASURED),
+         runs)
+    seeds = ', '.join(str(s) for s in sorted({r['seed'] for r in runs}))
     links = [f"![{name}](figures/{FIGURES[name]})" for name in FIGURES
              if (out / 'figures' / FIGURES[name]).is_file()]
-    text = (f"# numpyconv demo results\n\n{markdown_table(rows)}\n\n"
-            f"Settings: {json.dumps(settings)}. Time per epoch: training only (no evaluation).\n\n"
-            + '\n\n'.join(links) + '\n')
-    (out / 'results.md').write_text(text)
+    text = [f"# numpyconv demo results\n\n{markdown_table(summary, with_spread)}\n",
+            f"Seeds: {seeds} (a seed chooses the initial weights and the order of the training "
+            f"batches; the data set, its deformations and the train/test split are fixed). "
+            + ("Mean ± sample standard deviation over the seeds; min-max: the lowest and the highest "
+               "seed. " if with_spread else '')
+            + "Accuracies after the last epoch; time per epoch: training only (no evaluation).\n"]
+    if with_spread:
+        text.append(per_seed_table(summary) + '\n')
+    text += [f"Settings: {json.dumps(settings)}.\n", '\n\n'.join(links) + '\n']
+    (out / 'results.md').write_text('\n'.join(text))
 
 
 # -- figures -------------------------------------------------------------------------------------------
 class _Models(dict):
-    """Trained models by technique, loaded from ``models/`` on first use."""
+    """Trained models of one seed by technique, loaded from ``models/`` on first use."""
 
-    def __init__(self, out, width):
+    def __init__(self, out, width, seed):
         super().__init__()
-        self.out, self.width = out, width
+        self.out, self.width, self.seed = out, width, seed
 
     def __missing__(self, technique):
-        self[technique] = load_model(self.out / 'models' / f'{technique}.npz', technique, self.width)
+        self[technique] = load_model(model_path(self.out, technique, self.seed), technique, self.width)
         return self[technique]
 
 
-def update_figures(out, rows, technique, models, dataset):
-    """Redraw the summary figures and the figure that involves ``technique``."""
+def update_figures(out, summary, runs, technique, models, dataset):
+    """Redraw the summary figures and, from ``models`` (the first seed's), the figure that involves
+    ``technique``."""
     folder = out / 'figures'
-    figures.results_chart(in_table_order(rows), folder / FIGURES['results'])
-    figures.training_curves(in_table_order(rows), folder / FIGURES['curves'])
-    done = [r['technique'] for r in rows]
+    figures.results_chart(summary, folder / FIGURES['results'])
+    histories = {}
+    for r in in_table_order(runs):
+        histories.setdefault(r['technique'], []).append(r['history'])
+    figures.training_curves([(r['label'], histories[r['technique']]) for r in summary],
+                            folder / FIGURES['curves'])
+    done = {r['technique'] for r in runs if r['seed'] == models.seed}
     image = dataset.x_test[0]
     if technique in figures.DEFORMABLE:
         chosen = {t: models[t] for t in figures.DEFORMABLE if t in done}
@@ -205,29 +323,32 @@ def update_figures(out, rows, technique, models, dataset):
 # -- the run ---------------------------------------------------------------------------------------------
 def _settings(args):
     settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    settings['seeds'] = args.seeds
     settings['techniques'] = list(args.techniques)
     return settings
 
 
-def _result_row(technique, model, history):
+def _run_record(technique, seed, model, history):
     params, macs = count(model, (1,) + INPUT_SHAPE)
     last = history[-1]
-    return dict(technique=technique, label=technique_label(technique), params=params, macs=macs,
-                seconds_per_epoch=float(np.mean([h['seconds'] for h in history])),
+    return dict(technique=technique, label=technique_label(technique), seed=seed, params=params,
+                macs=macs, seconds_per_epoch=float(np.mean([h['seconds'] for h in history])),
                 train_acc=last['train_acc'], test_acc=last['test_acc'], test_loss=last['test_loss'],
                 history=history)
 
 
-def _finish(out, rows, started, interrupted=False):
-    print('\n' + markdown_table(rows))
+def _finish(out, runs, started, with_spread, interrupted=False):
+    summary = summarise(runs)
+    print('\n' + markdown_table(summary, with_spread))
     state = 'interrupted' if interrupted else 'finished'
-    print(f"\n{state} after {time.perf_counter() - started:.0f} s; {len(rows)} technique(s) in "
-          f"{out}/ (results.md, results.csv, figures/)")
+    print(f"\n{state} after {time.perf_counter() - started:.0f} s; {len(runs)} run(s) of "
+          f"{len(summary)} technique(s) in {out}/ (results.md, results.csv, figures/)")
     return 130 if interrupted else 0
 
 
 def run(args):
-    """Train every requested technique, writing results as they finish; returns the exit status."""
+    """Train every requested technique with every seed, writing results as the runs finish; returns
+    the exit status."""
     try:
         require_extra(not args.no_progress)
         if args.width % 16:
@@ -242,27 +363,32 @@ def run(args):
 
 def _run(args):
     started = time.perf_counter()
-    progress = not args.no_progress
     settings = _settings(args)
     out = Path(args.out)
-    rows = prepare_output(out, settings, args.force, args.resume)
+    runs = prepare_output(out, settings, args.force, args.resume)
+    seeds = [args.seed + i for i in range(args.seeds)]
+    with_spread = len(seeds) > 1 or len({r['seed'] for r in runs}) > 1
     dataset = limit(load_digits_dataset(), args.limit_train, args.limit_test)
     print(f"digits: {len(dataset.x_train)} training and {len(dataset.x_test)} test images "
-          f"(1x32x32, deformed); techniques: {', '.join(args.techniques)}")
-    models = _Models(out, args.width)
-    finished = {r['technique'] for r in rows}
-    for technique in [t for t in args.techniques if t not in finished]:
+          f"(1x32x32, deformed); techniques: {', '.join(args.techniques)}; "
+          f"seeds: {', '.join(map(str, seeds))}")
+    models = _Models(out, args.width, args.seed)
+    finished = {(r['technique'], r['seed']) for r in runs}
+    todo = [(t, s) for s in seeds for t in args.techniques if (t, s) not in finished]
+    for technique, seed in todo:
         try:
             model, history = train_technique(
                 technique, dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                width=args.width, seed=args.seed, progress=progress)
+                width=args.width, seed=seed, progress=not args.no_progress)
         except KeyboardInterrupt:
-            print(f"\ninterrupted during {technique_label(technique)}; keeping the "
-                  f"{len(rows)} finished technique(s)", file=sys.stderr)
-            return _finish(out, rows, started, interrupted=True)
-        save_model(model, out / 'models' / f'{technique}.npz')
-        models[technique] = model
-        rows.append(_result_row(technique, model, history))
-        update_figures(out, rows, technique, models, dataset)
-        write_results(out, rows, settings)
-    return _finish(out, rows, started)
+            print(f"\ninterrupted during {technique_label(technique)} seed {seed}; keeping the "
+                  f"{len(runs)} finished run(s)", file=sys.stderr)
+            return _finish(out, runs, started, with_spread, interrupted=True)
+        save_model(model, model_path(out, technique, seed))
+        if seed == models.seed:
+            models[technique] = model
+        runs.append(_run_record(technique, seed, model, history))
+        update_figures(out, summarise(runs), runs, technique if seed == models.seed else None, models,
+                       dataset)
+        write_results(out, runs, settings, with_spread)
+    return _finish(out, runs, started, with_spread)

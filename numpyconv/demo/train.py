@@ -81,10 +81,11 @@ def train_technique(technique, dataset, *, epochs, batch_size=64, lr=3e-3, width
                     progress=True, log=print):
     """Train a fresh :class:`~numpyconv.demo.models.DemoNet` on ``dataset``; returns ``(model, history)``.
 
-    ``history`` has one dict per epoch: ``epoch``, ``train_loss``, ``train_acc`` (running, during
-    the epoch), ``test_loss``, ``test_acc``, ``seconds`` (training time of the epoch, without the
-    evaluation and without the Numba compilation, done by :func:`warm_up` beforehand). ``log``
-    receives one summary line per epoch.
+    ``seed`` chooses the initial weights and the order of the training batches (``dataset`` itself
+    is given). ``history`` has one dict per epoch: ``epoch``, ``train_loss``, ``train_acc``
+    (running, during the epoch), ``test_loss``, ``test_acc``, ``seconds`` (training time of the
+    epoch, without the evaluation and without the Numba compilation, done by :func:`warm_up`
+    beforehand). ``log`` receives one summary line per epoch.
     """
     model = build_model(technique, width, seed)
     optimizer = Adam(model, lr=lr)
@@ -93,7 +94,7 @@ def train_technique(technique, dataset, *, epochs, batch_size=64, lr=3e-3, width
     per_epoch = batches_per_epoch(n_train, batch_size)
     size = min(batch_size, n_train)
     total_steps = epochs * per_epoch
-    label, history = technique_label(technique), []
+    label, history = f'{technique_label(technique)} seed {seed}', []
     warm_up(technique, dataset.x_train[:2], dataset.y_train[:2], width)
     for epoch in range(epochs):
         order = rng.permutation(n_train)
@@ -115,7 +116,7 @@ def train_technique(technique, dataset, *, epochs, batch_size=64, lr=3e-3, width
         test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
         history.append(dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen,
                             test_loss=test_loss, test_acc=test_acc, seconds=seconds))
-        log(f"{label:22s} epoch {epoch + 1:2d}/{epochs}  loss {loss_sum / seen:.3f}  "
+        log(f"{label:30s} epoch {epoch + 1:2d}/{epochs}  loss {loss_sum / seen:.3f}  "
             f"train {correct / seen:6.1%}  test {test_acc:6.1%}  {seconds:6.1f} s "
             f"({seen / seconds:.0f} samples/s)")
     model.finish_schedule()
