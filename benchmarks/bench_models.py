@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the T configuration of InternImage's and FlashInternImage's build.py
+INTERNIMAGE_T = dict(channels=64, depths=[4, 4, 18, 4], groups=[4, 8, 16, 32], offset_scale=1.0,
+                     mlp_ratio=4.0, drop_path_rate=0.1, layer_scale=None, post_norm=False)
 TORCH_MODELS = {      # builder -> (module in tests/torch_models or 'torchvision', function, extra kwargs)
     'resnet18': ('torchvision', 'resnet18', {}), 'resnet50': ('torchvision', 'resnet50', {}),
     'od_resnet18': ('od_resnet', 'od_resnet18', {}), 'od_resnet50': ('od_resnet', 'od_resnet50', {}),
@@ -43,6 +46,12 @@ TORCH_MODELS = {      # builder -> (module in tests/torch_models or 'torchvision
     'rednet26': ('rednet', 'ImageClassifier', {'depth': 26}),
     'rednet38': ('rednet', 'ImageClassifier', {'depth': 38}),
     'rednet50': ('rednet', 'ImageClassifier', {'depth': 50}),
+    'od_mobilenetv2': ('mobilenetv2', 'OD_MobileNetV2', {}),
+    'cond_mobilenetv2': ('mobilenetv2', 'CondMobileNetV2', {}),
+    'internimage_t': ('intern_image', 'InternImage', dict(INTERNIMAGE_T, core_op='DCNv3_pytorch')),
+    'flash_internimage_t': ('intern_image', 'FlashInternImage',
+                            dict(INTERNIMAGE_T, core_op='DCNv4', mlp_fc2_bias=False, dcn_output_bias=False,
+                                 dw_kernel_size=None)),
 }
 THREAD_VARIABLES = ('NUMBA_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')
 
@@ -118,6 +127,7 @@ def torch_passes(name, batch, train, threads):
         module = factory(num_classes=1000, **kwargs)
     state = getattr(numpyconv.models, name)(rng=0).state_dict()
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    module.float()                       # a re-creation may hold float64 constants
     x = torch.tensor(np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32),
                      requires_grad=True)
     del state
