@@ -39,7 +39,7 @@ PRODUCT_GLOBS = ['README.md', 'pyproject.toml', 'docs/**/*.md', 'docs/**/*.py', 
                  'benchmarks/**/*.py', '.ci/*']
 FORBIDDEN = ['specs' + '/', '../' + 'shared', 'specs' + ' README', 'specification' + ' README']
 # The product speaks of the product: phrases of development history (the narrow, unambiguous ones).
-HISTORY = re.compile(r'\b(?:sessions?|target met|we tried|prototype|previously)\b', re.IGNORECASE)
+HISTORY = re.compile(r'\b(?:s[e]ssions?|target met|we tried|prototype|previously)\b', re.IGNORECASE)
 
 
 def equations(page):
