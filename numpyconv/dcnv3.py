@@ -56,6 +56,7 @@ from ._parallel import threads_for
 from .activations import GELU, sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward
 from .blocks import linear_backward, linear_forward
 from .conv import DepthwiseConv2d, conv_geometry
+from .im2col import loop_geo
 from .layers import LayerNorm, Linear
 from .memory import require_memory
 from .module import Module, Sequential, fans
@@ -89,8 +90,8 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
     """Validate ``x`` and the hyper-parameters shared by dcnv3 and dcnv4; return a setup dict.
 
     Keys: ``geo`` (the ``Geometry`` of :func:`numpyconv.conv_geometry`), ``taps`` (eq. 1), ``points`` (``P``),
-    ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``base`` (the integer part of
-    eq. 2: ``(sh, sw, pt, pl, half_h, half_w)``).
+    ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``loop_geo`` (``geo`` as the Numba
+    loops take it, :func:`numpyconv.im2col.loop_geo`).
     """
     float_array(x, 'x', 4, "(N, H, W, group * group_channels) (channels last)")
     group = positive_int(group, 'group')
@@ -103,23 +104,24 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
     require_memory((n, *geo.out_hw, channels), x.dtype, f"x of shape {x.shape} with kernel_size="
                    f"{kernel_size!r}, stride={stride!r}, padding={padding!r}, dilation={dilation!r}")
     remove_center = _check_flag(remove_center, 'remove_center')
-    (kh, kw), (dh, dw) = geo.kernel, geo.dilation
+    kh, kw = geo.kernel
     if remove_center and (kh % 2 == 0 or kw % 2 == 0):
         raise ValueError(f"remove_center is only compatible with an odd kernel size, got "
                          f"kernel_size {geo.kernel}")
-    base = geo.stride + (geo.pads[0], geo.pads[2], dh * (kh - 1) // 2, dw * (kw - 1) // 2)
     taps = sampling_points(geo.kernel, geo.dilation, remove_center)
     return dict(geo=geo, taps=taps, points=taps.shape[0], group=group,
-                scale=check_offset_scale(offset_scale), base=base,
+                scale=check_offset_scale(offset_scale), loop_geo=loop_geo(geo),
                 out_shape=(n, *geo.out_hw, channels))
 
 
-# -- jitted kernels (shared with numpyconv.dcnv4) ---------------------------------------------
+# -- Numba loops (shared with numpyconv.dcnv4) -------------------------------------------------
 @njit(cache=True, inline='always')
-def _origin(row, col, base, scale):
-    """The scaled top-left of the sampling grid of output ``(row, col)`` (eq. 2)."""
-    sh, sw, pt, pl, half_h, half_w = base
-    return (row * sh - pt + half_h - half_h * scale, col * sw - pl + half_w - half_w * scale)
+def _origin(row, col, geo, scale):
+    """The scaled top-left of the sampling grid of output ``(row, col)`` (eq. 2); ``geo`` as
+    :func:`numpyconv.im2col.loop_geo`."""
+    kh, kw, sh, sw, dh, dw, top, left, _, _ = geo
+    half_h, half_w = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    return (row * sh - top + half_h - half_h * scale, col * sw - left + half_w - half_w * scale)
 
 
 @njit(cache=True, inline='always')
@@ -162,7 +164,7 @@ def _axpy(a, t, y):
 
 
 @njit(cache=True, parallel=True)
-def sample_forward_kernel(x, offset, mask, taps, base, scale, group, out):
+def _sample_forward_loop(x, offset, mask, taps, geo, scale, group, out):
     """``out += sum_p mask * B(x, h, w)`` (eq. 4); ``out`` is ``(N, Ho, Wo, C)`` zeros.
 
     Channel slices (views) keep the innermost loop free of index wrap-around checks.
@@ -174,7 +176,7 @@ def sample_forward_kernel(x, offset, mask, taps, base, scale, group, out):
         b, row = task // ho, task % ho
         buffer = np.empty(4, dtype=x.dtype)
         for col in range(wo):
-            top, left = _origin(row, col, base, scale)
+            top, left = _origin(row, col, geo, scale)
             for g in range(group):
                 lo, hi = g * d, g * d + d
                 y = out[b, row, col, lo:hi]                               # (D,) view
@@ -192,7 +194,7 @@ def sample_forward_kernel(x, offset, mask, taps, base, scale, group, out):
 
 
 @njit(cache=True, parallel=True)
-def sample_backward_kernel(dout, x, offset, mask, taps, base, scale, group, dx, doffset, dmask):
+def _sample_backward_loop(dout, x, offset, mask, taps, geo, scale, group, dx, doffset, dmask):
     """Gradients (eq. 5-7) into zeroed ``dx``, ``doffset``, ``dmask``; one task per ``(n, g)``.
 
     With ``s_k = sum_c t_c v_k[c]`` (the four corner dot products): ``dmask = sum_k K_k s_k``,
@@ -207,7 +209,7 @@ def sample_backward_kernel(dout, x, offset, mask, taps, base, scale, group, dx, 
         buffer = np.empty(4, dtype=x.dtype)
         for row in range(ho):
             for col in range(wo):
-                top, left = _origin(row, col, base, scale)
+                top, left = _origin(row, col, geo, scale)
                 t = dout[b, row, col, lo:hi]                              # (D,) view
                 for p in range(npts):
                     q = g * npts + p
@@ -238,21 +240,21 @@ def _thread_budget(setup):
 
 
 def core_forward(x, offset, mask, setup):
-    """Run the forward kernel on validated contiguous arrays; ``y (N, Ho, Wo, C)``."""
+    """Run the forward loop on validated contiguous arrays; ``y (N, Ho, Wo, C)``."""
     out = np.zeros(setup['out_shape'], dtype=x.dtype)
     with _thread_budget(setup):
-        sample_forward_kernel(x, offset, mask, setup['taps'], setup['base'], setup['scale'],
-                              setup['group'], out)
+        _sample_forward_loop(x, offset, mask, setup['taps'], setup['loop_geo'], setup['scale'],
+                             setup['group'], out)
     return out
 
 
 def core_backward(dout, x, offset, mask, setup):
-    """Run the backward kernel; ``(dx, doffset, dmask)`` in the DCNv3 layout."""
+    """Run the backward loop; ``(dx, doffset, dmask)`` in the DCNv3 layout."""
     dout = np.ascontiguousarray(grad_out(dout, setup['out_shape'], x.dtype))
     dx, doffset, dmask = np.zeros_like(x), np.zeros_like(offset), np.zeros_like(mask)
     with _thread_budget(setup):
-        sample_backward_kernel(dout, x, offset, mask, setup['taps'], setup['base'],
-                               setup['scale'], setup['group'], dx, doffset, dmask)
+        _sample_backward_loop(dout, x, offset, mask, setup['taps'], setup['loop_geo'],
+                              setup['scale'], setup['group'], dx, doffset, dmask)
     return dx, doffset, dmask
 
 

@@ -17,7 +17,7 @@ with ``P = kh*kw - remove_center`` column-major points, exactly DCNv3's geometry
 
 The backward (eq. 3) is DCNv3's (dcnv3.md eq. 5-7) packed back into the same layout; the padding
 channels get zero gradient. Any kernel size works (the official CUDA op only takes 3x3).
-The sampling loops are :mod:`numpyconv.dcnv3`'s jitted kernels: this file only (un)packs.
+The sampling loops are :mod:`numpyconv.dcnv3`'s Numba loops: this file only (un)packs.
 
 Layer ``DCNv4`` (OpenGVLab/DCNv4 ``DCNv4``), NCHW in and out (eq. 4)::
 
