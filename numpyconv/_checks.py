@@ -60,7 +60,7 @@ def float_array(x, name, ndim=None, shape_hint=None):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
-    if ndim is not None and x.ndim not in np.atleast_1d(ndim):
+    if ndim is not None and x.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         hint = shape_hint or f"{ndim}-D"
         raise ValueError(f"{name} must be {hint}, got shape {x.shape}")
     return x

@@ -1,4 +1,4 @@
-"""Thread budget of the Numba loops (deformable sampling, DCNv3/v4, involution).
+"""Thread budget and operands of the Numba loops (sampling, involution, pooling, normalisation...).
 
 Waking Numba's thread pool costs tens of microseconds, and far more on a loaded machine; below a
 few ten thousand multiply-adds one thread is faster. Every kernel's result is independent of the
@@ -7,6 +7,7 @@ thread count (each parallel iteration owns the memory it writes), so this change
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 
 PARALLEL_MIN_WORK = 1 << 16   # multiply-adds below which one thread beats waking the pool
 
@@ -20,3 +21,10 @@ def threads_for(work):
         yield
     finally:
         numba.set_num_threads(threads)
+
+
+def loop_operand(a, dtype=None):
+    """``a`` as a C-contiguous, writeable array, copied only if it is neither: Numba compiles a loop
+    once per array type, and a read-only or strided array is a type of its own."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()

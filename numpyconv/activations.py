@@ -35,9 +35,11 @@ import math
 import numbers
 
 import numpy as np
+from numba import njit, prange
 from scipy.special import erf, expit
 
 from ._checks import Cache, check_cache, float_array, grad_out, real
+from ._parallel import loop_operand, threads_for
 from ._stateless import Stateless, inplace_flag
 
 
@@ -71,7 +73,21 @@ def relu_forward(x):
         None.
     """
     float_array(x, 'x')
-    return np.maximum(x, 0), Cache('relu', positive=~(x <= 0), dtype=x.dtype)
+    flat = loop_operand(x).reshape(-1)
+    y, positive = np.empty(flat.shape, dtype=x.dtype), np.empty(flat.shape, dtype=np.bool_)
+    with threads_for(flat.size):
+        _relu_loop(flat, y, positive)                                          # (eq. 5)
+    return y.reshape(x.shape), Cache('relu', positive=positive.reshape(x.shape), dtype=x.dtype)
+
+
+@njit(cache=True, parallel=True)
+def _relu_loop(x, y, positive):
+    """``y = max(x, 0)`` and ``positive = not x <= 0`` (NaN counts as positive and passes through), in
+    one parallel pass over the flat ``x``."""
+    for i in prange(x.shape[0]):
+        value = x[i]
+        positive[i] = not value <= 0
+        y[i] = value if positive[i] else 0
 
 
 def relu_backward(dout, cache):

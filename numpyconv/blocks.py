@@ -42,7 +42,10 @@ Example::
 import math
 
 import numpy as np
+from numba import njit, prange
+
 from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, real as _real, same_dtype
+from ._parallel import loop_operand, threads_for
 from .activations import _shifted_exp
 from .memory import require_memory
 
@@ -213,24 +216,88 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     -------
     y : ndarray, shape of ``x``
     cache : Cache
-        ``Cache('batch_norm')`` with ``x_hat`` (shape of ``x``), ``inv_std`` (per channel, broadcastable),
-        ``weight`` (None without affine), ``has_bias``, ``shape``, ``axes``, ``training`` and
-        ``running_mean`` / ``running_var`` (this step's statistics in training; None where given as None).
+        ``Cache('batch_norm')`` with ``x_hat`` (shape of ``x``) in training, ``x`` (a reference) in
+        eval, and ``inv_std`` (per channel, broadcastable), ``weight`` (None without affine),
+        ``has_bias``, ``shape``, ``axes``, ``training`` and ``running_mean`` / ``running_var`` (this
+        step's statistics in training; None where given as None).
     """
     _check_batch_norm(x, weight, bias, running_mean, running_var, training)
     momentum, eps = _real(momentum, 'momentum', 0, 1), _real(eps, 'eps', 0)
     axes = (0,) + tuple(range(2, x.ndim))                  # R: batch and spatial axes
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # per-channel vectors against x
-    if training:
-        x_hat, inv_std, running_mean, running_var = _batch_statistics(x, axes, eps, running_mean,
-                                                                      running_var, momentum)
-    else:
-        inv_std = 1 / np.sqrt(running_var.reshape(shape) + eps)               # (eq. 21)
-        x_hat = (x - running_mean.reshape(shape)) * inv_std
+    if not training:
+        return _eval_batch_norm(x, weight, bias, running_mean, running_var, eps, shape, axes)
+    x_hat, inv_std, running_mean, running_var = _batch_statistics(x, axes, eps, running_mean,
+                                                                  running_var, momentum)
     y = _scale_shift(x_hat, weight, bias, shape)
     return y, Cache('batch_norm', x_hat=x_hat, inv_std=inv_std, weight=weight,
-                    has_bias=bias is not None, shape=shape, axes=axes, training=bool(training),
+                    has_bias=bias is not None, shape=shape, axes=axes, training=True,
                     running_mean=running_mean, running_var=running_var)
+
+
+@njit(cache=True, parallel=True)
+def _channel_affine_loop(x, scale, shift, y):
+    """``y[n, c] = x[n, c] * scale[c] + shift[c]`` for ``x, y (N, C, L)``; parallel over the
+    ``(n, c)`` rows, each iteration owning its row of ``y``."""
+    channels = x.shape[1]
+    for t in prange(x.shape[0] * channels):
+        n, c = t // channels, t % channels
+        a, b = scale[c], shift[c]
+        for k in range(x.shape[2]):
+            y[n, c, k] = x[n, c, k] * a + b
+
+
+def _channel_affine(x, scale, shift):
+    """``x (N, C, ...) * scale[c] + shift[c]`` in one parallel pass over ``x``."""
+    x3 = loop_operand(x).reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+    y = np.empty(x3.shape, dtype=x.dtype)
+    with threads_for(y.size):
+        _channel_affine_loop(x3, scale, shift, y)
+    return y.reshape(x.shape)
+
+
+@njit(cache=True, parallel=True)
+def _channel_affine_backward_loop(dout, x, mean, s, gamma, dx, sums):
+    """For ``dout, x, dx (N, C, L)``: ``dx = dout gamma s`` (eq. 22) and, per channel,
+    ``sums[c] = (sum dout, sum dout x_hat)`` with ``x_hat = (x - mean) s`` (eq. 21), accumulated in
+    float64 along ``L`` in a fixed order. Parallel over the channels, each owning its ``dx`` rows and
+    sums."""
+    batch, channels, length = x.shape
+    for c in prange(channels):
+        total, total_x_hat = np.zeros(length), np.zeros(length)
+        for n in range(batch):
+            for k in range(length):
+                g = dout[n, c, k]
+                dx[n, c, k] = g * (gamma[c] * s[c])
+                total[k] += g
+                total_x_hat[k] += g * ((x[n, c, k] - mean[c]) * s[c])
+        sums[c, 0], sums[c, 1] = total.sum(), total_x_hat.sum()
+
+
+def _channel_affine_backward(dout, x, mean, s, gamma):
+    """``(dx, sum_R dout, sum_R dout x_hat)`` of eval-mode BatchNorm in one parallel pass."""
+    shape3 = (x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+    dout3, x3 = loop_operand(dout).reshape(shape3), loop_operand(x).reshape(shape3)
+    dx, sums = np.empty(shape3, dtype=x.dtype), np.empty((x.shape[1], 2))
+    with threads_for(dx.size):
+        _channel_affine_backward_loop(dout3, x3, loop_operand(mean), loop_operand(s), loop_operand(gamma),
+                                      dx, sums)
+    return dx.reshape(x.shape), sums[:, 0].astype(x.dtype), sums[:, 1].astype(x.dtype)
+
+
+def _eval_batch_norm(x, weight, bias, running_mean, running_var, eps, shape, axes):
+    """Eval-mode ``(y, cache)``: (eq. 21) as the per-channel affine map ``y = x a + c`` with
+    ``a = gamma s`` and ``c = beta - running_mean a``, one pass over ``x``; the cache keeps ``x``
+    (a reference) and the backward forms ``x_hat`` only if it needs it."""
+    inv_std = 1 / np.sqrt(running_var.reshape(shape) + eps)                   # s of (eq. 21)
+    scale = inv_std if weight is None else inv_std * weight.reshape(shape)
+    shift = -running_mean.reshape(shape) * scale
+    if bias is not None:
+        shift += bias.reshape(shape)
+    y = _channel_affine(x, scale.ravel(), shift.ravel())
+    return y, Cache('batch_norm', x=x, inv_std=inv_std, weight=weight, has_bias=bias is not None,
+                    shape=shape, axes=axes, training=False, running_mean=running_mean,
+                    running_var=running_var)
 
 
 def batch_norm_backward(dout, cache):
@@ -253,18 +320,29 @@ def batch_norm_backward(dout, cache):
         given as None.
     """
     cache = check_cache(cache, 'batch_norm')
+    if not cache['training']:
+        return _eval_batch_norm_backward(dout, cache)
     x_hat, axes, inv_std = cache['x_hat'], cache['axes'], cache['inv_std']
     dout = grad_out(dout, x_hat.shape, x_hat.dtype)
     g, dweight, dbias = _scale_shift_backward(dout, cache, axes)
-    c = x_hat.shape[1]
-    if cache['training']:
-        dx = _normalize_backward(g, x_hat, inv_std, axes)                   # (eq. 20)
-        dmean, dvar = (None if cache[k] is None else np.zeros(c, x_hat.dtype)        # no dependence
-                       for k in ('running_mean', 'running_var'))
-    else:
-        dx = g * inv_std                                                    # (eq. 22)
-        dmean = -(g.sum(axis=axes) * inv_std.ravel())                       # (eq. 22a)
-        dvar = -0.5 * (g * x_hat).sum(axis=axes) * inv_std.ravel() ** 2     # (eq. 22a)
+    dx = _normalize_backward(g, x_hat, inv_std, axes)                       # (eq. 20)
+    dmean, dvar = (None if cache[k] is None else np.zeros(x_hat.shape[1], x_hat.dtype)   # (eq. 22b)
+                   for k in ('running_mean', 'running_var'))
+    return dx, dweight, dbias, dmean, dvar
+
+
+def _eval_batch_norm_backward(dout, cache):
+    """(eq. 22, 18, 22a) of the eval-mode affine map, with ``g = dout gamma``: ``dx = dout gamma s``,
+    and the sums over ``R`` of ``dout`` and ``dout x_hat`` serve ``dbias``, ``dweight`` and the running
+    statistics' gradients."""
+    x, weight, s = cache['x'], cache['weight'], cache['inv_std'].ravel()
+    dout = grad_out(dout, x.shape, x.dtype)
+    gamma = np.ones(x.shape[1], x.dtype) if weight is None else weight
+    dx, sum_dout, sum_dout_x_hat = _channel_affine_backward(dout, x, cache['running_mean'], s, gamma)
+    dweight = None if weight is None else sum_dout_x_hat                       # (eq. 18)
+    dbias = sum_dout if cache['has_bias'] else None                            # (eq. 18)
+    dmean = -s * gamma * sum_dout                                              # (eq. 22a)
+    dvar = -0.5 * s ** 2 * gamma * sum_dout_x_hat                              # (eq. 22a)
     return dx, dweight, dbias, dmean, dvar
 
 

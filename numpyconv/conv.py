@@ -34,7 +34,9 @@ out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache kee
 no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass).
 Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
 shifted, scaled copies of the input (eq. 8-10), each offset only over the outputs that read inside
-``x`` (the padding is never built). Pointwise is a per-pixel matrix product (eq. 11).
+``x`` (the padding is never built). Pointwise is a per-pixel matrix product (eq. 11); so is every
+1x1 convolution without padding, whose columns are ``x``'s strided pixels: the GEMM reads ``x`` itself
+and no column buffer is filled (eq. 11-12).
 An output larger than the machine's memory is refused before anything is allocated
 (``numpyconv/memory.py``).
 
@@ -173,17 +175,20 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         ``Ho = floor((H + pads - dh (kh - 1) - 1) / sh) + 1``, likewise ``Wo``.
     cache : Cache
         ``Cache('conv2d')`` with ``x``, ``weight``, ``has_bias``, ``groups``, ``geo`` (the
-        :class:`~numpyconv.im2col.Geometry`) and the path flags ``depthwise`` and ``winograd``; none
-        of them None. No columns are kept: the backward recomputes them.
+        :class:`~numpyconv.im2col.Geometry`) and the path flags ``depthwise``, ``pointwise`` and
+        ``winograd``; none of them None. No columns are kept: the backward recomputes them.
     """
     per_sample, groups = _check_conv(x, weight, bias, groups)
     geo = conv_geometry(x.shape[2:], weight.shape[-2:], stride, padding, dilation)
     require_memory((x.shape[0], weight.shape[-4]) + geo.out_hw, x.dtype,
                    _geometry_cause(x, stride, padding, dilation))
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
-    winograd = not depthwise and winograd_pays(x, weight, groups, geo)
+    pointwise = not depthwise and _reads_pixels(geo)
+    winograd = not (depthwise or pointwise) and winograd_pays(x, weight, groups, geo)
     if depthwise:
         y = _depthwise_forward(x, weight, geo)                            # (eq. 8)
+    elif pointwise:
+        y = cols_matmul(_pixels(x, geo), weight, groups)                  # (eq. 11)
     elif winograd:
         y = winograd_conv2d(x, weight, geo)                               # (winograd.py, eq. 1)
     else:
@@ -191,8 +196,19 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if bias is not None:
         y += bias[..., None, None] if per_sample else bias[:, None, None]
     cache = Cache('conv2d', x=x, weight=weight, has_bias=bias is not None, groups=groups, geo=geo,
-                  depthwise=depthwise, winograd=winograd)
+                  depthwise=depthwise, pointwise=pointwise, winograd=winograd)
     return y, cache
+
+
+def _reads_pixels(geo):
+    """Whether the convolution is 1x1 without padding: its columns are ``x``'s strided pixels."""
+    return geo.kernel == (1, 1) and not any(geo.pads)
+
+
+def _pixels(x, geo):
+    """The columns of a 1x1 convolution without padding, ``(N, C_in, 1, 1, Ho, Wo)``: a view of ``x``
+    (strided), so that the GEMM reads ``x`` itself and no column buffer is filled."""
+    return x[:, :, None, None, ::geo.stride[0], ::geo.stride[1]]
 
 
 def _geometry_cause(x, stride, padding, dilation):
@@ -280,6 +296,8 @@ def _conv2d_backward(dout, cache):
     dout = grad_out(dout, (x.shape[0], weight.shape[-4]) + geo.out_hw, x.dtype)
     if cache['depthwise']:
         dx, dw = _depthwise_backward(dout, x, weight, geo)                # (eq. 9, 10)
+    elif cache['pointwise']:
+        dx, dw = _pointwise_backward(dout, x, weight, cache['groups'], geo)  # (eq. 12)
     elif cache['winograd']:
         dx, dw = winograd_conv2d_backward(dout, x, weight, geo)           # (winograd.py, eq. 6-9)
     elif geo.stride == (1, 1):
@@ -290,6 +308,17 @@ def _conv2d_backward(dout, cache):
     if cache['has_bias']:
         db = dout.sum(axis=(2, 3)) if weight.ndim == 5 else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
+
+
+def _pointwise_backward(dout, x, weight, groups, geo):
+    """(eq. 12) of a 1x1 convolution without padding: the two GEMMs of (eq. 6, 7) on ``x``'s pixels;
+    ``dx`` is zero off the strided pixels."""
+    dcols, dw = cols_matmul_backward(dout, _pixels(x, geo), weight, groups)
+    if geo.stride == (1, 1):
+        return dcols.reshape(x.shape), dw
+    dx = np.zeros_like(x)
+    dx[:, :, ::geo.stride[0], ::geo.stride[1]] = dcols[:, :, 0, 0]
+    return dx, dw
 
 
 def _strided_backward(dout, x, weight, groups, geo):

@@ -28,10 +28,11 @@ The argmax rule is PyTorch's CPU kernel (``val > max or isnan(val)`` in window o
 and NaNs route the gradient to the element PyTorch picks. A max window with no element inside x
 (possible with dilation) gives ``-inf`` and no gradient, as in PyTorch.
 
-avg_pool2d and max_pool2d loop over the ``kh*kw`` kernel offsets: each offset reads one strided
-slice of the whole batch (``_offset_slices`` of numpyconv/im2col.py), keeping a running sum or a
-running maximum and its offset; the backward adds each offset's share back with one slice ``+=``
-(within one offset the slice has no repeated index). The adaptive pools work window by window
+avg_pool2d loops over the ``kh*kw`` kernel offsets: each offset reads one strided slice of the
+whole batch (``_offset_slices`` of numpyconv/im2col.py), keeping a running sum; the backward adds
+each offset's share back with one slice ``+=`` (within one offset the slice has no repeated index).
+max_pool2d is two Numba loops, parallel over the ``(n, c)`` planes: the forward scans each window in
+window order (eq. 44-45), the backward adds each output's gradient at its argmax (eq. 46). The adaptive pools work window by window
 along W, then along H (one slice per window; overlapping windows add one after the other).
 Batch 0 works; inputs are never modified; float32 stays float32.
 
@@ -51,10 +52,12 @@ Example::
 import numbers
 
 import numpy as np
+from numba import njit, prange
 
 from ._checks import Cache, check_cache, float_array, grad_out, pair
+from ._parallel import loop_operand, threads_for
 from ._stateless import Stateless
-from .im2col import Geometry, _offset_slices
+from .im2col import Geometry, _offset_slices, loop_geo
 from .memory import require_memory
 
 _ANY_SIZE = 10 ** 6   # an input size every valid window fits: checks a layer's arguments alone
@@ -219,6 +222,48 @@ def avg_pool2d_backward(dout, cache):
 
 
 # -- max_pool2d ------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _max_forward_loop(x, geo, best, arg):
+    """``best``, ``arg (N, C, Ho, Wo)`` (eq. 44, 45): each window's maximum inside x and its kernel
+    offset ``a*kw + b`` (-inf and -1 for a window with no element inside x). Parallel over the
+    ``(n, c)`` planes, each iteration owning its output plane."""
+    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    n, channels, height, width = x.shape
+    for t in prange(n * channels):
+        plane = x[t // channels, t % channels]
+        for i in range(ho):
+            for j in range(wo):
+                value, offset = -np.inf, -1
+                for a in range(kh):
+                    row = i * sh - top + a * dh
+                    if row < 0 or row >= height:
+                        continue
+                    for b in range(kw):
+                        col = j * sw - left + b * dw
+                        if 0 <= col < width:
+                            v = plane[row, col]
+                            if offset < 0 or v > value or np.isnan(v):               # (eq. 45)
+                                value, offset = v, a * kw + b
+                best[t // channels, t % channels, i, j] = value
+                arg[t // channels, t % channels, i, j] = offset
+
+
+@njit(cache=True, parallel=True)
+def _max_backward_loop(dy, arg, geo, dx):
+    """``dx (N, C, H, W)`` (zero on entry) += each output's ``dy`` at its window's argmax (eq. 46).
+    Parallel over the ``(n, c)`` planes: each iteration owns its plane of ``dx``."""
+    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    channels = dx.shape[1]
+    for t in prange(dx.shape[0] * channels):
+        n, c = t // channels, t % channels
+        for i in range(ho):
+            for j in range(wo):
+                offset = arg[n, c, i, j]
+                if offset >= 0:
+                    row, col = i * sh - top + (offset // kw) * dh, j * sw - left + (offset % kw) * dw
+                    dx[n, c, row, col] += dy[n, c, i, j]
+
+
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Max pooling as ``torch.nn.functional.max_pool2d`` (eq. 44, 45).
 
@@ -243,14 +288,11 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     _check_x(x)
     geo = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     shape = x.shape[:2] + geo.out_hw
-    best = np.full(shape, -np.inf, dtype=x.dtype)
-    arg = np.full(shape, -1, dtype=np.int32)
-    for k, rows_out, cols_out, rows_in, cols_in in _offsets(geo):
-        value = x[:, :, rows_in, cols_in]
-        b, a = best[:, :, rows_out, cols_out], arg[:, :, rows_out, cols_out]      # views
-        take = (value > b) | np.isnan(value) | (a < 0)                             # (eq. 45)
-        np.copyto(b, value, where=take)
-        np.copyto(a, k, where=take)
+    require_memory(shape, x.dtype, f"x of shape {x.shape} with kernel_size={kernel_size!r}, "
+                   f"stride={stride!r}, padding={padding!r}, dilation={dilation!r}")
+    best, arg = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
+    with threads_for(best.size * geo.kernel[0] * geo.kernel[1]):
+        _max_forward_loop(loop_operand(x), loop_geo(geo), best, arg)                   # (eq. 44, 45)
     return best, Cache('max_pool2d', geo=geo, arg=arg, x_shape=x.shape, dtype=x.dtype)
 
 
@@ -273,9 +315,8 @@ def max_pool2d_backward(dout, cache):
     geo, arg, x_shape = cache['geo'], cache['arg'], cache['x_shape']
     dout = grad_out(dout, arg.shape, cache['dtype'])
     dx = np.zeros(x_shape, dtype=cache['dtype'])
-    for k, rows_out, cols_out, rows_in, cols_in in _offsets(geo):
-        chosen = arg[:, :, rows_out, cols_out] == k
-        dx[:, :, rows_in, cols_in] += np.where(chosen, dout[:, :, rows_out, cols_out], 0)
+    with threads_for(dout.size):
+        _max_backward_loop(loop_operand(dout), arg, loop_geo(geo), dx)                  # (eq. 46)
     return (dx,)
 
 

@@ -1,0 +1,192 @@
+"""The compiled and GEMM-only paths of the building blocks, each against its plain-loop reference:
+
+* conv2d's 1x1 path without padding (the GEMM reads x's pixels, no column buffer; eq. 11-12 of
+  conv.md): every stride, groups, per-sample weights, batch 0, float32, and a strided input;
+* max_pool2d's Numba loops (eq. 44-46 of blocks.md), including NaN, ties and windows with no
+  element inside x, with one and two threads (bitwise equal);
+* eval-mode BatchNorm as one per-channel affine pass (eq. 21, 22, 22a), float32 sums accumulated in
+  float64;
+* relu's single pass (eq. 5-6) on NaN, -0 and infinities.
+"""
+import numba
+import numpy as np
+import pytest
+
+import numpyconv
+from numpyconv import reference
+from numpyconv.conv import conv2d_backward, conv2d_forward
+from numpyconv.pooling import _max_pool2d_indices
+
+RNG = np.random.default_rng(7)
+
+
+def normal(*shape, dtype=np.float64):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300) if b.size else 0.0
+
+
+def threads(count, fn):
+    """``fn()`` with ``count`` Numba threads (at most the machine's)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    try:
+        return fn()
+    finally:
+        numba.set_num_threads(before)
+
+
+# -- conv2d, 1x1 without padding ----------------------------------------------------------------
+POINTWISE = [  # n, c_in, c_out, (h, w), stride, groups, per_sample
+    (1, 6, 4, (5, 7), 1, 1, False),
+    (3, 6, 4, (5, 7), 2, 2, False),
+    (2, 4, 6, (6, 5), (3, 2), 2, True),
+    (1, 8, 8, (4, 4), 1, 4, True),
+    (0, 4, 4, (3, 3), 1, 1, False),
+]
+
+
+@pytest.mark.parametrize('n, c_in, c_out, hw, stride, groups, per_sample', POINTWISE)
+def test_pointwise_path_matches_reference(n, c_in, c_out, hw, stride, groups, per_sample):
+    x = normal(n, c_in, *hw)
+    weight = normal(*(((n,) if per_sample else ()) + (c_out, c_in // groups, 1, 1)))
+    bias = normal(*(((n,) if per_sample else ()) + (c_out,)))
+    y, cache = conv2d_forward(x, weight, bias, stride=stride, groups=groups)
+    assert cache['pointwise']
+    dout = normal(*y.shape)
+    grads = conv2d_backward(dout, cache)
+    if per_sample:          # the reference has no per-sample weights: one sample at a time
+        for i in range(n):
+            y_i = reference.conv2d(x[i:i + 1], weight[i], bias[i], stride=stride, groups=groups)
+            g_i = reference.conv2d_backward(dout[i:i + 1], x[i:i + 1], weight[i], bias[i], stride=stride,
+                                            groups=groups)
+            assert rel_err(y[i:i + 1], y_i) < 1e-12
+            for fast, ref in zip((grads[0][i:i + 1], grads[1][i], grads[2][i]), g_i):
+                assert rel_err(fast, ref) < 1e-12
+        return
+    assert rel_err(y, reference.conv2d(x, weight, bias, stride=stride, groups=groups)) < 1e-12
+    ref = reference.conv2d_backward(dout, x, weight, bias, stride=stride, groups=groups)
+    for fast, expected in zip(grads, ref):
+        assert fast.shape == expected.shape and rel_err(fast, expected) < 1e-12
+
+
+def test_pointwise_path_float32_and_strided_input_match_the_column_path():
+    x = normal(2, 12, 9, 11, dtype=np.float32)[:, ::2, 1:, ::-1]        # strided, reversed view
+    weight = normal(5, 6, 1, 1, dtype=np.float32)
+    y, cache = conv2d_forward(x, weight, stride=2)
+    assert cache['pointwise'] and y.dtype == np.float32
+    # the same convolution through im2col: a 1x1 kernel padded to 3x3 with zeros, padding 1
+    w3 = np.zeros((5, 6, 3, 3), np.float32)
+    w3[:, :, 1, 1] = weight[:, :, 0, 0]
+    y3, cache3 = conv2d_forward(x, w3, stride=2, padding=1)
+    assert not cache3['pointwise']
+    np.testing.assert_allclose(y, y3, rtol=1e-5, atol=1e-5)
+    dout = normal(*y.shape, dtype=np.float32)
+    dx, dw, _ = conv2d_backward(dout, cache)
+    dx3, dw3, _ = conv2d_backward(dout, cache3)
+    np.testing.assert_allclose(dx, dx3, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw[:, :, 0, 0], dw3[:, :, 1, 1], rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_path_gradcheck():
+    x, weight, bias = normal(2, 4, 3, 5), normal(6, 2, 1, 1), normal(6)
+    numpyconv.gradcheck(lambda a, w, b: conv2d_forward(a, w, b, stride=(1, 2), groups=2),
+                        conv2d_backward, (x, weight, bias))
+
+
+def test_pointwise_path_is_adjoint():
+    # <conv(x), dy> = <x, dx> for a linear map of x (bias None)
+    x, weight = normal(3, 4, 6, 5), normal(5, 4, 1, 1)
+    y, cache = conv2d_forward(x, weight, stride=2)
+    dout = normal(*y.shape)
+    dx = conv2d_backward(dout, cache)[0]
+    assert abs(np.vdot(y, dout) - np.vdot(x, dx)) < 1e-10 * abs(np.vdot(y, dout))
+
+
+# -- max_pool2d ----------------------------------------------------------------------------------
+MAXPOOL = [  # shape, kernel_size, stride, padding, dilation, ceil_mode
+    ((2, 3, 9, 8), 3, 2, 1, 1, False),
+    ((1, 2, 7, 7), (2, 3), (1, 2), (1, 1), (2, 1), True),
+    ((1, 1, 5, 5), 3, 3, 1, 3, True),               # windows with no element inside x
+    ((0, 2, 4, 4), 2, None, 0, 1, False),
+]
+
+
+@pytest.mark.parametrize('shape, kernel_size, stride, padding, dilation, ceil_mode', MAXPOOL)
+def test_max_pool_loops_match_reference_on_any_thread_count(shape, kernel_size, stride, padding, dilation,
+                                                             ceil_mode):
+    x = np.round(normal(*shape), 1)                                       # ties
+    if x.size:
+        x.flat[::7] = np.nan
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    y, cache = numpyconv.max_pool2d_forward(x, *args)
+    dout = normal(*y.shape)
+    dx, = numpyconv.max_pool2d_backward(dout, cache)
+    np.testing.assert_array_equal(y, reference.max_pool2d(x, *args))
+    np.testing.assert_allclose(dx, reference.max_pool2d_backward(dout, x, *args)[0], rtol=1e-14)
+    y1, cache1 = threads(1, lambda: numpyconv.max_pool2d_forward(x, *args))
+    dx2, = threads(2, lambda: numpyconv.max_pool2d_backward(dout, cache1))
+    np.testing.assert_array_equal(y1, y)
+    np.testing.assert_array_equal(dx2, dx)
+
+
+def test_max_pool_matches_torch_indices():
+    torch = pytest.importorskip('torch')
+    x = normal(2, 3, 11, 10, dtype=np.float32)
+    y, cache = numpyconv.max_pool2d_forward(x, 3, 2, 1, 1, True)
+    yt, idx = torch.nn.functional.max_pool2d(torch.tensor(x), 3, 2, 1, 1, True, return_indices=True)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(_max_pool2d_indices(cache), idx.numpy())
+
+
+# -- eval-mode BatchNorm -------------------------------------------------------------------------
+@pytest.mark.parametrize('shape', [(2, 3, 4, 5), (3, 4), (2, 3, 6), (0, 3, 2, 2)])
+@pytest.mark.parametrize('affine', [True, False])
+def test_eval_batch_norm_matches_reference(shape, affine):
+    c = shape[1]
+    x = normal(*shape)
+    weight, bias = (normal(c), normal(c)) if affine else (None, None)
+    mean, var = normal(c), RNG.random(c) + 0.5
+    y, cache = numpyconv.batch_norm_forward(x, weight, bias, mean, var, False)
+    assert rel_err(y, reference.batch_norm(x, weight, bias, mean, var, False)) < 1e-13
+    dout = normal(*shape)
+    fast = numpyconv.batch_norm_backward(dout, cache)
+    ref = reference.batch_norm_backward(dout, x, weight, bias, mean, var, False)
+    for a, b in zip(fast, ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and rel_err(a, b) < 1e-12
+
+
+def test_eval_batch_norm_float32_sums_are_accurate():
+    # a large plane of float32: the per-channel sums accumulate in float64
+    x = normal(2, 3, 128, 128, dtype=np.float32) + 3
+    mean, var, w, b = (np.full(3, 3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32),
+                       np.zeros(3, np.float32))
+    _, cache = numpyconv.batch_norm_forward(x, w, b, mean, var, False)
+    dout = normal(*x.shape, dtype=np.float32)
+    _, dweight, dbias, _, _ = numpyconv.batch_norm_backward(dout, cache)
+    x_hat = (x.astype(np.float64) - 3) / np.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(dbias, dout.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(dweight, (dout * x_hat).sum(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_eval_batch_norm_is_bitwise_independent_of_threads():
+    x, w, b, m, v = normal(2, 8, 30, 30), normal(8), normal(8), normal(8), RNG.random(8) + 1
+    run = lambda: numpyconv.batch_norm_backward(np.cos(x), numpyconv.batch_norm_forward(x, w, b, m, v, False)[1])
+    for a, b2 in zip(threads(1, run), threads(2, run)):
+        np.testing.assert_array_equal(a, b2)
+
+
+# -- relu ----------------------------------------------------------------------------------------
+def test_relu_single_pass_special_values():
+    x = np.array([-1.0, -0.0, 0.0, np.nan, 2.0, np.inf, -np.inf], dtype=np.float32)
+    y, cache = numpyconv.relu_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert y.dtype == np.float32
+    dx, = numpyconv.relu_backward(np.ones_like(x), cache)
+    np.testing.assert_array_equal(dx, [0, 0, 0, 1, 1, 1, 0])
+    xs = normal(4, 6)[:, ::2]                                              # strided input
+    np.testing.assert_array_equal(numpyconv.relu_forward(xs)[0], np.maximum(xs, 0))
