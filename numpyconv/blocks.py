@@ -96,10 +96,17 @@ def linear_forward(x, weight, bias=None):
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
     require_memory(x.shape[:-1] + weight.shape[:1], x.dtype,
                    f"x of shape {x.shape} with weight of shape {weight.shape}")
-    y = x @ weight.T
+    y = _rows(x) @ weight.T                                              # one GEMM (M, F) @ (F, O)
     if bias is not None:
         y += bias
-    return y, Cache('linear', x=x, weight=weight, has_bias=bias is not None)
+    return y.reshape(x.shape[:-1] + weight.shape[:1]), Cache('linear', x=x, weight=weight,
+                                                             has_bias=bias is not None)
+
+
+def _rows(a):
+    """``a (..., F)`` as the matrix ``(M, F)`` of its rows, ``M`` the product of the leading axes: one
+    GEMM for the whole input rather than one per leading index."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def linear_backward(dout, cache):
@@ -120,12 +127,10 @@ def linear_backward(dout, cache):
     cache = check_cache(cache, 'linear')
     x, weight = cache['x'], cache['weight']
     dout = grad_out(dout, x.shape[:-1] + weight.shape[:1], x.dtype)
-    rows = math.prod(x.shape[:-1])
-    rows_x = x.reshape(rows, weight.shape[1])                            # (M, F)
-    rows_dy = dout.reshape(rows, weight.shape[0])                        # (M, O)
+    rows_x, rows_dy = _rows(x), _rows(dout)                              # (M, F), (M, O)
     dweight = rows_dy.T @ rows_x                                         # (eq. 2)
     dbias = rows_dy.sum(axis=0) if cache['has_bias'] else None           # (eq. 3)
-    return dout @ weight, dweight, dbias                                 # (eq. 4)
+    return (rows_dy @ weight).reshape(x.shape), dweight, dbias           # (eq. 4)
 
 
 # -- normalisation (shared by batch_norm and layer_norm) ----------------------------------------

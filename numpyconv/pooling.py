@@ -32,8 +32,9 @@ avg_pool2d loops over the ``kh*kw`` kernel offsets: each offset reads one stride
 whole batch (``_offset_slices`` of numpyconv/im2col.py), keeping a running sum; the backward adds
 each offset's share back with one slice ``+=`` (within one offset the slice has no repeated index).
 max_pool2d is two Numba loops, parallel over the ``(n, c)`` planes: the forward scans each window in
-window order (eq. 44-45), the backward adds each output's gradient at its argmax (eq. 46). The adaptive pools work window by window
-along W, then along H (one slice per window; overlapping windows add one after the other).
+window order (eq. 44-45), the backward adds each output's gradient at its argmax (eq. 46). The
+adaptive pools work window by window along W, then along H (one slice per window; overlapping
+windows add one after the other).
 Batch 0 works; inputs are never modified; float32 stays float32.
 
 Example::

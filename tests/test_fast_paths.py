@@ -175,7 +175,9 @@ def test_eval_batch_norm_float32_sums_are_accurate():
 
 def test_eval_batch_norm_is_bitwise_independent_of_threads():
     x, w, b, m, v = normal(2, 8, 30, 30), normal(8), normal(8), normal(8), RNG.random(8) + 1
-    run = lambda: numpyconv.batch_norm_backward(np.cos(x), numpyconv.batch_norm_forward(x, w, b, m, v, False)[1])
+
+    def run():
+        return numpyconv.batch_norm_backward(np.cos(x), numpyconv.batch_norm_forward(x, w, b, m, v, False)[1])
     for a, b2 in zip(threads(1, run), threads(2, run)):
         np.testing.assert_array_equal(a, b2)
 
@@ -190,3 +192,36 @@ def test_relu_single_pass_special_values():
     np.testing.assert_array_equal(dx, [0, 0, 0, 1, 1, 1, 0])
     xs = normal(4, 6)[:, ::2]                                              # strided input
     np.testing.assert_array_equal(numpyconv.relu_forward(xs)[0], np.maximum(xs, 0))
+
+
+# -- gelu ----------------------------------------------------------------------------------------
+def test_erf_rational_fit_is_within_1e8_everywhere():
+    from scipy.special import erf
+    from numpyconv.activations import _erf_rational
+    u = np.concatenate([np.linspace(-8, 8, 400_001), [0.0, -0.0, 1e-300, 4.5, -4.5, np.inf, -np.inf]])
+    approx = np.array([_erf_rational(v) for v in u])
+    assert np.abs(approx - erf(u)).max() < 1e-8
+    assert np.isnan(_erf_rational(np.nan))
+
+
+def test_gelu_float32_is_float64_gelu_rounded():
+    from scipy.special import erf
+    x = np.concatenate([normal(200_000) * 4, [0.0, -0.0, 6.3, -6.3, -6.4, 20.0, -20.0]]).astype(np.float32)
+    y, cache = numpyconv.gelu_forward(x)
+    x64 = x.astype(np.float64)
+    exact = x64 * 0.5 * (1 + erf(x64 / np.sqrt(2)))
+    assert y.dtype == np.float32 and cache['cdf'].dtype == np.float32
+    assert np.all(np.abs(y - exact) <= 1e-8 * np.abs(x64) + np.spacing(np.abs(exact).astype(np.float32)))
+    assert np.all((cache['cdf'] >= 0) & (cache['cdf'] <= 1))
+
+
+def test_gelu_float64_uses_exact_erf_and_any_thread_count():
+    from scipy.special import erf
+    x = normal(3, 50, 41)[:, ::2]                                             # strided
+    y, cache = threads(2, lambda: numpyconv.gelu_forward(x))
+    np.testing.assert_allclose(y, x * 0.5 * (1 + erf(x / np.sqrt(2))), rtol=1e-12, atol=1e-300)
+    y1, _ = threads(1, lambda: numpyconv.gelu_forward(x))
+    np.testing.assert_array_equal(y1, y)
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(threads(1, lambda: numpyconv.gelu_forward(x32))[0],
+                                  threads(2, lambda: numpyconv.gelu_forward(x32))[0])
