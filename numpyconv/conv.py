@@ -58,6 +58,8 @@ from .module import Module, default_bias, kaiming_uniform
 from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_pays
 
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
+MIN_PIXEL_GEMM = 192     # output pixels per sample below which one GEMM over a batch's copied columns
+                         # beats a GEMM per sample on x's pixels (1x1 convolutions)
 _ANY_SIZE = 10 ** 6   # an input size every valid kernel fits: checks hyper-parameters alone
 
 
@@ -183,7 +185,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     require_memory((x.shape[0], weight.shape[-4]) + geo.out_hw, x.dtype,
                    _geometry_cause(x, stride, padding, dilation))
     depthwise = weight.shape[-3] == 1 and groups == x.shape[1]
-    pointwise = not depthwise and _reads_pixels(geo)
+    pointwise = not depthwise and _reads_pixels(x, geo)
     winograd = not (depthwise or pointwise) and winograd_pays(x, weight, groups, geo)
     if depthwise:
         y = _depthwise_forward(x, weight, geo)                            # (eq. 8)
@@ -200,9 +202,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return y, cache
 
 
-def _reads_pixels(geo):
-    """Whether the convolution is 1x1 without padding: its columns are ``x``'s strided pixels."""
-    return geo.kernel == (1, 1) and not any(geo.pads)
+def _reads_pixels(x, geo):
+    """Whether the GEMM reads ``x``'s strided pixels as columns: a 1x1 convolution without padding,
+    with one sample or at least ``MIN_PIXEL_GEMM`` output pixels per sample."""
+    wide = x.shape[0] <= 1 or geo.out_hw[0] * geo.out_hw[1] >= MIN_PIXEL_GEMM
+    return geo.kernel == (1, 1) and not any(geo.pads) and wide
 
 
 def _pixels(x, geo):

@@ -1,7 +1,8 @@
 """The compiled and GEMM-only paths of the building blocks, each against its plain-loop reference:
 
 * conv2d's 1x1 path without padding (the GEMM reads x's pixels, no column buffer; eq. 11-12 of
-  conv.md): every stride, groups, per-sample weights, batch 0, float32, and a strided input;
+  conv.md) and the batched im2col GEMM it leaves small samples to: every stride, groups,
+  per-sample weights, batch 0, float32, and a strided input;
 * max_pool2d's Numba loops (eq. 44-46 of blocks.md), including NaN, ties and windows with no
   element inside x, with one and two threads (bitwise equal);
 * eval-mode BatchNorm as one per-channel affine pass (eq. 21, 22, 22a), float32 sums accumulated in
@@ -14,7 +15,7 @@ import pytest
 
 import numpyconv
 from numpyconv import reference
-from numpyconv.conv import conv2d_backward, conv2d_forward
+from numpyconv.conv import MIN_PIXEL_GEMM, conv2d_backward, conv2d_forward
 from numpyconv.pooling import _max_pool2d_indices
 
 RNG = np.random.default_rng(7)
@@ -41,7 +42,9 @@ def threads(count, fn):
 # -- conv2d, 1x1 without padding ----------------------------------------------------------------
 POINTWISE = [  # n, c_in, c_out, (h, w), stride, groups, per_sample
     (1, 6, 4, (5, 7), 1, 1, False),
-    (3, 6, 4, (5, 7), 2, 2, False),
+    (3, 6, 4, (5, 7), 2, 2, False),                 # several small samples: im2col's batched GEMM
+    (2, 4, 6, (16, 14), 1, 2, False),               # several samples of MIN_PIXEL_GEMM pixels or more
+    (2, 4, 6, (31, 25), (2, 1), 1, True),
     (2, 4, 6, (6, 5), (3, 2), 2, True),
     (1, 8, 8, (4, 4), 1, 4, True),
     (0, 4, 4, (3, 3), 1, 1, False),
@@ -54,7 +57,7 @@ def test_pointwise_path_matches_reference(n, c_in, c_out, hw, stride, groups, pe
     weight = normal(*(((n,) if per_sample else ()) + (c_out, c_in // groups, 1, 1)))
     bias = normal(*(((n,) if per_sample else ()) + (c_out,)))
     y, cache = conv2d_forward(x, weight, bias, stride=stride, groups=groups)
-    assert cache['pointwise']
+    assert cache['pointwise'] == (n <= 1 or y.shape[2] * y.shape[3] >= MIN_PIXEL_GEMM)
     dout = normal(*y.shape)
     grads = conv2d_backward(dout, cache)
     if per_sample:          # the reference has no per-sample weights: one sample at a time
@@ -73,7 +76,7 @@ def test_pointwise_path_matches_reference(n, c_in, c_out, hw, stride, groups, pe
 
 
 def test_pointwise_path_float32_and_strided_input_match_the_column_path():
-    x = normal(2, 12, 9, 11, dtype=np.float32)[:, ::2, 1:, ::-1]        # strided, reversed view
+    x = normal(1, 12, 9, 11, dtype=np.float32)[:, ::2, 1:, ::-1]        # strided, reversed view
     weight = normal(5, 6, 1, 1, dtype=np.float32)
     y, cache = conv2d_forward(x, weight, stride=2)
     assert cache['pointwise'] and y.dtype == np.float32
@@ -91,15 +94,17 @@ def test_pointwise_path_float32_and_strided_input_match_the_column_path():
 
 
 def test_pointwise_path_gradcheck():
-    x, weight, bias = normal(2, 4, 3, 5), normal(6, 2, 1, 1), normal(6)
+    x, weight, bias = normal(1, 4, 3, 5), normal(6, 2, 1, 1), normal(6)
+    assert conv2d_forward(x, weight, bias, stride=(1, 2), groups=2)[1]['pointwise']
     numpyconv.gradcheck(lambda a, w, b: conv2d_forward(a, w, b, stride=(1, 2), groups=2),
                         conv2d_backward, (x, weight, bias))
 
 
 def test_pointwise_path_is_adjoint():
     # <conv(x), dy> = <x, dx> for a linear map of x (bias None)
-    x, weight = normal(3, 4, 6, 5), normal(5, 4, 1, 1)
+    x, weight = normal(3, 4, 30, 29), normal(5, 4, 1, 1)
     y, cache = conv2d_forward(x, weight, stride=2)
+    assert cache['pointwise']
     dout = normal(*y.shape)
     dx = conv2d_backward(dout, cache)[0]
     assert abs(np.vdot(y, dout) - np.vdot(x, dx)) < 1e-10 * abs(np.vdot(y, dout))
