@@ -32,9 +32,12 @@ docs/derivations/winograd.md; ``set_winograd``, ``winograd_mode``).
 im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
 no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass).
-Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
-shifted, scaled copies of the input (eq. 8-10), each offset only over the outputs that read inside
-``x`` (the padding is never built). Pointwise is a per-pixel matrix product (eq. 11).
+Depthwise convolution (one input channel per group) skips im2col: Numba loops (eq. 8-10), parallel
+over planes, add each kernel offset's scaled taps over the rectangle of outputs that read inside
+``x`` only (the padding is never built). When ``Wo == ceil(W/sw)`` the rectangle is one run of the
+flattened output and of one phase plane of ``x`` (``x[a::sh, b::sw]``; ``x`` itself at stride 1),
+one vectorised loop per offset (eq. 8a); otherwise the loops go output row by output row.
+Pointwise is a per-pixel matrix product (eq. 11).
 An output larger than the machine's memory is refused before anything is allocated
 (``numpyconv/memory.py``).
 
