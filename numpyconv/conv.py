@@ -57,8 +57,8 @@ from .gemm import cols_matmul, cols_matmul_backward, cols_weight_grad
 from .im2col import Geometry, col2im, conv_geometry, im2col, loop_geo  # noqa: F401 (re-exported)
 from .memory import GEMM_BLOCK, column_budget, even_steps, require_memory, scratch
 from .module import Module, default_bias, kaiming_uniform
-from .taps import (axpy, axpy_gather_row, axpy_scatter_row, copy_outside, gather_row, halving_sum, launch,
-                   loop_operand, merge_phases, multiply, point_taps, run_table, runs_fit, split_phases)
+from .taps import (copy_outside, gather, gather_row, halving_sum, launch, loop_operand, merge_phases,
+                   multiply, point_taps, run_table, runs_fit, scatter, scatter_row, split_phases)
 from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_pays
 
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
@@ -121,7 +121,7 @@ def _forward_rows(x, w, geo, y):
     for p in range(w.shape[0]):
         i0, i1, j0, j1, row0, col0 = point_taps(p, geo, x.shape[0], x.shape[1])
         for i in range(i0, i1):
-            axpy_gather_row(y[i, j0:j1], w[p], x[i * sh + row0], col0, sw)
+            gather_row(y[i, j0:j1], w[p], x[i * sh + row0], col0, sw)
 
 
 @njit(cache=True)
@@ -138,7 +138,7 @@ def _forward_runs(phases, w, geo, table, y):
             copy_outside(yf, saved, lo, hi, wo)
             for p in range(v, kh * kw, kw):
                 phase, out0, in0, length = table[p, :4]
-                axpy(yf[out0:out0 + length], w[p], phases[phase, in0:in0 + length])
+                gather(yf[out0:out0 + length], w[p], phases[phase, in0:in0 + length])
             copy_outside(saved, yf, lo, hi, wo)
 
 
@@ -185,7 +185,7 @@ def _input_grad_rows(dy, w, geo, dx):
     for p in range(w.shape[0]):
         i0, i1, j0, j1, row0, col0 = point_taps(p, geo, dx.shape[0], dx.shape[1])
         for i in range(i0, i1):
-            axpy_scatter_row(dx[i * sh + row0], col0, sw, w[p], dy[i, j0:j1])
+            scatter_row(dx[i * sh + row0], col0, sw, w[p], dy[i, j0:j1])
 
 
 @njit(cache=True)
@@ -204,7 +204,7 @@ def _input_grad_runs(dy, w, geo, table, phases):
                 copy_outside(phases[a * sw + column_phase], saved[a], lo, hi, wo)
             for p in range(v, kh * kw, kw):
                 phase, out0, in0, length = table[p, :4]
-                axpy(phases[phase, in0:in0 + length], w[p], dyf[out0:out0 + length])
+                scatter(phases[phase, in0:in0 + length], w[p], dyf[out0:out0 + length])
             for a in range(sh):
                 copy_outside(saved[a], phases[a * sw + column_phase], lo, hi, wo)
 

@@ -11,10 +11,9 @@ one output row segment reads its taps as one strided run of an input row::
     output row i, columns [j0, j1)  <-  x[i*sh + row0, col0 + (j - j0)*sw]
 
 The row helpers are the inner loops of such a kernel (``dense`` is the output-side run, ``row`` the
-input row): :func:`gather_row` / :func:`scatter_row` with one coefficient per output (involution's
-generated kernel), :func:`axpy_gather_row` / :func:`axpy_scatter_row` with one scalar coefficient
-(a depthwise weight). Each scatter is the transpose of its gather. At ``step == 1`` the run is a
-contiguous slice and the loop vectorises.
+input row): :func:`gather_row` and its transpose :func:`scatter_row`, with one coefficient per
+output (an array, as involution's generated kernel) or one for the whole run (a scalar, as a
+depthwise weight). At ``step == 1`` the run is a contiguous slice and the loop vectorises.
 
 Runs. Split the input into its ``sh*sw`` phase planes (:func:`split_phases`; at stride 1 the input
 is its one phase plane),
@@ -33,7 +32,8 @@ with zeros.
 :func:`loop_operand` and :func:`launch` prepare the operands and the thread budget of such a loop.
 """
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ._parallel import threads_for
 
@@ -150,13 +150,6 @@ def copy_outside(src, dst, lo, hi, width):
 
 
 @njit(cache=True, inline='always')
-def axpy(dense, s, taps):
-    """``dense[j] += s * taps[j]``."""
-    for j in range(dense.shape[0]):
-        dense[j] += s * taps[j]
-
-
-@njit(cache=True, inline='always')
 def multiply(out, a, b):
     """``out[j] = a[j] * b[j]``."""
     for j in range(out.shape[0]):
@@ -177,18 +170,29 @@ def halving_sum(a):
     return a[0]
 
 
-@njit(cache=True, inline='always')
-def _gather(dense, coeff, taps):
-    """``dense[j] += coeff[j] * taps[j]``."""
-    for j in range(coeff.shape[0]):
-        dense[j] += coeff[j] * taps[j]
+def _at(coeff, j):
+    """``coeff[j]`` for an array of coefficients, ``coeff`` itself for a scalar one."""
+
+
+@overload(_at, inline='always')
+def _at_overload(coeff, j):
+    if isinstance(coeff, types.Array):
+        return lambda coeff, j: coeff[j]
+    return lambda coeff, j: coeff
 
 
 @njit(cache=True, inline='always')
-def _scatter(taps, coeff, dense):
-    """``taps[j] += coeff[j] * dense[j]``, the transpose of :func:`_gather`."""
-    for j in range(coeff.shape[0]):
-        taps[j] += coeff[j] * dense[j]
+def gather(dense, coeff, taps):
+    """``dense[j] += coeff[j] * taps[j]`` (``coeff`` an array, or one scalar for all ``j``)."""
+    for j in range(dense.shape[0]):
+        dense[j] += _at(coeff, j) * taps[j]
+
+
+@njit(cache=True, inline='always')
+def scatter(taps, coeff, dense):
+    """``taps[j] += coeff[j] * dense[j]``, the transpose of :func:`gather`."""
+    for j in range(dense.shape[0]):
+        taps[j] += _at(coeff, j) * dense[j]
 
 
 @njit(cache=True, inline='always')
@@ -196,42 +200,22 @@ def gather_row(dense, coeff, row, start, step):
     """``dense[j] += coeff[j] * row[start + j*step]``: one output row segment reads its taps, a
     contiguous slice at ``step == 1`` (vectorised), a strided view otherwise. (Each branch makes its
     own call: a slice with a step is an array type of its own, and one variable holding either
-    would make both strided.)"""
-    m = coeff.shape[0]
+    would make both strided; an empty run has no strided slice, its stop would be negative.)"""
+    m = dense.shape[0]
     if step == 1:
-        _gather(dense, coeff, row[start:start + m])
-    else:
-        _gather(dense, coeff, row[start:start + (m - 1) * step + 1:step])
+        gather(dense, coeff, row[start:start + m])
+    elif m:
+        gather(dense, coeff, row[start:start + (m - 1) * step + 1:step])
 
 
 @njit(cache=True, inline='always')
 def scatter_row(row, start, step, coeff, dense):
     """``row[start + j*step] += coeff[j] * dense[j]``: the transpose of :func:`gather_row`."""
-    m = coeff.shape[0]
-    if step == 1:
-        _scatter(row[start:start + m], coeff, dense)
-    else:
-        _scatter(row[start:start + (m - 1) * step + 1:step], coeff, dense)
-
-
-@njit(cache=True, inline='always')
-def axpy_gather_row(dense, s, row, start, step):
-    """``dense[j] += s * row[start + j*step]``: :func:`gather_row` with one scalar coefficient."""
     m = dense.shape[0]
     if step == 1:
-        axpy(dense, s, row[start:start + m])
-    elif m:                                       # (m = 0 would make the stop negative)
-        axpy(dense, s, row[start:start + (m - 1) * step + 1:step])
-
-
-@njit(cache=True, inline='always')
-def axpy_scatter_row(row, start, step, s, dense):
-    """``row[start + j*step] += s * dense[j]``: the transpose of :func:`axpy_gather_row`."""
-    m = dense.shape[0]
-    if step == 1:
-        axpy(row[start:start + m], s, dense)
+        scatter(row[start:start + m], coeff, dense)
     elif m:
-        axpy(row[start:start + (m - 1) * step + 1:step], s, dense)
+        scatter(row[start:start + (m - 1) * step + 1:step], coeff, dense)
 
 
 def loop_operand(a, dtype=None):
