@@ -57,7 +57,7 @@ from .gemm import cols_matmul, cols_matmul_backward, cols_weight_grad
 from .im2col import Geometry, col2im, conv_geometry, im2col, loop_geo  # noqa: F401 (re-exported)
 from .memory import GEMM_BLOCK, column_budget, even_steps, require_memory, scratch
 from .module import Module, default_bias, kaiming_uniform
-from .taps import (copy_outside, gather, gather_row, halving_sum, launch, loop_operand, merge_phases,
+from .taps import (copy_outside, gather, gather_row, folded_sum, launch, loop_operand, merge_phases,
                    multiply, point_taps, run_table, runs_fit, scatter, scatter_row, split_phases)
 from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_pays
 
@@ -260,7 +260,7 @@ def _weight_grad_rows(x, dy, geo, dw):
 def _weight_grad_runs(phases, dy, geo, table, zeros, dw):
     """:func:`_weight_grad_rows` from the phase planes of ``x``: each point's products in one run
     (eq. 8a), those outside its rectangle replaced by ``zeros`` (a zero plane), summed by
-    :func:`halving_sum`."""
+    :func:`folded_sum`."""
     dyf = dy.reshape(-1)
     products = np.empty_like(dyf)
     for p in range(dw.shape[0]):
@@ -269,7 +269,7 @@ def _weight_grad_runs(phases, dy, geo, table, zeros, dw):
         if length:
             multiply(products[out0:out0 + length], dyf[out0:out0 + length], phases[phase, in0:in0 + length])
             copy_outside(zeros, products, lo, hi, geo[9])
-            dw[p] = halving_sum(products[out0:out0 + length])
+            dw[p] = folded_sum(products[out0:out0 + length])
 
 
 @njit(cache=True, parallel=True)

@@ -157,10 +157,27 @@ def multiply(out, a, b):
 
 
 @njit(cache=True, inline='always')
-def halving_sum(a):
-    """The sum of a non-empty ``a`` (overwritten): the upper half is added onto the lower half
-    until one value is left. Vectorised, and its order depends only on ``a``'s length."""
+def _part(a, base, length, t):
+    """``a[base + t*length:base + (t + 1)*length]``."""
+    return a[base + t * length:base + (t + 1) * length]
+
+
+@njit(cache=True, inline='always')
+def folded_sum(a):
+    """The sum of a non-empty ``a`` (overwritten), in an order fixed by its length: while eight or
+    more values are left, the last seven parts of ``n // 8`` values are added onto the first part
+    (the values between stay); then the upper half onto the lower half until one value is left.
+    Each step is one vectorised loop."""
     n = a.shape[0]
+    while n >= 8:
+        part = n // 8
+        first, base = a[:part], n - 7 * part
+        p1, p2, p3, p4 = _part(a, base, part, 0), _part(a, base, part, 1), _part(a, base, part, 2), \
+            _part(a, base, part, 3)
+        p5, p6, p7 = _part(a, base, part, 4), _part(a, base, part, 5), _part(a, base, part, 6)
+        for j in range(part):
+            first[j] += ((p1[j] + p2[j]) + (p3[j] + p4[j])) + ((p5[j] + p6[j]) + p7[j])
+        n = base
     while n > 1:
         half = n // 2
         lower, upper = a[:half], a[n - half:n]    # an odd middle element stays

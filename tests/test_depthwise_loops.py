@@ -253,6 +253,6 @@ def test_copy_outside(lo, hi):
 
 
 @pytest.mark.parametrize('size', [1, 2, 7, 64, 1001])
-def test_halving_sum(size):
+def test_folded_sum(size):
     a = RNG.standard_normal(size)
-    assert taps.halving_sum(a.copy()) == pytest.approx(a.sum(), rel=1e-12, abs=1e-12)
+    assert taps.folded_sum(a.copy()) == pytest.approx(a.sum(), rel=1e-12, abs=1e-12)
