@@ -1,4 +1,4 @@
-"""Thread budget of the Numba loops (deformable sampling, DCNv3/v4, involution).
+"""Thread budget of the Numba loops (depthwise convolution, deformable sampling, DCNv3/v4, involution).
 
 Waking Numba's thread pool costs tens of microseconds, and far more on a loaded machine; below a
 few ten thousand multiply-adds one thread is faster. Every kernel's result is independent of the

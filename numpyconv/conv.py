@@ -160,6 +160,12 @@ def _phases_of(x, geo):
     return phases.reshape((count, hp * wp))
 
 
+@njit(cache=True, inline='always')
+def _sample_weight(weight, b):
+    """Sample ``b``'s weights ``(C*m, kh*kw)`` of ``weight (N or 1, C*m, kh*kw)``."""
+    return weight[b if weight.shape[0] > 1 else 0]
+
+
 @njit(cache=True, parallel=True)
 def _depthwise_forward_loop(x, weight, geo, y):
     """``y (N, C*m, Ho, Wo)`` (any content on entry) from ``x (N, C, H, W)`` and ``weight (N or 1,
@@ -170,7 +176,7 @@ def _depthwise_forward_loop(x, weight, geo, y):
     runs, table = runs_fit(geo, width), run_table(geo, height, width)
     for t in prange(n * planes):
         b, o = t // planes, t % planes
-        w, plane = weight[b if weight.shape[0] > 1 else 0, o], x[b, o // (planes // channels)]
+        w, plane = _sample_weight(weight, b)[o], x[b, o // (planes // channels)]
         y[b, o] = 0
         if runs:
             _forward_runs(_phases_of(plane, geo), w, geo, table, y[b, o])
@@ -233,13 +239,13 @@ def _depthwise_input_grad_loop(dy, weight, geo, dx):
         if runs:
             phases = _zero_phases(dx[b, c], geo)
             for o in range(c * multiplier, (c + 1) * multiplier):
-                _input_grad_runs(dy[b, o], weight[b if weight.shape[0] > 1 else 0, o], geo, table, phases)
+                _input_grad_runs(dy[b, o], _sample_weight(weight, b)[o], geo, table, phases)
             if sh * sw > 1:
                 merge_phases(phases.reshape(_phase_shape(dx[b, c], geo)), sh, sw, dx[b, c])
         else:
             dx[b, c] = 0
             for o in range(c * multiplier, (c + 1) * multiplier):
-                _input_grad_rows(dy[b, o], weight[b if weight.shape[0] > 1 else 0, o], geo, dx[b, c])
+                _input_grad_rows(dy[b, o], _sample_weight(weight, b)[o], geo, dx[b, c])
 
 
 @njit(cache=True)
@@ -289,8 +295,9 @@ def _depthwise_weight_grad_loop(x, dy, geo, dweight):
             _weight_grad_rows(plane, dy[b, o], geo, dweight[b, o])
 
 
-def _depthwise_weight_rows(weight):
-    """``weight ([N,] C*m, 1, kh, kw)`` as the loops read it: ``(N or 1, C*m, kh*kw)``, C-contiguous."""
+def _loop_weight(weight):
+    """``weight ([N,] C*m, 1, kh, kw)`` as the loops read it: ``(N or 1, C*m, kh*kw)``, C-contiguous
+    (:func:`_sample_weight` picks a sample's)."""
     lead = weight.shape[:-4] or (1,)
     return loop_operand(weight.reshape(lead + (weight.shape[-4], weight.shape[-2] * weight.shape[-1])))
 
@@ -305,7 +312,7 @@ def _depthwise_forward(x, weight, geo):
     taps inside ``x`` (the padding is never built)."""
     y = np.empty((x.shape[0], weight.shape[-4]) + geo.out_hw, dtype=x.dtype)
     launch(_depthwise_forward_loop, _depthwise_work(x, weight, geo), loop_operand(x),
-           _depthwise_weight_rows(weight), loop_geo(geo), y)
+           _loop_weight(weight), loop_geo(geo), y)
     return y
 
 
@@ -314,7 +321,7 @@ def _depthwise_backward(dy, x, weight, geo):
     formed. A shared weight's gradient is the per-sample gradients summed over ``n``."""
     dy, x, work = loop_operand(dy), loop_operand(x), _depthwise_work(x, weight, geo)
     dx = np.empty(x.shape, dtype=x.dtype)
-    launch(_depthwise_input_grad_loop, work, dy, _depthwise_weight_rows(weight), loop_geo(geo), dx)
+    launch(_depthwise_input_grad_loop, work, dy, _loop_weight(weight), loop_geo(geo), dx)
     dw = np.zeros((x.shape[0], weight.shape[-4], geo.kernel[0] * geo.kernel[1]), dtype=x.dtype)
     launch(_depthwise_weight_grad_loop, work, x, dy, loop_geo(geo), dw)
     return dx, (dw if weight.ndim == 5 else dw.sum(axis=0)).reshape(weight.shape)

@@ -27,10 +27,11 @@ else; the compiled Numba functions are *loops*, one per equation: ``_forward_loo
 gather), ``_input_grad_loop`` (eq. 4, its transpose, a scatter) and ``_kernel_grad_loop`` (eq. 3).
 They take the geometry as the int tuple of :func:`numpyconv.im2col.loop_geo` and never build the
 unfolded ``(N, C, K, Ho, Wo)`` tensor: they loop over the kernel points and, for each, over the
-output rows/columns whose tap lands inside the input (eq. 5), so there is no padded copy and no
-branch in the inner loop. Each runs in parallel (each iteration owns what it writes, fixed
-summation order, bitwise reproducible): forward and ``dx`` over ``(n, c)`` (one output /
-input-gradient plane each), ``dkernel`` over ``(n, g, point)`` (one kernel plane each).
+output rows/columns whose tap lands inside the input (eq. 5; the helpers of
+``numpyconv/taps.py``), so there is no padded copy and no branch in the inner loop. Each runs in
+parallel (each iteration owns what it writes, fixed summation order, bitwise reproducible):
+forward and ``dx`` over ``(n, c)`` (one output / input-gradient plane each), ``dkernel`` over
+``(n, g, point)`` (one kernel plane each).
 
 Layer :class:`Involution2d` = d-li14/involution ``involution`` (eq. 6-8)::
 

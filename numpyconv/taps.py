@@ -16,11 +16,11 @@ output (an array, as involution's generated kernel) or one for the whole run (a 
 depthwise weight). At ``step == 1`` the run is a contiguous slice and the loop vectorises.
 
 Runs. Split the input into its ``sh*sw`` phase planes (:func:`split_phases`; at stride 1 the input
-is its one phase plane),
+is its one phase plane)::
 
-    phases[a*sw + b, k, j] = x[a + k*sh, b + j*sw]        (ceil(H/sh), ceil(W/sw)) each,
+    phases[a*sw + b, k, j] = x[a + k*sh, b + j*sw]        (ceil(H/sh), ceil(W/sw)) each
 
-and every tap of kernel point ``p`` lies in one phase plane, at a constant offset from its output.
+Every tap of kernel point ``p`` lies in one phase plane, at a constant offset from its output.
 When an output row is exactly as long as a phase-plane row (``Wo == ceil(W/sw)``,
 :func:`runs_fit`; at stride 1: ``Wo == W``), the whole rectangle of ``p`` is then one run of the
 flattened planes, ``y.flat[out0 + k] <- phases[phase].flat[in0 + k]`` for ``k < length``
@@ -193,6 +193,7 @@ def _at(coeff, j):
 
 @overload(_at, inline='always')
 def _at_overload(coeff, j):
+    """:func:`_at` for Numba: chosen by the type of ``coeff``."""
     if isinstance(coeff, types.Array):
         return lambda coeff, j: coeff[j]
     return lambda coeff, j: coeff

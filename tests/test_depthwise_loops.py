@@ -5,7 +5,6 @@ import numba
 import numpy as np
 import pytest
 
-import numpyconv
 import numpyconv as nc
 from numpyconv import conv, taps
 from numpyconv import reference as ref
@@ -180,7 +179,7 @@ def test_gradcheck_per_sample_weight():
 
 @pytest.mark.parametrize('case', [CASES[0], CASES[2], CASES[7]])
 def test_results_do_not_depend_on_the_thread_count(monkeypatch, case):
-    monkeypatch.setattr(numpyconv._parallel, 'PARALLEL_MIN_WORK', 0)        # the thread pool even when tiny
+    monkeypatch.setattr(nc._parallel, 'PARALLEL_MIN_WORK', 0)        # the thread pool even when tiny
     geo = geometry(*case)
     x = RNG.standard_normal((3, 5) + geo.in_hw).astype(np.float32)
     w = RNG.standard_normal((10, 1) + geo.kernel).astype(np.float32)
