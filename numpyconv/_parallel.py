@@ -1,4 +1,5 @@
-"""Thread budget and operands of the Numba loops (sampling, involution, pooling, normalisation...).
+"""Thread budget and operands of the Numba loops (depthwise convolution, pooling, normalisation,
+activations, sampling, involution).
 
 Waking Numba's thread pool costs tens of microseconds, and far more on a loaded machine; below a
 few ten thousand multiply-adds one thread is faster. Every kernel's result is independent of the
@@ -28,3 +29,9 @@ def loop_operand(a, dtype=None):
     once per array type, and a read-only or strided array is a type of its own."""
     a = np.ascontiguousarray(a, dtype=dtype)
     return a if a.flags.writeable else a.copy()
+
+
+def launch(loop, work, *args):
+    """Run a Numba loop, problems below ``work`` multiply-adds on one thread (:func:`threads_for`)."""
+    with threads_for(work):
+        loop(*args)

@@ -32,11 +32,14 @@ docs/derivations/winograd.md; ``set_winograd``, ``winograd_mode``).
 im2col and the GEMM run block by block (``GEMM_BLOCK`` bytes of columns, at most twice that; in a buffer laid
 out ``(C_in, kh, kw, n_block, Ho, Wo)`` so a block is one matrix); the cache keeps no columns and
 no padded copy, only ``x`` (a reference, so ``x`` must not be modified before the backward pass).
-Depthwise convolution (one input channel per group) skips im2col: it accumulates ``kh*kw``
-shifted, scaled copies of the input (eq. 8-10), each offset only over the outputs that read inside
-``x`` (the padding is never built). Pointwise is a per-pixel matrix product (eq. 11); so is every
-1x1 convolution without padding, whose columns are ``x``'s strided pixels: the GEMM reads ``x`` itself
-and no column buffer is filled (eq. 11-12).
+Depthwise convolution (one input channel per group) skips im2col: Numba loops (eq. 8-10), parallel
+over planes, add each kernel offset's scaled taps over the rectangle of outputs that read inside
+``x`` only (the padding is never built). When ``Wo == ceil(W/sw)`` the rectangle is one run of the
+flattened output and of one phase plane of ``x`` (``x[a::sh, b::sw]``; ``x`` itself at stride 1),
+one vectorised loop per offset (eq. 8a); otherwise the loops go output row by output row.
+Pointwise is a per-pixel matrix product (eq. 11); so is every 1x1 convolution without padding,
+whose columns are ``x``'s strided pixels: the GEMM reads ``x`` itself and no column buffer is filled
+(eq. 11-12).
 An output larger than the machine's memory is refused before anything is allocated
 (``numpyconv/memory.py``).
 
@@ -49,12 +52,16 @@ Example::
     >>> dx, dw, db = conv2d_backward(np.ones_like(y), cache)
 """
 import numpy as np
+from numba import njit, prange
 
 from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, positive_int, same_dtype
 from .gemm import cols_matmul, cols_matmul_backward, cols_weight_grad
-from .im2col import Geometry, _offset_slices, col2im, conv_geometry, im2col  # noqa: F401 (re-exported)
+from .im2col import Geometry, col2im, conv_geometry, im2col, loop_geo  # noqa: F401 (re-exported)
 from .memory import GEMM_BLOCK, column_budget, even_steps, require_memory, scratch
 from .module import Module, default_bias, kaiming_uniform
+from ._parallel import launch, loop_operand
+from .taps import (copy_outside, gather, gather_row, folded_sum, merge_phases, multiply, point_taps,
+                   run_table, runs_fit, scatter, scatter_row, split_phases)
 from .winograd import winograd_conv2d, winograd_conv2d_backward, winograd_pays
 
 MIN_GEMM_COLUMNS = 768   # output pixels per block below which OpenBLAS's GEMM runs ~10% slower
@@ -110,45 +117,219 @@ def _check_conv(x, weight, bias, groups):
     return per_sample, groups
 
 
-# -- depthwise, without im2col ---------------------------------------------------------------
-def _inside_offsets(x, geo):
-    """Yield ``(p, q, rows_out, cols_out, rows_in, cols_in)`` for every kernel offset that reads
-    inside ``x``: the rectangle of outputs whose input lies in ``x`` and the strided input slices
-    they read (the padding, read as zeros, is never built)."""
-    for p in range(geo.kernel[0]):
-        for q in range(geo.kernel[1]):
-            slices = _offset_slices(p, q, x.shape[2:], geo.stride, geo.dilation, geo.out_hw,
-                                    (geo.pads[0], geo.pads[2]))
-            if all(s.stop > s.start for s in slices[:2]):
-                yield (p, q) + slices
+# -- depthwise: Numba loops over the taps inside x ----------------------------------------------
+@njit(cache=True)
+def _forward_rows(x, w, geo, y):
+    """``y (Ho, Wo) +=`` the taps of one channel ``x (H, W)`` weighted by ``w (kh*kw,)`` (eq. 8),
+    output row by output row."""
+    sh, sw = geo[2], geo[3]
+    for p in range(w.shape[0]):
+        i0, i1, j0, j1, row0, col0 = point_taps(p, geo, x.shape[0], x.shape[1])
+        for i in range(i0, i1):
+            gather_row(y[i, j0:j1], w[p], x[i * sh + row0], col0, sw)
+
+
+@njit(cache=True)
+def _forward_runs(phases, w, geo, table, y):
+    """:func:`_forward_rows` from the phase planes ``phases (sh*sw, Hp*Wp)`` of ``x``, one run per
+    kernel point (eq. 8a). The outputs outside a kernel column's rectangles are restored after
+    that column's runs."""
+    kh, kw, wo = geo[0], geo[1], geo[9]
+    yf = y.reshape(-1)
+    saved = np.empty_like(yf)
+    for v in range(kw):
+        lo, hi = table[v, 4], table[v, 5]                              # the column's outputs
+        if hi > lo:
+            copy_outside(yf, saved, lo, hi, wo)
+            for p in range(v, kh * kw, kw):
+                phase, out0, in0, length = table[p, :4]
+                gather(yf[out0:out0 + length], w[p], phases[phase, in0:in0 + length])
+            copy_outside(saved, yf, lo, hi, wo)
+
+
+@njit(cache=True, inline='always')
+def _phase_shape(x, geo):
+    """``(sh*sw, Hp, Wp)``: the phase planes of ``x (H, W)`` (:func:`split_phases`)."""
+    return geo[2] * geo[3], -(-x.shape[0] // geo[2]), -(-x.shape[1] // geo[3])
+
+
+@njit(cache=True, inline='always')
+def _phases_of(x, geo):
+    """``x (H, W)``'s phase planes, flattened ``(sh*sw, Hp*Wp)``: ``x`` itself at stride 1, else a
+    copy."""
+    count, hp, wp = _phase_shape(x, geo)
+    if count == 1:
+        return x.reshape((1, x.size))
+    phases = np.empty((count, hp, wp), dtype=x.dtype)
+    split_phases(x, geo[2], geo[3], phases)
+    return phases.reshape((count, hp * wp))
+
+
+@njit(cache=True, inline='always')
+def _sample_weight(weight, b):
+    """Sample ``b``'s weights ``(C*m, kh*kw)`` of ``weight (N or 1, C*m, kh*kw)``."""
+    return weight[b if weight.shape[0] > 1 else 0]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_forward_loop(x, weight, geo, y):
+    """``y (N, C*m, Ho, Wo)`` (any content on entry) from ``x (N, C, H, W)`` and ``weight (N or 1,
+    C*m, kh*kw)`` (eq. 8). Parallel over ``(n, o)``: each iteration owns the output plane
+    ``y[n, o]``."""
+    n, channels, height, width = x.shape
+    planes = y.shape[1]
+    runs, table = runs_fit(geo, width), run_table(geo, height, width)
+    for t in prange(n * planes):
+        b, o = t // planes, t % planes
+        w, plane = _sample_weight(weight, b)[o], x[b, o // (planes // channels)]
+        y[b, o] = 0
+        if runs:
+            _forward_runs(_phases_of(plane, geo), w, geo, table, y[b, o])
+        else:
+            _forward_rows(plane, w, geo, y[b, o])
+
+
+@njit(cache=True)
+def _input_grad_rows(dy, w, geo, dx):
+    """``dx (H, W) +=`` one output channel's share (eq. 10): the transpose of :func:`_forward_rows`."""
+    sh, sw = geo[2], geo[3]
+    for p in range(w.shape[0]):
+        i0, i1, j0, j1, row0, col0 = point_taps(p, geo, dx.shape[0], dx.shape[1])
+        for i in range(i0, i1):
+            scatter_row(dx[i * sh + row0], col0, sw, w[p], dy[i, j0:j1])
+
+
+@njit(cache=True)
+def _input_grad_runs(dy, w, geo, table, phases):
+    """:func:`_input_grad_rows` into the phase planes ``phases (sh*sw, Hp*Wp)`` of ``dx``, one run
+    per kernel point (eq. 8a). A kernel column reads one column phase; the entries of its phase
+    planes outside the column's rectangles are restored after its runs."""
+    kh, kw, sh, sw, wo = geo[0], geo[1], geo[2], geo[3], geo[9]
+    dyf = dy.reshape(-1)
+    saved = np.empty((sh, phases.shape[1]), dtype=phases.dtype)
+    for v in range(kw):
+        lo, hi = table[v, 6], table[v, 6] + table[v, 5] - table[v, 4]  # the phase columns it reads
+        column_phase = table[v, 0] % sw
+        if hi > lo:
+            for a in range(sh):
+                copy_outside(phases[a * sw + column_phase], saved[a], lo, hi, wo)
+            for p in range(v, kh * kw, kw):
+                phase, out0, in0, length = table[p, :4]
+                scatter(phases[phase, in0:in0 + length], w[p], dyf[out0:out0 + length])
+            for a in range(sh):
+                copy_outside(saved[a], phases[a * sw + column_phase], lo, hi, wo)
+
+
+@njit(cache=True, inline='always')
+def _zero_phases(dx, geo):
+    """Zero phase planes ``(sh*sw, Hp*Wp)`` for ``dx (H, W)``: ``dx`` itself, zeroed, at stride 1,
+    else a new buffer that :func:`merge_phases` writes back."""
+    count, hp, wp = _phase_shape(dx, geo)
+    if count == 1:
+        dx[...] = 0
+        return dx.reshape((1, dx.size))
+    return np.zeros((count, hp * wp), dtype=dx.dtype)
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_input_grad_loop(dy, weight, geo, dx):
+    """``dx (N, C, H, W)`` (any content on entry) from ``dy (N, C*m, Ho, Wo)`` (eq. 10). Parallel
+    over ``(n, c)``: each iteration owns the plane ``dx[n, c]`` and sums over its ``m`` output
+    channels and the taps, so the scatter never races."""
+    n, channels, height, width = dx.shape
+    multiplier, sh, sw = dy.shape[1] // channels, geo[2], geo[3]
+    runs, table = runs_fit(geo, width), run_table(geo, height, width)
+    for t in prange(n * channels):
+        b, c = t // channels, t % channels
+        if runs:
+            phases = _zero_phases(dx[b, c], geo)
+            for o in range(c * multiplier, (c + 1) * multiplier):
+                _input_grad_runs(dy[b, o], _sample_weight(weight, b)[o], geo, table, phases)
+            if sh * sw > 1:
+                merge_phases(phases.reshape(_phase_shape(dx[b, c], geo)), sh, sw, dx[b, c])
+        else:
+            dx[b, c] = 0
+            for o in range(c * multiplier, (c + 1) * multiplier):
+                _input_grad_rows(dy[b, o], _sample_weight(weight, b)[o], geo, dx[b, c])
+
+
+@njit(cache=True)
+def _weight_grad_rows(x, dy, geo, dw):
+    """``dw (kh*kw,)`` of one output channel (eq. 9): each point's products are added elementwise
+    into a row of ``Wo`` sums, output row after output row, and that row is summed last."""
+    sh, sw = geo[2], geo[3]
+    sums = np.empty(dy.shape[1], dtype=dw.dtype)
+    for p in range(dw.shape[0]):
+        i0, i1, j0, j1, row0, col0 = point_taps(p, geo, x.shape[0], x.shape[1])
+        sums[:] = 0
+        for i in range(i0, i1):
+            gather_row(sums[j0:j1], dy[i, j0:j1], x[i * sh + row0], col0, sw)
+        dw[p] = sums.sum()
+
+
+@njit(cache=True)
+def _weight_grad_runs(phases, dy, geo, table, zeros, dw):
+    """:func:`_weight_grad_rows` from the phase planes of ``x``: each point's products in one run
+    (eq. 8a), those outside its rectangle replaced by ``zeros`` (a zero plane), summed by
+    :func:`folded_sum`."""
+    dyf = dy.reshape(-1)
+    products = np.empty_like(dyf)
+    for p in range(dw.shape[0]):
+        phase, out0, in0, length, lo, hi = table[p, :6]
+        dw[p] = 0
+        if length:
+            multiply(products[out0:out0 + length], dyf[out0:out0 + length], phases[phase, in0:in0 + length])
+            copy_outside(zeros, products, lo, hi, geo[9])
+            dw[p] = folded_sum(products[out0:out0 + length])
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_weight_grad_loop(x, dy, geo, dweight):
+    """``dweight (N, C*m, kh*kw)``, one gradient per sample (eq. 9). Parallel over ``(n, o)``: each
+    iteration owns ``dweight[n, o]``; the sums run in a fixed order."""
+    n, channels, height, width = x.shape
+    planes = dy.shape[1]
+    runs, table = runs_fit(geo, width), run_table(geo, height, width)
+    zeros = np.zeros(dy.shape[2] * dy.shape[3], dtype=dy.dtype)
+    for t in prange(n * planes):
+        b, o = t // planes, t % planes
+        plane = x[b, o // (planes // channels)]
+        if runs:
+            _weight_grad_runs(_phases_of(plane, geo), dy[b, o], geo, table, zeros, dweight[b, o])
+        else:
+            _weight_grad_rows(plane, dy[b, o], geo, dweight[b, o])
+
+
+def _loop_weight(weight):
+    """``weight ([N,] C*m, 1, kh, kw)`` as the loops read it: ``(N or 1, C*m, kh*kw)``, C-contiguous
+    (:func:`_sample_weight` picks a sample's)."""
+    lead = weight.shape[:-4] or (1,)
+    return loop_operand(weight.reshape(lead + (weight.shape[-4], weight.shape[-2] * weight.shape[-1])))
+
+
+def _depthwise_work(x, weight, geo):
+    """Multiply-adds of one depthwise pass: ``N * C*m * Ho*Wo * kh*kw``, the loops' thread budget."""
+    return x.shape[0] * weight.shape[-4] * int(np.prod(geo.out_hw)) * int(np.prod(geo.kernel))
 
 
 def _depthwise_forward(x, weight, geo):
-    """``y (N, C*m, Ho, Wo)`` for ``weight ([N,] C*m, 1, kh, kw)`` (eq. 8): each kernel offset adds
-    its scaled input rectangle, zero padding applied on the fly."""
-    n, c = x.shape[:2]
-    m = weight.shape[-4] // c
-    w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
-    y = np.zeros((n, c, m) + geo.out_hw, dtype=x.dtype)                     # (N, C, m, Ho, Wo)
-    for p, q, rows_out, cols_out, rows_in, cols_in in _inside_offsets(x, geo):
-        y[..., rows_out, cols_out] += w[..., p, q, None, None] * x[:, :, None, rows_in, cols_in]
-    return y.reshape((n, c * m) + geo.out_hw)
+    """``y (N, C*m, Ho, Wo)`` for ``weight ([N,] C*m, 1, kh, kw)`` (eq. 8): a Numba loop over the
+    taps inside ``x`` (the padding is never built)."""
+    y = np.empty((x.shape[0], weight.shape[-4]) + geo.out_hw, dtype=x.dtype)
+    launch(_depthwise_forward_loop, _depthwise_work(x, weight, geo), loop_operand(x),
+           _loop_weight(weight), loop_geo(geo), y)
+    return y
 
 
 def _depthwise_backward(dy, x, weight, geo):
     """``(dx, dweight)`` of :func:`_depthwise_forward` (eq. 9, 10); the padding's share is never
-    formed. Within one offset the input slice has no repeated index, so slice ``+=`` is exact."""
-    n, c = x.shape[:2]
-    m = weight.shape[-4] // c
-    w = weight.reshape(weight.shape[:-4] + (c, m) + geo.kernel)             # ([N,] C, m, kh, kw)
-    dyr = dy.reshape((n, c, m) + geo.out_hw)                                # (N, C, m, Ho, Wo)
-    dx, dw = np.zeros(x.shape, dtype=x.dtype), np.zeros((n,) + w.shape[-4:], dtype=x.dtype)
-    for p, q, rows_out, cols_out, rows_in, cols_in in _inside_offsets(x, geo):
-        dy_inside = dyr[..., rows_out, cols_out]                            # (N, C, m, rows, cols)
-        dw[..., p, q] = np.einsum('ncmij,ncij->ncm', dy_inside, x[:, :, rows_in, cols_in])
-        dx[:, :, rows_in, cols_in] += (dy_inside * w[..., p, q, None, None]).sum(axis=2)
-    dw = dw if weight.ndim == 5 else dw.sum(axis=0)
-    return dx, dw.reshape(weight.shape)
+    formed. A shared weight's gradient is the per-sample gradients summed over ``n``."""
+    dy, x, work = loop_operand(dy), loop_operand(x), _depthwise_work(x, weight, geo)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    launch(_depthwise_input_grad_loop, work, dy, _loop_weight(weight), loop_geo(geo), dx)
+    dw = np.zeros((x.shape[0], weight.shape[-4], geo.kernel[0] * geo.kernel[1]), dtype=x.dtype)
+    launch(_depthwise_weight_grad_loop, work, x, dy, loop_geo(geo), dw)
+    return dx, (dw if weight.ndim == 5 else dw.sum(axis=0)).reshape(weight.shape)
 
 
 # -- conv2d ------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ Worked example: ``H = W = 5``, ``k = 3``, stride 2, padding 1, dilation 1 gives
 ``Ho = floor((5 + 2 - 2 - 1) / 2) + 1 = 3``; ``cols`` is ``(N, C, 3, 3, 3, 3)``, and for the kernel
 offset ``p = 0`` the output row ``i = 0`` reads input row ``-1``: zero.
 
-Geometry in a Numba loop: the compiled loops of the sampling ops (involution, deformable v1/v2,
-DCNv3/DCNv4) take a :class:`Geometry` in one form, the int tuple of :func:`loop_geo`::
+Geometry in a Numba loop: the compiled loops of depthwise convolution and of the sampling ops
+(involution, deformable v1/v2, DCNv3/DCNv4) take a :class:`Geometry` in one form, the int tuple of
+:func:`loop_geo`::
 
     geo = (kh, kw, sh, sw, dh, dw, top, left, Ho, Wo)
 

@@ -27,10 +27,11 @@ else; the compiled Numba functions are *loops*, one per equation: ``_forward_loo
 gather), ``_input_grad_loop`` (eq. 4, its transpose, a scatter) and ``_kernel_grad_loop`` (eq. 3).
 They take the geometry as the int tuple of :func:`numpyconv.im2col.loop_geo` and never build the
 unfolded ``(N, C, K, Ho, Wo)`` tensor: they loop over the kernel points and, for each, over the
-output rows/columns whose tap lands inside the input (eq. 5), so there is no padded copy and no
-branch in the inner loop. Each runs in parallel (each iteration owns what it writes, fixed
-summation order, bitwise reproducible): forward and ``dx`` over ``(n, c)`` (one output /
-input-gradient plane each), ``dkernel`` over ``(n, g, point)`` (one kernel plane each).
+output rows/columns whose tap lands inside the input (eq. 5; the helpers of
+``numpyconv/taps.py``), so there is no padded copy and no branch in the inner loop. Each runs in
+parallel (each iteration owns what it writes, fixed summation order, bitwise reproducible):
+forward and ``dx`` over ``(n, c)`` (one output / input-gradient plane each), ``dkernel`` over
+``(n, g, point)`` (one kernel plane each).
 
 Layer :class:`Involution2d` = d-li14/involution ``involution`` (eq. 6-8)::
 
@@ -58,9 +59,10 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, pair, positive_int, same_dtype
-from ._parallel import threads_for
 from .conv import PointwiseConv2d, conv_geometry
 from .im2col import loop_geo
+from ._parallel import launch, loop_operand
+from .taps import gather_row, point_taps, scatter_row
 from .activations import ReLU
 from .layers import BatchNorm2d
 from .memory import require_memory
@@ -69,61 +71,6 @@ from .module import Module, Sequential, kaiming_normal_fan_out
 
 
 # -- Numba loops ------------------------------------------------------------------------------
-@njit(cache=True, inline='always')
-def _valid(offset, stride, size, out):
-    """Output indices ``[lo, hi)`` whose tap ``i*stride + offset`` lies in ``[0, size)`` (eq. 5)."""
-    lo = max(0, -(offset // stride))                       # ceil(-offset / stride)
-    hi = min(out, (size - 1 - offset) // stride + 1)
-    return lo, max(lo, hi)
-
-
-@njit(cache=True, inline='always')
-def _gather(dense, coeff, taps):
-    """``dense[j] += coeff[j] * taps[j]``."""
-    for j in range(coeff.shape[0]):
-        dense[j] += coeff[j] * taps[j]
-
-
-@njit(cache=True, inline='always')
-def _scatter(taps, coeff, dense):
-    """``taps[j] += coeff[j] * dense[j]``, the transpose of :func:`_gather`."""
-    for j in range(coeff.shape[0]):
-        taps[j] += coeff[j] * dense[j]
-
-
-@njit(cache=True, inline='always')
-def _gather_row(dense, coeff, row, start, step):
-    """``dense[j] += coeff[j] * row[start + j*step]``: one output row segment reads its taps, a
-    contiguous slice at ``step == 1`` (vectorised), a strided view otherwise."""
-    m = coeff.shape[0]
-    if step == 1:
-        _gather(dense, coeff, row[start:start + m])
-    else:
-        _gather(dense, coeff, row[start:start + (m - 1) * step + 1:step])
-
-
-@njit(cache=True, inline='always')
-def _scatter_row(row, start, step, coeff, dense):
-    """``row[start + j*step] += coeff[j] * dense[j]``: the transpose of :func:`_gather_row`."""
-    m = coeff.shape[0]
-    if step == 1:
-        _scatter(row[start:start + m], coeff, dense)
-    else:
-        _scatter(row[start:start + (m - 1) * step + 1:step], coeff, dense)
-
-
-@njit(cache=True, inline='always')
-def _point_taps(p, geo, height, width):
-    """For kernel point ``p = u*kw + v``: the output rows ``[i0, i1)`` and columns ``[j0, j1)`` whose
-    tap lies inside the input (eq. 5), the input row ``row0`` of output row 0 (row ``i`` reads
-    ``i*sh + row0``) and the input column ``col0`` of output column ``j0``."""
-    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
-    row0, col = (p // kw) * dh - top, (p % kw) * dw - left
-    i0, i1 = _valid(row0, sh, height, ho)
-    j0, j1 = _valid(col, sw, width, wo)
-    return i0, i1, j0, j1, row0, j0 * sw + col
-
-
 @njit(cache=True, parallel=True)
 def _forward_loop(x, kernel, geo, y):
     """``y (N, C, Ho, Wo)`` (zero on entry) from ``x`` and ``kernel`` (eq. 2). Parallel over
@@ -134,10 +81,10 @@ def _forward_loop(x, kernel, geo, y):
     for t in prange(n * channels):
         b, c = t // channels, t % channels
         for p in range(points):
-            i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+            i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
             k = kernel[b, (c // per_group) * points + p]
             for i in range(i0, i1):
-                _gather_row(y[b, c, i, j0:j1], k[i, j0:j1], x[b, c, i * sh + row0], col0, sw)
+                gather_row(y[b, c, i, j0:j1], k[i, j0:j1], x[b, c, i * sh + row0], col0, sw)
 
 
 @njit(cache=True, parallel=True)
@@ -151,10 +98,10 @@ def _input_grad_loop(dy, kernel, geo, dx):
     for t in prange(n * channels):
         b, c = t // channels, t % channels
         for p in range(points):
-            i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+            i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
             k = kernel[b, (c // per_group) * points + p]
             for i in range(i0, i1):
-                _scatter_row(dx[b, c, i * sh + row0], col0, sw, k[i, j0:j1], dy[b, c, i, j0:j1])
+                scatter_row(dx[b, c, i * sh + row0], col0, sw, k[i, j0:j1], dy[b, c, i, j0:j1])
 
 
 @njit(cache=True, parallel=True)
@@ -168,23 +115,10 @@ def _kernel_grad_loop(x, dy, geo, dkernel):
     for t in prange(n * planes):
         b, r = t // planes, t % planes
         g, p = r // points, r % points
-        i0, i1, j0, j1, row0, col0 = _point_taps(p, geo, height, width)
+        i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
         for c in range(g * per_group, (g + 1) * per_group):
             for i in range(i0, i1):
-                _gather_row(dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], x[b, c, i * sh + row0], col0, sw)
-
-
-def _loop_operand(a, dtype=None):
-    """``a`` as a C-contiguous, writeable array, copied only if it is neither: Numba compiles a loop
-    once per array type, and a read-only or strided array is a type of its own."""
-    a = np.ascontiguousarray(a, dtype=dtype)
-    return a if a.flags.writeable else a.copy()
-
-
-def _launch(loop, work, *args):
-    """Run a Numba loop, problems below ``work`` = N*C*Ho*Wo*K multiply-adds on one thread."""
-    with threads_for(work):
-        loop(*args)
+                gather_row(dkernel[b, r, i, j0:j1], dy[b, c, i, j0:j1], x[b, c, i * sh + row0], col0, sw)
 
 
 # -- the op ---------------------------------------------------------------------------------------
@@ -238,10 +172,10 @@ def involution_forward(x, kernel, kernel_size, stride=1, dilation=1):
     geo, groups = _check_involution(x, kernel, kernel_size, stride, dilation)
     require_memory(x.shape[:2] + geo.out_hw, x.dtype, f"x of shape {x.shape} with kernel_size="
                    f"{kernel_size!r}, stride={stride!r}, dilation={dilation!r}")
-    x, kernel = _loop_operand(x), _loop_operand(kernel)
+    x, kernel = loop_operand(x), loop_operand(kernel)
     y = np.zeros(x.shape[:2] + geo.out_hw, dtype=x.dtype)                 # (N, C, Ho, Wo)
     work = y.size * geo.kernel[0] * geo.kernel[1]
-    _launch(_forward_loop, work, x, kernel, loop_geo(geo), y)                # (eq. 2)
+    launch(_forward_loop, work, x, kernel, loop_geo(geo), y)                 # (eq. 2)
     return y, Cache('involution', x=x, kernel=kernel, geo=geo, groups=groups, work=work)
 
 
@@ -262,10 +196,10 @@ def involution_backward(dout, cache):
     """
     cache = check_cache(cache, 'involution')
     x, kernel, geo, work = cache['x'], cache['kernel'], cache['geo'], cache['work']
-    dout = _loop_operand(grad_out(dout, x.shape[:2] + geo.out_hw, x.dtype))
+    dout = loop_operand(grad_out(dout, x.shape[:2] + geo.out_hw, x.dtype))
     dx, dkernel = np.zeros_like(x), np.zeros_like(kernel)
-    _launch(_input_grad_loop, work, dout, kernel, loop_geo(geo), dx)         # (eq. 4)
-    _launch(_kernel_grad_loop, work, x, dout, loop_geo(geo), dkernel)        # (eq. 3)
+    launch(_input_grad_loop, work, dout, kernel, loop_geo(geo), dx)          # (eq. 4)
+    launch(_kernel_grad_loop, work, x, dout, loop_geo(geo), dkernel)         # (eq. 3)
     return dx, dkernel
 
 
