@@ -9,11 +9,13 @@ state_dict loaded into it): torchvision's ResNets and the re-creations of the of
 * **forward+backward**: eval mode by default (BatchNorm with its running statistics, dropout off, so
   that batch 1 runs for the networks whose attention branch normalises 1x1 maps), ``--train`` for
   train mode; gradients of the input and of every parameter, from an all-ones output gradient.
-* **time**: the minimum over ``--repeats`` runs after one warm-up run (Numba compilation, allocator).
+* **time**: the minimum over ``--repeats`` runs after one warm-up run of each kind (Numba
+  compilation, allocator).
 * **peak memory**: each (model, batch, framework) runs in its own process; reported is the peak
   resident set size of the forward runs and of the forward+backward runs (Linux ``VmHWM``, reset
   before each kind of run through ``/proc/self/clear_refs``) above the resident size once the network
-  and the input exist: imports and weights are not counted.
+  and the input exist and the warm-up runs are done: imports, weights and compiled code are not
+  counted.
 * **threads**: 2 for both frameworks (``torch.set_num_threads(2)``; ``NUMBA_NUM_THREADS``,
   ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` set to 2 before the process
   imports NumPy). ``--threads`` changes it.
@@ -83,7 +85,6 @@ def peak_mb():
 
 
 def best_of(fn, repeats):
-    fn()                                            # warm-up
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
@@ -152,6 +153,8 @@ def measure(name, batch, framework, repeats, train, threads):
         forward, forward_backward = numpyconv_passes(name, batch, train)
     else:
         forward, forward_backward = torch_passes(name, batch, train, threads)
+    forward()                     # warm-up runs (Numba compilation, allocator), outside the peak
+    forward_backward()
     base = rss_mb()
     reset_peak()
     forward_s = best_of(forward, repeats)

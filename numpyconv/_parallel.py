@@ -4,11 +4,20 @@ activations, sampling, involution).
 Waking Numba's thread pool costs tens of microseconds, and far more on a loaded machine; below a
 few ten thousand multiply-adds one thread is faster. Every kernel's result is independent of the
 thread count (each parallel iteration owns the memory it writes), so this changes speed only.
+
+Numba's OpenMP threads sleep as soon as a loop ends (``OMP_WAIT_POLICY=PASSIVE``, unless the
+environment sets it): a network alternates Numba loops with OpenBLAS GEMMs, and OpenMP threads that
+spin waiting for the next loop take the cores the GEMM runs on (at 2 threads, ResNet-50's forward
+pass is four times slower with spinning threads). This is read when the OpenMP runtime loads, at
+the first parallel loop of the process.
 """
+import os
 from contextlib import contextmanager
 
 import numba
 import numpy as np
+
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 PARALLEL_MIN_WORK = 1 << 16   # multiply-adds below which one thread beats waking the pool
 

@@ -74,21 +74,27 @@ def relu_forward(x):
         None.
     """
     float_array(x, 'x')
-    flat = loop_operand(x).reshape(-1)
-    y, positive = np.empty(flat.shape, dtype=x.dtype), np.empty(flat.shape, dtype=np.bool_)
-    with threads_for(flat.size):
-        _relu_loop(flat, y, positive)                                          # (eq. 5)
-    return y.reshape(x.shape), Cache('relu', positive=positive.reshape(x.shape), dtype=x.dtype)
+    y, positive = _clamp(x, 0.0, np.nan)                                        # (eq. 5)
+    return y, Cache('relu', positive=positive, dtype=x.dtype)
 
 
 @njit(cache=True, parallel=True)
-def _relu_loop(x, y, positive):
-    """``y = max(x, 0)`` and ``positive = not x <= 0`` (NaN counts as positive and passes through), in
-    one parallel pass over the flat ``x``."""
+def _clamp_loop(x, low, high, y, passes):
+    """``y = min(max(x, low), high)`` and ``passes = not (x <= low or x >= high)`` in one parallel
+    pass over the flat ``x``; a NaN passes through (``high`` NaN: no upper bound)."""
     for i in prange(x.shape[0]):
         value = x[i]
-        positive[i] = not value <= 0
-        y[i] = value if positive[i] else 0
+        passes[i] = not (value <= low or value >= high)
+        y[i] = value if passes[i] else (low if value <= low else high)
+
+
+def _clamp(x, low, high):
+    """``(y, passes)`` of :func:`_clamp_loop`, shaped as ``x``."""
+    flat = loop_operand(x).reshape(-1)
+    y, passes = np.empty(flat.shape, dtype=x.dtype), np.empty(flat.shape, dtype=np.bool_)
+    with threads_for(flat.size):
+        _clamp_loop(flat, low, high, y, passes)
+    return y.reshape(x.shape), passes.reshape(x.shape)
 
 
 def relu_backward(dout, cache):
@@ -323,7 +329,8 @@ def relu6_forward(x):
         never None.
     """
     float_array(x, 'x')
-    return np.minimum(np.maximum(x, 0), 6), Cache('relu6', passes=~((x <= 0) | (x >= 6)), dtype=x.dtype)
+    y, passes = _clamp(x, 0.0, 6.0)                                             # (eq. 36)
+    return y, Cache('relu6', passes=passes, dtype=x.dtype)
 
 
 def relu6_backward(dout, cache):

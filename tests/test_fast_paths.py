@@ -7,7 +7,8 @@
   element inside x, with one and two threads (bitwise equal);
 * eval-mode BatchNorm as one per-channel affine pass (eq. 21, 22, 22a), float32 sums accumulated in
   float64;
-* relu's single pass (eq. 5-6) on NaN, -0 and infinities.
+* relu's and relu6's single pass (eq. 5-6, 36-37) on NaN, -0 and infinities;
+* GELU's single pass (eq. 12), float32 through a rational erf.
 """
 import numba
 import numpy as np
@@ -230,3 +231,27 @@ def test_gelu_float64_uses_exact_erf_and_any_thread_count():
     x32 = x.astype(np.float32)
     np.testing.assert_array_equal(threads(1, lambda: numpyconv.gelu_forward(x32))[0],
                                   threads(2, lambda: numpyconv.gelu_forward(x32))[0])
+
+
+def test_relu6_single_pass_special_values():
+    for dtype in (np.float32, np.float64):
+        x = np.array([-1.0, -0.0, 0.0, np.nan, 2.0, 6.0, 7.0, np.inf, -np.inf], dtype=dtype)
+        y, cache = numpyconv.relu6_forward(x)
+        np.testing.assert_array_equal(y, np.minimum(np.maximum(x, 0), 6))
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(numpyconv.relu6_backward(np.ones_like(x), cache)[0],
+                                      [0, 0, 0, 1, 1, 0, 0, 0, 0])
+
+
+# -- thread pools ----------------------------------------------------------------------------------
+@pytest.mark.parametrize('given, expected', [(None, 'PASSIVE'), ('ACTIVE', 'ACTIVE')])
+def test_openmp_threads_sleep_between_loops_unless_the_environment_says_otherwise(given, expected):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    if given:
+        env['OMP_WAIT_POLICY'] = given
+    out = subprocess.run([sys.executable, '-c', "import os, numpyconv; print(os.environ['OMP_WAIT_POLICY'])"],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == expected
