@@ -9,12 +9,13 @@ state_dict loaded into it): torchvision's ResNets and the re-creations of the of
 * **forward+backward**: eval mode by default (BatchNorm with its running statistics, dropout off, so
   that batch 1 runs for the networks whose attention branch normalises 1x1 maps), ``--train`` for
   train mode; gradients of the input and of every parameter, from an all-ones output gradient.
-* **time**: the minimum over ``--repeats`` runs after one warm-up run of each kind (Numba
-  compilation, allocator).
+* **time**: the minimum over ``--repeats`` runs after one warm-up run (allocator); before any,
+  each pass runs once on a ``WARM_UP_SHAPE`` input, which compiles every Numba loop (compiled per
+  array type, not size) with little memory.
 * **peak memory**: each (model, batch, framework) runs in its own process; reported is the peak
   resident set size of the forward runs and of the forward+backward runs (Linux ``VmHWM``, reset
   before each kind of run through ``/proc/self/clear_refs``) above the resident size once the network
-  and the input exist and the warm-up runs are done: imports, weights and compiled code are not
+  and the input exist and the small warm-up has run: imports, weights and compiled code are not
   counted.
 * **threads**: 2 for both frameworks (``torch.set_num_threads(2)``; ``NUMBA_NUM_THREADS``,
   ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` set to 2 before the process
@@ -84,7 +85,11 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # KiB on Linux
 
 
+WARM_UP_SHAPE = (1, 3, 64, 64)     # an input every network takes (a multiple of 32), small
+
+
 def best_of(fn, repeats):
+    fn()                                            # warm-up
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
@@ -97,19 +102,22 @@ def numpyconv_passes(name, batch, train):
     import numpy as np
     import numpyconv
     model = getattr(numpyconv.models, name)(rng=0)
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
 
-    def forward():
-        model.eval()
-        with numpyconv.no_grad():
-            model.forward(x)
+    def passes(shape):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
-    def forward_backward():
-        model.train(train)
-        model.zero_grad()
-        y = model.forward(x)
-        model.backward(np.ones_like(y))
-    return forward, forward_backward
+        def forward():
+            model.eval()
+            with numpyconv.no_grad():
+                model.forward(x)
+
+        def forward_backward():
+            model.train(train)
+            model.zero_grad()
+            y = model.forward(x)
+            model.backward(np.ones_like(y))
+        return forward, forward_backward
+    return passes((batch, 3, 224, 224)), passes(WARM_UP_SHAPE)
 
 
 def torch_passes(name, batch, train, threads):
@@ -129,32 +137,35 @@ def torch_passes(name, batch, train, threads):
     state = getattr(numpyconv.models, name)(rng=0).state_dict()
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     module.float()                       # a re-creation may hold float64 constants
-    x = torch.tensor(np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32),
-                     requires_grad=True)
     del state
 
-    def forward():
-        module.eval()
-        with torch.no_grad():
-            module(x)
+    def passes(shape):
+        x = torch.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32),
+                         requires_grad=True)
 
-    def forward_backward():
-        module.train(train)
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        y = module(x)
-        y.backward(torch.ones_like(y))
-    return forward, forward_backward
+        def forward():
+            module.eval()
+            with torch.no_grad():
+                module(x)
+
+        def forward_backward():
+            module.train(train)
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            y = module(x)
+            y.backward(torch.ones_like(y))
+        return forward, forward_backward
+    return passes((batch, 3, 224, 224)), passes(WARM_UP_SHAPE)
 
 
 def measure(name, batch, framework, repeats, train, threads):
     """Time and memory of one (model, batch, framework); a dict."""
     if framework == 'numpyconv':
-        forward, forward_backward = numpyconv_passes(name, batch, train)
+        (forward, forward_backward), small = numpyconv_passes(name, batch, train)
     else:
-        forward, forward_backward = torch_passes(name, batch, train, threads)
-    forward()                     # warm-up runs (Numba compilation, allocator), outside the peak
-    forward_backward()
+        (forward, forward_backward), small = torch_passes(name, batch, train, threads)
+    for run in small:             # compiles every Numba loop (types, not sizes): outside the peak
+        run()
     base = rss_mb()
     reset_peak()
     forward_s = best_of(forward, repeats)
