@@ -35,6 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+# The environment's OpenMP wait policy before numpyconv is imported (importing it sets PASSIVE for
+# its own Numba loops): the PyTorch processes get the environment as the user gave it.
+WAIT_POLICY = os.environ.get('OMP_WAIT_POLICY')
+
 ROOT = Path(__file__).resolve().parents[1]
 # the T configuration of InternImage's and FlashInternImage's build.py
 INTERNIMAGE_T = dict(channels=64, depths=[4, 4, 18, 4], groups=[4, 8, 16, 32], offset_scale=1.0,
@@ -182,6 +186,8 @@ def measure(name, batch, framework, repeats, train, threads):
 def run_child(name, batch, framework, args):
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))
     env = dict(os.environ, PYTHONPATH=path, **{v: str(args.threads) for v in THREAD_VARIABLES})
+    if WAIT_POLICY is None:
+        env.pop('OMP_WAIT_POLICY', None)
     command = [sys.executable, __file__, '--child', name, str(batch), framework, '--repeats',
                str(args.repeats), '--threads', str(args.threads)] + (['--train'] if args.train else [])
     proc = subprocess.run(command, capture_output=True, text=True, env=env)

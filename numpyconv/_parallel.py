@@ -9,7 +9,8 @@ Numba's OpenMP threads sleep as soon as a loop ends (``OMP_WAIT_POLICY=PASSIVE``
 environment sets it): a network alternates Numba loops with OpenBLAS GEMMs, and OpenMP threads that
 spin waiting for the next loop take the cores the GEMM runs on (at 2 threads, ResNet-50's forward
 pass is four times slower with spinning threads). This is read when the OpenMP runtime loads, at
-the first parallel loop of the process.
+the first parallel loop of the process, or when a framework that shares the runtime (PyTorch) is
+imported after numpyconv; the benchmarks import PyTorch under :func:`wait_policy_as_given`.
 """
 import os
 from contextlib import contextmanager
@@ -17,7 +18,22 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
+SETS_WAIT_POLICY = 'OMP_WAIT_POLICY' not in os.environ
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+
+@contextmanager
+def wait_policy_as_given():
+    """The environment without the wait policy numpyconv set: for importing another framework whose
+    OpenMP runtime should start with its own default (the benchmarks' PyTorch)."""
+    if not SETS_WAIT_POLICY or os.environ.get('OMP_WAIT_POLICY') != 'PASSIVE':
+        yield
+        return
+    del os.environ['OMP_WAIT_POLICY']
+    try:
+        yield
+    finally:
+        os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
 
 PARALLEL_MIN_WORK = 1 << 16   # multiply-adds below which one thread beats waking the pool
 

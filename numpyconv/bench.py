@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ._parallel import wait_policy_as_given
 from .conv import Conv2d, conv2d_backward, conv2d_forward, conv_geometry
 from .winograd import winograd_mode, winograd_pays
 
@@ -54,7 +55,8 @@ def set_threads(threads=None):
 def import_torch(threads):
     """``torch`` with ``threads`` intra-op threads, or ``None`` when it is not installed."""
     try:
-        torch = importlib.import_module('torch')   # optional: numpyconv never depends on it
+        with wait_policy_as_given():               # PyTorch's OpenMP threads keep their default
+            torch = importlib.import_module('torch')   # optional: numpyconv never depends on it
     except ImportError:
         return None
     torch.set_num_threads(threads)

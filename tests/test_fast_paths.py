@@ -255,3 +255,13 @@ def test_openmp_threads_sleep_between_loops_unless_the_environment_says_otherwis
     out = subprocess.run([sys.executable, '-c', "import os, numpyconv; print(os.environ['OMP_WAIT_POLICY'])"],
                          capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip() == expected
+
+
+def test_wait_policy_as_given_restores_the_environment_for_another_framework():
+    import os
+    from numpyconv import _parallel
+    before = os.environ.get('OMP_WAIT_POLICY')
+    with _parallel.wait_policy_as_given():
+        inside = os.environ.get('OMP_WAIT_POLICY')
+    assert os.environ.get('OMP_WAIT_POLICY') == before
+    assert inside == (None if _parallel.SETS_WAIT_POLICY else before)
