@@ -377,10 +377,56 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
     _vector(weight, 'weight', d)
     _vector(bias, 'bias', d)
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
-    x_hat, inv_std, _, _ = _normalize(x, -1, _real(eps, 'eps', 0))
-    y = _scale_shift(x_hat, weight, bias, (d,))
+    x_hat, inv_std, y = _layer_norm_rows(x, weight, bias, _real(eps, 'eps', 0))   # (eq. 23)
     return y, Cache('layer_norm', x_hat=x_hat, inv_std=inv_std, weight=weight,
                     has_bias=bias is not None, shape=(d,))
+
+
+@njit(cache=True, inline='always')
+def _row_sum(x, r, shift, power):
+    """``sum_k (x[r, k] - shift) ** power`` (power 1 or 2) in float64, as four interleaved partial
+    sums added in a fixed order (independent chains: the additions overlap)."""
+    d = x.shape[1]
+    s0 = s1 = s2 = s3 = 0.0
+    for k in range(0, d - d % 4, 4):
+        a, b, c, e = x[r, k] - shift, x[r, k + 1] - shift, x[r, k + 2] - shift, x[r, k + 3] - shift
+        if power == 2:
+            a, b, c, e = a * a, b * b, c * c, e * e
+        s0, s1, s2, s3 = s0 + a, s1 + b, s2 + c, s3 + e
+    for k in range(d - d % 4, d):
+        v = x[r, k] - shift
+        s0 += v * v if power == 2 else v
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, parallel=True, error_model='numpy')
+def _layer_norm_loop(x, weight, bias, eps, x_hat, y, inv_std):
+    """For each row of ``x (M, D)``: mean and biased variance (two passes over the row, eq. 14),
+    ``x_hat = (x - mean) s`` with ``s = (var + eps)^(-1/2)`` and ``y = gamma x_hat + beta`` (eq. 15),
+    in float64 and rounded once. Parallel over the rows, each owning its row of the outputs."""
+    d = x.shape[1]
+    for r in prange(x.shape[0]):
+        mean = _row_sum(x, r, 0.0, 1) / max(d, 1)
+        s = 1.0 / np.sqrt(_row_sum(x, r, mean, 2) / max(d, 1) + eps)
+        inv_std[r] = s
+        for k in range(d):
+            h = (x[r, k] - mean) * s
+            x_hat[r, k] = h
+            y[r, k] = h * weight[k] + bias[k]
+
+
+def _layer_norm_rows(x, weight, bias, eps):
+    """``(x_hat, inv_std (..., 1), y)`` of LayerNorm over the last axis of ``x`` (eq. 14, 15, 23);
+    None weight or bias as 1 or 0."""
+    d = x.shape[-1]
+    rows = loop_operand(x).reshape(math.prod(x.shape[:-1]), d)
+    gamma = np.ones(d, x.dtype) if weight is None else loop_operand(weight)
+    beta = np.zeros(d, x.dtype) if bias is None else loop_operand(bias)
+    x_hat, y = np.empty(rows.shape, x.dtype), np.empty(rows.shape, x.dtype)
+    inv_std = np.empty(rows.shape[0], x.dtype)
+    with threads_for(rows.size):
+        _layer_norm_loop(rows, gamma, beta, float(eps), x_hat, y, inv_std)
+    return x_hat.reshape(x.shape), inv_std.reshape(x.shape[:-1] + (1,)), y.reshape(x.shape)
 
 
 def layer_norm_backward(dout, cache):

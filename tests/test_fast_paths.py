@@ -8,7 +8,8 @@
 * eval-mode BatchNorm as one per-channel affine pass (eq. 21, 22, 22a), float32 sums accumulated in
   float64;
 * relu's and relu6's single pass (eq. 5-6, 36-37) on NaN, -0 and infinities;
-* GELU's single pass (eq. 12), float32 through a rational erf.
+* GELU's single pass (eq. 12), float32 through a rational erf;
+* layer_norm's rows (eq. 14-15, 23), statistics in float64.
 """
 import numba
 import numpy as np
@@ -265,3 +266,29 @@ def test_wait_policy_as_given_restores_the_environment_for_another_framework():
         inside = os.environ.get('OMP_WAIT_POLICY')
     assert os.environ.get('OMP_WAIT_POLICY') == before
     assert inside == (None if _parallel.SETS_WAIT_POLICY else before)
+
+
+# -- layer_norm ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('shape', [(2, 3, 4, 13), (5, 64), (3, 1), (0, 4), (2, 7)])
+@pytest.mark.parametrize('affine', [True, False])
+def test_layer_norm_rows_match_reference_and_threads(shape, affine):
+    x = normal(*shape) * 3 + 1
+    weight, bias = (normal(shape[-1]), normal(shape[-1])) if affine else (None, None)
+    y, cache = threads(2, lambda: numpyconv.layer_norm_forward(x, weight, bias))
+    assert rel_err(y, reference.layer_norm(x, weight, bias)) < 1e-13
+    np.testing.assert_array_equal(threads(1, lambda: numpyconv.layer_norm_forward(x, weight, bias))[0], y)
+    dout = normal(*shape)
+    for fast, ref in zip(numpyconv.layer_norm_backward(dout, cache),
+                         reference.layer_norm_backward(dout, x, weight, bias)):
+        assert (fast is None) == (ref is None)
+        if fast is not None:
+            assert rel_err(fast, ref) < 1e-12
+
+
+def test_layer_norm_float32_statistics_are_accurate():
+    # a large offset: the float64 sums keep float32 inputs' mean and variance exact to rounding
+    x = (normal(16, 512) * 0.01 + 1000).astype(np.float32)
+    y, _ = numpyconv.layer_norm_forward(x, None, None)
+    x64 = x.astype(np.float64)
+    expected = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
