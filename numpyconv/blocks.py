@@ -445,10 +445,47 @@ def layer_norm_backward(dout, cache):
         ``(dx (..., D), dweight (D,), dbias (D,))``; None for an input given as None.
     """
     cache = check_cache(cache, 'layer_norm')
-    x_hat = cache['x_hat']
-    dout = grad_out(dout, x_hat.shape, x_hat.dtype)
-    g, dweight, dbias = _scale_shift_backward(dout, cache, tuple(range(x_hat.ndim - 1)))
-    return _normalize_backward(g, x_hat, cache['inv_std'], -1), dweight, dbias
+    x_hat, weight = cache['x_hat'], cache['weight']
+    d = x_hat.shape[-1]
+    rows_dy = _rows(loop_operand(grad_out(dout, x_hat.shape, x_hat.dtype)))      # (M, D)
+    rows_dx = np.empty_like(rows_dy)
+    chunks = min(rows_dy.shape[0], _LAYER_NORM_CHUNKS)
+    dweight_parts, dbias_parts = np.zeros((chunks, d)), np.zeros((chunks, d))
+    gamma = np.ones(d, x_hat.dtype) if weight is None else loop_operand(weight)
+    with threads_for(rows_dy.size):
+        _layer_norm_backward_loop(rows_dy, _rows(loop_operand(x_hat)),
+                                  loop_operand(cache['inv_std']).reshape(-1), gamma, rows_dx,
+                                  dweight_parts, dbias_parts)
+    dweight = None if weight is None else dweight_parts.sum(axis=0).astype(x_hat.dtype)
+    dbias = dbias_parts.sum(axis=0).astype(x_hat.dtype) if cache['has_bias'] else None
+    return rows_dx.reshape(x_hat.shape), dweight, dbias
+
+
+# The rows are split into this many fixed chunks, each summing its own part of dgamma and dbeta, so
+# the sums do not depend on the number of threads.
+_LAYER_NORM_CHUNKS = 64
+
+
+@njit(cache=True, parallel=True, error_model='numpy')
+def _layer_norm_backward_loop(dy, x_hat, inv_std, gamma, dx, dgamma_parts, dbeta_parts):
+    """For each row of ``dy (M, D)``: ``g = dy gamma`` and ``dx = s (g - mean g - x_hat mean(g x_hat))``
+    (eq. 24), the means in float64; each chunk of rows adds its ``dy x_hat`` and ``dy`` into its row
+    of ``dgamma_parts`` and ``dbeta_parts`` (eq. 18). Parallel over the chunks."""
+    m, d = dy.shape
+    chunks = dgamma_parts.shape[0]
+    for j in prange(chunks):
+        for r in range(j * m // chunks, (j + 1) * m // chunks):
+            sum_g = sum_gh = 0.0
+            for k in range(d):
+                t, h = np.float64(dy[r, k]), np.float64(x_hat[r, k])
+                g = t * gamma[k]
+                sum_g += g
+                sum_gh += g * h
+                dgamma_parts[j, k] += t * h
+                dbeta_parts[j, k] += t
+            mean_g, mean_gh, s = sum_g / d, sum_gh / d, np.float64(inv_std[r])
+            for k in range(d):
+                dx[r, k] = s * (np.float64(dy[r, k]) * gamma[k] - mean_g - x_hat[r, k] * mean_gh)
 
 
 # -- cross-entropy loss -----------------------------------------------------------------------------

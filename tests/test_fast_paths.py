@@ -8,8 +8,8 @@
 * eval-mode BatchNorm as one per-channel affine pass (eq. 21, 22, 22a), float32 sums accumulated in
   float64;
 * relu's and relu6's single pass (eq. 5-6, 36-37) on NaN, -0 and infinities;
-* GELU's single pass (eq. 12), float32 through a rational erf;
-* layer_norm's rows (eq. 14-15, 23), statistics in float64.
+* GELU's single passes (eq. 12-13), float32 through a rational erf and a polynomial exp;
+* layer_norm's rows (eq. 14-15, 23) and their gradients (eq. 18, 24), sums in float64.
 """
 import numba
 import numpy as np
@@ -234,6 +234,51 @@ def test_gelu_float64_uses_exact_erf_and_any_thread_count():
                                   threads(2, lambda: numpyconv.gelu_forward(x32))[0])
 
 
+def test_exp_of_nonpositive_argument_is_within_4e9_and_zero_below_float32():
+    from numpyconv.activations import _EXP_FLOOR, _exp_nonpositive
+    z = np.concatenate([-np.linspace(0, -_EXP_FLOOR, 400_001), [-0.0, -1e-300]])
+    approx = np.array([_exp_nonpositive(v) for v in z])
+    assert np.abs(approx / np.exp(z) - 1).max() < 4e-9
+    for below in (_EXP_FLOOR - 1e-9, -1e4, -np.inf, np.nan):
+        assert _exp_nonpositive(below) == 0.0
+
+
+def _exact_gelu_grad(dout, x):
+    from scipy.special import erf
+    x = x.astype(np.float64)
+    return dout.astype(np.float64) * (0.5 * (1 + erf(x / np.sqrt(2)))
+                                      + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi))
+
+
+def test_gelu_backward_float32_is_the_float64_gradient_rounded():
+    x = np.concatenate([normal(200_000) * 4, [0.0, -0.0, 6.3, -6.3, 14.0, -14.0, 20.0, -20.0]])
+    x = x.astype(np.float32)
+    dout = normal(x.size).astype(np.float32)
+    _, cache = numpyconv.gelu_forward(x)
+    dx, = numpyconv.gelu_backward(dout, cache)
+    exact = _exact_gelu_grad(dout, x)
+    assert dx.dtype == np.float32
+    # the float32 cdf of the cache (half a unit below 1) and the final rounding
+    bound = 6e-8 * np.abs(dout) + np.spacing(np.abs(exact).astype(np.float32))
+    assert np.all(np.abs(dx - exact) <= bound)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_gelu_backward_special_values_and_threads(dtype):
+    # as PyTorch: at +-inf the term x phi(x) is inf * 0, so the gradient is NaN
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], dtype)
+    _, cache = numpyconv.gelu_forward(x)
+    dx, = numpyconv.gelu_backward(np.ones_like(x), cache)
+    assert np.isnan(dx[:3]).all() and np.all(dx[3:] == 0.5)
+    x = normal(3, 50, 41).astype(dtype)[:, ::2]                               # strided
+    dout = normal(*x.shape).astype(dtype)
+    _, cache = numpyconv.gelu_forward(x)
+    dx2, = threads(2, lambda: numpyconv.gelu_backward(dout, cache))
+    np.testing.assert_array_equal(threads(1, lambda: numpyconv.gelu_backward(dout, cache))[0], dx2)
+    if dtype == np.float64:
+        np.testing.assert_allclose(dx2, _exact_gelu_grad(dout, x), rtol=1e-13, atol=1e-300)
+
+
 def test_relu6_single_pass_special_values():
     for dtype in (np.float32, np.float64):
         x = np.array([-1.0, -0.0, 0.0, np.nan, 2.0, 6.0, 7.0, np.inf, -np.inf], dtype=dtype)
@@ -292,3 +337,26 @@ def test_layer_norm_float32_statistics_are_accurate():
     x64 = x.astype(np.float64)
     expected = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 4, 13), (300, 64), (1, 1), (0, 4)])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_layer_norm_backward_is_bitwise_independent_of_threads(shape, dtype):
+    x, dout = normal(*shape).astype(dtype), normal(*shape).astype(dtype)
+    weight, bias = normal(shape[-1]).astype(dtype), normal(shape[-1]).astype(dtype)
+    _, cache = numpyconv.layer_norm_forward(x, weight, bias)
+    two = threads(2, lambda: numpyconv.layer_norm_backward(dout, cache))
+    one = threads(1, lambda: numpyconv.layer_norm_backward(dout, cache))
+    for a, b in zip(one, two):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_layer_norm_backward_float32_is_the_float64_gradient_rounded():
+    x, dout = normal(4000, 96).astype(np.float32), normal(4000, 96).astype(np.float32)
+    weight, bias = normal(96).astype(np.float32), normal(96).astype(np.float32)
+    _, cache = numpyconv.layer_norm_forward(x, weight, bias)
+    fast = numpyconv.layer_norm_backward(dout, cache)
+    exact = reference.layer_norm_backward(*(a.astype(np.float64) for a in (dout, x, weight, bias)))
+    for a, b in zip(fast, exact):
+        assert rel_err(a, b) < 1e-6
