@@ -231,24 +231,16 @@ def gelu_forward(x):
     y : ndarray, shape and dtype of ``x``
         The output.
     cache : Cache
-        ``Cache('gelu')`` with ``x`` and ``cdf`` (``Phi(x)``, shape of ``x``); never None.
+        ``Cache('gelu')`` with ``x``; never None. The backward recomputes ``Phi(x)``, which costs
+        less than writing it here and reading it there.
     """
     float_array(x, 'x')
     flat = loop_operand(x).reshape(-1)
-    y, cdf = np.empty_like(flat), np.empty_like(flat)
+    y = np.empty_like(flat)
     loop = _gelu_float32_loop if x.dtype == np.float32 else _gelu_loop
     with threads_for(flat.size):
-        loop(flat, y, cdf)                                                     # (eq. 12)
-    return y.reshape(x.shape), Cache('gelu', x=x, cdf=cdf.reshape(x.shape))
-
-
-@njit(cache=True, parallel=True)
-def _gelu_loop(x, y, cdf):
-    """``cdf = Phi(x) = (1 + erf(x / sqrt 2)) / 2`` and ``y = x cdf`` with the C library's ``erf``,
-    one parallel pass over the flat ``x`` (float64)."""
-    for i in prange(x.shape[0]):
-        cdf[i] = 0.5 * (1.0 + math.erf(x[i] * _SQRT_HALF))
-        y[i] = x[i] * cdf[i]
+        loop(flat, y)                                                          # (eq. 12)
+    return y.reshape(x.shape), Cache('gelu', x=x)
 
 
 # erf(u) = u P(u^2) / Q(u^2) for |u| <= 4.5, sign(u) beyond (erfc(4.5) = 2e-10): a rational least-squares
@@ -261,6 +253,7 @@ _ERF_Q = (1.0, 0.49727888373935025, 0.11393271648576582, 0.015472638788849498, 0
           6.389568009163363e-05)
 _ERF_RANGE = 4.5
 _SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @njit(cache=True, inline='always')
@@ -276,52 +269,6 @@ def _erf_rational(u):
     for k in range(4, -1, -1):
         q = q * t + _ERF_Q[k]
     return inside * p / q if abs(u) < _ERF_RANGE or u != u else math.copysign(1.0, u)
-
-
-@njit(cache=True, parallel=True)
-def _gelu_float32_loop(x, y, cdf):
-    """:func:`_gelu_loop` for float32: ``erf`` by :func:`_erf_rational` in float64, rounded once to
-    float32 (within about one unit in the last place of float32)."""
-    for i in prange(x.shape[0]):
-        v = np.float64(x[i])
-        c = min(max(0.5 * (1.0 + _erf_rational(v * _SQRT_HALF)), 0.0), 1.0)     # a cdf, in [0, 1]
-        cdf[i] = c
-        y[i] = v * c
-
-
-def gelu_backward(dout, cache):
-    """``dx = dout (Phi(x) + x phi(x))`` (eq. 13), one parallel pass.
-
-    Parameters
-    ----------
-    dout : ndarray, shape of ``y``
-        Gradient of the loss with respect to the output of :func:`gelu_forward`.
-    cache : Cache
-        The cache :func:`gelu_forward` returned (not modified).
-
-    Returns
-    -------
-    grads : tuple
-        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
-    """
-    cache = check_cache(cache, 'gelu')
-    x, cdf = cache['x'], cache['cdf']
-    flat_dout = loop_operand(grad_out(dout, x.shape, x.dtype)).reshape(-1)
-    dx = np.empty_like(flat_dout)
-    loop = _gelu_backward_float32_loop if x.dtype == np.float32 else _gelu_backward_loop
-    with threads_for(dx.size):
-        loop(flat_dout, loop_operand(x).reshape(-1), loop_operand(cdf).reshape(-1), dx)   # (eq. 13)
-    return (dx.reshape(x.shape),)
-
-
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@njit(cache=True, parallel=True)
-def _gelu_backward_loop(dout, x, cdf, dx):
-    """``dx = dout (cdf + x phi(x))`` with the C library's ``exp`` (float64)."""
-    for i in prange(x.shape[0]):
-        dx[i] = dout[i] * (cdf[i] + x[i] * math.exp(-0.5 * x[i] * x[i]) * _INV_SQRT_2PI)
 
 
 # exp(z) for z <= 0 as exp(z / 128) ** 128: a Taylor polynomial of degree 12 on [-0.82, 0] (remainder
@@ -345,13 +292,75 @@ def _exp_nonpositive(z):
     return e if z >= _EXP_FLOOR else 0.0
 
 
+@njit(cache=True, inline='always')
+def _cdf(v):
+    """``Phi(v)`` with the C library's ``erf`` (float64)."""
+    return 0.5 * (1.0 + math.erf(v * _SQRT_HALF))
+
+
+@njit(cache=True, inline='always')
+def _cdf_float32(v):
+    """``Phi(v)`` with :func:`_erf_rational`, in float64 and clamped to ``[0, 1]`` (for float32)."""
+    return min(max(0.5 * (1.0 + _erf_rational(v * _SQRT_HALF)), 0.0), 1.0)
+
+
 @njit(cache=True, parallel=True)
-def _gelu_backward_float32_loop(dout, x, cdf, dx):
-    """:func:`_gelu_backward_loop` for float32: ``phi`` by :func:`_exp_nonpositive` in float64."""
+def _gelu_loop(x, y):
+    """``y = x Phi(x)``, one parallel pass over the flat ``x`` (float64)."""
+    for i in prange(x.shape[0]):
+        y[i] = x[i] * _cdf(x[i])
+
+
+@njit(cache=True, parallel=True)
+def _gelu_float32_loop(x, y):
+    """:func:`_gelu_loop` for float32: ``Phi`` by :func:`_cdf_float32`, rounded once to float32
+    (within about one unit in the last place of float32)."""
+    for i in prange(x.shape[0]):
+        v = np.float64(x[i])
+        y[i] = v * _cdf_float32(v)
+
+
+def gelu_backward(dout, cache):
+    """``dx = dout (Phi(x) + x phi(x))`` (eq. 13), one parallel pass that recomputes ``Phi(x)``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape of ``y``
+        Gradient of the loss with respect to the output of :func:`gelu_forward`.
+    cache : Cache
+        The cache :func:`gelu_forward` returned (not modified).
+
+    Returns
+    -------
+    grads : tuple
+        ``(dx,)``: ``dx`` of ``x``'s shape and dtype.
+    """
+    cache = check_cache(cache, 'gelu')
+    x = cache['x']
+    flat_dout = loop_operand(grad_out(dout, x.shape, x.dtype)).reshape(-1)
+    dx = np.empty_like(flat_dout)
+    loop = _gelu_backward_float32_loop if x.dtype == np.float32 else _gelu_backward_loop
+    with threads_for(dx.size):
+        loop(flat_dout, loop_operand(x).reshape(-1), dx)                      # (eq. 13)
+    return (dx.reshape(x.shape),)
+
+
+@njit(cache=True, parallel=True)
+def _gelu_backward_loop(dout, x, dx):
+    """``dx = dout (Phi(x) + x phi(x))`` with the C library's ``erf`` and ``exp`` (float64)."""
+    for i in prange(x.shape[0]):
+        v = x[i]
+        dx[i] = dout[i] * (_cdf(v) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI)
+
+
+@njit(cache=True, parallel=True)
+def _gelu_backward_float32_loop(dout, x, dx):
+    """:func:`_gelu_backward_loop` for float32: ``Phi`` by :func:`_cdf_float32` and ``phi`` by
+    :func:`_exp_nonpositive`, in float64."""
     for i in prange(x.shape[0]):
         v = np.float64(x[i])
         pdf = _exp_nonpositive(-0.5 * v * v) * _INV_SQRT_2PI
-        dx[i] = dout[i] * (cdf[i] + v * pdf)
+        dx[i] = dout[i] * (_cdf_float32(v) + v * pdf)
 
 
 # -- relu6, hardsigmoid, hardswish, silu (MobileNetV2 / V3, EfficientNet) ------------------------
