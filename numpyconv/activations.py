@@ -97,6 +97,36 @@ def _clamp(x, low, high):
     return y.reshape(x.shape), passes.reshape(x.shape)
 
 
+def clamped_sum(a, b, low, high):
+    """``min(max(a + b, low), high)`` in one parallel pass, for inference: a residual sum and the
+    ReLU (``low=0, high=inf``) or ReLU6 after it.
+
+    Parameters
+    ----------
+    a, b : ndarray, the same shape and dtype
+    low, high : float
+        The clamp, as :func:`relu_forward` and :func:`relu6_forward` clamp (a NaN passes).
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``a``
+        Bitwise ``relu_forward(a + b)[0]`` (or ``relu6_forward``); no cache.
+    """
+    flat_a, flat_b = loop_operand(a).reshape(-1), loop_operand(b).reshape(-1)
+    y = np.empty_like(flat_a)
+    with threads_for(y.size):
+        _clamped_sum_loop(flat_a, flat_b, low, high, y)
+    return y.reshape(a.shape)
+
+
+@njit(cache=True, parallel=True)
+def _clamped_sum_loop(a, b, low, high, y):
+    """``y = a + b`` clamped to ``[low, high]`` as :func:`_clamp_loop` clamps."""
+    for i in prange(a.shape[0]):
+        v = a[i] + b[i]
+        y[i] = low if v <= low else (high if v >= high else v)
+
+
 def relu_backward(dout, cache):
     """``dx = dout [x > 0]``, gradient 0 at 0 (``dout`` at NaN) as in PyTorch (eq. 6).
 
@@ -556,6 +586,7 @@ class ReLU(_InplaceActivation):
         Unused (no parameters); accepted as by every layer.
     """
     _forward_fn, _backward_fn = relu_forward, relu_backward
+    _bounds = (0.0, np.inf)                  # the clamp, for a container's fused inference pass
 
 
 class ReLU6(_InplaceActivation):
@@ -573,6 +604,7 @@ class ReLU6(_InplaceActivation):
         Unused (no parameters); accepted as by every layer.
     """
     _forward_fn, _backward_fn = relu6_forward, relu6_backward
+    _bounds = (0.0, 6.0)
 
 
 class Hardsigmoid(_InplaceActivation):

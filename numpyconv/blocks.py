@@ -241,23 +241,25 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
 
 
 @njit(cache=True, parallel=True)
-def _channel_affine_loop(x, scale, shift, y):
-    """``y[n, c] = x[n, c] * scale[c] + shift[c]`` for ``x, y (N, C, L)``; parallel over the
+def _channel_affine_loop(x, scale, shift, low, high, y):
+    """``y[n, c] = x[n, c] * scale[c] + shift[c]`` for ``x, y (N, C, L)``, clamped to ``[low, high]``
+    as :func:`numpyconv.activations.relu_forward` clamps (a NaN passes); parallel over the
     ``(n, c)`` rows, each iteration owning its row of ``y``."""
     channels = x.shape[1]
     for t in prange(x.shape[0] * channels):
         n, c = t // channels, t % channels
         a, b = scale[c], shift[c]
         for k in range(x.shape[2]):
-            y[n, c, k] = x[n, c, k] * a + b
+            v = x[n, c, k] * a + b
+            y[n, c, k] = low if v <= low else (high if v >= high else v)
 
 
-def _channel_affine(x, scale, shift):
-    """``x (N, C, ...) * scale[c] + shift[c]`` in one parallel pass over ``x``."""
+def _channel_affine(x, scale, shift, low=-np.inf, high=np.inf):
+    """``x (N, C, ...) * scale[c] + shift[c]``, clamped to ``[low, high]``, in one parallel pass."""
     x3 = loop_operand(x).reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
     y = np.empty(x3.shape, dtype=x.dtype)
     with threads_for(y.size):
-        _channel_affine_loop(x3, scale, shift, y)
+        _channel_affine_loop(x3, scale, shift, low, high, y)
     return y.reshape(x.shape)
 
 
@@ -290,16 +292,43 @@ def _channel_affine_backward(dout, x, mean, s, gamma):
     return dx.reshape(x.shape), sums[:, 0].astype(x.dtype), sums[:, 1].astype(x.dtype)
 
 
-def _eval_batch_norm(x, weight, bias, running_mean, running_var, eps, shape, axes):
+def batch_norm_inference(x, weight, bias, running_mean, running_var, eps, low=-np.inf, high=np.inf):
+    """Eval-mode BatchNorm's ``y`` alone (eq. 21), clamped to ``[low, high]``: a BatchNorm and the
+    ReLU (``low=0``) or ReLU6 (``low=0, high=6``) after it in one pass, for inference.
+
+    Parameters
+    ----------
+    x : ndarray (N, C), (N, C, L) or (N, C, H, W)
+    weight, bias, running_mean, running_var : ndarray (C,) or None
+        As :func:`batch_norm_forward` in eval mode (the running statistics are required).
+    eps : float >= 0
+    low, high : float
+        The clamp; the defaults leave ``y`` unclamped. A NaN passes.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+        Bitwise the output of :func:`batch_norm_forward` (eval) followed by ``relu_forward`` or
+        ``relu6_forward``; no cache.
+    """
+    _check_batch_norm(x, weight, bias, running_mean, running_var, False)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    return _eval_batch_norm(x, weight, bias, running_mean, running_var, _real(eps, 'eps', 0), shape,
+                            None, low, high)[0]
+
+
+def _eval_batch_norm(x, weight, bias, running_mean, running_var, eps, shape, axes, low=-np.inf,
+                     high=np.inf):
     """Eval-mode ``(y, cache)``: (eq. 21) as the per-channel affine map ``y = x a + c`` with
-    ``a = gamma s`` and ``c = beta - running_mean a``, one pass over ``x``; the cache keeps ``x``
-    (a reference) and the backward forms ``x_hat`` only if it needs it."""
+    ``a = gamma s`` and ``c = beta - running_mean a``, one pass over ``x`` (clamped to
+    ``[low, high]``); the cache keeps ``x`` (a reference) and the backward forms ``x_hat`` only if it
+    needs it."""
     inv_std = 1 / np.sqrt(running_var.reshape(shape) + eps)                   # s of (eq. 21)
     scale = inv_std if weight is None else inv_std * weight.reshape(shape)
     shift = -running_mean.reshape(shape) * scale
     if bias is not None:
         shift += bias.reshape(shape)
-    y = _channel_affine(x, scale.ravel(), shift.ravel())
+    y = _channel_affine(x, scale.ravel(), shift.ravel(), low, high)
     return y, Cache('batch_norm', x=x, inv_std=inv_std, weight=weight, has_bias=bias is not None,
                     shape=shape, axes=axes, training=False, running_mean=running_mean,
                     running_var=running_var)

@@ -32,8 +32,8 @@ import numbers
 import numpy as np
 
 from ._checks import float_array, grad_out, positive_int, real
-from .blocks import (batch_norm_backward, batch_norm_forward, layer_norm_backward, layer_norm_forward,
-                     linear_backward, linear_forward)
+from .blocks import (batch_norm_backward, batch_norm_forward, batch_norm_inference, layer_norm_backward,
+                     layer_norm_forward, linear_backward, linear_forward)
 from .module import Module, default_bias, kaiming_uniform
 
 
@@ -111,12 +111,15 @@ class _BatchNorm(Module):
             self.add_buffer('running_var', np.ones(self.num_features))
             self.add_buffer('num_batches_tracked', np.array(0, dtype=np.int64))
 
-    def forward(self, x):
+    def _check_x(self, x):
         float_array(x, 'x', self._ranks, self._hint)
         _check_dtype(self, x)
         if x.shape[1] != self.num_features:
             raise ValueError(f"x must have shape {self._hint} with C={self.num_features}, "
                              f"got {x.shape}")
+
+    def forward(self, x):
+        self._check_x(x)
         tracking = 'running_mean' in self._buffers
         update = self.training and tracking
         y, self._cache = batch_norm_forward(
@@ -127,6 +130,19 @@ class _BatchNorm(Module):
         if update:
             self._track_batch_norm(self._cache)                              # (eq. 19)
         return y
+
+    def _infers_clamped(self):
+        """Whether :meth:`_inference_clamped` gives this layer's output: eval mode with running
+        statistics."""
+        return not self.training and 'running_mean' in self._buffers
+
+    def _inference_clamped(self, x, low, high):
+        """The eval-mode output clamped to ``[low, high]`` in one pass, keeping nothing (a BatchNorm
+        and the ReLU after it, :func:`numpyconv.blocks.batch_norm_inference`)."""
+        self._check_x(x)
+        return batch_norm_inference(x, self._params.get('weight'), self._params.get('bias'),
+                                    self._buffers['running_mean'], self._buffers['running_var'],
+                                    self.eps, low, high)
 
     def _factor(self):
         """The running-average factor of this training step."""

@@ -139,9 +139,7 @@ def _forward_of(forward):
         finally:
             state['_no_grad_depth'] = depth
             if depth == 0:
-                for name in _cache_names(self):
-                    del state[name]
-                state['_forward_under_no_grad'] = True
+                self._forget()
     return run
 
 
@@ -308,6 +306,13 @@ class Module:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
+    def _forget(self):
+        """Drop this layer's caches and mark its last forward as run under :class:`no_grad` (also for
+        a layer whose work a container did in its place, as a fused pass)."""
+        for name in _cache_names(self):
+            del self.__dict__[name]
+        self.__dict__['_forward_under_no_grad'] = True
+
     def backward(self, dout):
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
@@ -382,8 +387,20 @@ class Sequential(Module):
         return list(self._modules.values())
 
     def forward(self, x):
-        for layer in self._layers():
-            x = layer(x)
+        """The layers in order. Under :class:`no_grad`, a layer with a clamped inference pass (an
+        eval-mode BatchNorm) followed by a clamp (a ReLU or ReLU6) runs the pair as one pass, with the
+        same output; the pair's layers keep nothing, as under ``no_grad`` anyway."""
+        layers, i = self._layers(), 0
+        while i < len(layers):
+            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            if not is_grad_enabled() and _fuses(layer, after):
+                x = layer._inference_clamped(x, *after._bounds)
+                layer._forget()
+                after._forget()
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     def backward(self, dout):
@@ -397,6 +414,14 @@ class Sequential(Module):
             m, input_shape = layer.macs(input_shape)
             total += m
         return total, input_shape
+
+
+def _fuses(layer, after):
+    """Whether ``layer`` then ``after`` run as one inference pass: ``layer`` offers a clamped inference
+    pass that gives its output now (BatchNorm2d in eval mode with running statistics) and ``after`` is
+    exactly a clamp (``ReLU``, ``ReLU6``: a ``_bounds`` pair)."""
+    clamped = getattr(layer, '_infers_clamped', None)
+    return clamped is not None and clamped() and getattr(type(after), '_bounds', None) is not None
 
 
 def count(layer, input_shape):

@@ -60,6 +60,7 @@ from ._parallel import loop_operand, threads_for
 from ._stateless import Stateless
 from .im2col import Geometry, _offset_slices, loop_geo
 from .memory import require_memory
+from .module import is_grad_enabled
 
 _ANY_SIZE = 10 ** 6   # an input size every valid window fits: checks a layer's arguments alone
 
@@ -286,15 +287,60 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         ``Cache('max_pool2d')`` with ``geo``, ``arg`` (``(N, C, Ho, Wo)`` int32: each output's kernel
         offset of its maximum, -1 for none), ``x_shape`` and ``dtype``; none of them None.
     """
+    geo, shape = _max_pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    best, arg = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
+    with threads_for(best.size * geo.kernel[0] * geo.kernel[1]):
+        _max_forward_loop(loop_operand(x), loop_geo(geo), best, arg)                   # (eq. 44, 45)
+    return best, Cache('max_pool2d', geo=geo, arg=arg, x_shape=x.shape, dtype=x.dtype)
+
+
+def _max_pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """Check ``x`` and the arguments; ``(geo, output shape)``."""
     _check_x(x)
     geo = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     shape = x.shape[:2] + geo.out_hw
     require_memory(shape, x.dtype, f"x of shape {x.shape} with kernel_size={kernel_size!r}, "
                    f"stride={stride!r}, padding={padding!r}, dilation={dilation!r}")
-    best, arg = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
+    return geo, shape
+
+
+def _max_pool2d_values(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The ``y`` of :func:`max_pool2d_forward` alone (eq. 44), for inference: no argmax is tracked.
+
+    Arguments and ``y`` as :func:`max_pool2d_forward`; a window holding a NaN gives NaN.
+    """
+    geo, shape = _max_pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    best = np.empty(shape, dtype=x.dtype)
     with threads_for(best.size * geo.kernel[0] * geo.kernel[1]):
-        _max_forward_loop(loop_operand(x), loop_geo(geo), best, arg)                   # (eq. 44, 45)
-    return best, Cache('max_pool2d', geo=geo, arg=arg, x_shape=x.shape, dtype=x.dtype)
+        _max_values_loop(loop_operand(x), loop_geo(geo), best)                          # (eq. 44)
+    return best
+
+
+@njit(cache=True, parallel=True)
+def _max_values_loop(x, geo, best):
+    """``best (N, C, Ho, Wo)`` = each window's maximum inside x, NaN if it holds one, -inf if it holds
+    no element. Output row by output row: for each kernel offset ``(a, b)``, one pass along the row
+    over the windows whose element ``(a, b)`` is inside x (no per-element bounds test, no argmax to
+    carry, so the passes are short independent loops). Parallel over the ``(n, c)`` planes."""
+    kh, kw, sh, sw, dh, dw, top, left, ho, wo = geo
+    n, channels, height, width = x.shape
+    for t in prange(n * channels):
+        plane, out = x[t // channels, t % channels], best[t // channels, t % channels]
+        for i in range(ho):
+            row_max = out[i]
+            row_max[:] = -np.inf
+            for a in range(kh):
+                row = i * sh - top + a * dh
+                if 0 <= row < height:
+                    line = plane[row]
+                    for b in range(kw):
+                        shift = b * dw - left                                  # column j * sw + shift
+                        first = 0
+                        while first < wo and first * sw + shift < 0:
+                            first += 1
+                        for j in range(first, min(wo, (width - 1 - shift) // sw + 1)):
+                            v = line[j * sw + shift]
+                            row_max[j] = v if (v > row_max[j]) | (v != v) else row_max[j]
 
 
 def max_pool2d_backward(dout, cache):
@@ -652,8 +698,10 @@ class MaxPool2d(_Pool):
         self.return_indices, self.ceil_mode = _flag(return_indices, 'return_indices'), ceil_mode
 
     def _op_forward(self, x):
-        return max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                  self.ceil_mode)
+        args = (x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        if is_grad_enabled() or self.return_indices:
+            return max_pool2d_forward(*args)
+        return _max_pool2d_values(*args), None                     # inference: no argmax to keep
 
     def forward(self, x):
         y = super().forward(x)

@@ -44,3 +44,56 @@ def test_no_grad_inference(name, training):
     if not training:
         np.testing.assert_array_equal(y_no_grad, y)
     assert model.backward(np.ones_like(y)).shape == x.shape
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'od_mobilenetv2'])
+def test_fused_inference_passes_leave_no_cache_of_an_earlier_pass(name, monkeypatch):
+    """Under no_grad an eval-mode BatchNorm and the ReLU (ReLU6) after it run as one pass, and so do
+    a residual sum and its ReLU: the same logits, and the layers whose work was fused keep no cache
+    of an earlier normal pass (a backward through them is refused, not run on stale inputs)."""
+    import numpyconv.activations
+    import numpyconv.layers
+    calls = {'batch_norm': 0, 'sum': 0}
+
+    def counting(key, function):
+        def wrapper(*args):
+            calls[key] += 1
+            return function(*args)
+        return wrapper
+    monkeypatch.setattr(numpyconv.layers, 'batch_norm_inference',
+                        counting('batch_norm', numpyconv.layers.batch_norm_inference))
+    common = __import__('numpyconv.models._common', fromlist=['clamped_sum'])
+    monkeypatch.setattr(common, 'clamped_sum', counting('sum', numpyconv.activations.clamped_sum))
+    options, size = CASES[name]
+    model = getattr(models, name)(**{**options, 'num_classes': 3}, dtype=np.float64, rng=0).eval()
+    x = np.random.default_rng(2).standard_normal((2, 3, size, size))
+    y = model(x)
+    assert cached(model)                                         # a normal pass keeps its caches
+    with nc.no_grad():
+        y_no_grad = model(x)
+    np.testing.assert_array_equal(y_no_grad, y)
+    assert calls['batch_norm'] > 0 and (calls['sum'] > 0 or name == 'od_mobilenetv2')
+    assert cached(model) == []
+    relus = [m for _, m in model.named_modules() if isinstance(m, (nc.ReLU, nc.ReLU6))]
+    for layer in relus[:3]:
+        with pytest.raises(RuntimeError, match='no_grad'):
+            layer.backward(np.ones((2, 3)))
+
+
+def test_clamped_sum_and_batch_norm_inference_are_bitwise_the_separate_passes():
+    from numpyconv.activations import clamped_sum
+    from numpyconv.blocks import batch_norm_inference
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        a, b = (rng.standard_normal((2, 5, 7, 3)).astype(dtype) for _ in range(2))
+        a.flat[::9], a.flat[1::17], b.flat[2::13] = np.nan, -0.0, np.inf
+        np.testing.assert_array_equal(clamped_sum(a, b, 0.0, np.inf), nc.relu_forward(a + b)[0])
+        np.testing.assert_array_equal(clamped_sum(a, b, 0.0, 6.0), nc.relu6_forward(a + b)[0])
+        stats = [rng.standard_normal(5).astype(dtype) for _ in range(3)] + [rng.random(5).astype(dtype) + 0.1]
+        y, _ = nc.batch_norm_forward(a, *stats, training=False)
+        for low, high, relu in ((0.0, np.inf, nc.relu_forward), (0.0, 6.0, nc.relu6_forward)):
+            got = batch_norm_inference(a, *stats, 1e-5, low, high)
+            numbers = ~np.isnan(got)                                 # -0.0 stays as relu gives it
+            assert np.array_equal(np.signbit(got[numbers]), np.signbit(relu(y)[0][numbers]))
+            np.testing.assert_array_equal(got, relu(y)[0])
+        np.testing.assert_array_equal(batch_norm_inference(a, *stats, 1e-5), y)

@@ -16,16 +16,19 @@ Two containers reproduce both:
       d branch = drop_path^T(act^T(dy)),   dx = branch^T(d branch) + shortcut^T(act^T(dy))
 
 Both give ``forward``, ``backward`` (accumulating every parameter gradient) and ``macs``
-(``numpyconv.count``) from their steps, as :class:`~numpyconv.Sequential` does.
+(``numpyconv.count``) from their steps, as :class:`~numpyconv.Sequential` does (which, under
+:class:`~numpyconv.no_grad`, runs an eval-mode BatchNorm and the ReLU after it as one pass). Under
+``no_grad`` a :class:`Residual` adds the shortcut and applies its activation in one pass too; the
+output is the same to the bit.
 """
 import math
 
 import numpy as np
 
-from ..activations import ReLU
+from ..activations import ReLU, clamped_sum
 from ..conv import Conv2d
 from ..layers import BatchNorm2d
-from ..module import Module, Sequential, fans
+from ..module import Module, Sequential, fans, is_grad_enabled
 
 
 class Chain(Sequential):
@@ -74,6 +77,9 @@ class Residual(Chain):
         if 'drop_path' in self._modules:
             out = self._modules['drop_path'](out)
         identity = self._modules['downsample'](x) if 'downsample' in self._modules else x
+        if not is_grad_enabled() and out.shape == identity.shape and out.dtype == identity.dtype:
+            self.act._forget()
+            return clamped_sum(out, identity, *self.act._bounds)          # sum and ReLU: one pass
         return self.act(out + identity)
 
     def backward(self, dout):
