@@ -78,14 +78,22 @@ def relu_forward(x):
     return y, Cache('relu', positive=positive, dtype=x.dtype)
 
 
+@njit(cache=True, inline='always')
+def _clamp_value(v, low, high):
+    """``v`` clamped to ``[low, high]``: ``low`` at or below ``low``, ``high`` at or above ``high``,
+    ``v`` otherwise; a NaN passes (and ``high`` NaN means no upper bound). Every clamp of
+    numpyconv's ReLU and ReLU6 passes, fused or not, is this one rule."""
+    return low if v <= low else (high if v >= high else v)
+
+
 @njit(cache=True, parallel=True)
 def _clamp_loop(x, low, high, y, passes):
     """``y = min(max(x, low), high)`` and ``passes = not (x <= low or x >= high)`` in one parallel
-    pass over the flat ``x``; a NaN passes through (``high`` NaN: no upper bound)."""
+    pass over the flat ``x`` (:func:`_clamp_value`)."""
     for i in prange(x.shape[0]):
         value = x[i]
         passes[i] = not (value <= low or value >= high)
-        y[i] = value if passes[i] else (low if value <= low else high)
+        y[i] = _clamp_value(value, low, high)
 
 
 def _clamp(x, low, high):
@@ -121,10 +129,9 @@ def clamped_sum(a, b, low, high):
 
 @njit(cache=True, parallel=True)
 def _clamped_sum_loop(a, b, low, high, y):
-    """``y = a + b`` clamped to ``[low, high]`` as :func:`_clamp_loop` clamps."""
+    """``y = a + b`` clamped to ``[low, high]`` (:func:`_clamp_value`)."""
     for i in prange(a.shape[0]):
-        v = a[i] + b[i]
-        y[i] = low if v <= low else (high if v >= high else v)
+        y[i] = _clamp_value(a[i] + b[i], low, high)
 
 
 def relu_backward(dout, cache):

@@ -46,7 +46,7 @@ from numba import njit, prange
 
 from ._checks import Cache, check_cache, expect_shape, float_array, grad_out, real as _real, same_dtype
 from ._parallel import loop_operand, threads_for
-from .activations import _shifted_exp
+from .activations import _clamp_value, _shifted_exp
 from .memory import require_memory
 
 
@@ -243,15 +243,14 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
 @njit(cache=True, parallel=True)
 def _channel_affine_loop(x, scale, shift, low, high, y):
     """``y[n, c] = x[n, c] * scale[c] + shift[c]`` for ``x, y (N, C, L)``, clamped to ``[low, high]``
-    as :func:`numpyconv.activations.relu_forward` clamps (a NaN passes); parallel over the
-    ``(n, c)`` rows, each iteration owning its row of ``y``."""
+    as ReLU clamps (:func:`numpyconv.activations._clamp_value`); parallel over the ``(n, c)`` rows,
+    each iteration owning its row of ``y``."""
     channels = x.shape[1]
     for t in prange(x.shape[0] * channels):
         n, c = t // channels, t % channels
         a, b = scale[c], shift[c]
         for k in range(x.shape[2]):
-            v = x[n, c, k] * a + b
-            y[n, c, k] = low if v <= low else (high if v >= high else v)
+            y[n, c, k] = _clamp_value(x[n, c, k] * a + b, low, high)
 
 
 def _channel_affine(x, scale, shift, low=-np.inf, high=np.inf):
