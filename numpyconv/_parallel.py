@@ -11,7 +11,17 @@ spin waiting for the next loop take the cores the GEMM runs on (at 2 threads, Re
 pass is four times slower with spinning threads). This is read when the OpenMP runtime loads, at
 the first parallel loop of the process, or when a framework that shares the runtime (PyTorch) is
 imported after numpyconv; the benchmarks import PyTorch under :func:`wait_policy_as_given`.
+
+OpenBLAS's worker threads likewise sleep as soon as a GEMM ends (``OPENBLAS_THREAD_TIMEOUT=4``, that
+is 2**4 cycles, unless the environment sets it): by default they spin for 2**28 cycles, about a tenth
+of a second, after every GEMM, and the Numba loop that follows (a GELU, a LayerNorm, a sampling
+pass) runs on the cores they hold, up to three times slower. Waking them for the next GEMM costs
+microseconds. OpenBLAS reads the variable when its thread server starts, so :func:`quiet_blas_threads`
+restarts the servers of the OpenBLAS libraries already loaded (NumPy's, SciPy's) at import; libraries
+loaded later read the variable themselves. Elsewhere than Linux, or with a BLAS that is not
+OpenBLAS on pthreads (MKL, Accelerate, OpenBLAS on OpenMP), it does nothing.
 """
+import ctypes
 import os
 from contextlib import contextmanager
 
@@ -34,6 +44,53 @@ def wait_policy_as_given():
         yield
     finally:
         os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+
+
+SETS_BLAS_TIMEOUT = 'OPENBLAS_THREAD_TIMEOUT' not in os.environ
+os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
+_PTHREADS = 1                  # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+_GET_PARALLEL = ('openblas_get_parallel', 'scipy_openblas_get_parallel64_', 'scipy_openblas_get_parallel')
+
+
+def loaded_openblas():
+    """Paths of the OpenBLAS shared libraries this process has loaded (Linux; empty elsewhere)."""
+    try:
+        with open('/proc/self/maps') as maps:
+            fields = [line.split() for line in maps]
+    except OSError:
+        return []
+    return sorted({f[-1] for f in fields
+                   if len(f) >= 6 and 'openblas' in os.path.basename(f[-1]).lower() and '.so' in f[-1]})
+
+
+def _pthreads_server(path):
+    """The loaded library at ``path`` if it is OpenBLAS on its own pthreads server, else None."""
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    get_parallel = next((getattr(lib, n) for n in _GET_PARALLEL if hasattr(lib, n)), None)
+    needed = ('openblas_read_env', 'blas_thread_shutdown_')
+    if get_parallel is None or not all(hasattr(lib, n) for n in needed) or get_parallel() != _PTHREADS:
+        return None
+    return lib
+
+
+def quiet_blas_threads():
+    """Restart the thread server of each loaded OpenBLAS so that it reads ``OPENBLAS_THREAD_TIMEOUT``
+    (module docstring); the next GEMM starts the workers again. Returns the paths restarted."""
+    restarted = []
+    for path in loaded_openblas():
+        lib = _pthreads_server(path)
+        if lib is not None:
+            lib.openblas_read_env()
+            lib.blas_thread_shutdown_()
+            restarted.append(path)
+    return restarted
+
+
+if SETS_BLAS_TIMEOUT:
+    quiet_blas_threads()
 
 PARALLEL_MIN_WORK = 1 << 16   # multiply-adds below which one thread beats waking the pool
 

@@ -348,10 +348,11 @@ def _gelu_loop(x, y):
         y[i] = x[i] * _cdf(x[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={'contract'})
 def _gelu_float32_loop(x, y):
     """:func:`_gelu_loop` for float32: ``Phi`` by :func:`_cdf_float32`, rounded once to float32
-    (within about one unit in the last place of float32)."""
+    (within about one unit in the last place of float32). The polynomials' multiply-adds may be fused
+    (``fastmath={'contract'}``, nothing else): the same bits for any thread count."""
     for i in prange(x.shape[0]):
         v = np.float64(x[i])
         y[i] = v * _cdf_float32(v)
@@ -390,7 +391,7 @@ def _gelu_backward_loop(dout, x, dx):
         dx[i] = dout[i] * (_cdf(v) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={'contract'})
 def _gelu_backward_float32_loop(dout, x, dx):
     """:func:`_gelu_backward_loop` for float32: ``Phi`` by :func:`_cdf_float32` and ``phi`` by
     :func:`_exp_nonpositive`, in float64."""

@@ -350,6 +350,57 @@ def test_wait_policy_as_given_restores_the_environment_for_another_framework():
     assert inside == (None if _parallel.SETS_WAIT_POLICY else before)
 
 
+_BLAS_PROBE = """
+import ctypes, os, sys
+import numpy as np
+a = np.ones((300, 300), np.float32)
+a @ a                                          # OpenBLAS's thread server runs before numpyconv loads
+import numpyconv
+from numpyconv import _parallel
+timeouts = [ctypes.CDLL(p).openblas_thread_timeout() for p in _parallel.loaded_openblas()
+            if _parallel._pthreads_server(p) is not None]
+print(os.environ['OPENBLAS_THREAD_TIMEOUT'], timeouts, float((a @ a)[0, 0]))
+"""
+
+
+@pytest.mark.parametrize('given, expected', [(None, '4'), ('9', '9')])
+def test_openblas_threads_sleep_after_each_gemm_unless_the_environment_says_otherwise(given, expected):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'OPENBLAS_THREAD_TIMEOUT'}
+    if given:
+        env['OPENBLAS_THREAD_TIMEOUT'] = given
+    out = subprocess.run([sys.executable, '-c', _BLAS_PROBE], capture_output=True, text=True, env=env,
+                         check=True).stdout.split(maxsplit=1)
+    assert out[0] == expected
+    timeouts, product = out[1].rsplit(maxsplit=1)
+    # every OpenBLAS on its own threads has read the value (NumPy's was loaded before numpyconv)
+    assert set(eval(timeouts)) <= {int(expected)}
+    assert eval(timeouts) or not _numpy_uses_openblas_on_linux()
+    assert float(product) == 300.0                                       # GEMMs run after the restart
+
+
+def _numpy_uses_openblas_on_linux():
+    import sys
+    try:
+        blas = np.show_config(mode='dicts')['Build Dependencies']['blas']['name']
+    except (TypeError, KeyError):                                       # NumPy < 1.26
+        return False
+    return sys.platform.startswith('linux') and 'openblas' in blas
+
+
+def test_quiet_blas_threads_finds_numpys_openblas_on_linux():
+    from numpyconv import _parallel
+    if not _numpy_uses_openblas_on_linux():
+        pytest.skip("NumPy's BLAS here is not OpenBLAS on Linux")
+    assert any('openblas' in p.lower() for p in _parallel.loaded_openblas())
+    a = normal(64, 64)
+    before = a @ a
+    _parallel.quiet_blas_threads()
+    np.testing.assert_array_equal(a @ a, before)
+
+
 # -- layer_norm ------------------------------------------------------------------------------------
 @pytest.mark.parametrize('shape', [(2, 3, 4, 13), (5, 64), (3, 1), (0, 4), (2, 7)])
 @pytest.mark.parametrize('affine', [True, False])
