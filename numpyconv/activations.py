@@ -229,9 +229,51 @@ def softmax_forward(x, axis=-1, temperature=1.0):
     float_array(x, 'x')
     axis = _axis(axis, x.ndim, x.shape)
     t = _temperature(temperature)
-    _, e, total = _shifted_exp(x / t, axis)
-    p = e / total
+    if axis == x.ndim - 1 and x.size:
+        rows = loop_operand(x).reshape(-1, x.shape[-1])
+        p = np.empty_like(rows)
+        with threads_for(rows.size):
+            _softmax_rows_loop(rows, t, p)                                     # (eq. 9)
+        p = p.reshape(x.shape)
+    else:
+        _, e, total = _shifted_exp(x / t, axis)
+        p = e / total
     return p, Cache('softmax', p=p, axis=axis, temperature=t)
+
+
+_ROW_BLOCK = 256      # rows per parallel task of the softmax loops
+
+
+@njit(cache=True, parallel=True)
+def _softmax_rows_loop(x, t, p):
+    """``p[r] = softmax(x[r] / t)`` for each row of the ``(R, K)`` ``x`` (eq. 9), in float64 and
+    rounded once; the maximum is subtracted after the division."""
+    rows, k = x.shape
+    for block in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        e = np.empty(k)
+        for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
+            top = -np.inf
+            for j in range(k):
+                top = max(top, x[r, j] / t)
+            total = 0.0
+            for j in range(k):
+                e[j] = math.exp(x[r, j] / t - top)
+                total += e[j]
+            for j in range(k):
+                p[r, j] = e[j] / total
+
+
+@njit(cache=True, parallel=True)
+def _softmax_backward_rows_loop(dout, p, t, dx):
+    """``dx[r] = p[r] / t (dout[r] - sum_k p[r, k] dout[r, k])`` for each row (eq. 11), the sum in
+    float64."""
+    rows, k = p.shape
+    for r in prange(rows):
+        total = 0.0
+        for j in range(k):
+            total += np.float64(p[r, j]) * dout[r, j]
+        for j in range(k):
+            dx[r, j] = p[r, j] / t * (dout[r, j] - total)
 
 
 def softmax_backward(dout, cache):
@@ -252,7 +294,13 @@ def softmax_backward(dout, cache):
     cache = check_cache(cache, 'softmax')
     p, axis, t = cache['p'], cache['axis'], cache['temperature']
     dout = grad_out(dout, p.shape, p.dtype)
-    return (p / t * (dout - (p * dout).sum(axis=axis, keepdims=True)),)
+    if axis < p.ndim - 1 or not p.size:
+        return (p / t * (dout - (p * dout).sum(axis=axis, keepdims=True)),)
+    rows = loop_operand(p).reshape(-1, p.shape[-1])
+    dx = np.empty_like(rows)
+    with threads_for(rows.size):
+        _softmax_backward_rows_loop(loop_operand(dout).reshape(rows.shape), rows, t, dx)   # (eq. 11)
+    return (dx.reshape(p.shape),)
 
 
 def gelu_forward(x):

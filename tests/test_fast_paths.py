@@ -9,6 +9,7 @@
   float64;
 * relu's and relu6's single pass (eq. 5-6, 36-37) on NaN, -0 and infinities;
 * GELU's single passes (eq. 12-13), float32 through a rational erf and a polynomial exp;
+* softmax over the last axis as one pass per row (eq. 9, 11), and OpenBLAS's sleeping workers;
 * layer_norm's rows (eq. 14-15, 23) and their gradients (eq. 18, 24), sums in float64.
 """
 import numba
@@ -399,6 +400,43 @@ def test_quiet_blas_threads_finds_numpys_openblas_on_linux():
     before = a @ a
     _parallel.quiet_blas_threads()
     np.testing.assert_array_equal(a @ a, before)
+
+
+# -- softmax over the last axis ---------------------------------------------------------------------
+def _softmax_numpy(x, t):
+    z = x.astype(np.float64) / t
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize('dtype', [np.float64, np.float32])
+@pytest.mark.parametrize('shape, t', [((2, 5, 5, 4, 9), 1.0), ((300, 7), 0.3), ((1, 1), 2.0),
+                                      ((513, 2), 1.0)])
+def test_softmax_rows_loop_matches_the_formula_for_any_thread_count(dtype, shape, t):
+    x = (normal(*shape) * 5).astype(dtype)
+    p, cache = threads(2, lambda: numpyconv.softmax_forward(x, -1, t))
+    assert p.dtype == dtype
+    # float32: rounded once, so within one spacing (absolute below float32's normal range)
+    rtol, tiny = (1e-14 if dtype == np.float64 else 1e-7), np.finfo(dtype).smallest_normal
+    np.testing.assert_allclose(p, _softmax_numpy(x, t), rtol=rtol, atol=tiny)
+    np.testing.assert_array_equal(threads(1, lambda: numpyconv.softmax_forward(x, -1, t))[0], p)
+    dout = normal(*shape).astype(dtype)
+    dx, = threads(2, lambda: numpyconv.softmax_backward(dout, cache))
+    p64, d64 = p.astype(np.float64), dout.astype(np.float64)
+    expected = p64 / t * (d64 - (p64 * d64).sum(-1, keepdims=True))
+    scale = np.abs(p64 / t).max() * np.abs(d64).max()
+    assert np.abs(dx - expected).max() <= (1e-14 if dtype == np.float64 else 1e-6) * scale
+    np.testing.assert_array_equal(threads(1, lambda: numpyconv.softmax_backward(dout, cache))[0], dx)
+
+
+def test_softmax_rows_loop_special_values_as_numpy():
+    x = np.array([[np.nan, 1, 2], [np.inf, 1, 2], [-np.inf] * 3, [-np.inf, 0, 1], [1e300, -1e300, 0]])
+    p, _ = numpyconv.softmax_forward(x, -1)
+    np.testing.assert_array_equal(np.isnan(p), [[True] * 3] * 3 + [[False] * 3] * 2)
+    np.testing.assert_allclose(p[3:], [[0, 1 / (1 + np.e), np.e / (1 + np.e)], [1, 0, 0]], rtol=1e-15)
+    strided = normal(6, 10)[:, ::2]                                          # a strided input is copied
+    np.testing.assert_allclose(numpyconv.softmax_forward(strided, 1)[0], _softmax_numpy(strided, 1.0),
+                               rtol=1e-14)
 
 
 # -- layer_norm ------------------------------------------------------------------------------------

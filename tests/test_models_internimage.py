@@ -311,3 +311,16 @@ def test_channels_last_matches_official_module_layout(tmp_path):
         ours = ours_cls(channels=16, group=2, channels_last=True, dtype=np.float64)
         ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
         eq.assert_same_pass(ours, theirs, RNG.standard_normal((2, 5, 6, 16)), call=call)
+
+
+@pytest.mark.parametrize('drop, training', [(0.0, True), (0.0, False), (0.4, False)])
+def test_mlp_dropout_that_drops_nothing_is_the_identity(drop, training):
+    from numpyconv.models.intern_image import MLPLayer
+    mlp = MLPLayer(6, 12, drop=drop, dtype=np.float64, rng=1).train(training)
+    x, dout = RNG.standard_normal((2, 3, 3, 6)), RNG.standard_normal((2, 3, 3, 6))
+    y = mlp(x)
+    h = nc.gelu_forward(x @ mlp.fc1.params['weight'].T + mlp.fc1.params['bias'])[0]
+    np.testing.assert_array_equal(y, h @ mlp.fc2.params['weight'].T + mlp.fc2.params['bias'])
+    dx = mlp.backward(dout)
+    expected = mlp.fc1.backward(mlp.act.backward(mlp.fc2.backward(dout)))    # the same layers, no dropout
+    np.testing.assert_array_equal(dx, expected)

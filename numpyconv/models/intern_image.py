@@ -140,18 +140,26 @@ class MLPLayer(Module):
         self.drop = self.add_module('drop', Dropout(drop, dtype=self.dtype, rng=self.rng))
 
     def _dropout(self, x):
+        """Dropout of probability ``drop.p``; the identity, with no copy, in eval mode or at p = 0."""
+        if not self.training or self.drop.p == 0:
+            self._drop_cache.append(None)
+            return x
         y, cache = dropout_forward(x, self.drop.p, self.training, self.drop.rng)
         self._drop_cache.append(cache)
         return y
+
+    @staticmethod
+    def _dropout_backward(dout, cache):
+        return dout if cache is None else dropout_backward(dout, cache)[0]
 
     def forward(self, x):
         self._drop_cache = []
         return self._dropout(self.fc2(self._dropout(self.act(self.fc1(x)))))
 
     def backward(self, dout):
-        second, first = self._drop_cache[1], self._drop_cache[0]
-        dh = self.fc2.backward(dropout_backward(dout, second)[0])
-        return self.fc1.backward(self.act.backward(dropout_backward(dh, first)[0]))
+        first, second = self._drop_cache
+        dh = self.fc2.backward(self._dropout_backward(dout, second))
+        return self.fc1.backward(self.act.backward(self._dropout_backward(dh, first)))
 
     def macs(self, input_shape):
         m1, shape = self.fc1.macs(input_shape)
