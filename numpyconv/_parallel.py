@@ -12,12 +12,13 @@ pass is four times slower with spinning threads). This is read when the OpenMP r
 the first parallel loop of the process, or when a framework that shares the runtime (PyTorch) is
 imported after numpyconv; the benchmarks import PyTorch under :func:`wait_policy_as_given`.
 
-OpenBLAS's worker threads likewise sleep as soon as a GEMM ends (``OPENBLAS_THREAD_TIMEOUT=4``, that
-is 2**4 cycles, unless the environment sets it): by default they spin for 2**28 cycles, about a tenth
-of a second, after every GEMM, and the Numba loop that follows (a GELU, a LayerNorm, a sampling
-pass) runs on the cores they hold, up to three times slower. Waking them for the next GEMM costs
-microseconds. OpenBLAS reads the variable when its thread server starts, so :func:`quiet_blas_threads`
-restarts the servers of the OpenBLAS libraries already loaded (NumPy's, SciPy's) at import; libraries
+OpenBLAS's worker threads likewise go to sleep soon after a GEMM ends (``OPENBLAS_THREAD_TIMEOUT=20``,
+2**20 cycles, about a third of a millisecond, unless the environment sets it). By default they spin
+for 2**28 cycles, about a tenth of a second, after every GEMM, and the Numba loop that follows (a
+GELU, a LayerNorm, a sampling pass) runs on the cores they hold, up to three times slower. A third
+of a millisecond still covers the gap between two GEMMs that follow each other (waking a sleeping
+worker costs more than a small GEMM). OpenBLAS reads the variable when its thread server starts, so
+:func:`quiet_blas_threads` restarts the servers of the OpenBLAS libraries already loaded (NumPy's, SciPy's) at import; libraries
 loaded later read the variable themselves. Elsewhere than Linux, or with a BLAS that is not
 OpenBLAS on pthreads (MKL, Accelerate, OpenBLAS on OpenMP), it does nothing.
 """
@@ -47,7 +48,7 @@ def wait_policy_as_given():
 
 
 SETS_BLAS_TIMEOUT = 'OPENBLAS_THREAD_TIMEOUT' not in os.environ
-os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
+os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '20')
 _PTHREADS = 1                  # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
 _GET_PARALLEL = ('openblas_get_parallel', 'scipy_openblas_get_parallel64_', 'scipy_openblas_get_parallel')
 

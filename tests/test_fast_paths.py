@@ -364,7 +364,7 @@ print(os.environ['OPENBLAS_THREAD_TIMEOUT'], timeouts, float((a @ a)[0, 0]))
 """
 
 
-@pytest.mark.parametrize('given, expected', [(None, '4'), ('9', '9')])
+@pytest.mark.parametrize('given, expected', [(None, '20'), ('9', '9')])
 def test_openblas_threads_sleep_after_each_gemm_unless_the_environment_says_otherwise(given, expected):
     import os
     import subprocess
