@@ -18,9 +18,9 @@ for 2**28 cycles, about a tenth of a second, after every GEMM, and the Numba loo
 GELU, a LayerNorm, a sampling pass) runs on the cores they hold, up to three times slower. A third
 of a millisecond still covers the gap between two GEMMs that follow each other (waking a sleeping
 worker costs more than a small GEMM). OpenBLAS reads the variable when its thread server starts, so
-:func:`quiet_blas_threads` restarts the servers of the OpenBLAS libraries already loaded (NumPy's, SciPy's) at import; libraries
-loaded later read the variable themselves. Elsewhere than Linux, or with a BLAS that is not
-OpenBLAS on pthreads (MKL, Accelerate, OpenBLAS on OpenMP), it does nothing.
+:func:`quiet_blas_threads` restarts the servers of the OpenBLAS libraries already loaded (NumPy's,
+SciPy's) at import; libraries loaded later read the variable themselves. Elsewhere than Linux, or
+with a BLAS that is not OpenBLAS on pthreads (MKL, Accelerate, OpenBLAS on OpenMP), it does nothing.
 """
 import ctypes
 import os
