@@ -254,10 +254,11 @@ def _softmax_rows_loop(x, t, p):
         for r in range(block * _ROW_BLOCK, min(rows, (block + 1) * _ROW_BLOCK)):
             top = -np.inf
             for j in range(k):
-                top = max(top, x[r, j] / t)
+                e[j] = x[r, j] / t
+                top = max(top, e[j])
             total = 0.0
             for j in range(k):
-                e[j] = math.exp(x[r, j] / t - top)
+                e[j] = math.exp(e[j] - top)
                 total += e[j]
             for j in range(k):
                 p[r, j] = e[j] / total

@@ -429,6 +429,24 @@ def test_softmax_rows_loop_matches_the_formula_for_any_thread_count(dtype, shape
     np.testing.assert_array_equal(threads(1, lambda: numpyconv.softmax_backward(dout, cache))[0], dx)
 
 
+def test_softmax_rows_loops_gradcheck_in_float64():
+    from numpyconv.activations import _softmax_backward_rows_loop, _softmax_rows_loop
+    t = 0.6
+
+    def forward(x):
+        p = np.empty_like(x)
+        _softmax_rows_loop(x, t, p)
+        return p, p
+
+    def backward(dout, p):
+        dx = np.empty_like(p)
+        _softmax_backward_rows_loop(np.ascontiguousarray(dout), p, t, dx)
+        return (dx,)
+
+    report = numpyconv.gradcheck(forward, backward, (normal(7, 9),), mode='full')
+    assert report.ok and report.mode == 'full'
+
+
 def test_softmax_rows_loop_special_values_as_numpy():
     x = np.array([[np.nan, 1, 2], [np.inf, 1, 2], [-np.inf] * 3, [-np.inf, 0, 1], [1e300, -1e300, 0]])
     p, _ = numpyconv.softmax_forward(x, -1)
