@@ -229,8 +229,8 @@ def softmax_forward(x, axis=-1, temperature=1.0):
     float_array(x, 'x')
     axis = _axis(axis, x.ndim, x.shape)
     t = _temperature(temperature)
-    if axis == x.ndim - 1 and x.size:
-        rows = loop_operand(x).reshape(-1, x.shape[-1])
+    rows = _last_axis_rows(x, axis)
+    if rows is not None:
         p = np.empty_like(rows)
         with threads_for(rows.size):
             _softmax_rows_loop(rows, t, p)                                     # (eq. 9)
@@ -239,6 +239,14 @@ def softmax_forward(x, axis=-1, temperature=1.0):
         _, e, total = _shifted_exp(x / t, axis)
         p = e / total
     return p, Cache('softmax', p=p, axis=axis, temperature=t)
+
+
+def _last_axis_rows(a, axis):
+    """``a`` as the contiguous ``(R, K)`` matrix of its rows when ``axis`` is its last (and ``a`` not
+    empty): the softmax loops' operand; None otherwise (the NumPy expressions serve)."""
+    if axis != a.ndim - 1 or not a.size:
+        return None
+    return loop_operand(a).reshape(-1, a.shape[-1])
 
 
 _ROW_BLOCK = 256      # rows per parallel task of the softmax loops
@@ -295,12 +303,12 @@ def softmax_backward(dout, cache):
     cache = check_cache(cache, 'softmax')
     p, axis, t = cache['p'], cache['axis'], cache['temperature']
     dout = grad_out(dout, p.shape, p.dtype)
-    if axis < p.ndim - 1 or not p.size:
+    rows = _last_axis_rows(p, axis)
+    if rows is None:
         return (p / t * (dout - (p * dout).sum(axis=axis, keepdims=True)),)
-    rows = loop_operand(p).reshape(-1, p.shape[-1])
     dx = np.empty_like(rows)
     with threads_for(rows.size):
-        _softmax_backward_rows_loop(loop_operand(dout).reshape(rows.shape), rows, t, dx)   # (eq. 11)
+        _softmax_backward_rows_loop(_last_axis_rows(dout, axis), rows, t, dx)              # (eq. 11)
     return (dx.reshape(p.shape),)
 
 
