@@ -324,3 +324,13 @@ def test_mlp_dropout_that_drops_nothing_is_the_identity(drop, training):
     dx = mlp.backward(dout)
     expected = mlp.fc1.backward(mlp.act.backward(mlp.fc2.backward(dout)))    # the same layers, no dropout
     np.testing.assert_array_equal(dx, expected)
+
+
+def test_eval_drop_path_is_the_identity_without_a_copy():
+    x, dout = RNG.standard_normal((2, 4, 4, 8)), RNG.standard_normal((2, 4, 4, 8))
+    layers = [InternImageLayer(8, 2, drop_path=p, dtype=np.float64, rng=3).eval() for p in (0.5, 0.0)]
+    y, y0 = (layer(x) for layer in layers)
+    np.testing.assert_array_equal(y, y0)
+    dx, dx0 = (layer.backward(dout) for layer in layers)
+    np.testing.assert_array_equal(dx, dx0)
+    assert layers[0]._branch_cache == {'drop0': None, 'drop1': None}     # nothing drawn, nothing copied

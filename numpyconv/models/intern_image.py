@@ -85,6 +85,19 @@ def linear_drop_path_rates(drop_path_rate, total):
             for i in range(total)]
 
 
+def _masking(forward, x, p, training, *args, mask=None):
+    """``forward(x, p, training, *args, mask)`` (dropout or drop path), or ``(x, None)`` with no copy
+    when it is the identity: eval mode or ``p = 0``, no mask given."""
+    if mask is None and (not training or p == 0):
+        return x, None
+    return forward(x, p, training, *args, mask)
+
+
+def _masking_backward(backward, dout, cache):
+    """The input gradient of :func:`_masking`: ``dout`` itself after an identity."""
+    return dout if cache is None else backward(dout, cache)[0]
+
+
 # -- pieces ---------------------------------------------------------------------------------------------
 class StemLayer(Chain):
     """``StemLayer``: two 3x3 stride-2 convolutions with LayerNorm (and GELU between them);
@@ -140,17 +153,9 @@ class MLPLayer(Module):
         self.drop = self.add_module('drop', Dropout(drop, dtype=self.dtype, rng=self.rng))
 
     def _dropout(self, x):
-        """Dropout of probability ``drop.p``; the identity, with no copy, in eval mode or at p = 0."""
-        if not self.training or self.drop.p == 0:
-            self._drop_cache.append(None)
-            return x
-        y, cache = dropout_forward(x, self.drop.p, self.training, self.drop.rng)
+        y, cache = _masking(dropout_forward, x, self.drop.p, self.training, self.drop.rng)
         self._drop_cache.append(cache)
         return y
-
-    @staticmethod
-    def _dropout_backward(dout, cache):
-        return dout if cache is None else dropout_backward(dout, cache)[0]
 
     def forward(self, x):
         self._drop_cache = []
@@ -158,8 +163,8 @@ class MLPLayer(Module):
 
     def backward(self, dout):
         first, second = self._drop_cache
-        dh = self.fc2.backward(self._dropout_backward(dout, second))
-        return self.fc1.backward(self.act.backward(self._dropout_backward(dh, first)))
+        dh = self.fc2.backward(_masking_backward(dropout_backward, dout, second))
+        return self.fc1.backward(self.act.backward(_masking_backward(dropout_backward, dh, first)))
 
     def macs(self, input_shape):
         m1, shape = self.fc1.macs(input_shape)
@@ -203,7 +208,7 @@ class InternImageLayer(Module):
     def _drop_path(self, y, k):
         p = getattr(self.drop_path, 'drop_prob', 0.0)                     # Identity when 0
         mask = None if self.drop_path_masks is None or p == 0 else self.drop_path_masks[k]
-        y, cache = drop_path_forward(y, p, self.training, True, self.drop_path.rng, mask)
+        y, cache = _masking(drop_path_forward, y, p, self.training, True, self.drop_path.rng, mask=mask)
         self._branch_cache[f'drop{k}'] = cache
         return y
 
@@ -222,7 +227,7 @@ class InternImageLayer(Module):
     def backward(self, dout):
         for k in (1, 0):
             first, second, gamma = self._branch(k)
-            dy, = drop_path_backward(dout, self._branch_cache[f'drop{k}'])[:1]
+            dy = _masking_backward(drop_path_backward, dout, self._branch_cache[f'drop{k}'])
             if self.layer_scale:
                 self._grads[gamma] += (dy * self._branch_cache[gamma]).reshape(-1, dy.shape[-1]).sum(axis=0)
                 dy = dy * self._params[gamma]
