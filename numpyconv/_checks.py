@@ -12,17 +12,22 @@ import numpy as np
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
+def is_int(value):
+    """Whether ``value`` is an integer (Python or NumPy), not a bool (a plain ``int`` is checked first:
+    the ABC check of ``numbers.Integral`` costs a microsecond, and layers check ints on every call)."""
+    return type(value) is int or (isinstance(value, (numbers.Integral, np.integer))
+                                  and not isinstance(value, (bool, np.bool_)))
+
+
 def pair(value, name, *, minimum=None):
     """Return ``value`` as an ``(h, w)`` tuple of ints; ``value`` is an int or a pair.
 
     >>> pair(3, 'stride')
     (3, 3)
     """
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+    if is_int(value):
         out = (int(value), int(value))
-    elif (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool)
-                  for v in value)):
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and is_int(value[0]) and is_int(value[1]):
         out = (int(value[0]), int(value[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -85,7 +90,7 @@ def expect_shape(x, expected, name):
 
 def positive_int(value, name):
     """``value`` as an int >= 1: ``TypeError`` for a non-int (a float, a bool), ``ValueError`` below 1."""
-    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
@@ -94,7 +99,7 @@ def positive_int(value, name):
 
 def count_int(value, name):
     """``value`` as an int >= 0 (a count such as an epoch or an iteration)."""
-    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int >= 0, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value}")

@@ -99,8 +99,11 @@ PARALLEL_MIN_WORK = 1 << 16   # multiply-adds below which one thread beats wakin
 @contextmanager
 def threads_for(work):
     """Run the enclosed kernels on all Numba threads, or on one when ``work < PARALLEL_MIN_WORK``."""
+    if work >= PARALLEL_MIN_WORK:                  # the thread count in force, untouched
+        yield
+        return
     threads = numba.get_num_threads()
-    numba.set_num_threads(threads if work >= PARALLEL_MIN_WORK else 1)
+    numba.set_num_threads(1)
     try:
         yield
     finally:

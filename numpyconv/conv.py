@@ -22,7 +22,8 @@ Backward, with ``dYr = dy.reshape(N, G, O_g, Ho*Wo)``:
 * at stride 1, ``dx = conv(dyp, Wt)`` with ``dyp = pad(dy, d*(k-1) - padding)`` and ``Wt = W``
   flipped and transposed per group (eq. 7a), and ``dW`` is ``Wt``'s weight gradient of that
   convolution for output gradient ``x``, flipped and transposed back (eq. 6a): one im2col of
-  ``dyp`` serves both.
+  ``dyp`` serves both. It is taken when the kernel has fewer entries than the columns of ``x``
+  (``C_out/G < N*Ho*Wo``): the two flips cost a kernel's size, col2im a column buffer's.
 
 Per-sample weights drop the sum over ``n`` in (eq. 6): one batched GEMM, no Python loop over samples.
 A shared float64 3x3 kernel at stride 1, dilation 1, groups 1, with channels and output tiles many
@@ -51,6 +52,8 @@ Example::
     ((1, 4, 3, 3), 18.0)
     >>> dx, dw, db = conv2d_backward(np.ones_like(y), cache)
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -309,7 +312,7 @@ def _loop_weight(weight):
 
 def _depthwise_work(x, weight, geo):
     """Multiply-adds of one depthwise pass: ``N * C*m * Ho*Wo * kh*kw``, the loops' thread budget."""
-    return x.shape[0] * weight.shape[-4] * int(np.prod(geo.out_hw)) * int(np.prod(geo.kernel))
+    return x.shape[0] * weight.shape[-4] * math.prod(geo.out_hw) * math.prod(geo.kernel)
 
 
 def _depthwise_forward(x, weight, geo):
@@ -402,7 +405,7 @@ def _geometry_cause(x, stride, padding, dilation):
 
 
 def _col_bytes(x, geo):
-    return int(x.shape[1] * np.prod(geo.kernel) * np.prod(geo.out_hw)) * x.itemsize
+    return x.shape[1] * math.prod(geo.kernel) * math.prod(geo.out_hw) * x.itemsize
 
 
 def _blocks(x, geo):
@@ -452,8 +455,17 @@ def _conv_gemm(x, weight, groups, geo, origin):
     the backward pass recomputes them, which costs less than keeping them in memory."""
     y = np.empty((x.shape[0], weight.shape[-4]) + geo.out_hw, dtype=x.dtype)
     for s, r, cols in _column_blocks(x, geo, origin):
-        y[s, :, r] = cols_matmul(cols, weight[s] if weight.ndim == 5 else weight, groups)
+        _block_product(y, s, r, cols, weight[s] if weight.ndim == 5 else weight, groups)
     return y
+
+
+def _block_product(y, s, r, cols, weight, groups):
+    """``y[s, :, r] = cols @ weight`` (:func:`~numpyconv.gemm.cols_matmul`) for one block of
+    :func:`_column_blocks`; the GEMM writes into ``y`` itself when the block is whole samples."""
+    if r.stop - r.start == y.shape[2]:
+        cols_matmul(cols, weight, groups, out=y[s])
+    else:
+        y[s, :, r] = cols_matmul(cols, weight, groups)
 
 
 def conv2d_backward(dout, cache):
@@ -485,7 +497,7 @@ def _conv2d_backward(dout, cache):
         dx, dw = _pointwise_backward(dout, x, weight, cache['groups'], geo)  # (eq. 12)
     elif cache['winograd']:
         dx, dw = winograd_conv2d_backward(dout, x, weight, geo)           # (winograd.py, eq. 6-9)
-    elif geo.stride == (1, 1):
+    elif _transposed_pays(x, weight, geo):
         dx, dw = _unit_stride_backward(dout, x, weight, cache['groups'], geo)
     else:
         dx, dw = _strided_backward(dout, x, weight, cache['groups'], geo)
@@ -493,6 +505,14 @@ def _conv2d_backward(dout, cache):
     if cache['has_bias']:
         db = dout.sum(axis=(2, 3)) if weight.ndim == 5 else dout.sum(axis=(0, 2, 3))
     return dx, dw, db
+
+
+def _transposed_pays(x, weight, geo):
+    """Whether the backward pass takes (eq. 7a, 6a), at stride 1 only: it flips and transposes the
+    kernel twice where (eq. 7) adds the columns back with col2im, so it pays when the kernel has
+    fewer entries than the columns of ``x`` (a shared kernel: ``C_out / G < N * Ho * Wo``; at batch 1
+    a 3x3 convolution from 512 to 512 channels on a 7x7 map takes (eq. 6, 7), in half the time)."""
+    return geo.stride == (1, 1) and weight.size * x.itemsize < x.shape[0] * _col_bytes(x, geo)
 
 
 def _pointwise_backward(dout, x, weight, groups, geo):
@@ -547,7 +567,7 @@ def _unit_stride_backward(dout, x, weight, groups, geo):
     dx = np.empty(x.shape, dtype=x.dtype)
     for s, r, cols in _column_blocks(dout, t_geo, origin):                # cols (n, C_out, kh, kw, rows, W)
         w_s, dw_s = (w_t[s], dw_t[s]) if w_t.ndim == 5 else (w_t, dw_t)
-        dx[s, :, r] = cols_matmul(cols, w_s, groups)                                  # (eq. 7a)
+        _block_product(dx, s, r, cols, w_s, groups)                                   # (eq. 7a)
         dw_s += cols_weight_grad(x[s, :, r], cols, w_s, groups)                       # (eq. 6a)
     return dx, _flipped_transpose(dw_t, groups)
 

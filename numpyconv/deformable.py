@@ -442,7 +442,7 @@ def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dil
     chunks = batch_chunks(x.shape[0], _bytes_per_sample(x, geo))
     for s in chunks:
         plan, cols = _columns(x[s], offset[s], None if mask is None else mask[s], geo)   # (eq. 3, 4)
-        y[s] = cols_matmul(cols, weight, groups)                         # (eq. 5)
+        cols_matmul(cols, weight, groups, out=y[s])                      # (eq. 5)
     if bias is not None:
         y += bias[:, None, None]
     single = len(chunks) == 1

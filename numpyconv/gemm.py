@@ -15,6 +15,8 @@ Columns come in two layouts. conv2d's block buffer is laid out ``(C_in, kh, kw, 
 a whole block is one matrix ``(C_in*kh*kw, n*Ho*Wo)`` per group and one GEMM serves the block; the
 deformable ops' columns are ``(n, C_in, kh, kw, Ho, Wo)`` (batch outside), one GEMM per sample.
 """
+import math
+
 import numpy as np
 
 from .memory import scratch
@@ -41,25 +43,38 @@ def _batch_inside(cols):
 def _block_matrix(a, groups):
     """View of ``a (n, ch, ..., Ho, Wo)`` in the block layout as ``(G, ch/G*..., n*Ho*Wo)``; a copy
     when ``a`` is in the batch-outside layout."""
-    n, per_group, pixels = a.shape[0], int(np.prod(a.shape[1:-2])) // groups, a.shape[-2] * a.shape[-1]
+    n, per_group, pixels = a.shape[0], math.prod(a.shape[1:-2]) // groups, a.shape[-2] * a.shape[-1]
     lead = a.reshape(n, groups, per_group, pixels)                          # (n, G, Kg, L)
     return lead.transpose(1, 2, 0, 3).reshape(groups, per_group, n * pixels)   # (G, Kg, n*L)
 
 
-def cols_matmul(cols, weight, groups):
+def cols_matmul(cols, weight, groups, out=None):
     """``y (n, C_out, Ho, Wo)`` from ``cols (n, C_in, kh, kw, Ho, Wo)`` (eq. 4).
 
     ``weight`` is ``(C_out, C_in//G, kh, kw)`` or per sample ``(n, C_out, C_in//G, kh, kw)``.
     ``cols`` may be a strided view: per-sample matrices are multiplied in place (one batched GEMM),
     and a shared weight on the block layout multiplies the whole block at once (the result is then
-    a transposed view).
+    a transposed view). ``out``, a C-contiguous ``(n, C_out, Ho, Wo)`` array, receives ``y`` (and is
+    returned): the GEMM writes into it, except for several samples on the block layout (a copy).
     """
     n, ho, wo = cols.shape[0], cols.shape[4], cols.shape[5]
     c_out, wr = weight.shape[-4], _grouped_weight(weight, groups)      # ([n,] G, Og, Kg)
     if weight.ndim == 4 and _batch_inside(cols):
+        if out is not None and n == 1:                                    # y[0] is the GEMM's matrix
+            np.matmul(wr, _block_matrix(cols, groups), out=out.reshape(wr.shape[:2] + (ho * wo,)))
+            return out
         y = np.matmul(wr, _block_matrix(cols, groups))                    # (G, Og, n*L)
-        return y.reshape(c_out, n, ho, wo).swapaxes(0, 1)
-    return np.matmul(wr, _grouped(cols, groups)).reshape(n, c_out, ho, wo)   # (n, G, Og, L)
+        y = y.reshape(c_out, n, ho, wo).swapaxes(0, 1)
+    else:
+        grouped = _grouped(cols, groups)                                  # (n, G, Kg, L)
+        if out is not None:
+            np.matmul(wr, grouped, out=out.reshape(grouped.shape[:2] + (wr.shape[-2], ho * wo)))
+            return out
+        y = np.matmul(wr, grouped).reshape(n, c_out, ho, wo)             # (n, G, Og, L)
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 def cols_weight_grad(dy, cols, weight, groups):

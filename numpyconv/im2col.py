@@ -39,12 +39,11 @@ Memory: the column buffer is ``kh*kw`` times the (output-sized) input; how much 
 holds at once is the memory policy's (``numpyconv/memory.py``): conv2d works block by block,
 the deformable convolutions keep at most :func:`~numpyconv.memory.column_budget` bytes.
 """
-import numbers
 from collections import namedtuple
 
 import numpy as np
 
-from ._checks import expect_shape, float_array, padding4, pair
+from ._checks import expect_shape, float_array, is_int, padding4, pair
 from .memory import require_memory
 
 
@@ -57,7 +56,7 @@ def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
     for name, value, low in (('size', size, 0), ('kernel', kernel, 1), ('stride', stride, 1),
                              ('pad_before', pad_before, 0), ('pad_after', pad_after, 0),
                              ('dilation', dilation, 1)):
-        if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")

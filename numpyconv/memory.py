@@ -14,6 +14,7 @@ Three rules serve every op:
   argument that asked for it (:func:`require_memory`), instead of NumPy's ``MemoryError`` half-way.
 """
 import functools
+import math
 import numbers
 import os
 import threading
@@ -67,7 +68,7 @@ def scratch(slot, shape, dtype):
     otherwise). The caller must be done with a slot's array before it asks that slot for another,
     and must not return it."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > 2 * GEMM_BLOCK:
         return np.empty(shape, dtype=dtype)
     memory = getattr(_SCRATCH, slot, None)
@@ -108,7 +109,7 @@ def require_memory(shape, dtype, argument, what='the output'):
     """Raise ``ValueError`` before allocating an array of ``shape`` and ``dtype`` that alone would
     be larger than the machine's memory; ``argument`` names what caused it (e.g. ``"padding=1000000
     with x of shape (1, 1, 2, 2)"``). Returns the number of bytes."""
-    nbytes = int(np.prod([int(s) for s in shape], dtype=object)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
     available = machine_memory()
     if nbytes > available:
         raise ValueError(f"{what} of shape {tuple(int(s) for s in shape)} ({np.dtype(dtype)}) needs "

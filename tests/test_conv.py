@@ -607,3 +607,18 @@ def test_random_geometry_im2col_matches_reference_and_col2im_is_its_adjoint(data
     c = RNG.standard_normal(cols.shape)
     back = col2im(c, (h, w), (sh, sw), padding, (dh, dw))
     assert abs(np.vdot(cols, c) - np.vdot(x, back)) <= 1e-12 * max(1.0, abs(np.vdot(cols, c)))
+
+
+@pytest.mark.parametrize('stride', [2, np.int64(2), (2, np.int32(2)), [2, 2]])
+def test_hyper_parameters_take_any_integer_kind(stride):
+    x, w = RNG.standard_normal((1, 2, 6, 6)), RNG.standard_normal((3, 2, 3, 3))
+    np.testing.assert_array_equal(C.conv2d_forward(x, w, stride=stride, padding=np.int64(1))[0],
+                                  C.conv2d_forward(x, w, stride=2, padding=1)[0])
+
+
+@pytest.mark.parametrize('name', ['stride', 'padding', 'dilation'])
+@pytest.mark.parametrize('value', [True, np.bool_(True), 1.0, (1, True), (1, 1.0), (1, 1, 1), '1'])
+def test_hyper_parameters_reject_bools_floats_and_other_values(name, value):
+    x, w = RNG.standard_normal((1, 2, 6, 6)), RNG.standard_normal((3, 2, 3, 3))
+    with pytest.raises((TypeError, ValueError), match=name):
+        C.conv2d_forward(x, w, **{name: value})

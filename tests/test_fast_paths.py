@@ -504,3 +504,21 @@ def test_layer_norm_backward_float32_is_the_float64_gradient_rounded():
     exact = reference.layer_norm_backward(*(a.astype(np.float64) for a in (dout, x, weight, bias)))
     for a, b in zip(fast, exact):
         assert rel_err(a, b) < 1e-6
+
+
+def test_threads_for_leaves_the_thread_count_alone_for_large_work_and_restores_it_after_small():
+    from numpyconv._parallel import PARALLEL_MIN_WORK, threads_for
+    before = numba.get_num_threads()
+    try:
+        for count in sorted({1, before}):
+            numba.set_num_threads(count)                  # the count the caller set is the one used
+            with threads_for(PARALLEL_MIN_WORK):
+                assert numba.get_num_threads() == count
+            with threads_for(PARALLEL_MIN_WORK - 1):
+                assert numba.get_num_threads() == 1
+            assert numba.get_num_threads() == count
+        with pytest.raises(KeyError), threads_for(0):     # restored when the block raises
+            raise KeyError
+        assert numba.get_num_threads() == count
+    finally:
+        numba.set_num_threads(before)

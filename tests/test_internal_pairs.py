@@ -96,3 +96,37 @@ def test_dcnv3_center_feature_scale_pair():
     weight, bias = RNG.standard_normal((2, 6)), RNG.standard_normal(2)
     gradcheck(lambda q, w, b, c, v: dcnv3.center_feature_scale_forward(q, w, b, c, v, group=2),
               dcnv3.center_feature_scale_backward, (query, weight, bias, core, value))
+
+
+@pytest.mark.parametrize('per_sample, layout', [(False, 'block'), (False, 'batch'), (True, 'batch')])
+@pytest.mark.parametrize('n', [1, 3])
+def test_cols_matmul_writes_into_out(per_sample, layout, n):
+    # out= receives y itself: the GEMM's own output for one sample on the block layout and for the
+    # batch-outside layout, a copy for several samples on the block layout
+    cols = RNG.standard_normal((n, 4, 3, 2, 4, 5))
+    if layout == 'block':
+        cols = np.ascontiguousarray(cols.transpose(1, 2, 3, 0, 4, 5)).transpose(3, 0, 1, 2, 4, 5)
+    weight = RNG.standard_normal(((n,) if per_sample else ()) + (6, 2, 3, 2))
+    out = np.full((n, 6, 4, 5), np.nan)
+    assert gemm.cols_matmul(cols, weight, 2, out=out) is out
+    np.testing.assert_array_equal(out, gemm.cols_matmul(cols, weight, 2))
+
+
+@pytest.mark.parametrize('c, hw, batch, transposed', [(4, 8, 1, True), (64, 3, 1, False), (64, 3, 8, True),
+                                                       (64, 9, 1, True)])
+def test_stride_one_backward_takes_the_cheaper_equations(monkeypatch, c, hw, batch, transposed):
+    """At stride 1, (eq. 7a, 6a) flip the kernel twice; (eq. 6, 7) add the columns back: the
+    backward takes the transposed convolution only when the kernel is smaller than x's columns,
+    with the same gradients either way."""
+    x, w = RNG.standard_normal((batch, c, hw, hw)), RNG.standard_normal((c, c, 3, 3))
+    y, cache = C.conv2d_forward(x, w, padding=1)
+    dy = RNG.standard_normal(y.shape)
+    assert C._transposed_pays(x, w, cache['geo']) == transposed == (c < batch * hw * hw)
+    taken = []
+    for name in ('_unit_stride_backward', '_strided_backward'):
+        monkeypatch.setattr(C, name, lambda *a, _f=getattr(C, name), _n=name: taken.append(_n) or _f(*a))
+    dx, dw, _ = C.conv2d_backward(dy, cache)
+    assert taken == ['_unit_stride_backward' if transposed else '_strided_backward']
+    other = (C._strided_backward if transposed else C._unit_stride_backward)(dy, x, w, 1, cache['geo'])
+    np.testing.assert_allclose(dx, other[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, other[1], rtol=1e-12, atol=1e-12)
