@@ -50,6 +50,7 @@ from .blocks import linear_backward, linear_forward
 from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (Conv2d, check_hyper_parameters, check_layer_channels, conv2d_backward,
                    conv2d_forward, conv_geometry)
+from .gemm import bank_grad
 from .memory import require_memory
 from .module import Module, kaiming_normal_fan_out
 
@@ -142,7 +143,7 @@ def aggregated_conv2d_backward(dout, cache):
     n, k = attention.shape
     dx, dkernels, dbiases = conv2d_backward(dout, cache['conv'])          # (eq. 8, dout checked there)
     dkernels = dkernels.reshape(n, weight[0].size)                       # (N, C_out*C_g*kh*kw)
-    dweight = (attention.T @ dkernels).reshape(weight.shape)             # (eq. 9)
+    dweight = bank_grad(attention, dkernels).reshape(weight.shape)       # (eq. 9)
     dattention = dkernels @ weight.reshape(k, -1).T                      # (N, K) (eq. 10)
     dbias = None
     if bias is not None:

@@ -67,6 +67,7 @@ from .blocks import batch_norm_backward, batch_norm_forward, linear_backward, li
 from .pooling import global_avg_pool2d_backward, global_avg_pool2d_forward
 from .conv import (check_hyper_parameters, check_layer_channels, conv2d_backward, conv2d_forward,
                    conv_geometry)
+from .gemm import bank_grad
 from .memory import require_memory
 from .module import Module, kaiming_normal_fan_out
 
@@ -232,7 +233,7 @@ def _aggregate_backward(dkernels, weight, spatial, kernel, mixed):
     if kernel is None:
         return dmixed.sum(axis=0, keepdims=True), dspatial, None             # (1, C_out, C_g, k, k)
     flat = dmixed.reshape(batch, weight[0].size)                              # (N, C_out*C_g*k*k)
-    dweight = (kernel.T @ flat).reshape(weight.shape)                         # (eq. 17)
+    dweight = bank_grad(kernel, flat).reshape(weight.shape)                   # (eq. 17)
     dkernel = flat @ weight.reshape(n_kernels, -1).T                          # (N, n) (eq. 17)
     return dweight, dspatial, dkernel
 

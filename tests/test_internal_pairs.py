@@ -130,3 +130,11 @@ def test_stride_one_backward_takes_the_cheaper_equations(monkeypatch, c, hw, bat
     other = (C._strided_backward if transposed else C._unit_stride_backward)(dy, x, w, 1, cache['geo'])
     np.testing.assert_allclose(dx, other[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, other[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('n', [1, 3])
+def test_bank_grad_is_the_transposed_product(n):
+    # one sample: the outer product by broadcasting; several: the GEMM; the same numbers either way
+    attention, dmixed = RNG.standard_normal((n, 4)), RNG.standard_normal((n, 30))
+    np.testing.assert_allclose(gemm.bank_grad(attention, dmixed), attention.T @ dmixed, rtol=1e-14, atol=0)
+    assert gemm.bank_grad(attention, dmixed).shape == (4, 30)
