@@ -334,3 +334,26 @@ def test_eval_drop_path_is_the_identity_without_a_copy():
     dx, dx0 = (layer.backward(dout) for layer in layers)
     np.testing.assert_array_equal(dx, dx0)
     assert layers[0]._branch_cache == {'drop0': None, 'drop1': None}     # nothing drawn, nothing copied
+
+
+@pytest.mark.parametrize('kind, p, training, keep', [
+    ('dropout', 0.3, False, None), ('dropout', 0.0, True, None), ('dropout', 0.3, True, 'mask'),
+    ('drop_path', 0.5, False, None), ('drop_path', 0.0, True, None), ('drop_path', 0.5, True, 'mask')])
+def test_masking_pair_gradcheck(kind, p, training, keep):
+    """_masking and _masking_backward as an op pair (float64): the identity in eval mode or at p = 0,
+    the dropout / drop-path op with an injected mask otherwise."""
+    from numpyconv.gradcheck import gradcheck
+    from numpyconv.models.intern_image import _masking, _masking_backward
+    x = RNG.standard_normal((3, 2, 2, 4))
+    if kind == 'dropout':
+        ops, args, shape = (nc.dropout_forward, nc.dropout_backward), (None,), x.shape
+    else:
+        ops, args, shape = (nc.drop_path_forward, nc.drop_path_backward), (True, None), (3,) + (1,) * 3
+    mask = None
+    if keep:                                                               # sample 1 dropped (and more)
+        mask = (np.arange(int(np.prod(shape))) % 3 != 1).reshape(shape)
+    y, cache = _masking(ops[0], x, p, training, *args, mask=mask)
+    if cache is None:
+        assert y is x and _masking_backward(ops[1], x, None) is x        # the identity, no copy
+    gradcheck(lambda x: _masking(ops[0], x, p, training, *args, mask=mask),
+              lambda dy, cache: (_masking_backward(ops[1], dy, cache),), (x,))
