@@ -33,19 +33,18 @@ Example::
     (array([0., 0., 3., 6., 6.]), array([0., 0., 1., 0., 0.]))
 """
 import math
-import numbers
 
 import numpy as np
 from numba import njit, prange
 from scipy.special import expit
 
-from ._checks import Cache, check_cache, float_array, grad_out, real
+from ._checks import Cache, check_cache, float_array, grad_out, is_int, real
 from ._parallel import loop_operand, threads_for
 from ._stateless import Stateless, inplace_flag
 
 
 def _axis(axis, ndim, shape):
-    if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, np.integer)):
+    if not is_int(axis):
         raise TypeError(f"axis must be an int, got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for x of shape {shape}")
@@ -772,7 +771,7 @@ class Softmax(Stateless):
 
     def __init__(self, dim=None, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (numbers.Integral, np.integer))):
+        if dim is not None and not is_int(dim):
             raise TypeError(f"dim must be an int or None, got {dim!r}")
         self.dim = None if dim is None else int(dim)
 

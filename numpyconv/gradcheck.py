@@ -50,7 +50,7 @@ from functools import partial
 
 import numpy as np
 
-from ._checks import positive_int, real
+from ._checks import is_int, positive_int, real
 from .module import float64_copy
 
 _MODES = ('auto', 'full', 'random', 'jacobian')
@@ -337,7 +337,7 @@ def _options(given):
         if not isinstance(o[name], (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {o[name]!r}")
     seed = o['seed']
-    if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.integer)):
+    if not is_int(seed):
         raise TypeError(f"seed must be a non-negative int, got {seed!r}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed}")
@@ -820,7 +820,7 @@ def _batch_inputs(check_batch, xs, names):
         raise TypeError(f"check_batch must be None, an input index or a non-empty tuple of input "
                         f"indices, got {check_batch!r}")
     for i in items:
-        if isinstance(i, bool) or not isinstance(i, (numbers.Integral, np.integer)):
+        if not is_int(i):
             raise TypeError(f"check_batch entries must be input indices (ints), got {i!r}")
         if not 0 <= i < len(xs):
             raise ValueError(f"check_batch index {i} is out of range for {len(xs)} inputs")

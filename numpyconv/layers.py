@@ -27,11 +27,10 @@ upsampling and dropout layers live in numpyconv/activations.py, pooling.py, upsa
 dropout.py.
 """
 import math
-import numbers
 
 import numpy as np
 
-from ._checks import float_array, grad_out, positive_int, real
+from ._checks import float_array, grad_out, is_int, positive_int, real
 from .blocks import (batch_norm_backward, batch_norm_forward, batch_norm_inference, layer_norm_backward,
                      layer_norm_forward, linear_backward, linear_forward)
 from .module import Module, default_bias, kaiming_uniform
@@ -325,7 +324,7 @@ class Flatten(Module):
     def __init__(self, start_dim=1, end_dim=-1, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         for name, value in (('start_dim', start_dim), ('end_dim', end_dim)):
-            if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+            if not is_int(value):
                 raise TypeError(f"{name} must be an int, got {value!r}")
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 

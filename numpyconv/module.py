@@ -23,13 +23,12 @@ layer, by the one mechanism here (``Module.__init_subclass__`` wraps each ``forw
 import copy
 import functools
 import math
-import numbers
 import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._checks import Cache, dtype_arg, float_array
+from ._checks import Cache, dtype_arg, float_array, is_int
 
 
 def make_rng(rng):
@@ -337,8 +336,7 @@ class Module:
         """Check the ``input_shape`` given to ``macs``: non-negative ints, a rank in ``ranks``
         (None: any rank >= 1) and ``channels`` (if given) at ``axis``; return it as a tuple."""
         input_shape = tuple(input_shape)
-        valid = all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, bool) and s >= 0
-                    for s in input_shape)
+        valid = all(is_int(s) and s >= 0 for s in input_shape)
         valid = valid and (len(input_shape) in ranks if ranks else len(input_shape) >= 1)
         if not valid or (channels is not None and input_shape[axis] != channels):
             raise ValueError(f"input_shape must be {hint.format(c=channels)}, got {input_shape}")
@@ -453,8 +451,7 @@ def _shape_arg(shape, name):
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
         raise TypeError(f"{name} must be a tuple of non-negative ints, got {type(shape).__name__} "
                         f"{shape!r}")
-    if not all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, (bool, np.bool_))
-               for s in shape):
+    if not all(is_int(s) for s in shape):
         raise TypeError(f"{name} must be a tuple of non-negative ints, got {tuple(shape)!r}")
     if any(s < 0 for s in shape):
         raise ValueError(f"{name} must be a tuple of non-negative ints, got {tuple(shape)!r}")

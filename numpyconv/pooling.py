@@ -50,12 +50,11 @@ Example::
            [0., 0., 0., 0.],
            [0., 1., 0., 1.]])
 """
-import numbers
 
 import numpy as np
 from numba import njit, prange
 
-from ._checks import Cache, check_cache, float_array, grad_out, pair
+from ._checks import Cache, check_cache, float_array, grad_out, is_int, pair
 from ._parallel import loop_operand, threads_for
 from ._stateless import Stateless
 from .im2col import Geometry, _offset_slices, loop_geo
@@ -135,7 +134,7 @@ def _check_x(x):
 def _divisor_override(value):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+    if not is_int(value):
         raise TypeError(f"divisor_override must be an int or None, got {value!r}")
     if value == 0:
         raise ValueError("divisor_override must not be zero, got 0")
@@ -395,7 +394,7 @@ def _adaptive_size(output_size, in_hw):
         if entry is None:
             out.append(int(size))
             continue
-        if isinstance(entry, bool) or not isinstance(entry, (numbers.Integral, np.integer)):
+        if not is_int(entry):
             raise TypeError(f"output_size must be an int or a pair (entries int or None), got "
                             f"{output_size!r}")
         if entry < 0:
