@@ -398,63 +398,98 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
         ``Cache('layer_norm')`` with ``x_hat`` (shape of ``x``), ``inv_std`` ``(..., 1)``, ``weight``
         (None when given as None), ``has_bias`` and ``shape`` ``(D,)``.
     """
+    eps = _check_layer_norm(x, weight, bias, eps)
+    x_hat, inv_std, y = _layer_norm_rows(x, weight, bias, eps)                     # (eq. 23)
+    return y, Cache('layer_norm', x_hat=x_hat, inv_std=inv_std, weight=weight,
+                    has_bias=bias is not None, shape=(x.shape[-1],))
+
+
+def layer_norm_inference(x, weight, bias, eps=1e-5):
+    """:func:`layer_norm_forward`'s ``y`` alone, without writing ``x_hat``: for inference.
+
+    Parameters
+    ----------
+    x : ndarray (..., D)
+    weight, bias : ndarray (D,) or None
+    eps : float >= 0
+
+    Returns
+    -------
+    y : ndarray (..., D)
+        Bitwise the output of :func:`layer_norm_forward`; no cache.
+    """
+    eps = _check_layer_norm(x, weight, bias, eps)
+    return _layer_norm_rows(x, weight, bias, eps, keep_x_hat=False)[2]            # (eq. 23)
+
+
+def _check_layer_norm(x, weight, bias, eps):
+    """Check LayerNorm's arguments; returns ``eps`` as a float."""
     float_array(x, 'x')
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension (..., D), got a 0-d array")
-    d = x.shape[-1]
-    _vector(weight, 'weight', d)
-    _vector(bias, 'bias', d)
+    _vector(weight, 'weight', x.shape[-1])
+    _vector(bias, 'bias', x.shape[-1])
     same_dtype(('x', x), ('weight', weight), ('bias', bias))
-    x_hat, inv_std, y = _layer_norm_rows(x, weight, bias, _real(eps, 'eps', 0))   # (eq. 23)
-    return y, Cache('layer_norm', x_hat=x_hat, inv_std=inv_std, weight=weight,
-                    has_bias=bias is not None, shape=(d,))
+    return _real(eps, 'eps', 0)
 
 
-@njit(cache=True, inline='always')
-def _row_sum(x, r, shift, power):
-    """``sum_k (x[r, k] - shift) ** power`` (power 1 or 2) in float64, as four interleaved partial
-    sums added in a fixed order (independent chains: the additions overlap)."""
-    d = x.shape[1]
-    s0 = s1 = s2 = s3 = 0.0
-    for k in range(0, d - d % 4, 4):
-        a, b, c, e = x[r, k] - shift, x[r, k + 1] - shift, x[r, k + 2] - shift, x[r, k + 3] - shift
-        if power == 2:
-            a, b, c, e = a * a, b * b, c * c, e * e
-        s0, s1, s2, s3 = s0 + a, s1 + b, s2 + c, s3 + e
-    for k in range(d - d % 4, d):
-        v = x[r, k] - shift
-        s0 += v * v if power == 2 else v
-    return (s0 + s1) + (s2 + s3)
+@njit(cache=True, error_model='numpy', fastmath={'reassoc'})
+def _row_statistics(x, r, eps):
+    """Mean and ``s = (var + eps)^(-1/2)`` of row ``r`` of ``x (M, D)``, the biased variance (eq. 14):
+    two passes, summed in float64. The sums may be reassociated (``fastmath={'reassoc'}``, nothing
+    else), so that they vectorise; the order is fixed by the compiled loop, the same for every row
+    and thread count."""
+    d = max(x.shape[1], 1)
+    total = 0.0
+    for k in range(x.shape[1]):
+        total += x[r, k]
+    mean = total / d
+    squares = 0.0
+    for k in range(x.shape[1]):
+        v = x[r, k] - mean
+        squares += v * v
+    return mean, 1.0 / np.sqrt(squares / d + eps)
 
 
 @njit(cache=True, parallel=True, error_model='numpy')
-def _layer_norm_loop(x, weight, bias, eps, x_hat, y, inv_std):
-    """For each row of ``x (M, D)``: mean and biased variance (two passes over the row, eq. 14),
-    ``x_hat = (x - mean) s`` with ``s = (var + eps)^(-1/2)`` and ``y = gamma x_hat + beta`` (eq. 15),
-    in float64 and rounded once. Parallel over the rows, each owning its row of the outputs."""
-    d = x.shape[1]
+def _layer_norm_loop(x, weight, bias, eps, centre, inv_std, x_hat, y):
+    """For each row of ``x (M, D)``: its statistics (:func:`_row_statistics`), the mean split into
+    ``centre[r] = (hi, lo)`` in ``x``'s dtype (``hi`` the mean rounded, ``lo`` the rest rounded; ``lo``
+    is 0 in float64) and ``s`` rounded into ``inv_std``; then ``x_hat = ((x - hi) - lo) s`` (eq. 15)
+    and ``y = gamma x_hat + beta`` (eq. 23) in ``x``'s dtype. ``x - hi`` is exact for the values near
+    the mean, so ``x_hat`` is accurate relative to the spread of the row, not to its mean. Without
+    ``x_hat`` (0 rows: inference) only ``y`` is written. Parallel over the rows, each owning its row
+    of the outputs."""
+    keep = x_hat.shape[0] > 0
     for r in prange(x.shape[0]):
-        mean = _row_sum(x, r, 0.0, 1) / max(d, 1)
-        s = 1.0 / np.sqrt(_row_sum(x, r, mean, 2) / max(d, 1) + eps)
-        inv_std[r] = s
-        for k in range(d):
-            h = (x[r, k] - mean) * s
-            x_hat[r, k] = h
-            y[r, k] = h * weight[k] + bias[k]
+        mean, inv_std[r] = _row_statistics(x, r, eps)
+        centre[r, 0] = mean
+        centre[r, 1] = mean - centre[r, 0]
+        hi, lo, s = centre[r, 0], centre[r, 1], inv_std[r]
+        if keep:
+            for k in range(x.shape[1]):
+                h = ((x[r, k] - hi) - lo) * s
+                x_hat[r, k] = h
+                y[r, k] = h * weight[k] + bias[k]
+        else:
+            for k in range(x.shape[1]):
+                y[r, k] = ((x[r, k] - hi) - lo) * s * weight[k] + bias[k]
 
 
-def _layer_norm_rows(x, weight, bias, eps):
+def _layer_norm_rows(x, weight, bias, eps, keep_x_hat=True):
     """``(x_hat, inv_std (..., 1), y)`` of LayerNorm over the last axis of ``x`` (eq. 14, 15, 23);
-    None weight or bias as 1 or 0."""
+    None weight or bias as 1 or 0; ``x_hat`` None unless ``keep_x_hat``."""
     d = x.shape[-1]
     rows = loop_operand(x).reshape(math.prod(x.shape[:-1]), d)
     gamma = np.ones(d, x.dtype) if weight is None else loop_operand(weight)
     beta = np.zeros(d, x.dtype) if bias is None else loop_operand(bias)
-    x_hat, y = np.empty(rows.shape, x.dtype), np.empty(rows.shape, x.dtype)
-    inv_std = np.empty(rows.shape[0], x.dtype)
+    y = np.empty(rows.shape, x.dtype)
+    x_hat = np.empty(rows.shape if keep_x_hat else (0, d), x.dtype)
+    centre, inv_std = np.empty((rows.shape[0], 2), x.dtype), np.empty(rows.shape[0], x.dtype)
     with threads_for(rows.size):
-        _layer_norm_loop(rows, gamma, beta, float(eps), x_hat, y, inv_std)
-    return x_hat.reshape(x.shape), inv_std.reshape(x.shape[:-1] + (1,)), y.reshape(x.shape)
+        _layer_norm_loop(rows, gamma, beta, float(eps), centre, inv_std, x_hat, y)
+    return (x_hat.reshape(x.shape) if keep_x_hat else None, inv_std.reshape(x.shape[:-1] + (1,)),
+            y.reshape(x.shape))
 
 
 def layer_norm_backward(dout, cache):
@@ -494,11 +529,12 @@ def layer_norm_backward(dout, cache):
 _LAYER_NORM_CHUNKS = 64
 
 
-@njit(cache=True, parallel=True, error_model='numpy')
+@njit(cache=True, parallel=True, error_model='numpy', fastmath={'reassoc'})
 def _layer_norm_backward_loop(dy, x_hat, inv_std, gamma, dx, dgamma_parts, dbeta_parts):
     """For each row of ``dy (M, D)``: ``g = dy gamma`` and ``dx = s (g - mean g - x_hat mean(g x_hat))``
     (eq. 24), the means in float64; each chunk of rows adds its ``dy x_hat`` and ``dy`` into its row
-    of ``dgamma_parts`` and ``dbeta_parts`` (eq. 18). Parallel over the chunks."""
+    of ``dgamma_parts`` and ``dbeta_parts`` (eq. 18). Parallel over the chunks. The row sums may be
+    reassociated so that they vectorise (as in :func:`_row_statistics`)."""
     m, d = dy.shape
     chunks = dgamma_parts.shape[0]
     for j in prange(chunks):

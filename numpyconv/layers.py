@@ -32,8 +32,8 @@ import numpy as np
 
 from ._checks import float_array, grad_out, is_int, positive_int, real
 from .blocks import (batch_norm_backward, batch_norm_forward, batch_norm_inference, layer_norm_backward,
-                     layer_norm_forward, linear_backward, linear_forward)
-from .module import Module, default_bias, kaiming_uniform
+                     layer_norm_forward, layer_norm_inference, linear_backward, linear_forward)
+from .module import Module, default_bias, is_grad_enabled, kaiming_uniform
 
 
 def _check_dtype(layer, x):
@@ -275,8 +275,11 @@ class LayerNorm(Module):
             if not self._ends_normalized(x.shape):
                 raise ValueError(f"x must have shape {self._hint()}, got {x.shape}")
             x = x.reshape(x.shape[:x.ndim - k] + (math.prod(self.normalized_shape),))
-        y, self._cache = layer_norm_forward(x, self._flat_param('weight'), self._flat_param('bias'),
-                                            self.eps)
+        weight, bias = self._flat_param('weight'), self._flat_param('bias')
+        if is_grad_enabled():
+            y, self._cache = layer_norm_forward(x, weight, bias, self.eps)
+        else:
+            y = layer_norm_inference(x, weight, bias, self.eps)                  # no x_hat to keep
         if self.channels_first:
             return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
         return y.reshape(y.shape[:-1] + self.normalized_shape)

@@ -474,6 +474,26 @@ def test_layer_norm_rows_match_reference_and_threads(shape, affine):
             assert rel_err(fast, ref) < 1e-12
 
 
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('affine', [True, False])
+def test_layer_norm_inference_is_the_forward_output_bitwise(dtype, affine):
+    x = (normal(3, 7, 40) * 2 + 5).astype(dtype)
+    weight, bias = (normal(40).astype(dtype), normal(40).astype(dtype)) if affine else (None, None)
+    y, _ = numpyconv.layer_norm_forward(x, weight, bias, 1e-6)
+    np.testing.assert_array_equal(numpyconv.blocks.layer_norm_inference(x, weight, bias, 1e-6), y)
+    layer = numpyconv.LayerNorm(40, dtype=dtype, rng=0)
+    with_cache = layer(x)
+    with numpyconv.no_grad():
+        np.testing.assert_array_equal(layer(x), with_cache)
+
+
+def test_layer_norm_inference_checks_its_arguments_as_the_forward():
+    with pytest.raises(ValueError, match='eps'):
+        numpyconv.blocks.layer_norm_inference(normal(2, 3), None, None, -1.0)
+    with pytest.raises(ValueError, match='weight'):
+        numpyconv.blocks.layer_norm_inference(normal(2, 3), normal(4), None)
+
+
 def test_layer_norm_float32_statistics_are_accurate():
     # a large offset: the float64 sums keep float32 inputs' mean and variance exact to rounding
     x = (normal(16, 512) * 0.01 + 1000).astype(np.float32)
