@@ -263,8 +263,8 @@ class CondConvRouting(Module):
 
     def backward(self, dout):
         dx, dweight, dbias = condconv_routing_backward(dout, self._cache)
-        self.fc.grads['weight'] += dweight
-        self.fc.grads['bias'] += dbias
+        self.fc._add_grad('weight', dweight)
+        self.fc._add_grad('bias', dbias)
         return dx
 
     def macs(self, input_shape):
@@ -324,9 +324,9 @@ class RoutedCondConv2d(MixtureConv2dBase):
 
     def backward(self, dout):
         dx, drouting, dweight, dbias = aggregated_conv2d_backward(dout, self._cache)   # (eqs. 6-7)
-        self._grads['weight'] += dweight
+        self._add_grad('weight', dweight)
         if dbias is not None:
-            self._grads['bias'] += dbias
+            self._add_grad('bias', dbias)
         return dx, drouting
 
     def attention_macs(self):

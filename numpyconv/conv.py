@@ -801,9 +801,9 @@ class Conv2d(Module):
 
     def backward(self, dout):
         dx, dw, db = self._op_backward(dout, self._cache)
-        self._grads['weight'] += dw
+        self._add_grad('weight', dw)
         if db is not None:
-            self._grads['bias'] += db
+            self._add_grad('bias', db)
         return dx
 
     def _op_forward(self, x, weight, bias):

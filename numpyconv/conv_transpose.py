@@ -282,9 +282,9 @@ class ConvTranspose2d(Module):
 
     def backward(self, dout):
         dx, dweight, dbias = conv_transpose2d_backward(dout, self._cache)
-        self._grads['weight'] += dweight
+        self._add_grad('weight', dweight)
         if dbias is not None:
-            self._grads['bias'] += dbias
+            self._add_grad('bias', dbias)
         return dx
 
     def macs(self, input_shape):

@@ -557,8 +557,8 @@ class DCNv3(Module):
         if self.center_feature_scale:
             dx1, dweight, dbias, dcore, dvalue = center_feature_scale_backward(
                 dz, self._cache['blend'])
-            self._grads['center_feature_scale_proj_weight'] += dweight
-            self._grads['center_feature_scale_proj_bias'] += dbias
+            self._add_grad('center_feature_scale_proj_weight', dweight)
+            self._add_grad('center_feature_scale_proj_bias', dbias)
         dvalue_core, doffset, dmask = dcnv3_backward(dcore, self._cache['core'])
         dlogits, = softmax_backward(dmask.reshape(dmask.shape[:3] + (self.group, self.points)),
                                     self._cache['softmax'])                     # (eq. 11)

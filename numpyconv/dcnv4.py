@@ -270,8 +270,8 @@ class DCNv4(Module):
         if self.center_feature_scale:
             dquery, dweight, dbias, dcore, dvalue = center_feature_scale_backward(
                 dz, self._cache['blend'])
-            self._grads['center_feature_scale_proj_weight'] += dweight
-            self._grads['center_feature_scale_proj_bias'] += dbias
+            self._add_grad('center_feature_scale_proj_weight', dweight)
+            self._add_grad('center_feature_scale_proj_bias', dbias)
             dcore = dcore + dquery                                        # (eq. 6)
         dvalue_core, doffset_mask = dcnv4_backward(dcore, self._cache['core'])
         dvalue = dvalue_core + dvalue

@@ -550,9 +550,9 @@ class _DeformPack(Module):
                                      self.stride, self.padding, self.dilation, mask=mask)
 
     def _accumulate(self, dweight, dbias):
-        self._grads['weight'] += dweight
+        self._add_grad('weight', dweight)
         if dbias is not None:
-            self._grads['bias'] += dbias
+            self._add_grad('bias', dbias)
 
     def load_state_dict(self, state, strict=True):
         """As :meth:`Module.load_state_dict`; also accepts mmcv's legacy (version < 2) key names

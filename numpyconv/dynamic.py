@@ -289,10 +289,9 @@ class MixtureConv2dBase(Module):
 
     def backward(self, dout):
         dx, *param_grads = self.run_backward(dout, self._cache)
-        grads = self.grads
         for key, grad in zip(self.PARAM_KEYS, param_grads):
             if grad is not None:
-                grads[key] += grad
+                self._add_grad(key, grad)
         return dx
 
     def conv_args(self):

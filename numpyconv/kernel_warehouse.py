@@ -629,10 +629,10 @@ class KWConv2d(Module):
 
     def backward(self, dout):
         dx, dwarehouse, *grads = kw_conv2d_backward(dout, self._cache)
-        self._manager.grads[f'weights.{self.warehouse_id}'] += dwarehouse
+        self._manager._add_grad(f'weights.{self.warehouse_id}', dwarehouse)
         for key, grad in zip(self._ARG_KEYS, grads):
             if key in self._grads and grad is not None:                   # buffers have no grads
-                self._grads[key] += grad
+                self._add_grad(key, grad)
         return dx
 
     def macs(self, input_shape):

@@ -76,9 +76,9 @@ class Linear(Module):
 
     def backward(self, dout):
         dx, dweight, dbias = linear_backward(dout, self._cache)
-        self._grads['weight'] += dweight
+        self._add_grad('weight', dweight)
         if dbias is not None:
-            self._grads['bias'] += dbias
+            self._add_grad('bias', dbias)
         return dx
 
     def macs(self, input_shape):
@@ -152,8 +152,8 @@ class _BatchNorm(Module):
     def backward(self, dout):
         dx, dweight, dbias, _, _ = batch_norm_backward(dout, self._cache)   # buffers: no gradient
         if dweight is not None:
-            self._grads['weight'] += dweight
-            self._grads['bias'] += dbias
+            self._add_grad('weight', dweight)
+            self._add_grad('bias', dbias)
         return dx
 
     def macs(self, input_shape):
@@ -294,9 +294,9 @@ class LayerNorm(Module):
             dout = dout.reshape(x_hat.shape)                               # (..., prod(normalized_shape))
         dx, dweight, dbias = layer_norm_backward(dout, self._cache)
         if dweight is not None:
-            self._grads['weight'] += dweight.reshape(self.normalized_shape)
+            self._add_grad('weight', dweight.reshape(self.normalized_shape))
         if dbias is not None:
-            self._grads['bias'] += dbias.reshape(self.normalized_shape)
+            self._add_grad('bias', dbias.reshape(self.normalized_shape))
         if self.channels_first:
             return np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
         return dx.reshape(dx.shape[:-1] + self.normalized_shape)

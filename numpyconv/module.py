@@ -9,13 +9,18 @@ official module's state_dict loads unchanged::
 Contract of every layer (API.md):
 
 * ``forward(x)`` / ``__call__`` computes the output and keeps what backward needs;
-* ``backward(dout) -> dx`` *accumulates* parameter gradients into ``grads`` (``+=``);
+* ``backward(dout) -> dx`` *accumulates* parameter gradients into ``grads`` (``+=``, through
+  :meth:`Module._add_grad`);
 * ``params`` / ``grads``: flat dicts ``key -> array`` (the arrays themselves, so optimisers update
   them in place); ``state_dict()`` adds the buffers and returns copies;
 * ``train()`` / ``eval()``, ``zero_grad()``.
 
 Subclasses call :meth:`add_param`, :meth:`add_buffer` and :meth:`add_module` in ``__init__`` and
-reach their own arrays through ``self._params[name]`` / ``self._grads[name]``. What a forward pass
+reach their own arrays through ``self._params[name]`` / ``self._grads[name]``; a backward adds a
+gradient with ``self._add_grad(name, grad)``. ``zero_grad`` zeroes lazily: it marks the gradients,
+the next ``_add_grad`` writes instead of adding, and the gradients that no backward wrote are
+filled with zeros when the outermost backward returns or when ``grads`` is read, so a training step
+does not pass over every gradient array twice. What a forward pass
 keeps for the backward pass goes in attributes whose names end in ``cache`` (``self._cache``,
 ``self._mask_cache``): under :class:`no_grad` they are dropped when the forward returns, for every
 layer, by the one mechanism here (``Module.__init_subclass__`` wraps each ``forward``).
@@ -142,6 +147,25 @@ def _forward_of(forward):
     return run
 
 
+_BACKWARD = threading.local()       # this thread's count of running backward calls
+
+
+def _backward_of(backward):
+    """``backward`` such that when the outermost backward call returns, the gradients of this layer
+    and its children that :meth:`Module.zero_grad` marked and no backward wrote are filled with 0."""
+    @functools.wraps(backward)
+    def run(self, *args, **kwargs):
+        depth = getattr(_BACKWARD, 'depth', 0)
+        _BACKWARD.depth = depth + 1
+        try:
+            return backward(self, *args, **kwargs)
+        finally:
+            _BACKWARD.depth = depth
+            if depth == 0:
+                self._fill_zeroed()
+    return run
+
+
 class StateDictError(KeyError, ValueError):
     """Missing or unexpected state_dict keys: a ``KeyError`` that is also a ``ValueError`` (a bad
     argument, as the API contract says), with a plain (unquoted) message."""
@@ -161,10 +185,14 @@ class Module:
         Source of the initial weights: a Generator, a seed, or None (fresh entropy).
     """
 
+    _zeroed = frozenset()    # names of gradients zero_grad cleared that no backward has written since
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if 'forward' in cls.__dict__:
             cls.forward = _forward_of(cls.__dict__['forward'])
+        if 'backward' in cls.__dict__:
+            cls.backward = _backward_of(cls.__dict__['backward'])
 
     def __init__(self, *, dtype=np.float32, rng=None):
         self.dtype = dtype_arg(dtype)
@@ -205,6 +233,7 @@ class Module:
     @property
     def grads(self):
         """``key -> gradient array``, same keys as :attr:`params`."""
+        self._fill_zeroed()
         return self._collect('_grads')
 
     @property
@@ -252,8 +281,35 @@ class Module:
         return missing, unexpected
 
     def zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
+        """Set the gradients of this layer and its children to zero. The arrays are cleared lazily
+        (module docstring): the next backward writes each gradient instead of adding to it, and the
+        arrays no backward writes are filled with 0 when the outermost backward returns or when
+        :attr:`grads` is read."""
+        for _, m in self.named_modules():
+            m._zeroed = set(m._grads)
+
+    def _add_grad(self, key, grad):
+        """``grads[key] += grad`` (``grad`` broadcast to the gradient's shape); the first gradient
+        after :meth:`zero_grad` is written, not added. ``key`` may name a child's parameter
+        (``'attention.fc.weight'``)."""
+        owner, name = self, key
+        while name not in owner._grads:
+            head, name = name.split('.', 1)
+            owner = owner._modules[head]
+        if name in owner._zeroed:
+            owner._zeroed.discard(name)
+            owner._grads[name][...] = grad
+        else:
+            owner._grads[name] += grad
+
+    def _fill_zeroed(self):
+        """Fill with 0 the gradients of this layer and its children that :meth:`zero_grad` marked
+        and no backward has written since."""
+        for _, m in self.named_modules():
+            if m._zeroed:
+                for name in m._zeroed:
+                    m._grads[name].fill(0)
+                m._zeroed = set()
 
     def _outside_params(self):
         """``name -> (parameter, its gradient)`` held by another module that this one's backward

@@ -453,11 +453,11 @@ class OctaveConv2d(Module):
         grads = octave_conv2d_backward((dys['h'], dys['l']), self._cache)
         for name, dw in zip(PATH_NAMES, grads[2:]):
             if name in self.paths:
-                self.paths[name]._grads['weight'] += dw                               # (eq. 14)
+                self.paths[name]._add_grad('weight', dw)                              # (eq. 14)
         for name in self._evaluated:
             dy = dys[name[2]]
             if 'bias' in self.paths[name]._grads and dy is not None:
-                self.paths[name]._grads['bias'] += dy.sum(axis=(0, 2, 3))            # (eq. 15)
+                self.paths[name]._add_grad('bias', dy.sum(axis=(0, 2, 3)))           # (eq. 15)
         return grads[0], grads[1]
 
     def macs(self, input_shape):

@@ -457,10 +457,9 @@ class ODConv2d(Module):
 
     def backward(self, dout):
         dx, *param_grads = odconv2d_backward(dout, self._cache)
-        grads = self.grads
         for key, grad in zip(_GRAD_KEYS, param_grads):
             if key is not None and grad is not None:
-                grads[key] += grad
+                self._add_grad(key, grad)
         return dx
 
     def macs(self, input_shape):

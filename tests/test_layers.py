@@ -388,3 +388,91 @@ def test_state_dict_key_order_matches_torch():
     model.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
     state = model.state_dict()
     assert state['1.num_batches_tracked'].dtype == np.int64 and state['1.num_batches_tracked'].shape == ()
+
+
+# -- zero_grad: lazy, with the same observable gradients ------------------------------------------
+class _FirstOnly(nc.Module):
+    """Two Linear children; forward and backward use only the first."""
+
+    def __init__(self):
+        super().__init__(dtype=np.float64, rng=0)
+        self.first = self.add_module('first', L.Linear(3, 2, dtype=np.float64, rng=1))
+        self.second = self.add_module('second', L.Linear(3, 2, dtype=np.float64, rng=2))
+
+    def forward(self, x):
+        return self.first(x)
+
+    def backward(self, dout):
+        return self.first.backward(dout)
+
+
+def _one_step(model, x, dout):
+    model.zero_grad()
+    model.forward(x)
+    model.backward(dout)
+    return {k: g.copy() for k, g in model.grads.items()}
+
+
+def test_zero_grad_then_backward_gives_one_backward_gradients_in_the_held_arrays():
+    model = Sequential(L.Linear(4, 5, dtype=np.float64, rng=0), ReLU(),
+                       L.Linear(5, 3, dtype=np.float64, rng=1))
+    x, dout = normal(6, 4), normal(6, 3)
+    held = model.grads                                   # the arrays themselves, kept across steps
+    first = _one_step(model, x, dout)
+    model.forward(x)
+    model.backward(dout)                                 # accumulates: twice the gradient
+    for k, g in held.items():
+        np.testing.assert_allclose(g, 2 * first[k], rtol=1e-14)
+    again = _one_step(model, x, dout)
+    for k, g in held.items():
+        np.testing.assert_array_equal(g, first[k])
+        np.testing.assert_array_equal(again[k], first[k])
+
+
+def test_zero_grad_clears_what_is_read_and_what_no_backward_writes():
+    model = _FirstOnly()
+    x, dout = normal(4, 3), normal(4, 2)
+    model.second.forward(x)
+    model.second.backward(dout)                          # gradients in the unused child
+    held = model.second.grads['weight']
+    assert np.any(held != 0)
+    model.zero_grad()
+    assert all(np.all(g == 0) for g in model.grads.values())
+    model.second.forward(x)
+    model.second.backward(dout)
+    model.zero_grad()
+    model.forward(x)
+    model.backward(dout)                                 # the outermost backward fills 'second'
+    np.testing.assert_array_equal(held, 0)
+    assert np.any(model.first.grads['weight'] != 0)
+
+
+def test_zero_grad_is_complete_when_the_backward_raises():
+    model = _FirstOnly()
+    x, dout = normal(4, 3), normal(4, 2)
+    model.forward(x)
+    model.backward(dout)
+    held = model.first.grads['weight']
+    model.zero_grad()
+    with pytest.raises(ValueError):
+        model.backward(normal(4, 5))                     # wrong shape: nothing written
+    np.testing.assert_array_equal(held, 0)
+
+
+def test_optimizer_step_after_lazy_zero_grad_uses_only_the_new_gradient():
+    model = _FirstOnly()
+    x, dout = normal(4, 3), normal(4, 2)
+    model.forward(x)
+    model.backward(dout)
+    model.second.forward(x)
+    model.second.backward(dout)
+    opt = nc.optim.SGD(model, lr=0.5)
+    model.zero_grad()
+    model.forward(x)
+    model.backward(dout)
+    before = {k: p.copy() for k, p in model.params.items()}
+    expected = {k: g.copy() for k, g in model.grads.items()}
+    opt.step()
+    for k, p in model.params.items():
+        np.testing.assert_allclose(p, before[k] - 0.5 * expected[k], rtol=1e-14)
+    np.testing.assert_array_equal(model.params['second.weight'], before['second.weight'])

@@ -229,7 +229,8 @@ class InternImageLayer(Module):
             first, second, gamma = self._branch(k)
             dy = _masking_backward(drop_path_backward, dout, self._branch_cache[f'drop{k}'])
             if self.layer_scale:
-                self._grads[gamma] += (dy * self._branch_cache[gamma]).reshape(-1, dy.shape[-1]).sum(axis=0)
+                scaled = dy * self._branch_cache[gamma]
+                self._add_grad(gamma, scaled.reshape(-1, dy.shape[-1]).sum(axis=0))
                 dy = dy * self._params[gamma]
             dout = dout + first.backward(second.backward(dy))
         return dout
