@@ -124,13 +124,27 @@ def linear_backward(dout, cache):
     grads : tuple
         ``(dx (..., F), dweight (O, F), dbias (O,))``; ``dbias`` None without bias.
     """
+    return linear_backward_into(dout, cache, None)
+
+
+def linear_backward_into(dout, cache, dweight):
+    """:func:`linear_backward` with the weight gradient written into ``dweight`` (an ``(O, F)``
+    array of the dtype of ``x``, the GEMM's output) when it is not None: a layer whose gradient array
+    holds nothing yet (after ``zero_grad``) saves a copy of it."""
     cache = check_cache(cache, 'linear')
     x, weight = cache['x'], cache['weight']
     dout = grad_out(dout, x.shape[:-1] + weight.shape[:1], x.dtype)
     rows_x, rows_dy = _rows(x), _rows(dout)                              # (M, F), (M, O)
-    dweight = rows_dy.T @ rows_x                                         # (eq. 2)
-    dbias = rows_dy.sum(axis=0) if cache['has_bias'] else None           # (eq. 3)
+    dweight = np.matmul(rows_dy.T, rows_x, out=dweight)                  # (eq. 2)
+    dbias = _column_sums(rows_dy) if cache['has_bias'] else None         # (eq. 3)
     return (rows_dy @ weight).reshape(x.shape), dweight, dbias           # (eq. 4)
+
+
+def _column_sums(rows):
+    """``rows (M, O)`` summed over its rows, as the matrix-vector product ``1_M^T rows``: BLAS reads
+    the rows once and runs 3-6 times faster than NumPy's ``sum(axis=0)``, which on a C-ordered
+    array adds row after row (float32, 2 threads: 0.2 against 0.65 ms for 25088 x 64)."""
+    return np.ones(rows.shape[0], rows.dtype) @ rows
 
 
 # -- normalisation (shared by batch_norm and layer_norm) ----------------------------------------

@@ -335,6 +335,108 @@ def _depthwise_backward(dy, x, weight, geo):
     return dx, (dw if weight.ndim == 5 else dw.sum(axis=0)).reshape(weight.shape)
 
 
+# -- depthwise, channels last -------------------------------------------------------------------
+# The same convolution (eq. 8-10, one output channel per input channel, one weight for the batch) on
+# (N, H, W, C) arrays, channels innermost: each tap multiplies a row of C contiguous values by the C
+# weights of that point, a loop that vectorises. InternImage's DCNv3 layers convolve their
+# channels-last input this way, without copying it to (N, C, H, W) and the result back.
+@njit(cache=True, parallel=True)
+def _depthwise_nhwc_forward_loop(x, weight, bias, geo, y):
+    """``y (N, Ho, Wo, C) = bias + sum_p taps`` from ``x (N, H, W, C)`` and ``weight (kh*kw, C)``
+    (eq. 8). Parallel over the output rows ``(n, i)``, each owning ``y[n, i]``."""
+    n, height, width, channels = x.shape
+    ho, sh, sw = geo[8], geo[2], geo[3]
+    for t in prange(n * ho):
+        b, i = t // ho, t % ho
+        for j in range(y.shape[2]):
+            for k in range(channels):
+                y[b, i, j, k] = bias[k]
+        for p in range(weight.shape[0]):
+            i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
+            if i0 <= i < i1:
+                h = i * sh + row0
+                for j in range(j0, j1):
+                    w = col0 + (j - j0) * sw
+                    for k in range(channels):
+                        y[b, i, j, k] += x[b, h, w, k] * weight[p, k]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_nhwc_input_grad_loop(dy, weight, geo, dx):
+    """``dx (N, H, W, C)`` from ``dy (N, Ho, Wo, C)`` (eq. 10). Parallel over the input rows
+    ``(n, h)``: each owns ``dx[n, h]`` and gathers the output rows whose taps read it."""
+    n, height, width, channels = dx.shape
+    sh, sw = geo[2], geo[3]
+    for t in prange(n * height):
+        b, h = t // height, t % height
+        dx[b, h] = 0
+        for p in range(weight.shape[0]):
+            i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
+            if (h - row0) % sh == 0 and i0 <= (h - row0) // sh < i1:
+                i = (h - row0) // sh
+                for j in range(j0, j1):
+                    w = col0 + (j - j0) * sw
+                    for k in range(channels):
+                        dx[b, h, w, k] += dy[b, i, j, k] * weight[p, k]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_nhwc_param_grad_loop(x, dy, geo, dweight_parts, dbias_parts):
+    """Per chunk ``j`` of the output rows ``(n, i)``: its share of ``dweight (kh*kw, C)`` (eq. 9) and
+    of ``dbias (C,)`` summed in float64 into ``dweight_parts[j]`` and ``dbias_parts[j]``. The chunks
+    are fixed, so the sums do not depend on the number of threads."""
+    n, height, width, channels = x.shape
+    ho, sh, sw = dy.shape[1], geo[2], geo[3]
+    rows, chunks = n * ho, dweight_parts.shape[0]
+    for c in prange(chunks):
+        for t in range(c * rows // chunks, (c + 1) * rows // chunks):
+            b, i = t // ho, t % ho
+            for j in range(dy.shape[2]):
+                for k in range(channels):
+                    dbias_parts[c, k] += dy[b, i, j, k]
+            for p in range(dweight_parts.shape[1]):
+                i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
+                if i0 <= i < i1:
+                    h = i * sh + row0
+                    for j in range(j0, j1):
+                        w = col0 + (j - j0) * sw
+                        for k in range(channels):
+                            dweight_parts[c, p, k] += np.float64(dy[b, i, j, k]) * x[b, h, w, k]
+
+
+_NHWC_CHUNKS = 64      # fixed chunks of output rows for the parameter gradients
+
+
+def _nhwc_weight(weight):
+    """``weight (C, 1, kh, kw)`` as the channels-last loops read it: ``(kh*kw, C)``, C-contiguous."""
+    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
+
+
+def _depthwise_nhwc_forward(x, weight, bias, geo):
+    """``y (N, Ho, Wo, C)`` of the depthwise convolution of ``x (N, H, W, C)`` with ``weight (C, 1,
+    kh, kw)`` and ``bias (C,)`` or None (eq. 8)."""
+    n, _, _, c = x.shape
+    y = np.empty((n,) + geo.out_hw + (c,), dtype=x.dtype)
+    bias = np.zeros(c, x.dtype) if bias is None else loop_operand(bias)
+    launch(_depthwise_nhwc_forward_loop, _depthwise_work(x, weight, geo), loop_operand(x),
+           _nhwc_weight(weight), bias, loop_geo(geo), y)
+    return y
+
+
+def _depthwise_nhwc_backward(dy, x, weight, geo):
+    """``(dx (N, H, W, C), dweight (C, 1, kh, kw), dbias (C,))`` of :func:`_depthwise_nhwc_forward`
+    (eq. 9, 10)."""
+    dy, x, work = loop_operand(dy), loop_operand(x), _depthwise_work(x, weight, geo)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    launch(_depthwise_nhwc_input_grad_loop, work, dy, _nhwc_weight(weight), loop_geo(geo), dx)
+    chunks = max(min(dy.shape[0] * dy.shape[1], _NHWC_CHUNKS), 1)
+    dweight_parts = np.zeros((chunks, math.prod(geo.kernel), x.shape[3]))
+    dbias_parts = np.zeros((chunks, x.shape[3]))
+    launch(_depthwise_nhwc_param_grad_loop, work, x, dy, loop_geo(geo), dweight_parts, dbias_parts)
+    dweight = dweight_parts.sum(axis=0).T.reshape(weight.shape).astype(x.dtype)
+    return dx, dweight, dbias_parts.sum(axis=0).astype(x.dtype)
+
+
 # -- conv2d ------------------------------------------------------------------------------------
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Convolution as ``torch.nn.functional.conv2d`` (eq. 1-4).
@@ -843,6 +945,45 @@ class DepthwiseConv2d(Conv2d):
         multiplier = positive_int(depth_multiplier, 'depth_multiplier')
         super().__init__(channels, channels * multiplier, kernel_size, stride, padding, dilation,
                          groups=channels, bias=bias, dtype=dtype, rng=rng)
+
+    def forward_channels_last(self, x):
+        """The same convolution on a channels-last input, for a layer whose data is ``(N, H, W, C)``
+        (InternImage's DCNv3): nothing is kept on this layer, the caller keeps the cache.
+
+        Parameters
+        ----------
+        x : ndarray (N, H, W, C)
+            In the layer's dtype; ``depth_multiplier`` must be 1.
+
+        Returns
+        -------
+        y : ndarray (N, Ho, Wo, C)
+        cache : Cache
+            ``Cache('depthwise_nhwc')`` for :meth:`backward_channels_last`.
+        """
+        float_array(x, 'x', 4, "(N, H, W, C) (channels last)")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__} holds {self.dtype} parameters, got x of dtype "
+                            f"{x.dtype}")
+        if self.out_channels != self.in_channels or x.shape[3] != self.in_channels:
+            raise ValueError(f"x must have shape (N, H, W, {self.in_channels}) (channels last, depth "
+                             f"multiplier 1), got {x.shape} for {self.out_channels} output channels")
+        geo = conv_geometry(x.shape[1:3], self.kernel_size, self.stride, self.padding, self.dilation)
+        weight = self._params['weight']
+        y = _depthwise_nhwc_forward(x, weight, self._params.get('bias'), geo)        # (eq. 8)
+        return y, Cache('depthwise_nhwc', x=x, geo=geo)
+
+    def backward_channels_last(self, dout, cache):
+        """``dx (N, H, W, C)`` of :meth:`forward_channels_last`; the gradients of ``weight`` and
+        ``bias`` accumulate into ``grads`` (eq. 9, 10)."""
+        cache = check_cache(cache, 'depthwise_nhwc')
+        x, geo = cache['x'], cache['geo']
+        dy = grad_out(dout, (x.shape[0],) + geo.out_hw + (x.shape[3],), x.dtype)
+        dx, dweight, dbias = _depthwise_nhwc_backward(dy, x, self._params['weight'], geo)
+        self._add_grad('weight', dweight)
+        if 'bias' in self._params:
+            self._add_grad('bias', dbias)
+        return dx
 
 
 class PointwiseConv2d(Conv2d):

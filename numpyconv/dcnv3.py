@@ -531,10 +531,10 @@ class DCNv3(Module):
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, H, W)``, NHWC with ``channels_last`` (eq. 10)."""
-        inp, x_first = layer_input(self, x)
+        inp, x_first = layer_input(self, x, nchw=not self.channels_last)
         n, h, w, _ = inp.shape
         value = self.input_proj(inp)                                      # (N, H, W, C)
-        x1 = self.dw_conv(x_first)                                        # (N, H, W, C)
+        x1, dw_cache = self._offset_features(inp, x_first)                # (N, H, W, C)
         offset = self.offset(x1)                                          # (N, H, W, G*P*2)
         logits = self.mask(x1).reshape(n, h, w, self.group, self.points)  # (N, H, W, G, P)
         mask, softmax_cache = softmax_forward(logits, axis=-1)
@@ -545,10 +545,33 @@ class DCNv3(Module):
             z, blend_cache = center_feature_scale_forward(
                 x1, self._params['center_feature_scale_proj_weight'],
                 self._params['center_feature_scale_proj_bias'], core, value, self.group)
-        self._cache = dict(softmax=softmax_cache, core=core_cache, blend=blend_cache,
+        self._cache = dict(softmax=softmax_cache, core=core_cache, blend=blend_cache, dw=dw_cache,
                            shape=x.shape)
         y = self.output_proj(z)
         return y if self.channels_last else nhwc_to_nchw(y)
+
+    def _dw_modules(self):
+        """The depthwise convolution, the LayerNorm and the GELU of ``dw_conv``."""
+        return (self.dw_conv._modules['0'], self.dw_conv._modules['1']._modules['1'],
+                self.dw_conv._modules['2'])
+
+    def _offset_features(self, inp, x_first):
+        """``(x1, dw_cache)``: ``x1 = GELU(LayerNorm(dwconv(x)))`` ``(N, H, W, C)``, the input of the
+        offset and mask projections. An NCHW input runs through ``dw_conv`` (dw_cache None); a
+        channels-last one is convolved as it is (``forward_channels_last``), whose cache this layer
+        keeps, and the LayerNorm and GELU take the channels-last result."""
+        if x_first is not None:
+            return self.dw_conv(x_first), None
+        conv, norm, act = self._dw_modules()
+        y, dw_cache = conv.forward_channels_last(inp)
+        return act(norm(y)), dw_cache
+
+    def _offset_features_backward(self, dx1):
+        """``dx`` of :meth:`_offset_features`: NCHW for an NCHW input, else ``(N, H, W, C)``."""
+        if self._cache['dw'] is None:
+            return self.dw_conv.backward(dx1)
+        conv, norm, act = self._dw_modules()
+        return conv.backward_channels_last(norm.backward(act.backward(dx1)), self._cache['dw'])
 
     def backward(self, dout):
         """``dx``; parameter gradients accumulate into ``grads`` (eq. 11-13)."""
@@ -564,9 +587,9 @@ class DCNv3(Module):
                                     self._cache['softmax'])                     # (eq. 11)
         dx1 = dx1 + self.offset.backward(doffset) + self.mask.backward(
             dlogits.reshape(dmask.shape))
-        dx = self.dw_conv.backward(dx1)                                         # (eq. 13)
+        dx = self._offset_features_backward(dx1)                                # (eq. 13)
         dinp = self.input_proj.backward(dvalue_core + dvalue)
-        return nchw_to_nhwc(dx) + dinp if self.channels_last else dx + nhwc_to_nchw(dinp)
+        return dx + dinp if self.channels_last else dx + nhwc_to_nchw(dinp)
 
     def macs(self, input_shape):
         """Linears, depthwise conv, the core (``5*H*W*P*C``) and the centre-scale linear."""

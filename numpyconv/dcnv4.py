@@ -248,16 +248,21 @@ class DCNv4(Module):
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, H, W)``, NHWC with ``channels_last`` (eq. 4)."""
-        inp, x_first = layer_input(self, x, nchw=bool(self.dw_kernel_size))  # (N, H, W, C), NCHW
+        nchw = bool(self.dw_kernel_size) and not self.channels_last
+        inp, x_first = layer_input(self, x, nchw=nchw)                    # (N, H, W, C), NCHW
         value = self.value_proj(inp) if self.pointwise else inp
-        om_in = nchw_to_nhwc(self.offset_mask_dw(x_first)) if self.dw_kernel_size else inp
+        om_in, dw_cache = inp, None
+        if nchw:
+            om_in = nchw_to_nhwc(self.offset_mask_dw(x_first))
+        elif self.dw_kernel_size:                    # channels last: convolved as it is, no copies
+            om_in, dw_cache = self.offset_mask_dw.forward_channels_last(inp)
         core, core_cache = dcnv4_forward(value, self.offset_mask(om_in), *self._core_args())
         z, blend_cache = core, None
         if self.center_feature_scale:                     # the query is the core output itself
             z, blend_cache = center_feature_scale_forward(
                 core, self._params['center_feature_scale_proj_weight'],
                 self._params['center_feature_scale_proj_bias'], core, value, self.group)
-        self._cache = dict(core=core_cache, blend=blend_cache, shape=x.shape)
+        self._cache = dict(core=core_cache, blend=blend_cache, dw=dw_cache, shape=x.shape)
         y = self.output_proj(z) if self.pointwise else z
         return y if self.channels_last else nhwc_to_nchw(y)
 
@@ -276,7 +281,9 @@ class DCNv4(Module):
         dvalue_core, doffset_mask = dcnv4_backward(dcore, self._cache['core'])
         dvalue = dvalue_core + dvalue
         dx = self.offset_mask.backward(doffset_mask)                      # (N, H, W, C)
-        if self.dw_kernel_size:
+        if self._cache['dw'] is not None:
+            dx = self.offset_mask_dw.backward_channels_last(dx, self._cache['dw'])
+        elif self.dw_kernel_size:
             dx = nchw_to_nhwc(self.offset_mask_dw.backward(nhwc_to_nchw(dx)))
         dx = dx + (self.value_proj.backward(dvalue) if self.pointwise else dvalue)
         return dx if self.channels_last else nhwc_to_nchw(dx)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._checks import float_array, grad_out, is_int, positive_int, real
 from .blocks import (batch_norm_backward, batch_norm_forward, batch_norm_inference, layer_norm_backward,
-                     layer_norm_forward, layer_norm_inference, linear_backward, linear_forward)
+                     layer_norm_forward, layer_norm_inference, linear_backward_into, linear_forward)
 from .module import Module, default_bias, is_grad_enabled, kaiming_uniform
 
 
@@ -75,7 +75,8 @@ class Linear(Module):
         return y
 
     def backward(self, dout):
-        dx, dweight, dbias = linear_backward(dout, self._cache)
+        into = self._cleared_grad('weight')          # written by the GEMM when zero_grad cleared it
+        dx, dweight, dbias = linear_backward_into(dout, self._cache, into)
         self._add_grad('weight', dweight)
         if dbias is not None:
             self._add_grad('bias', dbias)

@@ -298,9 +298,16 @@ class Module:
             owner = owner._modules[head]
         if name in owner._zeroed:
             owner._zeroed.discard(name)
-            owner._grads[name][...] = grad
+            if grad is not owner._grads[name]:                  # else computed in place
+                owner._grads[name][...] = grad
         else:
             owner._grads[name] += grad
+
+    def _cleared_grad(self, name):
+        """The gradient array of this layer's ``name`` if :meth:`zero_grad` cleared it and no backward
+        has written it since, else None: a backward may compute its gradient straight into it, in
+        full, and then pass that array to :meth:`_add_grad`, which only marks it written."""
+        return self._grads[name] if name in self._zeroed else None
 
     def _fill_zeroed(self):
         """Fill with 0 the gradients of this layer and its children that :meth:`zero_grad` marked

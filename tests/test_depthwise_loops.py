@@ -8,6 +8,7 @@ import pytest
 import numpyconv as nc
 from numpyconv import conv, taps
 from numpyconv import reference as ref
+from numpyconv._checks import Cache
 from numpyconv.im2col import Geometry, conv_output_size, loop_geo
 
 RNG = np.random.default_rng(8)
@@ -255,3 +256,135 @@ def test_copy_outside(lo, hi):
 def test_folded_sum(size):
     a = RNG.standard_normal(size)
     assert taps.folded_sum(a.copy()) == pytest.approx(a.sum(), rel=1e-12, abs=1e-12)
+
+
+# -- channels last (DepthwiseConv2d.forward_channels_last, DCNv3 / DCNv4 with channels_last) ----------
+CHANNELS_LAST_CASES = [  # (kernel_size, stride, padding, dilation, bias)
+    (3, 1, 1, 1, True), (3, 2, 1, 1, False), ((2, 3), (1, 2), (0, 1), 1, True), (5, 1, 2, 2, True),
+    (3, 1, 0, 1, False), (1, 1, 0, 1, True), (3, 3, (2, 0), (1, 2), True)]
+
+
+def channels_last_pair(case, dtype=np.float64, channels=6, hw=(7, 9), batch=2):
+    kernel, stride, padding, dilation, bias = case
+    layer = nc.DepthwiseConv2d(channels, kernel, stride, padding, dilation, bias=bias, dtype=dtype, rng=3)
+    x = RNG.standard_normal((batch,) + hw + (channels,)).astype(dtype)            # (N, H, W, C)
+    return layer, x
+
+
+@pytest.mark.parametrize('case', CHANNELS_LAST_CASES)
+def test_channels_last_equals_the_nchw_convolution(case):
+    layer, x = channels_last_pair(case)
+    y, cache = layer.forward_channels_last(x)
+    expected = layer.forward(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(y, expected.transpose(0, 2, 3, 1), rtol=1e-13, atol=1e-13)
+    dy = RNG.standard_normal(y.shape)
+    layer.zero_grad()
+    dx_nchw = layer.backward(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
+    expected_grads = {k: g.copy() for k, g in layer.grads.items()}
+    layer.zero_grad()
+    dx = layer.backward_channels_last(dy, cache)
+    np.testing.assert_allclose(dx, dx_nchw.transpose(0, 2, 3, 1), rtol=1e-13, atol=1e-13)
+    for k, g in layer.grads.items():
+        np.testing.assert_allclose(g, expected_grads[k], rtol=1e-13, atol=1e-13)
+    layer.backward_channels_last(dy, cache)                                   # accumulates
+    for k, g in layer.grads.items():
+        np.testing.assert_allclose(g, 2 * expected_grads[k], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize('case', CHANNELS_LAST_CASES[:4])
+def test_channels_last_gradcheck(case):
+    layer, x = channels_last_pair(case, channels=3, hw=(5, 6))
+    weight, bias = layer.params['weight'], layer.params.get('bias')
+
+    def forward(x, w, b):
+        weight[...] = w
+        if bias is not None:
+            bias[...] = b
+        return layer.forward_channels_last(x)
+
+    def backward(dout, cache):
+        layer.zero_grad()
+        dx = layer.backward_channels_last(dout, cache)
+        grads = layer.grads
+        return dx, grads['weight'].copy(), grads['bias'].copy() if bias is not None else None
+
+    b = RNG.standard_normal(3) if bias is not None else None
+    nc.gradcheck(forward, backward, (x, RNG.standard_normal(weight.shape), b))
+
+
+def test_channels_last_results_do_not_depend_on_the_thread_count(monkeypatch):
+    monkeypatch.setattr(nc._parallel, 'PARALLEL_MIN_WORK', 0)
+    geo = geometry((9, 8), (3, 3), pads=(1, 1, 1, 1))
+    x = RNG.standard_normal((3, 9, 8, 16)).astype(np.float32)
+    w = RNG.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(16).astype(np.float32)
+    dy = RNG.standard_normal((3, 9, 8, 16)).astype(np.float32)
+    threads, results = numba.get_num_threads(), []
+    try:
+        for count in sorted({1, 2, threads} & set(range(1, numba.config.NUMBA_NUM_THREADS + 1))):
+            numba.set_num_threads(count)
+            results.append((conv._depthwise_nhwc_forward(x, w, b, geo),)
+                           + conv._depthwise_nhwc_backward(dy, x, w, geo))
+    finally:
+        numba.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    assert all(r.dtype == np.float32 for r in results[0])
+
+
+def test_channels_last_batch_zero_and_strided_input_left_unchanged():
+    layer, x = channels_last_pair(CHANNELS_LAST_CASES[0], batch=0)
+    y, cache = layer.forward_channels_last(x)
+    assert y.shape == (0, 7, 9, 6)
+    assert layer.backward_channels_last(y, cache).shape == x.shape
+    layer, x = channels_last_pair(CHANNELS_LAST_CASES[1], hw=(7, 18))
+    strided, before = x[:, :, ::2], x.copy()
+    y, cache = layer.forward_channels_last(strided)
+    np.testing.assert_array_equal(y, layer.forward_channels_last(strided.copy())[0])
+    layer.backward_channels_last(np.ones_like(y), cache)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize('call, error, match', [
+    (lambda layer, x: layer.forward_channels_last(x[..., :4]), ValueError, r'\(N, H, W, 6\)'),
+    (lambda layer, x: layer.forward_channels_last(x.astype(np.float32)), TypeError, 'float32'),
+    (lambda layer, x: layer.forward_channels_last(x[0]), ValueError, r'\(7, 9, 6\)'),
+    (lambda layer, x: layer.backward_channels_last(x, Cache('conv2d')), TypeError, 'depthwise_nhwc'),
+    (lambda layer, x: layer.backward_channels_last(x[:, :3], layer.forward_channels_last(x)[1]),
+     ValueError, 'dout'),
+])
+def test_channels_last_misuse_is_named(call, error, match):
+    layer, x = channels_last_pair(CHANNELS_LAST_CASES[0])
+    with pytest.raises(error, match=match):
+        call(layer, x)
+
+
+def test_channels_last_needs_depth_multiplier_one():
+    layer = nc.DepthwiseConv2d(3, 3, padding=1, depth_multiplier=2, dtype=np.float64)
+    with pytest.raises(ValueError, match='depth multiplier 1'):
+        layer.forward_channels_last(RNG.standard_normal((1, 4, 4, 3)))
+
+
+@pytest.mark.parametrize('layer_name', ['DCNv3', 'DCNv4'])
+def test_dcn_layers_channels_last_equal_nchw_with_the_channels_last_convolution(layer_name):
+    kwargs = dict(channels=16, group=2, dtype=np.float64)
+    if layer_name == 'DCNv4':
+        kwargs['dw_kernel_size'] = 3
+    nchw = getattr(nc, layer_name)(**kwargs, rng=5)
+    nhwc = getattr(nc, layer_name)(**kwargs, channels_last=True, rng=5)
+    for layer in (nchw, nhwc):                              # offsets that move the samples
+        for key, p in layer.params.items():
+            p[...] = np.random.default_rng(abs(hash(key)) % 2**32).standard_normal(p.shape) * 0.3
+    x = RNG.standard_normal((2, 16, 5, 6))
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, y_last = nchw.forward(x), nhwc.forward(x_last)
+    np.testing.assert_allclose(y_last, y.transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    dy = RNG.standard_normal(y.shape)
+    nchw.zero_grad()
+    nhwc.zero_grad()
+    dx = nchw.backward(dy)
+    dx_last = nhwc.backward(np.ascontiguousarray(dy.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(dx_last, dx.transpose(0, 2, 3, 1), rtol=1e-11, atol=1e-12)
+    for key, g in nchw.grads.items():
+        np.testing.assert_allclose(nhwc.grads[key], g, rtol=1e-11, atol=1e-12, err_msg=key)

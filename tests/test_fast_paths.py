@@ -542,3 +542,41 @@ def test_threads_for_leaves_the_thread_count_alone_for_large_work_and_restores_i
         assert numba.get_num_threads() == count
     finally:
         numba.set_num_threads(before)
+
+
+# -- linear: the bias gradient -------------------------------------------------------------------
+@pytest.mark.parametrize('shape', [(300, 7), (1, 5), (0, 4), (25, 1)])
+def test_linear_bias_gradient_is_the_column_sum(shape):
+    from numpyconv.blocks import _column_sums
+    rows = normal(*shape)
+    np.testing.assert_allclose(_column_sums(rows), rows.sum(axis=0), rtol=1e-13, atol=1e-13)
+    strided = normal(shape[0], 2 * shape[1])[:, ::2]
+    np.testing.assert_allclose(_column_sums(strided), strided.sum(axis=0), rtol=1e-13, atol=1e-13)
+    x, weight, bias = normal(3, shape[0], 6), normal(shape[1], 6), normal(shape[1])
+    y, cache = numpyconv.linear_forward(x, weight, bias)
+    dout = normal(*y.shape)
+    dbias = numpyconv.linear_backward(dout, cache)[2]
+    assert dbias.dtype == np.float64
+    np.testing.assert_allclose(dbias, dout.reshape(-1, shape[1]).sum(axis=0), rtol=1e-13, atol=1e-13)
+
+
+def test_linear_backward_into_writes_the_weight_gradient_in_place():
+    from numpyconv.blocks import linear_backward_into
+    x, weight, bias = normal(2, 5, 6), normal(4, 6), normal(4)
+    y, cache = numpyconv.linear_forward(x, weight, bias)
+    dout = normal(*y.shape)
+    expected = numpyconv.linear_backward(dout, cache)
+    into = np.full((4, 6), np.nan)
+    got = linear_backward_into(dout, cache, into)
+    assert got[1] is into
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-14)
+    layer = numpyconv.Linear(6, 4, dtype=np.float64, rng=0)
+    held = layer.grads['weight']
+    layer.forward(x)
+    layer.zero_grad()
+    layer.backward(dout)                          # the GEMM writes into the cleared gradient array
+    assert layer.grads['weight'] is held
+    once = held.copy()
+    layer.backward(dout)                          # then adds
+    np.testing.assert_allclose(held, 2 * once, rtol=1e-14)
