@@ -340,25 +340,34 @@ def _depthwise_backward(dy, x, weight, geo):
 # (N, H, W, C) arrays, channels innermost: each tap multiplies a row of C contiguous values by the C
 # weights of that point, a loop that vectorises. InternImage's DCNv3 layers convolve their
 # channels-last input this way, without copying it to (N, C, H, W) and the result back.
+@njit(cache=True, inline='always')
+def _row_taps(p, i, geo, height, width):
+    """For kernel point ``p`` and output row ``i``: ``(h, j0, j1, col0)``, the input row ``h`` its taps
+    read, the output columns ``[j0, j1)`` whose taps lie inside the input (empty when none) and the
+    input column ``col0`` of output column ``j0`` (column ``j`` reads ``col0 + (j - j0) * sw``)."""
+    i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
+    if i0 <= i < i1:
+        return i * geo[2] + row0, j0, j1, col0
+    return 0, 0, 0, col0
+
+
 @njit(cache=True, parallel=True)
 def _depthwise_nhwc_forward_loop(x, weight, bias, geo, y):
     """``y (N, Ho, Wo, C) = bias + sum_p taps`` from ``x (N, H, W, C)`` and ``weight (kh*kw, C)``
     (eq. 8). Parallel over the output rows ``(n, i)``, each owning ``y[n, i]``."""
     n, height, width, channels = x.shape
-    ho, sh, sw = geo[8], geo[2], geo[3]
+    ho, sw = geo[8], geo[3]
     for t in prange(n * ho):
         b, i = t // ho, t % ho
         for j in range(y.shape[2]):
             for k in range(channels):
                 y[b, i, j, k] = bias[k]
         for p in range(weight.shape[0]):
-            i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
-            if i0 <= i < i1:
-                h = i * sh + row0
-                for j in range(j0, j1):
-                    w = col0 + (j - j0) * sw
-                    for k in range(channels):
-                        y[b, i, j, k] += x[b, h, w, k] * weight[p, k]
+            h, j0, j1, col0 = _row_taps(p, i, geo, height, width)
+            for j in range(j0, j1):
+                w = col0 + (j - j0) * sw
+                for k in range(channels):
+                    y[b, i, j, k] += x[b, h, w, k] * weight[p, k]
 
 
 @njit(cache=True, parallel=True)
@@ -386,7 +395,7 @@ def _depthwise_nhwc_param_grad_loop(x, dy, geo, dweight_parts, dbias_parts):
     of ``dbias (C,)`` summed in float64 into ``dweight_parts[j]`` and ``dbias_parts[j]``. The chunks
     are fixed, so the sums do not depend on the number of threads."""
     n, height, width, channels = x.shape
-    ho, sh, sw = dy.shape[1], geo[2], geo[3]
+    ho, sw = dy.shape[1], geo[3]
     rows, chunks = n * ho, dweight_parts.shape[0]
     for c in prange(chunks):
         for t in range(c * rows // chunks, (c + 1) * rows // chunks):
@@ -395,13 +404,11 @@ def _depthwise_nhwc_param_grad_loop(x, dy, geo, dweight_parts, dbias_parts):
                 for k in range(channels):
                     dbias_parts[c, k] += dy[b, i, j, k]
             for p in range(dweight_parts.shape[1]):
-                i0, i1, j0, j1, row0, col0 = point_taps(p, geo, height, width)
-                if i0 <= i < i1:
-                    h = i * sh + row0
-                    for j in range(j0, j1):
-                        w = col0 + (j - j0) * sw
-                        for k in range(channels):
-                            dweight_parts[c, p, k] += np.float64(dy[b, i, j, k]) * x[b, h, w, k]
+                h, j0, j1, col0 = _row_taps(p, i, geo, height, width)
+                for j in range(j0, j1):
+                    w = col0 + (j - j0) * sw
+                    for k in range(channels):
+                        dweight_parts[c, p, k] += np.float64(dy[b, i, j, k]) * x[b, h, w, k]
 
 
 _NHWC_CHUNKS = 64      # fixed chunks of output rows for the parameter gradients

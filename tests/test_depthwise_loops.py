@@ -388,3 +388,16 @@ def test_dcn_layers_channels_last_equal_nchw_with_the_channels_last_convolution(
     np.testing.assert_allclose(dx_last, dx.transpose(0, 2, 3, 1), rtol=1e-11, atol=1e-12)
     for key, g in nchw.grads.items():
         np.testing.assert_allclose(nhwc.grads[key], g, rtol=1e-11, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize('layer_name', ['DCNv3', 'DCNv4'])
+def test_dcn_channels_last_offset_features_backward_gradcheck(layer_name):
+    # DCNv3._offset_features_backward / DCNv4's channels-last branch, through the whole layer
+    kwargs = dict(channels=8, group=2, channels_last=True, dtype=np.float64, rng=2)
+    if layer_name == 'DCNv4':
+        kwargs['dw_kernel_size'] = 3
+    layer = getattr(nc, layer_name)(**kwargs)
+    for key, p in layer.params.items():
+        p[...] = np.random.default_rng(len(key)).standard_normal(p.shape) * 0.3
+    report = nc.gradcheck_layer(layer, RNG.standard_normal((2, 4, 5, 8)))
+    assert report.ok
