@@ -32,6 +32,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,11 +125,28 @@ def numpyconv_passes(name, batch, train):
     return passes((batch, 3, 224, 224)), passes(WARM_UP_SHAPE)
 
 
+def numpyconv_weights(name):
+    """The builder's weights (``rng=0``) as a dict of arrays, made in a process of their own: importing
+    numpyconv sets process-wide things (the OpenMP wait policy, glibc's allocator), and the PyTorch
+    process runs as a PyTorch user's would, without them."""
+    import numpy as np
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'weights.npz')
+        subprocess.run([sys.executable, __file__, '--weights', name, path], check=True)
+        with np.load(path) as weights:
+            return dict(weights)
+
+
+def save_weights(name, path):
+    import numpy as np
+    import numpyconv
+    np.savez(path, **getattr(numpyconv.models, name)(rng=0).state_dict())
+
+
 def torch_passes(name, batch, train, threads):
     import numpy as np
     import torch
     torch.set_num_threads(threads)
-    import numpyconv
     source, function, kwargs = TORCH_MODELS[name]
     if source == 'torchvision':
         import torchvision
@@ -138,7 +156,7 @@ def torch_passes(name, batch, train, threads):
         import importlib
         factory = getattr(importlib.import_module(f'torch_models.{source}'), function)
         module = factory(num_classes=1000, **kwargs)
-    state = getattr(numpyconv.models, name)(rng=0).state_dict()
+    state = numpyconv_weights(name)
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     module.float()                       # a re-creation may hold float64 constants
     del state
@@ -264,11 +282,15 @@ def parse(argv):
     parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
     parser.add_argument('--no-torch', action='store_true', help='time numpyconv alone')
     parser.add_argument('--child', nargs=3, metavar=('MODEL', 'BATCH', 'FRAMEWORK'), help=argparse.SUPPRESS)
+    parser.add_argument('--weights', nargs=2, metavar=('MODEL', 'PATH'), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    if args.weights:
+        save_weights(*args.weights)
+        return 0
     if args.child:
         name, batch, framework = args.child
         print(json.dumps(measure(name, int(batch), framework, args.repeats, args.train, args.threads)))

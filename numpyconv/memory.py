@@ -9,14 +9,24 @@ Three rules serve every op:
 * **Scratch memory.** Temporaries of at most ``2 * GEMM_BLOCK`` bytes live in per-thread memory
   reused from call to call (:func:`scratch`): fresh memory costs a page fault per 4 KiB on first
   touch, about 10% of a small convolution's time.
+* **Freed memory is kept for reuse** (Linux, glibc). By default glibc maps every array above a
+  threshold (at most 32 MiB) afresh and unmaps it when it is freed, so each forward pass of a
+  network at batch 8 page-faults its large activations in again: OD-MobileNetV2's batch-8
+  inference spends 0.04-0.18 s of system time on 4,300 page faults per pass, out of 0.2-0.36 s.
+  :func:`keep_freed_memory`, called at import, serves arrays up to 1 GiB from the heap and keeps
+  what is freed there (``mallopt``), so a pass reuses the previous pass's memory. The process keeps
+  its peak memory instead of returning it to the system. Setting ``MALLOC_MMAP_THRESHOLD_`` or
+  ``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own variables) leaves glibc as configured.
 * **Impossible sizes are refused before anything is allocated.** An array that alone is larger than
   the machine's memory raises a ``ValueError`` naming the bytes needed, the memory there is and the
   argument that asked for it (:func:`require_memory`), instead of NumPy's ``MemoryError`` half-way.
 """
+import ctypes
 import functools
 import math
 import numbers
 import os
+import platform
 import threading
 
 import numpy as np
@@ -24,6 +34,29 @@ import numpy as np
 GEMM_BLOCK = 8 * 2 ** 20       # bytes of columns per im2col + GEMM step (cache-sized)
 _COLUMN_BUDGET = 256 * 2 ** 20
 _SCRATCH = threading.local()   # each thread's reusable temporaries: slot name -> memory
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters
+HEAP_LIMIT = 2 ** 30           # arrays up to this many bytes come from the reused heap
+
+
+def keep_freed_memory():
+    """Make glibc serve allocations up to :data:`HEAP_LIMIT` bytes from its heap and keep freed
+    memory there (module docstring). Does nothing elsewhere than glibc, or when the environment sets
+    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``. Returns whether it changed glibc's
+    settings."""
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return False
+    if {'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'} & set(os.environ):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(HEAP_LIMIT))
+                and mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(HEAP_LIMIT)))
+
+
+KEEPS_FREED_MEMORY = keep_freed_memory()
 
 
 def column_budget():

@@ -1,5 +1,6 @@
 """The memory policy: geometry that PyTorch computes is computed without padded copies, and what no
 machine could hold is refused before anything is allocated (numpyconv/memory.py)."""
+import os
 import tracemalloc
 
 import numba
@@ -206,3 +207,34 @@ def test_im2col_and_col2im_refuse_before_allocating(monkeypatch):
         nc.im2col(np.ones((1, 1, 2, 2)), 3, padding=201)
     with pytest.raises(ValueError, match=r'the output of shape \(1, 1, 1000, 1000\).*in_hw=\(1000, 1000\)'):
         nc.col2im(np.ones((1, 1, 1, 1, 1000, 1000)), (1000, 1000))
+
+
+def test_keep_freed_memory_leaves_glibc_as_the_environment_configures_it(monkeypatch):
+    import platform
+    from numpyconv import memory
+    on_glibc = platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
+    if 'MALLOC_MMAP_THRESHOLD_' not in os.environ and 'MALLOC_TRIM_THRESHOLD_' not in os.environ:
+        assert memory.KEEPS_FREED_MEMORY == on_glibc          # applied at import
+        assert memory.keep_freed_memory() == on_glibc         # and again: the same settings
+    for variable in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, '131072')
+            assert memory.keep_freed_memory() is False
+
+
+def test_large_arrays_are_reused_without_page_faults_after_the_first_pass():
+    import platform
+    import resource
+    from numpyconv import memory
+    if not memory.KEEPS_FREED_MEMORY or platform.system() != 'Linux':
+        pytest.skip('glibc with numpyconv allocator settings only')
+
+    def one_pass():
+        a = np.ones(64 * 2 ** 20 // 8)                 # 64 MiB, above glibc's default mmap limit
+        b = a * 2
+        return float(b[-1])
+    one_pass()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    one_pass()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 64 * 2 ** 20 // 4096 // 4          # far fewer than one per page of the arrays
