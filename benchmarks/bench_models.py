@@ -3,7 +3,9 @@
 Each builder of ``numpyconv.models`` (float32, 1000 classes, 224x224 input, random weights from
 ``rng=0``) is compared with its official PyTorch network carrying the *same weights* (numpyconv's
 state_dict loaded into it): torchvision's ResNets and the re-creations of the official networks in
-``tests/torch_models/`` (imported from the source tree; a builder without one is timed alone).
+``tests/torch_models/`` (imported from the source tree; a builder without one is timed alone). The
+PyTorch process does not import numpyconv, which sets process-wide things (the OpenMP wait policy,
+glibc's allocator): a process of its own writes the weights to a temporary ``.npz`` file.
 
 * **forward**: eval mode, no caches kept (``numpyconv.no_grad()`` / ``torch.no_grad()``): inference.
 * **forward+backward**: eval mode by default (BatchNorm with its running statistics, dropout off, so
@@ -16,7 +18,8 @@ state_dict loaded into it): torchvision's ResNets and the re-creations of the of
   resident set size of the forward runs and of the forward+backward runs (Linux ``VmHWM``, reset
   before each kind of run through ``/proc/self/clear_refs``) above the resident size once the network
   and the input exist and the small warm-up has run: imports, weights and compiled code are not
-  counted.
+  counted. Before each, the heap's free memory is returned to the system (glibc's ``malloc_trim``),
+  since numpyconv keeps freed memory for reuse and the resident size would otherwise count it.
 * **threads**: 2 for both frameworks (``torch.set_num_threads(2)``; ``NUMBA_NUM_THREADS``,
   ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` set to 2 before the process
   imports NumPy). ``--threads`` changes it.
@@ -69,6 +72,15 @@ def rss_mb():
     """The process's current resident set size (MB)."""
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def trim_heap():
+    """Return the heap's free memory to the system (glibc's ``malloc_trim``; numpyconv keeps freed
+    memory for reuse), so that the resident size counts live memory only."""
+    import ctypes
+    trim = getattr(ctypes.CDLL(None), 'malloc_trim', None)
+    if trim is not None:
+        trim(ctypes.c_size_t(0))
 
 
 def reset_peak():
@@ -188,10 +200,12 @@ def measure(name, batch, framework, repeats, train, threads):
         (forward, forward_backward), small = torch_passes(name, batch, train, threads)
     for run in small:             # compiles every Numba loop (types, not sizes): outside the peak
         run()
+    trim_heap()
     base = rss_mb()
     reset_peak()
     forward_s = best_of(forward, repeats)
     forward_peak = peak_mb() - base
+    trim_heap()
     reset_peak()
     backward_s = best_of(forward_backward, repeats)
     backward_peak = peak_mb() - base

@@ -59,6 +59,16 @@ def keep_freed_memory():
 KEEPS_FREED_MEMORY = keep_freed_memory()
 
 
+def release_freed_memory():
+    """Return the freed memory glibc keeps (:func:`keep_freed_memory`) to the system
+    (``malloc_trim(0)``); a later pass page-faults its memory in again. Returns whether glibc
+    released any. Does nothing (False) elsewhere than glibc."""
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return False
+    trim = getattr(ctypes.CDLL(None), 'malloc_trim', None)
+    return bool(trim(ctypes.c_size_t(0))) if trim is not None else False
+
+
 def column_budget():
     """Bytes a column buffer may take before the batch is processed in chunks."""
     return _COLUMN_BUDGET

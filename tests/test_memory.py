@@ -238,3 +238,20 @@ def test_large_arrays_are_reused_without_page_faults_after_the_first_pass():
     one_pass()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 64 * 2 ** 20 // 4096 // 4          # far fewer than one per page of the arrays
+
+
+def test_release_freed_memory_returns_kept_memory_to_the_system():
+    import platform
+    from numpyconv import memory
+    if not (platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'):
+        assert memory.release_freed_memory() is False
+        return
+
+    def resident_mb():
+        with open('/proc/self/status') as status:
+            return next(int(line.split()[1]) for line in status if line.startswith('VmRSS')) / 1024
+    a = np.ones(256 * 2 ** 20 // 8)                     # 256 MiB from the heap, then freed
+    del a
+    held = resident_mb()
+    memory.release_freed_memory()
+    assert resident_mb() < held - 128
