@@ -15,8 +15,9 @@ Three rules serve every op:
   inference spends 0.04-0.18 s of system time on 4,300 page faults per pass, out of 0.2-0.36 s.
   :func:`keep_freed_memory`, called at import, serves arrays up to 1 GiB from the heap and keeps
   what is freed there (``mallopt``), so a pass reuses the previous pass's memory. The process keeps
-  its peak memory instead of returning it to the system. Setting ``MALLOC_MMAP_THRESHOLD_`` or
-  ``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own variables) leaves glibc as configured.
+  its peak memory instead of returning it to the system (:func:`release_freed_memory` returns it).
+  Setting ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own
+  variables) leaves glibc as configured.
 * **Impossible sizes are refused before anything is allocated.** An array that alone is larger than
   the machine's memory raises a ``ValueError`` naming the bytes needed, the memory there is and the
   argument that asked for it (:func:`require_memory`), instead of NumPy's ``MemoryError`` half-way.
