@@ -46,15 +46,18 @@ def keep_freed_memory():
     memory there (module docstring). Does nothing elsewhere than glibc, or when the environment sets
     ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``. Returns whether it changed glibc's
     settings."""
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-        return False
-    if {'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'} & set(os.environ):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
-    if mallopt is None:
+    mallopt = _glibc('mallopt')
+    if mallopt is None or {'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'} & set(os.environ):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(HEAP_LIMIT))
                 and mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(HEAP_LIMIT)))
+
+
+def _glibc(name):
+    """glibc's function ``name`` when this process runs on glibc (Linux), else None."""
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return None
+    return getattr(ctypes.CDLL(None), name, None)
 
 
 KEEPS_FREED_MEMORY = keep_freed_memory()
@@ -64,9 +67,7 @@ def release_freed_memory():
     """Return the freed memory glibc keeps (:func:`keep_freed_memory`) to the system
     (``malloc_trim(0)``); a later pass page-faults its memory in again. Returns whether glibc
     released any. Does nothing (False) elsewhere than glibc."""
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-        return False
-    trim = getattr(ctypes.CDLL(None), 'malloc_trim', None)
+    trim = _glibc('malloc_trim')
     return bool(trim(ctypes.c_size_t(0))) if trim is not None else False
 
 
