@@ -968,13 +968,10 @@ class DepthwiseConv2d(Conv2d):
         cache : Cache
             ``Cache('depthwise_nhwc')`` for :meth:`backward_channels_last`.
         """
-        float_array(x, 'x', 4, "(N, H, W, C) (channels last)")
-        if x.dtype != self.dtype:
-            raise TypeError(f"{type(self).__name__} holds {self.dtype} parameters, got x of dtype "
-                            f"{x.dtype}")
-        if self.out_channels != self.in_channels or x.shape[3] != self.in_channels:
-            raise ValueError(f"x must have shape (N, H, W, {self.in_channels}) (channels last, depth "
-                             f"multiplier 1), got {x.shape} for {self.out_channels} output channels")
+        if self.out_channels != self.in_channels:
+            raise ValueError(f"forward_channels_last needs depth multiplier 1, got {self.in_channels} "
+                             f"input and {self.out_channels} output channels")
+        self._check_input(x, channels=self.in_channels, channels_last=True)
         geo = conv_geometry(x.shape[1:3], self.kernel_size, self.stride, self.padding, self.dilation)
         weight = self._params['weight']
         y = _depthwise_nhwc_forward(x, weight, self._params.get('bias'), geo)        # (eq. 8)

@@ -423,12 +423,7 @@ def layer_input(layer, x, nchw=True):
     if not layer.channels_last:
         layer._check_input(x, channels=layer.channels)
         return nchw_to_nhwc(x), x
-    float_array(x, 'x', 4, "(N, H, W, C) (channels_last)")
-    if x.dtype != layer.dtype:
-        raise TypeError(f"{type(layer).__name__} holds {layer.dtype} parameters, got x of dtype "
-                        f"{x.dtype}; build the layer with dtype={x.dtype} or cast x")
-    if x.shape[3] != layer.channels:
-        raise ValueError(f"x must have shape (N, H, W, {layer.channels}) (channels_last), got {x.shape}")
+    layer._check_input(x, channels=layer.channels, channels_last=True)
     return x, (nhwc_to_nchw(x) if nchw else None)
 
 

@@ -405,14 +405,16 @@ class Module:
             raise ValueError(f"input_shape must be {hint.format(c=channels)}, got {input_shape}")
         return input_shape
 
-    def _check_input(self, x, name='x', channels=None):
-        """Check an NCHW input against this layer's dtype and channel count."""
-        float_array(x, name, 4, "(N, C, H, W)")
+    def _check_input(self, x, name='x', channels=None, channels_last=False):
+        """Check an NCHW input (NHWC with ``channels_last``) against this layer's dtype and channel
+        count."""
+        float_array(x, name, 4, "(N, H, W, C) (channels_last)" if channels_last else "(N, C, H, W)")
         if x.dtype != self.dtype:
             raise TypeError(f"{type(self).__name__} holds {self.dtype} parameters, got {name} of "
                             f"dtype {x.dtype}; build the layer with dtype={x.dtype} or cast {name}")
-        if channels is not None and x.shape[1] != channels:
-            raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {x.shape}")
+        if channels is not None and x.shape[3 if channels_last else 1] != channels:
+            shape = f"(N, H, W, {channels}) (channels_last)" if channels_last else f"(N, {channels}, H, W)"
+            raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
         return x
 
 
