@@ -14,8 +14,12 @@ per offset (Chainer's design), padding on the fly: for each offset, the output r
 whose input index lies inside ``x`` form one rectangle, copied as a slice, and the rest of that
 offset's columns is zero. No padded copy of ``x`` is made. At stride 1 with ``Wo == W`` (``'same'``
 padding) an offset is one shift of each flattened ``(H*W)`` plane, copied as one run per ``(N, C)``
-instead of one per row (eq. 3a). ``col2im`` is its exact adjoint, adding
-each rectangle back into ``x``'s shape with ``+=`` because overlapping windows read one pixel
+instead of one per row (eq. 3a). When the output planes are large (``Ho*Wo >= LOOP_MIN_PLANE``) and
+``cols`` is laid out as im2col allocates it or as conv2d's block buffer, one compiled loop
+(:func:`_im2col_loop`) makes the same copies, parallel over the ``(n, c, offset)`` planes: a
+network's stem at 224x224 in half the time of the slices, a batch of 8 in a fifth; on smaller
+planes its per-plane work costs more than the slices' per-offset calls. ``col2im`` is its exact
+adjoint, adding each rectangle back into ``x``'s shape with ``+=`` because overlapping windows read one pixel
 several times (entries that came from the padding are dropped: padding's adjoint is cropping).
 Within one offset the strided slice has no repeated index, so slice ``+=`` is exact and no
 unbuffered scatter-add is needed::
@@ -42,9 +46,12 @@ the deformable convolutions keep at most :func:`~numpyconv.memory.column_budget`
 from collections import namedtuple
 
 import numpy as np
+from numba import njit, prange
 
 from ._checks import expect_shape, float_array, is_int, padding4, pair
+from ._parallel import launch, loop_operand
 from .memory import require_memory
+from .taps import point_taps, take_row
 
 
 def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
@@ -177,6 +184,56 @@ def _shifted_copy(block, x, rows, shift):
     plane[:, :, lo:hi] = x.reshape(n, c, h * w)[:, :, lo + shift:hi + shift]
 
 
+LOOP_MIN_PLANE = 28 * 28   # output pixels per (Ho, Wo) plane from which im2col's compiled loop copies
+#                            faster than its per-offset NumPy slices (smaller planes: the slices)
+
+
+def _plane_stack(cols):
+    """``(planes, plane_strides)``: the ``(Ho, Wo)`` planes of ``cols (N, C, kh, kw, Ho, Wo)`` as one
+    ``(R, Ho, Wo)`` view and the plane index steps ``(ss, sc, sp)`` of sample, channel and kernel
+    point, when ``cols`` is laid out as im2col allocates it or as conv2d's block buffer
+    ``(C, kh, kw, N, Ho, Wo)``; None for any other layout of ``out``."""
+    n, c, kh, kw, ho, wo = cols.shape
+    if cols.flags.c_contiguous:
+        return cols.reshape(-1, ho, wo), (c * kh * kw, kh * kw, 1)
+    block = cols.transpose(1, 2, 3, 0, 4, 5)
+    if block.flags.c_contiguous:
+        return block.reshape(-1, ho, wo), (1, kh * kw * n, n)
+    return None
+
+
+@njit(cache=True, parallel=True)
+def _im2col_loop(x, geo, planes, plane_strides):
+    """``planes[s*ss + c*sc + p*sp] = cols[s, c, p // kw, p % kw]`` (eq. 3) for ``x (N, C, H, W)``:
+    per plane, the rows and columns outside the rectangle of taps inside ``x`` are zeroed
+    (:func:`~numpyconv.taps.point_taps`) and the rectangle copied row by row, or, at stride 1 with
+    ``Wo == W``, as one run of the flattened planes (eq. 3a; the wrapped entries are zeroed after).
+    Parallel over the planes, each iteration owning the plane it writes."""
+    n, channels, h, w = x.shape
+    points, sh, sw, ho, wo = geo[0] * geo[1], geo[2], geo[3], geo[8], geo[9]
+    ss, sc, sp = plane_strides
+    for t in prange(n * channels * points):
+        s, c, p = t // (channels * points), (t // points) % channels, t % points
+        i0, i1, j0, j1, row0, col0 = point_taps(p, geo, h, w)
+        plane = planes[s * ss + c * sc + p * sp]
+        if sh == 1 and sw == 1 and wo == w and i1 > i0 and j1 > j0:
+            flat, out0 = plane.reshape(ho * wo), i0 * w + j0
+            length = (i1 - i0 - 1) * w + j1 - j0
+            flat[:out0] = 0
+            take_row(flat[out0:out0 + length], x[s, c].reshape(h * w), (i0 + row0) * w + col0, 1)
+            flat[out0 + length:] = 0
+            for i in range(i0, i1):                          # the entries that wrapped into a row
+                plane[i, :j0] = 0
+                plane[i, j1:] = 0
+            continue
+        plane[:i0] = 0
+        plane[i1:] = 0
+        for i in range(i0, i1):
+            plane[i, :j0] = 0
+            plane[i, j1:] = 0
+            take_row(plane[i, j0:j1], x[s, c, i * sh + row0], col0, sw)
+
+
 def _placement(in_hw, kernel_size, stride, padding, dilation, out_hw, origin):
     """``(kernel, stride, dilation, out_hw, origin)``, all pairs: from ``padding`` by the output-size
     rule, or, when ``out_hw`` and ``origin`` are both given, those (a block of output rows)."""
@@ -214,6 +271,11 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=
         expect_shape(cols, shape, 'out')
         if cols.dtype != x.dtype:
             raise TypeError(f"out must have x's dtype {x.dtype}, got {cols.dtype}")
+    stack = _plane_stack(cols)
+    if stack is not None and out_hw[0] * out_hw[1] >= LOOP_MIN_PLANE:
+        geo = kernel_size + stride + dilation + origin + out_hw               # loop_geo's order
+        launch(_im2col_loop, cols.size, loop_operand(x), geo, *stack)
+        return cols
     kh, kw = kernel_size
     flat = _rows_align(x, cols, stride, out_hw)
     for p in range(kh):

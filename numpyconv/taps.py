@@ -227,6 +227,20 @@ def gather_row(dense, coeff, row, start, step):
 
 
 @njit(cache=True, inline='always')
+def take_row(dense, row, start, step):
+    """``dense[j] = row[start + j*step]``: :func:`gather_row` as a copy (im2col's rows)."""
+    m = dense.shape[0]
+    if step == 1:
+        taps = row[start:start + m]
+        for j in range(m):
+            dense[j] = taps[j]
+    elif m:
+        taps = row[start:start + (m - 1) * step + 1:step]
+        for j in range(m):
+            dense[j] = taps[j]
+
+
+@njit(cache=True, inline='always')
 def scatter_row(row, start, step, coeff, dense):
     """``row[start + j*step] += coeff[j] * dense[j]``: the transpose of :func:`gather_row`."""
     m = dense.shape[0]

@@ -1,6 +1,9 @@
 """conv2d, depthwise, pointwise, separable: reference, gradcheck, identities, errors."""
+import sys
 import threading
+from contextlib import contextmanager
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -12,6 +15,25 @@ from numpyconv.memory import GEMM_BLOCK, scratch, set_column_budget
 from numpyconv.reference import conv as ref
 
 RNG = np.random.default_rng(1234)
+IM2COL = sys.modules['numpyconv.im2col']
+
+
+@contextmanager
+def im2col_copies(path):
+    """im2col on one of its two copy paths for every plane size: ``'loop'`` (the compiled loop) or
+    ``'slices'`` (NumPy's per-offset slices)."""
+    saved = IM2COL.LOOP_MIN_PLANE
+    IM2COL.LOOP_MIN_PLANE = 0 if path == 'loop' else 1 << 62
+    try:
+        yield
+    finally:
+        IM2COL.LOOP_MIN_PLANE = saved
+
+
+@pytest.fixture(params=['loop', 'slices'])
+def im2col_path(request):
+    with im2col_copies(request.param):
+        yield request.param
 
 # (N, C_in, C_out, H, W, kernel, stride, padding, dilation, groups)
 GRID = [
@@ -174,7 +196,7 @@ def test_per_sample_with_shared_weight_equals_plain_conv():
 # -- adjoint identities ---------------------------------------------------------------------------------
 @pytest.mark.parametrize('stride, dilation', [((1, 1), (1, 1)), ((2, 3), (2, 1)), ((3, 2), (3, 2))])
 @pytest.mark.parametrize('pads', [(0, 0, 0, 0), (2, 1, 0, 3), (-1, 2, 1, -2)])
-def test_im2col_col2im_adjoint_and_reference(stride, dilation, pads):
+def test_im2col_col2im_adjoint_and_reference(stride, dilation, pads, im2col_path):
     # padding on the fly (origin = (top, left); negative crops) == im2col of the padded copy
     x = RNG.standard_normal((2, 3, 11, 10))
     top, bottom, left, right = pads
@@ -196,7 +218,7 @@ def test_im2col_col2im_adjoint_and_reference(stride, dilation, pads):
     (3, 1, 1, 1), ((3, 2), (2, 3), (1, 2), (2, 1)), (2, 1, 'same', 2), ((2, 3), 1, 'same', 1),
     (3, 2, 'valid', 1), ((1, 3), (3, 1), 0, (1, 2)),
 ])
-def test_im2col_col2im_take_padding_as_conv2d(kernel, stride, padding, dilation):
+def test_im2col_col2im_take_padding_as_conv2d(kernel, stride, padding, dilation, im2col_path):
     # the public pair takes conv2d's hyper-parameters; same as the padded reference, adjoint
     x = RNG.standard_normal((2, 3, 7, 8))
     geo = C.conv_geometry(x.shape[2:], kernel, stride, padding, dilation)
@@ -256,7 +278,7 @@ def test_im2col_col2im_bad_input(call, error, match):
     ((2, 4), (1, 1), (0, 1, 3, 0), 10),
     ((3, 1), (1, 1), (1, 1, 0, 0), 1),      # W = 1
 ])
-def test_im2col_same_width_shifted_plane_path(kernel, dilation, pads, width):
+def test_im2col_same_width_shifted_plane_path(kernel, dilation, pads, width, im2col_path):
     # stride 1 and Wo == W: each offset is one shift of the flattened plane (wrapped columns
     # zeroed); equal to the padded reference and to the per-rectangle copy into a strided buffer
     x = RNG.standard_normal((2, 3, 9, width))
@@ -270,6 +292,36 @@ def test_im2col_same_width_shifted_plane_path(kernel, dilation, pads, width):
     for out in (None, block_layout, strided):
         cols = im2col(x, kernel, dilation=dilation, out=out, out_hw=out_hw, origin=(top, left))
         np.testing.assert_array_equal(cols, expected)
+
+
+@pytest.mark.parametrize('shape, kernel, stride, padding, dilation', [
+    ((2, 3, 61, 60), 7, 2, 3, 1),          # a network's stem
+    ((1, 4, 30, 29), 3, 1, 1, 1),          # 'same': one run per plane
+    ((2, 2, 31, 61), (3, 2), (1, 2), (2, 0), (2, 1)),
+    ((1, 3, 33, 32), 3, 1, 0, 2),          # 'valid', dilated: Wo < W
+])
+def test_im2col_compiled_loop_on_large_planes(shape, kernel, stride, padding, dilation):
+    # planes of at least LOOP_MIN_PLANE outputs take the compiled loop by default: the same columns
+    # as the padded reference, in both layouts it writes (and a strided out through the slices),
+    # float32 and float64, a non-contiguous x, and the same on one thread as on several
+    x = RNG.standard_normal(shape)[..., ::-1]
+    geo = C.conv_geometry(x.shape[2:], kernel, stride, padding, dilation)
+    assert geo.out_hw[0] * geo.out_hw[1] >= IM2COL.LOOP_MIN_PLANE
+    expected = ref.im2col(pad_nchw(np.ascontiguousarray(x), geo.pads), geo.kernel, geo.stride,
+                          geo.dilation, geo.out_hw)
+    n, c = x.shape[:2]
+    for dtype in (np.float32, np.float64):
+        block = np.full((c,) + geo.kernel + (n,) + geo.out_hw, np.nan, dtype).transpose(3, 0, 1, 2, 4, 5)
+        strided = np.full((n, c) + geo.kernel + (geo.out_hw[0], 2 * geo.out_hw[1]), np.nan, dtype)[..., ::2]
+        for out in (None, block, strided):
+            cols = im2col(x.astype(dtype), kernel, stride, padding, dilation, out=out)
+            np.testing.assert_array_equal(cols, expected.astype(dtype))
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        np.testing.assert_array_equal(im2col(x, kernel, stride, padding, dilation), expected)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def test_conv2d_adjoint_dot_product():
@@ -601,9 +653,11 @@ def test_random_geometry_im2col_matches_reference_and_col2im_is_its_adjoint(data
     w = d(st.integers(max(1, dw * (kw - 1) + 1 - geo0.pads[2] - geo0.pads[3]), 8))
     x = RNG.standard_normal((d(st.integers(0, 2)), d(st.integers(1, 3)), h, w))
     geo = C.conv_geometry((h, w), (kh, kw), (sh, sw), padding, (dh, dw))
-    cols = im2col(x, (kh, kw), (sh, sw), padding, (dh, dw))
-    np.testing.assert_array_equal(cols, ref.im2col(pad_nchw(x, geo.pads), geo.kernel, geo.stride,
-                                                   geo.dilation, geo.out_hw))
+    expected = ref.im2col(pad_nchw(x, geo.pads), geo.kernel, geo.stride, geo.dilation, geo.out_hw)
+    for path in ('loop', 'slices'):
+        with im2col_copies(path):
+            cols = im2col(x, (kh, kw), (sh, sw), padding, (dh, dw))
+        np.testing.assert_array_equal(cols, expected)
     c = RNG.standard_normal(cols.shape)
     back = col2im(c, (h, w), (sh, sw), padding, (dh, dw))
     assert abs(np.vdot(cols, c) - np.vdot(x, back)) <= 1e-12 * max(1.0, abs(np.vdot(cols, c)))
