@@ -248,6 +248,11 @@ def _placement(in_hw, kernel_size, stride, padding, dilation, out_hw, origin):
             pair(dilation, 'dilation', minimum=1), pair(out_hw, 'out_hw', minimum=0), pair(origin, 'origin'))
 
 
+def _writeable(out):
+    if not out.flags.writeable:
+        raise ValueError("out must be a writeable array, got a read-only one")
+
+
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=None, origin=None):
     """``cols (N, C, kh, kw, Ho, Wo)`` from ``x (N, C, H, W)`` zero-padded by ``padding`` (an int, a
     pair, ``'valid'`` or ``'same'``, as conv2d), without a padded copy: what
@@ -271,6 +276,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=
         expect_shape(cols, shape, 'out')
         if cols.dtype != x.dtype:
             raise TypeError(f"out must have x's dtype {x.dtype}, got {cols.dtype}")
+        _writeable(cols)
     stack = _plane_stack(cols)
     if stack is not None and out_hw[0] * out_hw[1] >= LOOP_MIN_PLANE:
         geo = kernel_size + stride + dilation + origin + out_hw               # loop_geo's order
@@ -318,6 +324,7 @@ def col2im(cols, in_hw, stride=1, padding=0, dilation=1, *, out=None, origin=Non
         expect_shape(x, (n, c) + tuple(in_hw), 'out')
         if x.dtype != cols.dtype:
             raise TypeError(f"out must have cols's dtype {cols.dtype}, got {x.dtype}")
+        _writeable(x)
     for p in range(kh):
         for q in range(kw):
             rows_out, cols_out, rows_in, cols_in = _offset_slices(p, q, in_hw, stride, dilation,

@@ -244,6 +244,12 @@ def test_im2col_col2im_match_torch_unfold_and_fold():
     np.testing.assert_allclose(col2im(cols, (7, 8), (2, 1), (1, 2), (1, 2)), folded.numpy(), rtol=1e-14)
 
 
+def _read_only(shape):
+    a = np.zeros(shape)
+    a.flags.writeable = False
+    return a
+
+
 @pytest.mark.parametrize('call, error, match', [
     (lambda: im2col(np.zeros((2, 3, 4)), 3), ValueError, r'x must be \(N, C, H, W\)'),
     (lambda: im2col(np.zeros((1, 1, 4, 4), np.int64), 3), TypeError, 'x must be float32 or float64'),
@@ -264,6 +270,12 @@ def test_im2col_col2im_match_torch_unfold_and_fold():
      r'out must have shape \(1, 1, 3, 3, 2, 2\)'),
     (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out=np.empty((1, 1, 3, 3, 2, 2), np.float32)), TypeError,
      "out must have x's dtype float64"),
+    (lambda: im2col(np.zeros((1, 1, 30, 30)), 3, padding=1, out=_read_only((1, 1, 3, 3, 30, 30))), ValueError,
+     'out must be a writeable array, got a read-only one'),
+    (lambda: im2col(np.zeros((1, 1, 4, 4)), 3, out=_read_only((1, 1, 3, 3, 2, 2))), ValueError,
+     'out must be a writeable array'),
+    (lambda: col2im(np.zeros((1, 1, 3, 3, 2, 2)), (4, 4), out=_read_only((1, 1, 4, 4))), ValueError,
+     'out must be a writeable array'),
 ])
 def test_im2col_col2im_bad_input(call, error, match):
     with pytest.raises(error, match=match):
