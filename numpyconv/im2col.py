@@ -277,8 +277,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, out=None, out_hw=
         if cols.dtype != x.dtype:
             raise TypeError(f"out must have x's dtype {x.dtype}, got {cols.dtype}")
         _writeable(cols)
-    stack = _plane_stack(cols)
-    if stack is not None and out_hw[0] * out_hw[1] >= LOOP_MIN_PLANE:
+    stack = _plane_stack(cols) if out_hw[0] * out_hw[1] >= LOOP_MIN_PLANE else None
+    if stack is not None:
         geo = kernel_size + stride + dilation + origin + out_hw               # loop_geo's order
         launch(_im2col_loop, cols.size, loop_operand(x), geo, *stack)
         return cols
