@@ -10,6 +10,9 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
+# The largest size, stride, padding or count an argument may take: the compiled loops index in 64-bit
+# integers, and products of two such values must not overflow them.
+MAX_INT = 2 ** 31 - 1
 
 
 def is_int(value):
@@ -33,6 +36,8 @@ def pair(value, name, *, minimum=None):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if minimum is not None and min(out) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(abs(out[0]), abs(out[1])) > MAX_INT:
+        raise ValueError(f"{name} must be at most {MAX_INT} in magnitude, got {value!r}")
     return out
 
 
@@ -94,6 +99,8 @@ def positive_int(value, name):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
+    if value > MAX_INT:
+        raise ValueError(f"{name} must be at most {MAX_INT}, got {value}")
     return int(value)
 
 
@@ -114,8 +121,12 @@ def flag(value, name):
 
 
 def dtype_arg(dtype):
-    """Check a layer's ``dtype`` argument: float32 or float64."""
-    dt = np.dtype(dtype)
+    """Check a layer's ``dtype`` argument: float32 or float64; None means float32, the default (as
+    PyTorch's ``dtype=None``)."""
+    try:
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt

@@ -4,8 +4,27 @@ import argparse
 import sys
 
 
+def _int_argument(low):
+    """An argparse type: an int >= ``low``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
 def _check(args):
     from . import check
+    known = sorted(check.registered())
+    unknown = [op for op in args.ops if op not in known]
+    if unknown:
+        print(f"numpyconv check: error: unknown op {unknown[0]!r}; registered: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
     rows = check.run_all(args.ops or None, seed=args.seed)
     failed = [r['op'] for r in rows if not r['ok']]
     summary = f"\n{len(rows) - len(failed)}/{len(rows)} ops pass"
@@ -49,12 +68,13 @@ def build_parser():
 
     check = sub.add_parser('check', help='gradient-check and self-test every registered op')
     check.add_argument('ops', nargs='*', help='ops to check (default: all)')
-    check.add_argument('--seed', type=int, default=0)
+    check.add_argument('--seed', type=_int_argument(0), default=0)
     check.set_defaults(run=_check)
 
     bench = sub.add_parser('bench', help="speed against the machine's GEMM peak and, if installed, PyTorch")
     bench.add_argument('--dtype', choices=['float32', 'float64', 'both'], default='both')
-    bench.add_argument('--repeat', type=int, default=5, help='timed repetitions (best is reported)')
+    bench.add_argument('--repeat', type=_int_argument(1), default=5,
+                       help='timed repetitions (best is reported)')
     bench.add_argument('--quick', action='store_true', help='smaller batch, for a smoke run')
     bench.set_defaults(run=_bench)
 
@@ -93,8 +113,13 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run one command; a file that cannot be read or written ends it with one line on stderr."""
     args = build_parser().parse_args(argv)
-    return args.run(args) or 0
+    try:
+        return args.run(args) or 0
+    except OSError as exc:
+        print(f"numpyconv {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

@@ -51,7 +51,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bilinear import corner_slopes, corners
-from ._checks import Cache, check_cache, float_array, grad_out, positive_int, same_dtype
+from ._checks import Cache, check_cache, expect_shape, flag, float_array, grad_out, positive_int, same_dtype
 from ._parallel import threads_for
 from .activations import GELU, sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward
 from .blocks import linear_backward, linear_forward
@@ -59,7 +59,7 @@ from .conv import DepthwiseConv2d, conv_geometry
 from .im2col import loop_geo
 from .layers import LayerNorm, Linear
 from .memory import require_memory
-from .module import Module, Sequential, fans
+from .module import Module, Sequential, xavier_uniform
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -328,13 +328,6 @@ def dcnv3_backward(dout, cache):
 
 
 # -- pieces shared by the DCNv3 and DCNv4 layers --------------------------------------------------
-def xavier_uniform(rng, shape, dtype):
-    """``xavier_uniform_(w)``: U(+-sqrt(6 / (fan_in + fan_out)))."""
-    fan_in, fan_out = fans(shape)
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
 class ToChannelsLast(Module):
     """InternImage's ``to_channels_last``: ``(N, C, H, W) -> (N, H, W, C)``; no parameters."""
 
@@ -386,13 +379,29 @@ def odd_kernel(value, name):
 
 
 def center_feature_scale_forward(query, weight, bias, core, value, group):
-    """``z = core*(1 - s) + value*s``, ``s = sigmoid(query W^T + b)`` per group (eq. 10)."""
+    """``z = core*(1 - s) + value*s``, ``s = sigmoid(query W^T + b)`` per group (eq. 10).
+
+    ``query (N, H, W, C_q)``, ``weight (G, C_q)``, ``bias (G,)``, ``core`` and ``value (N, H, W, C)``
+    with ``G = group`` dividing ``C``; returns ``z (N, H, W, C)`` and the cache."""
+    _check_blend(query, core, value, group)
     logits, linear_cache = linear_forward(query, weight, bias)        # (N, H, W, G)
     scale, sigmoid_cache = sigmoid_forward(logits)
     s = np.repeat(scale, core.shape[-1] // group, axis=-1)            # (N, H, W, G*D)
     z = core * (1 - s) + value * s
     return z, Cache('center_feature_scale', linear=linear_cache, sigmoid=sigmoid_cache, s=s, core=core,
                     value=value, group=group)
+
+
+def _check_blend(query, core, value, group):
+    float_array(query, 'query', 4, "(N, H, W, C_q)")
+    float_array(core, 'core', 4, "(N, H, W, C)")
+    float_array(value, 'value', 4, "(N, H, W, C)")
+    same_dtype(('query', query), ('core', core), ('value', value))
+    expect_shape(value, core.shape, 'value')
+    if query.shape[:3] != core.shape[:3]:
+        raise ValueError(f"query must have the (N, H, W) of core {core.shape[:3]}, got shape {query.shape}")
+    if core.shape[-1] % positive_int(group, 'group'):
+        raise ValueError(f"group must divide the channels of core ({core.shape[-1]}), got {group}")
 
 
 def center_feature_scale_backward(dz, cache):
@@ -487,7 +496,7 @@ class DCNv3(Module):
                  group=4, offset_scale=1.0, center_feature_scale=False, remove_center=False,
                  channels_last=False, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        self.channels_last = bool(channels_last)
+        self.channels_last = flag(channels_last, 'channels_last')
         channels, group, points = check_layer_geometry(channels, kernel_size, stride, pad,
                                                        dilation, group, remove_center)
         dw_kernel_size = odd_kernel(kernel_size if dw_kernel_size is None else dw_kernel_size,

@@ -36,14 +36,14 @@ import math
 
 import numpy as np
 
-from ._checks import Cache, check_cache, expect_shape, float_array, positive_int, same_dtype
+from ._checks import Cache, check_cache, expect_shape, flag, float_array, positive_int, same_dtype
 from .conv import DepthwiseConv2d
 from .dcnv3 import (center_feature_scale_backward, center_feature_scale_forward,
                     check_layer_geometry, check_offset_scale, core_backward, core_forward,
                     core_macs, core_setup, layer_dout, layer_input, layer_macs_shape, nchw_to_nhwc,
-                    nhwc_to_nchw, odd_kernel, xavier_uniform)
+                    nhwc_to_nchw, odd_kernel)
 from .layers import Linear
-from .module import Module
+from .module import Module, xavier_uniform
 
 
 def packed_channels(group, points):
@@ -212,7 +212,7 @@ class DCNv4(Module):
                  remove_center=False, output_bias=True, without_pointwise=False, channels_last=False, *,
                  dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        self.channels_last = bool(channels_last)
+        self.channels_last = flag(channels_last, 'channels_last')
         channels, group, points = check_layer_geometry(channels, kernel_size, stride, pad,
                                                        dilation, group, remove_center)
         self.channels, self.group, self.group_channels = channels, group, channels // group

@@ -68,6 +68,7 @@ Example::
     9.0
 """
 import math
+from collections.abc import Mapping
 
 import numba
 import numpy as np
@@ -81,7 +82,7 @@ from .conv import Conv2d, conv_geometry
 from .im2col import loop_geo
 from .gemm import cols_matmul, cols_matmul_backward
 from .memory import batch_chunks, require_memory
-from .module import Module, kaiming_uniform
+from .module import Module, kaiming_uniform, uniform
 
 
 
@@ -557,11 +558,12 @@ class _DeformPack(Module):
     def load_state_dict(self, state, strict=True):
         """As :meth:`Module.load_state_dict`; also accepts mmcv's legacy (version < 2) key names
         ``_offset.weight`` / ``_offset.bias`` for ``conv_offset.weight`` / ``conv_offset.bias``."""
-        state = dict(state)
-        for name in ('weight', 'bias'):
-            legacy, key = f'_offset.{name}', f'conv_offset.{name}'
-            if key not in state and legacy in state:
-                state[key] = state.pop(legacy)
+        if isinstance(state, Mapping):                  # anything else: Module's TypeError
+            state = dict(state)
+            for name in ('weight', 'bias'):
+                legacy, key = f'_offset.{name}', f'conv_offset.{name}'
+                if key not in state and legacy in state:
+                    state[key] = state.pop(legacy)
         return super().load_state_dict(state, strict)
 
     def macs(self, input_shape):
@@ -606,7 +608,7 @@ class DeformConv2d(_DeformPack):
                          deform_groups, dtype=dtype, rng=rng)
         shape = self._weight_shape()
         bound = math.sqrt(6.0 / int(np.prod(shape[1:])))
-        self.add_param('weight', self.rng.uniform(-bound, bound, size=shape))
+        self.add_param('weight', uniform(self.rng, bound, shape, self.dtype))
 
     def forward(self, x):
         self._check_input(x, channels=self.in_channels)

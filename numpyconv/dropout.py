@@ -64,10 +64,12 @@ def _masked(op, x, p, training, rng, mask, mask_shape, scale):
     training = _training(training)
     if mask is not None:
         _check_mask(mask, mask_shape)
+    else:
+        rng = make_rng(rng)
     if not training:
         return x.copy(), Cache(op, keep=None, multiplier=None, shape=x.shape, dtype=x.dtype)
     if mask is None:
-        mask = np.ones(mask_shape, dtype=bool) if p == 0 else make_rng(rng).random(mask_shape) >= p
+        mask = np.ones(mask_shape, dtype=bool) if p == 0 else rng.random(mask_shape) >= p
     multiplier = mask * x.dtype.type(scale)                          # (eq. 56)
     return x * multiplier, Cache(op, keep=mask, multiplier=multiplier, shape=x.shape, dtype=x.dtype)
 

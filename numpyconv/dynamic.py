@@ -52,7 +52,7 @@ from .conv import (Conv2d, check_hyper_parameters, check_layer_channels, conv2d_
                    conv2d_forward, conv_geometry)
 from .gemm import bank_grad
 from .memory import require_memory
-from .module import Module, kaiming_normal_fan_out
+from .module import Module, kaiming_normal_fan_out, uniform
 
 
 # -- kernel aggregation + per-sample convolution (eqs. 6-10) ------------------------------------
@@ -367,7 +367,7 @@ class DynamicConv2d(MixtureConv2dBase):
                              f"in_planes={in_planes}")
         fan_in = int(np.prod(self.kernel_shape[2:]))                     # per kernel
         bound = math.sqrt(6.0 / fan_in)                                  # kaiming_uniform_(weight[i]), a=0
-        self.add_param('weight', self.rng.uniform(-bound, bound, size=self.kernel_shape))
+        self.add_param('weight', uniform(self.rng, bound, self.kernel_shape, self.dtype))
         if bias:
             self.add_param('bias', np.zeros(self.kernel_shape[:2]))
         self.attention = self.add_module('attention', _Attention2d(self.in_planes, self.hidden, self.K,

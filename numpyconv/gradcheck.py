@@ -51,7 +51,7 @@ from functools import partial
 import numpy as np
 
 from ._checks import is_int, positive_int, real
-from .module import float64_copy
+from .module import Module, float64_copy
 
 _MODES = ('auto', 'full', 'random', 'jacobian')
 _FLOAT64_EPS = 1e-6
@@ -1290,6 +1290,9 @@ def gradcheck_layer(layer, x, *, wrt=None, **options):
     -------
     GradcheckReport
     """
+    if not isinstance(layer, Module):
+        raise TypeError(f"layer must be a numpyconv Module (a layer or a network), got "
+                        f"{type(layer).__name__}")
     if np.dtype(layer.dtype) != np.float64:
         layer = float64_copy(layer)
     is_tuple = isinstance(x, (tuple, list))

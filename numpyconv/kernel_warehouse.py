@@ -536,6 +536,9 @@ class KWConv2d(Module):
     def __init__(self, in_planes, out_planes, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=False, *, warehouse_id, warehouse_manager, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
+        if not isinstance(warehouse_manager, WarehouseManager):
+            raise TypeError(f"warehouse_manager must be a WarehouseManager (KWConv2d layers come from "
+                            f"manager.reserve), got {type(warehouse_manager).__name__}")
         self.in_planes, self.out_planes, self.groups = check_layer_channels(
             in_planes, out_planes, groups, ('in_planes', 'out_planes'))
         self.kernel_size = check_hyper_parameters(kernel_size, stride, padding, dilation)

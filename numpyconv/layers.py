@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ._checks import float_array, grad_out, is_int, positive_int, real
+from ._checks import flag, float_array, grad_out, is_int, positive_int, real
 from .blocks import (batch_norm_backward, batch_norm_forward, batch_norm_inference, layer_norm_backward,
                      layer_norm_forward, layer_norm_inference, linear_backward_into, linear_forward)
 from .module import Module, default_bias, is_grad_enabled, kaiming_uniform
@@ -244,7 +244,7 @@ class LayerNorm(Module):
             raise ValueError("normalized_shape must name at least one axis, got ()")
         self.normalized_shape = tuple(positive_int(d, 'normalized_shape') for d in dims)
         self.eps = real(eps, 'eps', 0)
-        self.channels_first = bool(channels_first)
+        self.channels_first = flag(channels_first, 'channels_first')
         if self.channels_first and len(self.normalized_shape) != 1:
             raise ValueError(f"channels_first LayerNorm normalises one axis (C), got normalized_shape "
                              f"{normalized_shape!r}")

@@ -34,12 +34,19 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ._checks import Cache, dtype_arg, float_array, is_int
+from .memory import require_memory
 
 
-def make_rng(rng):
-    """A ``numpy.random.Generator`` from a seed, a Generator or None (fresh entropy)."""
+def make_rng(rng, name='rng'):
+    """A ``numpy.random.Generator`` from a seed (an int >= 0), a Generator or None (fresh entropy);
+    ``TypeError`` / ``ValueError`` naming ``name`` for anything else."""
     if isinstance(rng, np.random.Generator):
         return rng
+    if rng is not None and not is_int(rng):
+        raise TypeError(f"{name} must be None, an int seed >= 0 or a numpy.random.Generator, "
+                        f"got {rng!r}")
+    if rng is not None and rng < 0:
+        raise ValueError(f"{name} must be None, an int seed >= 0 or a numpy.random.Generator, got {rng}")
     return np.random.default_rng(rng)
 
 
@@ -49,23 +56,41 @@ def fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
+def uniform(rng, bound, shape, dtype):
+    """``U(-bound, bound)`` of ``shape`` in ``dtype``, drawn in float64 (PyTorch's ``uniform_`` draws
+    in the tensor's dtype; the float64 draw keeps a seed's values the same for both dtypes). A shape
+    that cannot fit in memory is refused before anything is drawn."""
+    _require_draw(shape)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _require_draw(shape):
+    require_memory(shape, np.float64, f"a layer parameter of shape {tuple(shape)}",
+                   "the initial values of a parameter")
+
+
 def kaiming_uniform(rng, shape, dtype, fan_in=None):
     """``kaiming_uniform_(w, a=sqrt(5))``, the Conv2d/Linear default: U(+-1/sqrt(fan_in))."""
     fan_in = fans(shape)[0] if fan_in is None else fan_in
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return uniform(rng, 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0, shape, dtype)
+
+
+def xavier_uniform(rng, shape, dtype):
+    """``xavier_uniform_(w)``: U(+-sqrt(6 / (fan_in + fan_out)))."""
+    fan_in, fan_out = fans(shape)
+    return uniform(rng, math.sqrt(6.0 / (fan_in + fan_out)), shape, dtype)
 
 
 def kaiming_normal_fan_out(rng, shape, dtype):
     """``kaiming_normal_(w, mode='fan_out', nonlinearity='relu')``: N(0, 2/fan_out)."""
+    _require_draw(shape)
     std = math.sqrt(2.0 / fans(shape)[1])
     return (rng.standard_normal(size=shape) * std).astype(dtype)
 
 
 def default_bias(rng, fan_in, n, dtype):
     """The Conv2d/Linear default bias: U(+-1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
+    return uniform(rng, 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0, (n,), dtype)
 
 
 def torch_order(items):
@@ -164,6 +189,17 @@ def _backward_of(backward):
             if depth == 0:
                 self._fill_zeroed()
     return run
+
+
+def _check_integral(value, dtype, key):
+    """``ValueError`` unless every entry of ``value`` is an integer that ``dtype`` holds (an integer
+    buffer such as ``num_batches_tracked``)."""
+    if value.dtype.kind == 'f':
+        info = np.iinfo(dtype)
+        exact = np.isfinite(value) & (value == np.round(value)) & (value >= info.min) & (value <= info.max)
+        if not exact.all():
+            raise ValueError(f"load_state_dict: {key} holds integers ({dtype}), got the value "
+                             f"{value[~exact].ravel()[0]!r}")
 
 
 class StateDictError(KeyError, ValueError):
@@ -276,6 +312,8 @@ class Module:
             if value.shape != own[key].shape:
                 raise ValueError(f"load_state_dict: {key} must have shape {own[key].shape}, "
                                  f"got {value.shape}")
+            if own[key].dtype.kind in 'iu':
+                _check_integral(value, own[key].dtype, key)
         for key in set(own) & set(state):
             np.copyto(own[key], np.asarray(state[key]), casting='unsafe')
         return missing, unexpected

@@ -65,7 +65,7 @@ from .activations import softmax_backward, softmax_forward
 from .blocks import linear_forward
 from .layers import Linear
 from .memory import require_memory
-from .module import Module, fans
+from .module import Module, xavier_uniform
 
 
 # -- Numba loops -------------------------------------------------------------------------------
@@ -290,13 +290,6 @@ def ms_deform_attn_backward(dout, cache):
 
 
 # -- the layer ----------------------------------------------------------------------------------
-def _xavier_uniform(rng, shape, dtype):
-    """``xavier_uniform_``: U(+-sqrt(6 / (fan_in + fan_out)))."""
-    fan_in, fan_out = fans(shape)
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
 def initial_offsets(n_heads, n_levels, n_points):
     """The official ``sampling_offsets`` bias ``(n_heads, n_levels, n_points, 2)`` (eq. 20): head ``h``
     points along angle ``2 pi h / n_heads``, ``(cos, sin)`` scaled so that its larger component is
@@ -355,7 +348,7 @@ class MSDeformAttn(Module):
         self.attention_weights.params['bias'][...] = 0
         for linear in (self.value_proj, self.output_proj):
             weight = linear.params['weight']
-            weight[...] = _xavier_uniform(self.rng, weight.shape, self.dtype)
+            weight[...] = xavier_uniform(self.rng, weight.shape, self.dtype)
             linear.params['bias'][...] = 0
 
     # -- checks ---------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from .module import Module
 
 def _sources(module, grads):
     """List of callables, each returning one ``(params, grads)`` pair of dicts."""
+    if grads is not None and not isinstance(module, dict):
+        raise TypeError(f"grads= goes with a dict of parameter arrays only (a Module brings its own "
+                        f"gradients), got grads= with module of type {type(module).__name__}")
     if isinstance(module, Module):
         return [lambda: (module.params, module.grads)]
     if isinstance(module, dict):
@@ -43,6 +46,9 @@ def _sources(module, grads):
         for key in module:
             float_array(module[key], f"parameter {key!r}")
             float_array(grads[key], f"gradient {key!r}")
+            if grads[key].shape != module[key].shape:
+                raise ValueError(f"gradient {key!r} must have the shape of its parameter "
+                                 f"{module[key].shape}, got {grads[key].shape}")
         return [lambda: (module, grads)]
     if isinstance(module, (list, tuple)) and module and all(isinstance(m, Module) for m in module):
         return [s for m in module for s in _sources(m, None)]

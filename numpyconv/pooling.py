@@ -54,7 +54,7 @@ Example::
 import numpy as np
 from numba import njit, prange
 
-from ._checks import Cache, check_cache, float_array, grad_out, is_int, pair
+from ._checks import MAX_INT, Cache, check_cache, float_array, grad_out, is_int, pair
 from ._parallel import loop_operand, threads_for
 from ._stateless import Stateless
 from .im2col import Geometry, _offset_slices, loop_geo
@@ -138,6 +138,8 @@ def _divisor_override(value):
         raise TypeError(f"divisor_override must be an int or None, got {value!r}")
     if value == 0:
         raise ValueError("divisor_override must not be zero, got 0")
+    if abs(value) > MAX_INT:
+        raise ValueError(f"divisor_override must be at most {MAX_INT} in magnitude, got {value}")
     return int(value)
 
 
@@ -399,6 +401,8 @@ def _adaptive_size(output_size, in_hw):
                             f"{output_size!r}")
         if entry < 0:
             raise ValueError(f"output_size must be >= 0, got {output_size!r}")
+        if entry > MAX_INT:
+            raise ValueError(f"output_size entries must be at most {MAX_INT}, got {output_size!r}")
         out.append(int(entry))
     return tuple(out)
 

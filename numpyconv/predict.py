@@ -75,6 +75,16 @@ PREPROCESSING = {
 }
 
 
+def _require_file(path, what):
+    """``Path(path)``; ``ValueError`` naming ``what`` unless it is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder, not a file")
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r}: no such file")
+    return path
+
+
 def preprocessing_for(model_name):
     """The :class:`Preprocessing` of a network.
 
@@ -122,9 +132,7 @@ def load_image(image):
         return image if image.mode == 'RGB' else image.convert('RGB')
     if not isinstance(image, (str, Path)):
         raise TypeError(f"image must be a file path or a PIL image, got {type(image).__name__}")
-    path = Path(image)
-    if not path.is_file():
-        raise ValueError(f"image {str(image)!r}: no such file")
+    path = _require_file(image, 'image')
     try:
         with Image.open(path) as opened:
             return opened.convert('RGB')         # convert() decodes the whole file
@@ -247,8 +255,7 @@ def load_model(model_name, checkpoint, *, dtype=np.float32):
     if model_name not in names:
         raise ValueError(f"unknown model {model_name!r}; numpyconv.models has: {', '.join(names)}")
     if isinstance(checkpoint, (str, Path)):
-        if not Path(checkpoint).is_file():
-            raise ValueError(f"checkpoint {str(checkpoint)!r}: no such file")
+        _require_file(checkpoint, 'checkpoint')
         checkpoint = load_checkpoint(checkpoint, unknown='stub')
     state = _weights(checkpoint)
     model = getattr(_models(), model_name)(dtype=dtype)
@@ -399,8 +406,7 @@ def main(args):
         _pil()
         top, batch_size = _count(args.top, '--top'), _count(args.batch_size, '--batch-size')
         for image in args.images:          # every file checked before the network is built
-            if not Path(image).is_file():
-                raise ValueError(f"image {image!r}: no such file")
+            _require_file(image, 'image')
         model = load_model(args.model, args.checkpoint)
         progress = _Progress(len(args.images), enabled=len(args.images) >= PROGRESS_FROM)
         total = 0.0

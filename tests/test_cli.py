@@ -49,3 +49,32 @@ def test_demo_without_the_demo_extra_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, 'numpyconv.demo', None)      # import fails like a missing extra
     with pytest.raises(SystemExit, match=r"needs the demo extra: pip install 'numpyconv\[demo\]'"):
         cli.main(['demo'])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['check', 'no_such_op'], "numpyconv check: error: unknown op 'no_such_op'"),
+    (['explain', 'pointwise', '--gif'], "--gif draws conv2d's sliding window only"),
+])
+def test_command_misuse_ends_in_one_line_on_stderr(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('argv', [['check', '--seed', '-1'], ['bench', '--repeat', '0'],
+                                  ['bench', '--repeat', 'x']])
+def test_integer_options_out_of_range_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and 'must be an integer >=' in capsys.readouterr().err
+
+
+def test_a_file_where_a_folder_is_expected_is_refused_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / 'taken'
+    a_file.write_text('')
+    assert cli.main(['explain', 'conv2d', '--out', str(a_file)]) == 1
+    assert 'out_dir must be a folder, got the file' in capsys.readouterr().err
+    assert cli.main(['conform', 'conv2d', 'numpy:add', '--reproducers', str(a_file), '--cases', '1']) == 2
+    assert '--reproducers must be a folder' in capsys.readouterr().err
+    with pytest.raises(SystemExit, match='is a folder, not a file'):
+        cli.main(['predict', 'resnet18', str(a_file), str(tmp_path)])

@@ -154,8 +154,11 @@ def test_training_reduces_loss():
     (lambda: SGD({'w': np.zeros(2)}, 0.1, grads={'v': np.zeros(2)}), ValueError, 'same keys'),
     (lambda: SGD('model', 0.1), TypeError, 'module must be a numpyconv Module'),
     (lambda: SGD([], 0.1), TypeError, 'non-empty list'),
-    (lambda: SGD({'w': np.zeros(2)}, 0.1, grads={'w': np.zeros(3)}).step(), ValueError,
-     r'gradient of w has shape \(3,\)'),
+    (lambda: SGD({'w': np.zeros(2)}, 0.1, grads={'w': np.zeros(3)}), ValueError,
+     r"gradient 'w' must have the shape of its parameter \(2,\), got \(3,\)"),
+    (lambda: SGD(L.Linear(2, 3), 0.1, grads={'weight': np.zeros((3, 2))}), TypeError,
+     'grads= goes with a dict of parameter arrays only'),
+    (lambda: Adam([L.Linear(2, 3)], 0.1, grads='nonsense'), TypeError, 'grads= goes with a dict'),
     (lambda: SGD({'w': [0.0, 1.0]}, 0.1, grads={'w': [0.0, 1.0]}), TypeError,   # not AttributeError
      "parameter 'w' must be a numpy.ndarray, got list"),
     (lambda: Adam({'w': np.zeros(2, int)}, grads={'w': np.zeros(2, int)}), TypeError,   # at construction

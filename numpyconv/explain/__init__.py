@@ -66,6 +66,8 @@ def draw(technique, out_dir, seed=0, gif=False):
     """
     from . import captions, figures, style
     _check_technique(technique)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir must be a folder, got the file {os.fspath(out_dir)!r}")
     os.makedirs(out_dir, exist_ok=True)
     known = facts(technique, seed)
     base = os.path.join(os.fspath(out_dir), technique)
@@ -120,6 +122,10 @@ def main(args):
     if args.all == (args.technique is not None):
         print("numpyconv explain: give one TECHNIQUE or --all", file=sys.stderr)
         return 2
+    if args.gif and args.technique not in (None, 'conv2d'):
+        print(f"numpyconv explain: --gif draws conv2d's sliding window only, not {args.technique}",
+              file=sys.stderr)
+        return 2
     try:
         import matplotlib  # noqa: F401
         import PIL  # noqa: F401
@@ -127,7 +133,11 @@ def main(args):
         print(f"{EXTRA_MESSAGE} ({exc})", file=sys.stderr)
         return 1
     for technique in TECHNIQUES if args.all else (args.technique,):
-        paths = draw(technique, args.out, seed=args.seed, gif=args.gif)
+        try:
+            paths = draw(technique, args.out, seed=args.seed, gif=args.gif)
+        except (ValueError, OSError) as exc:
+            print(f"numpyconv explain: error: {exc}", file=sys.stderr)
+            return 1
         with open(paths[1], encoding='utf-8') as f:
             print(f.read().rstrip())
         print('  wrote ' + ', '.join(paths) + '\n')

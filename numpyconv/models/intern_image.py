@@ -34,14 +34,15 @@ two draws, to reproduce a run of another framework.
 """
 import numpy as np
 
+from .._checks import count_int, positive_int
 from ..activations import GELU, Identity
 from ..conv import Conv2d
-from ..dcnv3 import DCNv3, ToChannelsLast, nchw_to_nhwc, nhwc_to_nchw, xavier_uniform
+from ..dcnv3 import DCNv3, ToChannelsLast, nchw_to_nhwc, nhwc_to_nchw
 from ..dcnv4 import DCNv4
 from ..dropout import (Dropout, DropPath, drop_path_backward, drop_path_forward, dropout_backward,
                        dropout_forward)
 from ..layers import BatchNorm2d, LayerNorm, Linear
-from ..module import Module, Sequential
+from ..module import Module, Sequential, xavier_uniform
 from ..pooling import AdaptiveAvgPool2d
 from ._common import Chain
 
@@ -370,6 +371,7 @@ def _reset_dcnv4(module):
 
 
 def _check_config(channels, depths, groups, num_classes, drop_path_type):
+    positive_int(channels, 'channels')
     if len(depths) != len(groups) or not depths:
         raise ValueError(f"depths and groups must have one entry per level, got depths {depths} and "
                          f"groups {groups}")
@@ -377,8 +379,7 @@ def _check_config(channels, depths, groups, num_classes, drop_path_type):
         if int(channels * 2 ** i) % g:
             raise ValueError(f"groups[{i}] = {g} must divide the channels of level {i}, "
                              f"{int(channels * 2 ** i)} (channels * 2**{i})")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    count_int(num_classes, 'num_classes')
     if drop_path_type not in ('linear', 'uniform'):
         raise ValueError(f"drop_path_type must be 'linear' or 'uniform', got {drop_path_type!r}")
 

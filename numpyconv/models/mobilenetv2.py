@@ -26,6 +26,7 @@ from functools import partial
 
 import numpy as np
 
+from .._checks import positive_int
 from ..activations import ReLU6, relu6_backward, relu6_forward
 from ..condconv import CondConvRouting, RoutedCondConv2d
 from ..conv import Conv2d
@@ -61,9 +62,7 @@ def _positive_real(value, name):
 
 
 def _classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return int(num_classes)
+    return positive_int(num_classes, 'num_classes')
 
 
 def _check_images(model, x):

@@ -31,6 +31,7 @@ counter, which also counts BatchNorm, ReLU, pooling and biases (about 0.05G more
 """
 import numpy as np
 
+from .._checks import positive_int
 from ..activations import ReLU
 from ..conv import Conv2d
 from ..involution import Involution2d, _ConvModule
@@ -113,6 +114,7 @@ class ImageClassifier(Chain):
 
 
 def _rednet(depth, num_classes, stem_channels, base_channels, norm_eval, dtype, rng):
+    positive_int(num_classes, 'num_classes')           # before the backbone is built
     return ImageClassifier(RedNet(depth, stem_channels, base_channels, norm_eval, dtype=dtype, rng=rng),
                            num_classes)
 

@@ -32,6 +32,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from .._checks import positive_int
 from ..activations import ReLU
 from ..conv import Conv2d
 from ..dropout import Dropout, DropPath
@@ -260,6 +261,8 @@ class ResNet(Chain):
               dilate=(False, False, False), dropout=None, drop_path=0.0, include_top=True):
         """Stem, stages and (``include_top``) head; ``dropout`` (a probability) adds ``Dropout``
         before ``fc`` as the OD/KW networks do."""
+        if include_top:
+            positive_int(num_classes, 'num_classes')
         options = dict(dtype=self.dtype, rng=self.rng)
         self.add_module('conv1', Conv2d(3, base_channels, 7, 2, 3, bias=False, **options))
         self.add_module('bn1', BatchNorm2d(base_channels, dtype=self.dtype))

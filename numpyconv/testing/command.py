@@ -174,6 +174,8 @@ def _setup(args):
         raise CommandError(f"--cases must be >= 0, got {args.cases}")
     if args.jobs < 1:
         raise CommandError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.reproducers and Path(args.reproducers).exists() and not Path(args.reproducers).is_dir():
+        raise CommandError(f"--reproducers must be a folder, got the file {args.reproducers!r}")
     forward = resolve(args.forward, 'forward')
     backward = None if args.backward is None else resolve(args.backward, 'backward')
     try:
