@@ -43,6 +43,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .memory import require_memory
+
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint names a Python object that loading would have to import or call and that is
@@ -83,10 +85,19 @@ class Stub:
 class Callable:
     """An allow-list entry: what calling (``call(args)``), creating (``new(args, kwargs)``) a
     global means, in numpyconv's code; ``meaning`` is kept on the :class:`GlobalRef` (e.g. the
-    dtype of a storage type). An entry without ``call``/``new`` may only appear as a value."""
+    dtype of a storage type). An entry without ``call``/``new`` may only appear as a value. With
+    ``limits``, both also receive the load's :class:`Limits` as their last argument."""
 
-    def __init__(self, call=None, new=None, meaning=None):
-        self.call, self.new, self.meaning = call, new, meaning
+    def __init__(self, call=None, new=None, meaning=None, limits=False):
+        self.call, self.new, self.meaning, self.limits = call, new, meaning, limits
+
+    def invoke(self, args, limits):
+        """``call(args)``, given ``limits`` when the entry takes them."""
+        return self.call(args, limits) if self.limits else self.call(args)
+
+    def create(self, args, kwargs, limits):
+        """``new(args, kwargs)``, given ``limits`` when the entry takes them."""
+        return self.new(args, kwargs, limits) if self.limits else self.new(args, kwargs)
 
 
 # Modules and names whose objects run commands or code, read or write files, or reach into
@@ -185,9 +196,33 @@ def read_into(f, offset, buffer):
     return done
 
 
+class _Buffer:
+    """A read-only binary file over a bytes-like object (bytes, a uint8 array, a map), not copied."""
+
+    _NEWLINE = re.compile(b'\n')
+
+    def __init__(self, data):
+        self.data, self.pos = memoryview(data).cast('B'), 0
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def read(self, n):
+        data = bytes(self.data[self.pos:self.pos + n])
+        self.pos += len(data)
+        return data
+
+    def readline(self, limit):
+        found = self._NEWLINE.search(self.data, self.pos, self.pos + limit)
+        return self.read(found.end() - self.pos if found else limit)
+
+
 def source(data):
-    """A :class:`_Source` over bytes."""
-    return _Source(io.BytesIO(data), len(data))
+    """A :class:`_Source` over a bytes-like object (read in place, not copied)."""
+    return _Source(_Buffer(data), memoryview(data).nbytes)
 
 
 def file_source(f, size):
@@ -197,18 +232,117 @@ def file_source(f, size):
 
 class _Pending:
     """An object completed by the ``BUILD`` that follows it (a NumPy dtype or array): ``BUILD``
-    replaces it on the stack and in every memo slot that holds it."""
+    replaces it on the stack and in every memo slot that holds it, and sets ``value``. Put into a
+    container or a call, it is its ``value`` (a dtype before ``BUILD`` is the dtype created, as in
+    pickle; an array before ``BUILD`` has no data: ``ValueError``); a ``BUILD`` after that is
+    refused, since the value used would differ from the one built."""
 
     def __init__(self, value=None):
-        self.value, self.memo_keys = value, []
+        self.value, self.memo_keys, self.used = value, [], False
 
 
-def _to_bytes(data, what):
+MAX_KEY_DEPTH = 256          # tuples nested deeper are refused as dict keys and set items
+MAX_SHARED_HASH = 16         # distinct keys of one dict or set that may share a hash
+COPY_FACTOR = 8              # the copies a load makes: at most this many times the data read...
+COPY_SLACK = 64 * 2 ** 20    # ...plus this many bytes
+ITEM_BYTES = 64              # what one item of a copied container is counted as
+_HASH_MODULUS = 2 ** 61 - 1  # ints of smaller magnitude hash to themselves (no collisions)
+_UNIQUE_HASHES = (str, bytes, bool, type(None))   # str/bytes hashes are randomized per process
+
+
+class Limits:
+    """What loading one file may cost beyond reading it, checked as the file is interpreted.
+
+    * **Copies.** Calls that copy data the file holds once but may name many times through the memo
+      (``_codecs.encode``, ``bytearray``, NumPy arrays from bytes, containers built from a list,
+      PyTorch's negation bit...) are counted before they are made: together at most
+      :data:`COPY_FACTOR` times the bytes read (``data_bytes``, grown by :meth:`provide`) plus
+      :data:`COPY_SLACK`, and within the machine's memory.
+    * **Dict keys and set items** are checked before they are hashed: a tuple nested more than
+      :data:`MAX_KEY_DEPTH` deep is refused (CPython hashes nested tuples recursively, without a
+      depth guard), the hashing of tuples is bounded by the data read (a memo-shared tuple is hashed
+      in full each time it is used), and at most :data:`MAX_SHARED_HASH` distinct keys of one
+      container may share a hash (more makes inserting quadratic). Strings, bytes and small ints
+      pass without a check.
+
+    Each refusal is a ``ValueError``.
+    """
+
+    def __init__(self, data_bytes):
+        self.data_bytes, self.copied, self.hashed = data_bytes, 0, 0
+        self.tuples = {}          # id -> (tuple, nesting depth, elements hashed to hash it)
+        self.hashes = {}          # id(container) -> (container, {hash: distinct keys})
+
+    def provide(self, nbytes):
+        """Count ``nbytes`` more bytes of data read (e.g. a decompressed member)."""
+        self.data_bytes += nbytes
+
+    def copy(self, nbytes, what):
+        """Count a copy of ``nbytes`` bytes made by ``what``, before it is made."""
+        self.copied += nbytes
+        allowed = COPY_FACTOR * self.data_bytes + COPY_SLACK
+        if self.copied > allowed:
+            raise ValueError(f"{what}: the copies made while loading would take {self.copied} bytes, "
+                             f"more than {COPY_FACTOR} times the {self.data_bytes} bytes of data "
+                             f"read (the same data copied over and over)")
+        require_memory((self.copied,), np.uint8, what, 'the copies made while loading')
+
+    def check_key(self, container, key):
+        """Check ``key`` before it is hashed into ``container`` (a dict or set being built)."""
+        kind = type(key)
+        if kind in _UNIQUE_HASHES or (kind is int and -_HASH_MODULUS < key < _HASH_MODULUS):
+            return
+        if isinstance(key, tuple):
+            self._measure(key)
+        try:
+            value = hash(key)
+        except TypeError as exc:
+            raise ValueError(f"a {kind.__name__} key or set item is not hashable: {exc}") from None
+        counts = self.hashes.setdefault(id(container), (container, {}))[1]
+        if key not in container:            # a bounded probe: few keys share a hash so far
+            counts[value] = counts.get(value, 0) + 1
+            if counts[value] > MAX_SHARED_HASH:
+                raise ValueError(f"more than {MAX_SHARED_HASH} distinct keys of one dict or set share "
+                                 f"the hash {value} (a hash-collision attack)")
+
+    def _measure(self, key):
+        """Check the nesting depth of tuple ``key`` and count the elements hashing it visits; each
+        tuple is measured once (iteratively), its depth and size kept."""
+        tuples = self.tuples
+        stack = [] if id(key) in tuples else [(key, iter(key))]
+        while stack:
+            node, items = stack[-1]
+            for item in items:
+                if isinstance(item, tuple) and id(item) not in tuples:
+                    if len(stack) >= MAX_KEY_DEPTH:
+                        raise ValueError(f"a dict key or set item holds tuples nested more than "
+                                         f"{MAX_KEY_DEPTH} deep")
+                    stack.append((item, iter(item)))
+                    break
+            else:
+                stack.pop()
+                depth, size = 1, len(node)
+                for item in node:
+                    if isinstance(item, tuple):
+                        depth, size = max(depth, tuples[id(item)][1] + 1), size + tuples[id(item)][2]
+                if depth > MAX_KEY_DEPTH:
+                    raise ValueError(f"a dict key or set item holds tuples nested more than "
+                                     f"{MAX_KEY_DEPTH} deep")
+                tuples[id(node)] = (node, depth, size)
+        self.hashed += tuples[id(key)][2]
+        if self.hashed > max(2 ** 24, 2 * self.data_bytes):
+            raise ValueError(f"hashing the tuple keys and set items visits {self.hashed} elements, "
+                             f"far more than the data read holds (memo-shared tuples hashed over "
+                             f"and over)")
+
+
+def _to_bytes(data, what, limits):
     """Protocol-2 bytes arrive as latin-1 strings (``_codecs.encode`` or Python 2 ``str``)."""
-    if isinstance(data, str):
-        return data.encode('latin1')
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data)
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (str, bytearray)):
+        limits.copy(len(data), what)
+        return data.encode('latin1') if isinstance(data, str) else bytes(data)
     raise ValueError(f"{what} must be bytes, got {type(data).__name__}")
 
 
@@ -225,8 +359,6 @@ _NUMPY_KINDS = 'biufcUSmM'
 
 
 def _numpy_dtype(value, what='dtype'):
-    if isinstance(value, _Pending) and isinstance(value.value, np.dtype):
-        value = value.value
     if not isinstance(value, np.dtype):
         raise ValueError(f"{what} must be a NumPy dtype, got {type(value).__name__}")
     if value.kind not in _NUMPY_KINDS or value.fields is not None or value.subdtype is not None:
@@ -256,18 +388,20 @@ def _np_dtype_build(pending, state):
     return dtype.newbyteorder(state[1]) if state[1] in '<>' and dtype.itemsize > 1 else dtype
 
 
-def numpy_array(rawdata, dtype, shape, fortran=False):
-    """A writable array of ``dtype`` and ``shape`` from its raw bytes, sizes checked first."""
+def numpy_array(rawdata, dtype, shape, fortran, limits):
+    """A writable array of ``dtype`` and ``shape`` from its raw bytes, sizes checked first (the
+    copy counted by ``limits``)."""
     dtype = _numpy_dtype(dtype)
     if not isinstance(shape, tuple) or len(shape) > 64:
         raise ValueError(f"array shape must be a tuple of at most 64 ints, got {shape!r}")
     count = 1
     for s in shape:
         count *= _int(s, 'array shape entry', 0)
-    data = _to_bytes(rawdata, 'array data') if not isinstance(rawdata, memoryview) else rawdata
+    data = _to_bytes(rawdata, 'array data', limits) if not isinstance(rawdata, memoryview) else rawdata
     if count * dtype.itemsize != len(data):
         raise ValueError(f"array of shape {shape} ({dtype}) needs {count * dtype.itemsize} bytes, "
                          f"the file holds {len(data)}")
+    limits.copy(len(data), 'a NumPy array')
     flat = np.frombuffer(data, dtype=dtype, count=count)
     return flat.reshape(shape, order='F' if fortran else 'C').copy(order='K')
 
@@ -278,42 +412,44 @@ def _np_reconstruct(args):
     return _Pending()
 
 
-def _np_array_build(pending, state):
+def _np_array_build(pending, state, limits):
     if not isinstance(state, tuple) or len(state) != 5:
         raise ValueError("numpy array state must be (version, shape, dtype, is_fortran, data)")
     _, shape, dtype, fortran, rawdata = state
     if isinstance(rawdata, list):
         raise UnsafeCheckpointError("NumPy object arrays are refused (their items are pickles)")
-    return numpy_array(rawdata, dtype, tuple(shape) if isinstance(shape, list) else shape, bool(fortran))
+    return numpy_array(rawdata, dtype, tuple(shape) if isinstance(shape, list) else shape, bool(fortran),
+                       limits)
 
 
-def _np_scalar(args):
+def _np_scalar(args, limits):
     if len(args) != 2:
         raise ValueError(f"numpy scalar called with {len(args)} arguments")
     dtype = _numpy_dtype(args[0])
-    data = _to_bytes(args[1], 'numpy scalar data')
+    data = _to_bytes(args[1], 'numpy scalar data', limits)
     if len(data) != dtype.itemsize:
         raise ValueError(f"numpy scalar of {dtype} needs {dtype.itemsize} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=dtype)[0]
 
 
-def _np_frombuffer(args):
+def _np_frombuffer(args, limits):
     if len(args) != 4 or args[3] not in ('C', 'F'):
         raise ValueError("numpy _frombuffer takes (buffer, dtype, shape, order)")
-    return numpy_array(args[0], args[1], tuple(args[2]), args[3] == 'F')
+    return numpy_array(args[0], args[1], tuple(args[2]), args[3] == 'F', limits)
 
 
 # -- Python values -----------------------------------------------------------------------------
-def _ordered_dict(args, kind=OrderedDict):
+def _ordered_dict(args, limits, kind=OrderedDict):
     if args == ():
         return kind()
     if len(args) == 1 and isinstance(args[0], (list, tuple, dict)):
         items = args[0].items() if isinstance(args[0], dict) else args[0]
+        limits.copy(len(items) * ITEM_BYTES, kind.__name__)
         out = kind()
         for item in items:
             if not isinstance(item, (list, tuple)) or len(item) != 2:
                 raise ValueError(f"{kind.__name__} items must be pairs, got {item!r}")
-            _setitem(out, item[0], item[1])
+            _setitem(out, item[0], item[1], limits)
         return out
     raise ValueError(f"{kind.__name__} called with {args!r}")
 
@@ -326,10 +462,11 @@ def _namespace(kind):
     return make
 
 
-def _codecs_encode(args):
+def _codecs_encode(args, limits):
     if (len(args) != 2 or not isinstance(args[0], str)
             or args[1] not in ('latin1', 'latin-1', 'utf-8', 'utf8', 'ascii')):
         raise ValueError(f"_codecs.encode called with {args!r}")
+    limits.copy(len(args[0]), '_codecs.encode')
     return codecs.encode(args[0], args[1])
 
 
@@ -339,24 +476,26 @@ def _bytes(args):
     raise ValueError("bytes(...) with arguments is refused (protocol 2 writes bytes with _codecs.encode)")
 
 
-def _bytearray(args):
+def _bytearray(args, limits):
     if args == ():
         return bytearray()
     if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        limits.copy(len(args[0]), 'bytearray')
         return bytearray(args[0])
     if len(args) == 2 and isinstance(args[0], str) and args[1] in ('latin1', 'latin-1'):
+        limits.copy(len(args[0]), 'bytearray')
         return bytearray(args[0], 'latin1')
     raise ValueError(f"bytearray called with {args!r}")
 
 
-def _set(args, kind=set):
+def _set(args, limits, kind=set):
     if args == ():
         return kind()
     if len(args) == 1 and isinstance(args[0], (list, tuple, set, frozenset)):
-        try:
-            return kind(args[0])
-        except TypeError as exc:
-            raise ValueError(f"{kind.__name__} items must be hashable: {exc}") from None
+        limits.copy(len(args[0]) * ITEM_BYTES, kind.__name__)
+        out = set()
+        _add_items(out, args[0], limits)
+        return out if kind is set else frozenset(out)
     raise ValueError(f"{kind.__name__} called with {args!r}")
 
 
@@ -390,17 +529,18 @@ def _reconstructor(args):
 _NEW_INSTANCE = object()   # marker: the caller creates an instance of args[0] as NEWOBJ would
 
 BASE_GLOBALS = {
-    'collections.OrderedDict': Callable(call=_ordered_dict, new=lambda a, k: _ordered_dict(a)),
-    'collections.Counter': Callable(call=lambda a: _ordered_dict(a, Counter),
-                                    new=lambda a, k: _ordered_dict(a, Counter)),
+    'collections.OrderedDict': Callable(call=_ordered_dict, new=lambda a, k, limits: _ordered_dict(a, limits),
+                                        limits=True),
+    'collections.Counter': Callable(call=lambda a, limits: _ordered_dict(a, limits, Counter),
+                                    new=lambda a, k, limits: _ordered_dict(a, limits, Counter), limits=True),
     'argparse.Namespace': Callable(call=_namespace(argparse.Namespace), new=_namespace(argparse.Namespace)),
     'types.SimpleNamespace': Callable(call=_namespace(SimpleNamespace), new=_namespace(SimpleNamespace)),
-    '_codecs.encode': Callable(call=_codecs_encode),
+    '_codecs.encode': Callable(call=_codecs_encode, limits=True),
     'copyreg._reconstructor': Callable(call=_reconstructor),
-    'builtins.set': Callable(call=_set),
-    'builtins.frozenset': Callable(call=lambda a: _set(a, frozenset)),
+    'builtins.set': Callable(call=_set, limits=True),
+    'builtins.frozenset': Callable(call=lambda a, limits: _set(a, limits, frozenset), limits=True),
     'builtins.bytes': Callable(call=_bytes),
-    'builtins.bytearray': Callable(call=_bytearray),
+    'builtins.bytearray': Callable(call=_bytearray, limits=True),
     'builtins.complex': Callable(call=_complex),
     'builtins.slice': Callable(call=_slice_or_range(slice)),
     'builtins.range': Callable(call=_slice_or_range(range)),
@@ -411,15 +551,25 @@ for _name in _BUILTIN_VALUES:
     BASE_GLOBALS.setdefault(f'builtins.{_name}', Callable())
 for _core in ('numpy.core', 'numpy._core'):
     BASE_GLOBALS[f'{_core}.multiarray._reconstruct'] = Callable(call=_np_reconstruct)
-    BASE_GLOBALS[f'{_core}.multiarray.scalar'] = Callable(call=_np_scalar)
-    BASE_GLOBALS[f'{_core}.numeric._frombuffer'] = Callable(call=_np_frombuffer)
+    BASE_GLOBALS[f'{_core}.multiarray.scalar'] = Callable(call=_np_scalar, limits=True)
+    BASE_GLOBALS[f'{_core}.numeric._frombuffer'] = Callable(call=_np_frombuffer, limits=True)
 
 
-def _setitem(target, key, value):
+def _setitem(target, key, value, limits):
+    limits.check_key(target, key)
     try:
         target[key] = value
     except TypeError as exc:       # an unhashable key
         raise ValueError(f"dict key {type(key).__name__} is not hashable: {exc}") from None
+
+
+def _add_items(target, items, limits):
+    for item in items:
+        limits.check_key(target, item)
+        try:
+            target.add(item)
+        except TypeError as exc:       # an unhashable item
+            raise ValueError(f"set item {type(item).__name__} is not hashable: {exc}") from None
 
 
 class Unpickler:
@@ -433,18 +583,21 @@ class Unpickler:
     unknown : ``'error'`` or ``'stub'``.
     persistent_load : function ``pid -> object``, or None (a persistent id is then refused).
     what : how messages name the data (e.g. ``"ck.pth: archive/data.pkl"``).
+    limits : the load's :class:`Limits` (shared by the pickles of one file); default: new ones
+        counting the bytes of ``src``.
     """
 
     def __init__(self, src, table, *, allow=frozenset(), unknown='error', persistent_load=None,
-                 what='pickle'):
+                 what='pickle', limits=None):
         self.src, self.table, self.allow, self.unknown = src, table, allow, unknown
         self.persistent_load, self.what = persistent_load, what
+        self.limits = Limits(src.left()) if limits is None else limits
         self.refs, self.trusted = {}, {}
 
     # -- the interpreter loop --------------------------------------------------------------------
     def load(self):
         """The unpickled object; ``ValueError`` (or :class:`UnsafeCheckpointError`) otherwise."""
-        self.stack, self.metastack, self.memo = [], [], {}
+        self.stack, self.metastack, self.memo, self.pendings = [], [], {}, 0
         while True:
             start = self.src.tell()
             code = self.src.read(1)[0] if self.src.left() > 0 else None
@@ -469,10 +622,22 @@ class Unpickler:
         if not self.metastack:
             raise ValueError("no MARK before this opcode")
         items, self.stack = self.stack, self.metastack.pop()
+        return self.taken(items)
+
+    def taken(self, items):
+        """The list ``items``, leaving the stack for a container, a call or the result, with each
+        :class:`_Pending` replaced by its value."""
+        for i, item in enumerate(items if self.pendings else ()):
+            if isinstance(item, _Pending):
+                if item.value is None:
+                    raise ValueError("a NumPy array is used before its data (BUILD) was read")
+                item.used, items[i] = True, item.value
         return items
 
     def _replace_top(self, pending, value):
-        self.stack[-1] = value
+        if pending.used:
+            raise ValueError("BUILD gives a NumPy dtype or array its state after its value was used")
+        self.stack[-1] = pending.value = value
         for key in pending.memo_keys:
             if self.memo.get(key) is pending:
                 self.memo[key] = value
@@ -536,9 +701,10 @@ class Unpickler:
             if spec.call is None:
                 raise UnsafeCheckpointError(f"{func.name} may appear as a value but is not called "
                                             f"by the files numpyconv reads")
-            result = spec.call(args)
+            result = spec.invoke(args, self.limits)
             if isinstance(result, tuple) and len(result) == 2 and result[0] is _NEW_INSTANCE:
                 return self.new(result[1], (), {})
+            self.pendings += isinstance(result, _Pending)
             return result
         if isinstance(func, GlobalRef):          # unknown='stub'
             return Stub(func.name, args)
@@ -555,8 +721,9 @@ class Unpickler:
         if spec is not None:
             if spec.new is None:
                 raise UnsafeCheckpointError(f"{cls.name} is not a class numpyconv creates instances of")
-            return spec.new(args, kwargs)
+            return spec.create(args, kwargs, self.limits)
         if isinstance(cls, GlobalRef):
+            self.limits.copy(len(kwargs) * ITEM_BYTES, 'keyword arguments')
             return Stub(cls.name, args, kwargs)
         if self._is_trusted(cls) and isinstance(cls, type):
             return cls.__new__(cls, *args, **kwargs)
@@ -573,11 +740,13 @@ class Unpickler:
     def build(self, inst, state):
         """``BUILD``: fill ``inst`` (on the stack top) with ``state``."""
         if isinstance(inst, _Pending):
-            spec_build = _np_dtype_build if isinstance(inst.value, np.dtype) else _np_array_build
-            self._replace_top(inst, spec_build(inst, state))
+            built = _np_dtype_build(inst, state) if isinstance(inst.value, np.dtype) \
+                else _np_array_build(inst, state, self.limits)
+            self._replace_top(inst, built)
         elif isinstance(inst, Stub):
             inst.state = state
         elif type(inst) in (OrderedDict, Counter, argparse.Namespace, SimpleNamespace):
+            self.limits.copy(len(state) * ITEM_BYTES if isinstance(state, dict) else 0, 'BUILD')
             _set_attributes(inst, state, dunders=False)
         elif self._is_trusted(type(inst)):           # pickle's own BUILD
             setstate = getattr(inst, '__setstate__', None)
@@ -664,7 +833,7 @@ def _frame(u):
 
 @_op('STOP')
 def _stop(u):
-    u.result = u.stack.pop()
+    u.result = u.taken([u.stack.pop()])[0]
     return _STOP
 
 
@@ -796,7 +965,7 @@ def _tuple_n(u):
     n = u.opcode - pickle.TUPLE1[0] + 1
     if len(u.stack) < n:
         raise ValueError(f"TUPLE{n} with {len(u.stack)} items on the stack")
-    items = tuple(u.stack[-n:])
+    items = tuple(u.taken(u.stack[-n:]))
     del u.stack[-n:]
     u.stack.append(items)
 
@@ -826,8 +995,8 @@ def _append_to(u, target, items):
 
 @_op('APPEND')
 def _append(u):
-    item = u.stack.pop()
-    _append_to(u, u.stack[-1], [item])
+    items = u.taken([u.stack.pop()])
+    _append_to(u, u.stack[-1], items)
 
 
 @_op('APPENDS')
@@ -850,7 +1019,7 @@ def _set_items(u, target, items):
                                           and not u._is_trusted(type(target))):
         raise ValueError(f"SETITEM on a {type(target).__name__} (only dicts take items)")
     for i in range(0, len(items), 2):
-        _setitem(target, items[i], items[i + 1])
+        _setitem(target, items[i], items[i + 1], u.limits)
 
 
 @_op('DICT')
@@ -863,7 +1032,7 @@ def _dict(u):
 @_op('SETITEM')
 def _setitem_op(u):
     value, key = u.stack.pop(), u.stack.pop()
-    _set_items(u, u.stack[-1], [key, value])
+    _set_items(u, u.stack[-1], u.taken([key, value]))
 
 
 @_op('SETITEMS')
@@ -882,13 +1051,13 @@ def _additems(u):
     items = u._pop_mark()
     if type(u.stack[-1]) is not set:
         raise ValueError(f"ADDITEMS to a {type(u.stack[-1]).__name__}")
-    u.stack[-1].update(_set((items,)))
+    _add_items(u.stack[-1], items, u.limits)
 
 
 @_op('FROZENSET')
 def _frozenset(u):
     items = u._pop_mark()
-    u.stack.append(_set((items,), frozenset))
+    u.stack.append(_set((items,), u.limits, frozenset))
 
 
 def _memo_get(u, key):
@@ -994,7 +1163,7 @@ def _inst(u):
 
 @_op('BUILD')
 def _build(u):
-    state = u.stack.pop()
+    state = u.taken([u.stack.pop()])[0]
     u.build(u.stack[-1], state)
 
 
@@ -1005,7 +1174,7 @@ def _persid(u):
 
 @_op('BINPERSID')
 def _binpersid(u):
-    u.stack.append(u.persistent(u.stack.pop()))
+    u.stack.append(u.persistent(u.taken([u.stack.pop()])[0]))
 
 
 @_op('EXT1', 'EXT2', 'EXT4')
@@ -1023,6 +1192,7 @@ def _next_buffer(u):
 def _readonly_buffer(u):
     if not isinstance(u.stack[-1], (bytes, bytearray)):
         raise ValueError("READONLY_BUFFER on a non-buffer")
+    u.limits.copy(len(u.stack[-1]), 'READONLY_BUFFER')
     u.stack[-1] = bytes(u.stack[-1])
 
 

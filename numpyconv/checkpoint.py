@@ -42,10 +42,12 @@ the file's size before anything is allocated.
 """
 import ast
 import contextlib
+import errno
 import io
 import json
 import mmap as _mmap
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -56,14 +58,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._safe_pickle import (BASE_GLOBALS, Callable, GlobalRef, PersistentId, Reduce, Stub,
-                           UnsafeCheckpointError, Unpickler, Global, Writer, check_allow,
+from ._safe_pickle import (BASE_GLOBALS, Callable, GlobalRef, Limits, PersistentId,
+                           Reduce, Stub, UnsafeCheckpointError, Unpickler, Global, Writer, check_allow,
                            file_source, read_into, source)
 from .memory import require_memory
 from .module import StateDictError
 
 __all__ = ['load_checkpoint', 'save_checkpoint', 'state_dict_of', 'UnsafeCheckpointError',
-           'GlobalRef', 'Stub']
+           'CheckpointPathError', 'GlobalRef', 'Stub']
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
@@ -104,6 +106,38 @@ _SAFETENSORS_HEADER_LIMIT = 100_000_000      # the safetensors library's own bou
 _DEFLATE_MAX_RATIO = 1032                    # deflate can not expand one byte into more than ~1032
 _MAX_NDIM = 64
 _PICKLE_STARTS = {b'(', b'c', b'}', b']', b')'}    # how protocol 0/1 pickles of objects start
+_LEGACY_TEXT_MAGIC = b'L%dL\n' % LEGACY_MAGIC      # the magic number in pickle protocol 0/1
+_MAX_SAVE_DEPTH = 200                               # containers and key tuples nested in a saved obj
+
+
+class CheckpointPathError(OSError, ValueError):
+    """The path can not be read or written as a checkpoint: missing, a directory, not a regular file
+    (a pipe, a device), not accessible. Both an ``OSError`` (as ``torch.load`` raises) and a
+    ``ValueError``; a missing path is also a ``FileNotFoundError``, a directory an
+    ``IsADirectoryError``, a permission problem a ``PermissionError``."""
+
+
+class CheckpointNotFoundError(CheckpointPathError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class CheckpointIsADirectoryError(CheckpointPathError, IsADirectoryError):
+    """The path is a directory."""
+
+
+class CheckpointPermissionError(CheckpointPathError, PermissionError):
+    """The path may not be read (or written)."""
+
+
+_PATH_ERRORS = {FileNotFoundError: CheckpointNotFoundError, IsADirectoryError: CheckpointIsADirectoryError,
+                PermissionError: CheckpointPermissionError}
+
+
+def _path_error(exc, path):
+    """``exc`` (an ``OSError`` about ``path`` or a file beside it) as a :class:`CheckpointPathError`
+    naming ``path``."""
+    kind = next((v for k, v in _PATH_ERRORS.items() if isinstance(exc, k)), CheckpointPathError)
+    return kind(exc.errno, exc.strerror or str(exc), path)
 
 
 def _itemsize(dtype):
@@ -191,12 +225,53 @@ def _int_tuple(values, what):
     return tuple(_int_arg(v, f"{what} entry") for v in values)
 
 
-def _tensor_view(storage, offset, size, stride, dtype=None):
-    """The tensor ``storage[offset + sum(i_k * stride_k)]`` of shape ``size`` as a NumPy view,
-    after checking that every element it reaches lies inside the storage (``ValueError``)."""
-    if not isinstance(storage, _Storage):
-        raise ValueError(f"a tensor's storage must be a storage persistent id, got "
-                         f"{type(storage).__name__}")
+class _Load(Limits):
+    """The :class:`Limits` of reading one PyTorch file, with its storages and conversions.
+
+    A storage persistent id loads as the storage's elements, a 1-D array (``value``): that is what a
+    storage pickled alone gives; a tensor rebuild finds the storage behind it (``storage``). The
+    conversions a tensor needs (the negation and conjugation bits, a dtype change) are made by
+    ``convert``: at once, or, while ``deferred`` (a legacy stream's object pickle, read before the
+    storage bytes), once the storages are filled (``run_deferred``).
+    """
+
+    def __init__(self, data_bytes):
+        super().__init__(data_bytes)
+        self.by_array, self.deferred = {}, None
+
+    def value(self, storage):
+        array = storage.typed(storage.dtype)
+        self.by_array[id(array)] = storage
+        return array
+
+    def storage(self, value):
+        found = self.by_array.get(id(value))
+        if found is None:
+            raise ValueError(f"a tensor's storage must be a storage persistent id, got "
+                             f"{type(value).__name__}")
+        return found
+
+    def convert(self, array, dtype, fill, what):
+        """A new array of ``array``'s shape and ``dtype`` filled by ``fill(array, out)``."""
+        self.copy(array.size * dtype.itemsize, what)
+        out = np.empty(array.shape, dtype)
+        if self.deferred is None:
+            fill(array, out)
+        else:
+            self.deferred.append((fill, array, out))
+        return out
+
+    def run_deferred(self):
+        for fill, array, out in self.deferred:
+            fill(array, out)
+        self.deferred = None
+
+
+def _tensor_view(load, args, dtype=None):
+    """The tensor ``storage[offset + sum(i_k * stride_k)]`` of shape ``size`` as a NumPy view, from
+    ``args = (storage, offset, size, stride)``, after checking that every element it reaches lies
+    inside the storage (``ValueError``)."""
+    storage, offset, size, stride = load.storage(args[0]), *args[1:4]
     offset = _int_arg(offset, 'storage offset')
     size, stride = _int_tuple(size, 'tensor size'), _int_tuple(stride, 'tensor stride')
     if len(size) != len(stride):
@@ -244,39 +319,54 @@ def _copyable(array, what):
     return array
 
 
-def _with_metadata(array, metadata):
-    """PyTorch's tensor metadata: the lazy ``neg`` and ``conj`` bits, applied (a copy)."""
+def _negative(array, out):
+    np.negative(array, out=out)
+
+
+def _conjugate(array, out):
+    np.conjugate(array, out=out)
+
+
+def _cast(array, out):
+    np.copyto(out, array, casting='unsafe')
+
+
+def _with_metadata(array, metadata, load):
+    """PyTorch's tensor metadata: the lazy ``neg`` and ``conj`` bits, applied (a copy; the conj
+    bit of a real tensor changes nothing)."""
     if metadata is None or metadata == {}:
         return array
     if not isinstance(metadata, dict) or not set(metadata) <= {'neg', 'conj'}:
         raise ValueError(f"tensor metadata {metadata!r} is not understood")
     if metadata.get('neg'):
-        array = np.negative(_copyable(array, 'neg bit'))
-    if metadata.get('conj'):
-        array = np.conj(_copyable(array, 'conj bit'))
+        if array.dtype == bool:
+            raise ValueError("a bool tensor with the negation bit")
+        array = load.convert(_copyable(array, 'neg bit'), array.dtype, _negative, 'the neg bit')
+    if metadata.get('conj') and array.dtype.kind == 'c':
+        array = load.convert(_copyable(array, 'conj bit'), array.dtype, _conjugate, 'the conj bit')
     return array
 
 
-def _rebuild_tensor(args):
+def _rebuild_tensor(args, load):
     """``_rebuild_tensor(storage, offset, size, stride)`` (PyTorch before 1.0)."""
     if len(args) != 4:
         raise ValueError(f"_rebuild_tensor takes 4 arguments, got {len(args)}")
-    return _tensor_view(*args)
+    return _tensor_view(load, args)
 
 
-def _rebuild_tensor_v2(args):
+def _rebuild_tensor_v2(args, load):
     """``(storage, offset, size, stride, requires_grad, backward_hooks[, metadata])``."""
     if len(args) not in (6, 7):
         raise ValueError(f"_rebuild_tensor_v2 takes 6 or 7 arguments, got {len(args)}")
-    return _with_metadata(_tensor_view(*args[:4]), args[6] if len(args) == 7 else None)
+    return _with_metadata(_tensor_view(load, args), args[6] if len(args) == 7 else None, load)
 
 
-def _rebuild_tensor_v3(args):
+def _rebuild_tensor_v3(args, load):
     """``(untyped storage, offset, size, stride, requires_grad, backward_hooks, dtype[, metadata])``."""
     if len(args) not in (7, 8):
         raise ValueError(f"_rebuild_tensor_v3 takes 7 or 8 arguments, got {len(args)}")
     dtype = _dtype_of(args[6], '_rebuild_tensor_v3 dtype')
-    return _with_metadata(_tensor_view(*args[:4], dtype=dtype), args[7] if len(args) == 8 else None)
+    return _with_metadata(_tensor_view(load, args, dtype), args[7] if len(args) == 8 else None, load)
 
 
 def _array_arg(value, what):
@@ -292,7 +382,7 @@ def _rebuild_parameter(args):
     return _array_arg(args[0], 'parameter data')
 
 
-def _rebuild_from_type_v2(args):
+def _rebuild_from_type_v2(args, load):
     """``(rebuild function, tensor class, its arguments, python state)``: a tensor subclass or a
     tensor with attributes; the data is rebuilt, the class and the attributes are dropped."""
     if len(args) != 4 or not isinstance(args[0], GlobalRef) or not isinstance(args[2], tuple):
@@ -300,16 +390,18 @@ def _rebuild_from_type_v2(args):
     spec = TORCH_GLOBALS.get(args[0].name)
     if spec is None or spec.call is None or not args[0].name.startswith('torch._utils._rebuild'):
         raise UnsafeCheckpointError(f"_rebuild_from_type_v2 calls {args[0].name}; refused")
-    return spec.call(args[2])
+    return spec.invoke(args[2], load)
 
 
-def _rebuild_device_tensor(args):
+def _rebuild_device_tensor(args, load):
     """``(data, dtype, device, requires_grad)``: a tensor of another device, kept on the CPU."""
     if len(args) != 4:
         raise ValueError(f"device tensor rebuild takes 4 arguments, got {len(args)}")
     data = _array_arg(args[0], 'device tensor data')
     dtype = _DTYPES[_dtype_of(args[1], 'device tensor dtype')][0]
-    return data if data.dtype == dtype else _copyable(data, 'device tensor').astype(dtype)
+    if data.dtype == dtype:
+        return data
+    return load.convert(_copyable(data, 'device tensor'), dtype, _cast, 'a device tensor dtype')
 
 
 def _parameter_new(args, kwargs=None):
@@ -339,15 +431,15 @@ def _refused(what):
 
 TORCH_GLOBALS = dict(BASE_GLOBALS)
 TORCH_GLOBALS.update({
-    'torch._utils._rebuild_tensor': Callable(call=_rebuild_tensor),
-    'torch._utils._rebuild_tensor_v2': Callable(call=_rebuild_tensor_v2),
-    'torch._utils._rebuild_tensor_v3': Callable(call=_rebuild_tensor_v3),
+    'torch._utils._rebuild_tensor': Callable(call=_rebuild_tensor, limits=True),
+    'torch._utils._rebuild_tensor_v2': Callable(call=_rebuild_tensor_v2, limits=True),
+    'torch._utils._rebuild_tensor_v3': Callable(call=_rebuild_tensor_v3, limits=True),
     'torch._utils._rebuild_parameter': Callable(call=_rebuild_parameter),
     'torch._utils._rebuild_parameter_with_state': Callable(call=_rebuild_parameter),
-    'torch._tensor._rebuild_from_type_v2': Callable(call=_rebuild_from_type_v2),
-    'torch._utils._rebuild_device_tensor_from_cpu_tensor': Callable(call=_rebuild_device_tensor),
-    'torch._utils._rebuild_device_tensor_from_numpy': Callable(call=_rebuild_device_tensor),
-    'torch._utils._rebuild_xla_tensor': Callable(call=_rebuild_device_tensor),
+    'torch._tensor._rebuild_from_type_v2': Callable(call=_rebuild_from_type_v2, limits=True),
+    'torch._utils._rebuild_device_tensor_from_cpu_tensor': Callable(call=_rebuild_device_tensor, limits=True),
+    'torch._utils._rebuild_device_tensor_from_numpy': Callable(call=_rebuild_device_tensor, limits=True),
+    'torch._utils._rebuild_xla_tensor': Callable(call=_rebuild_device_tensor, limits=True),
     'torch._utils._rebuild_qtensor': Callable(call=_refused('quantized tensors')),
     'torch._utils._rebuild_sparse_tensor': Callable(call=_refused('sparse tensors')),
     'torch._utils._rebuild_sparse_csr_tensor': Callable(call=_refused('sparse tensors')),
@@ -386,7 +478,9 @@ def _ascii(value, what):
 def _storage_pid(pid, length):
     """Check a storage persistent id; return ``(dtype, key, numel, rest)``."""
     if not isinstance(pid, tuple) or not pid:
-        raise ValueError(f"a persistent id must be a tuple, got {type(pid).__name__}")
+        hint = " (pickle protocol 0 writes persistent ids as text: PyTorch can not read such files " \
+               "either)" if isinstance(pid, str) else ""
+        raise ValueError(f"a persistent id must be a tuple, got {type(pid).__name__}{hint}")
     if _ascii(pid[0], 'persistent id kind') != 'storage':
         raise UnsafeCheckpointError(f"persistent id of kind {pid[0]!r} refused (only storages)")
     if len(pid) != length:
@@ -528,6 +622,8 @@ def _load_torch_zip(archive, what, allow, unknown):
         if byteorder not in ('little', 'big'):
             raise ValueError(f"{what}: byteorder member says {byteorder!r}, not 'little' or 'big'")
     storages = {}
+    pickled = archive.read(root + 'data.pkl')
+    load = _Load(archive.size + archive.inflated)
 
     def persistent_load(pid):
         dtype, key, numel, _ = _storage_pid(pid, 5)
@@ -535,26 +631,28 @@ def _load_torch_zip(archive, what, allow, unknown):
         if key in storages:
             if storages[key].raw.size != nbytes:
                 raise ValueError(f"storage {key} is named with {nbytes} and {storages[key].raw.size} bytes")
-            return storages[key]
+            return load.value(storages[key])
         name = f'{root}data/{key}'
         if name not in archive.infos:
             raise ValueError(f"storage {key} has no member {name!r}")
         if archive.nbytes(name) != nbytes:
             raise ValueError(f"storage {key} ({numel} x {dtype}) needs {nbytes} bytes, member "
                              f"{name!r} holds {archive.nbytes(name)}")
+        inflated = archive.inflated
         storages[key] = _Storage(key, archive.read(name), dtype, byteorder)
-        return storages[key]
+        load.provide(archive.inflated - inflated)
+        return load.value(storages[key])
 
-    pickled = archive.read(root + 'data.pkl').tobytes()
-    return Unpickler(source(pickled), TORCH_GLOBALS, allow=allow, unknown=unknown,
+    return Unpickler(source(pickled), TORCH_GLOBALS, allow=allow, unknown=unknown, limits=load,
                      persistent_load=persistent_load, what=f"{what}: {root}data.pkl").load()
 
 
-class _LegacyStorages:
+class _LegacyStorages(_Load):
     """The storages of a legacy stream: allocated when the object pickle names them (their total
     bounded by the bytes left in the file), filled when their bytes follow the pickle."""
 
     def __init__(self, src, what):
+        super().__init__(src.left())
         self.src, self.what = src, what
         self.roots, self.views, self.all, self.reserved = {}, {}, [], 0
 
@@ -573,9 +671,7 @@ class _LegacyStorages:
             self.all.append(root)
         elif root.raw.size != nbytes:
             raise ValueError(f"storage {key} is named with {nbytes} and {root.raw.size} bytes")
-        if view_metadata is None:
-            return root
-        return self._view(root, dtype, view_metadata)
+        return self.value(root if view_metadata is None else self._view(root, dtype, view_metadata))
 
     def _view(self, root, dtype, view_metadata):
         """Very old files: a storage that is a slice ``(view_key, offset, size)`` of another."""
@@ -609,14 +705,16 @@ class _LegacyStorages:
             self.src.readinto(root.raw)
         for storage in self.all:
             storage.refresh()
+        self.run_deferred()
 
 
 def _load_stream(f, size, what, allow, unknown):
     """A legacy PyTorch stream, or a plain pickle (whose tensors are NumPy arrays)."""
     src = file_source(f, size)
+    storages = _LegacyStorages(src, what)
 
     def unpickle(part, persistent_load=None):
-        return Unpickler(src, TORCH_GLOBALS, allow=allow, unknown=unknown,
+        return Unpickler(src, TORCH_GLOBALS, allow=allow, unknown=unknown, limits=storages,
                          persistent_load=persistent_load, what=f"{what}: {part}").load()
 
     first = unpickle('first pickle')
@@ -629,7 +727,7 @@ def _load_stream(f, size, what, allow, unknown):
         raise ValueError(f"{what}: legacy protocol version is not {LEGACY_PROTOCOL}")
     if not isinstance(unpickle('sys info'), dict):
         raise ValueError(f"{what}: the legacy sys-info pickle is not a dict")
-    storages = _LegacyStorages(src, what)
+    storages.deferred = []
     obj = unpickle('object pickle', storages.persistent_load)
     storages.fill(unpickle('storage keys'))
     return obj
@@ -663,8 +761,16 @@ def _load_safetensors(f, size, mapped, what):
     out = {}
     for name, dtype, shape, begin, stop in entries:
         raw = _read_region(f, mapped, buffer_start + begin, stop - begin)
-        out[name] = _typed(raw, dtype, 'little', name).reshape(shape)
+        out[name] = _shaped(_typed(raw, dtype, 'little', name), shape, 'C', f"{what}: tensor {name!r}")
     return out
+
+
+def _shaped(flat, shape, order, what):
+    """``flat.reshape(shape)``; NumPy's refusals (a dimension beyond its limits) name ``what``."""
+    try:
+        return flat.reshape(shape, order=order)
+    except ValueError as exc:
+        raise ValueError(f"{what}: shape {shape} is not possible: {exc}") from None
 
 
 def _unique_keys(pairs):
@@ -678,15 +784,15 @@ def _safetensors_entry(name, spec, what):
     if not isinstance(spec, dict) or set(spec) != {'dtype', 'shape', 'data_offsets'}:
         raise ValueError(f"{what}: tensor {name!r} must have exactly dtype, shape and data_offsets")
     code = spec['dtype']
-    if code not in _SAFETENSORS_DTYPES:
+    if not isinstance(code, str) or code not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{what}: tensor {name!r} has dtype {code!r}; supported: "
                          f"{', '.join(_SAFETENSORS_DTYPES)}")
     dtype = _SAFETENSORS_DTYPES[code]
-    shape = _int_tuple(spec['shape'], f"tensor {name!r} shape")
+    shape = _int_tuple(spec['shape'], f"{what}: tensor {name!r} shape")
     offsets = spec['data_offsets']
     if not isinstance(offsets, list) or len(offsets) != 2:
         raise ValueError(f"{what}: tensor {name!r} data_offsets must be [begin, end]")
-    begin, stop = (_int_arg(o, f"tensor {name!r} offset") for o in offsets)
+    begin, stop = (_int_arg(o, f"{what}: tensor {name!r} offset") for o in offsets)
     count = 1
     for n in shape:
         count *= n
@@ -716,8 +822,12 @@ def _npy_array(raw, what):
         shape, fortran = header['shape'], header['fortran_order']
     except (ValueError, SyntaxError, TypeError, KeyError, RecursionError, MemoryError) as exc:
         raise ValueError(f"{what}: .npy header is not understood ({exc!r})") from None
-    if dtype.hasobject or dtype.kind not in 'biufcUSmMV' or not isinstance(fortran, bool):
+    if dtype.hasobject or dtype.kind not in 'biufcUSmMV':
         raise ValueError(f"{what}: .npy of dtype {dtype} refused (object arrays hold pickles)")
+    if not isinstance(fortran, bool):
+        raise ValueError(f"{what}: .npy header's fortran_order must be True or False, got {fortran!r}")
+    if dtype.itemsize == 0:
+        raise ValueError(f"{what}: .npy dtype {dtype} has no size (NumPy arrays can not hold it)")
     shape = _int_tuple(shape, f"{what}: .npy shape")
     count = 1
     for n in shape:
@@ -726,7 +836,7 @@ def _npy_array(raw, what):
     if count * dtype.itemsize != data.size:
         raise ValueError(f"{what}: .npy array of shape {shape} ({dtype}) needs "
                          f"{count * dtype.itemsize} bytes, the file holds {data.size}")
-    return data.view(dtype).reshape(shape, order='F' if fortran else 'C')
+    return _shaped(data.view(dtype), shape, 'F' if fortran else 'C', what)
 
 
 def _load_npz(archive, what):
@@ -770,30 +880,64 @@ def load_checkpoint(path, *, allow=(), unknown='error', mmap=False):
     -------
     The file's structure (dict, OrderedDict, list, tuple, numbers, strings...) with every tensor as a
     ``numpy.ndarray`` of its dtype and shape (views that shared a storage in PyTorch share memory;
-    bfloat16 becomes float32, exactly). safetensors and npz give a dict ``name -> array`` in file order.
+    bfloat16 becomes float32, exactly). A storage pickled alone (``torch.save(t.untyped_storage())``)
+    is the 1-D array of its elements (uint8 for an untyped storage), sharing memory with the tensors
+    on it. safetensors and npz give a dict ``name -> array`` in file order.
 
     Raises
     ------
+    CheckpointPathError
+        (an ``OSError`` and a ``ValueError``) ``path`` is missing (also a ``FileNotFoundError``), a
+        directory (an ``IsADirectoryError``), not readable (a ``PermissionError``) or not a regular
+        file (a pipe or a device: refused before it is opened for reading).
     UnsafeCheckpointError
         (a ``ValueError``) the file names a global outside the allow-list, or a dangerous one.
     ValueError
         truncated, corrupt or unknown formats, sizes or offsets outside the file or storage,
-        unsupported dtypes.
+        unsupported dtypes; dict keys or set items holding tuples nested more than 256 deep, or more
+        than 16 distinct keys of one dict sharing a hash; copies of the file's data (PyTorch's
+        negation bit, NumPy arrays made from bytes...) together larger than 8 times the data read plus
+        64 MiB, or than the machine's memory (``numpyconv._safe_pickle.Limits``).
     """
     allow = _check_options(allow, unknown, mmap)
     path = os.fspath(path)
-    with open(path, 'rb') as f:
+    with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(512)
         f.seek(0)
         if size == 0:
-            raise ValueError(f"{path}: empty file, not a checkpoint")
+            raise ValueError(f"{path}: size 0 (an empty file, or a system file such as /proc's), not a "
+                             f"checkpoint")
         mapped = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ) if mmap else None
         try:
             return _load(f, size, head, mapped, path, allow, unknown)
         except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, OverflowError,
                 UnicodeError) as exc:
             raise ValueError(f"{path}: corrupt or truncated ({type(exc).__name__}: {exc})") from None
+        except MemoryError:
+            raise ValueError(f"{path}: loading it needs more memory than this process can have") from None
+
+
+def _open_regular(path):
+    """``path`` opened for reading if it is a regular file; else a :class:`CheckpointPathError`,
+    raised before anything could block (a pipe, a device)."""
+    fd = None
+    try:
+        _check_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_BINARY', 0) | getattr(os, 'O_NONBLOCK', 0))
+        _check_regular(os.fstat(fd).st_mode)            # the same file, not one put there since
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        raise _path_error(exc, path) from None
+    return open(fd, 'rb')
+
+
+def _check_regular(mode):
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device), not a checkpoint")
 
 
 def _load(f, size, head, mapped, path, allow, unknown):
@@ -806,7 +950,7 @@ def _load(f, size, head, mapped, path, allow, unknown):
         return _npy_array(_read_region(f, mapped, 0, size), f"{path} (npy)")
     if len(head) >= 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] <= size - 8:
         return _load_safetensors(f, size, mapped, f"{path} (safetensors)")
-    if head[:1] == b'\x80' or head[:1] in _PICKLE_STARTS:
+    if head[:1] == b'\x80' or head[:1] in _PICKLE_STARTS or head.startswith(_LEGACY_TEXT_MAGIC):
         return _load_stream(f, size, f"{path} (PyTorch legacy stream or pickle)", allow, unknown)
     if head[257:262] == b'ustar':
         raise ValueError(f"{path}: a tar archive: PyTorch's tar format (before 0.4) is not supported")
@@ -891,21 +1035,22 @@ class _Tensors:
         self.bfloat16, self.used = bfloat16, set()
         self.storages, self.keys, self.keep = [], {}, []
 
-    def convert(self, obj, where='obj', path='', active=frozenset()):
+    def convert(self, obj, where='obj', path='', active=()):
         if obj is None or type(obj) in (bool, int, float, complex, str):
             return obj
         if isinstance(obj, (np.ndarray, np.generic)):
-            return self.tensor(obj, where, path)
+            return self.tensor(_plain_array(obj, where), where, path)
         if type(obj) in (dict, OrderedDict, list, tuple):
             if id(obj) in active:
                 raise ValueError(f"save_checkpoint: {where} contains itself")
-            active = active | {id(obj)}
+            _check_depth(len(active) + 1, where)
+            active = (*active, id(obj))
             if type(obj) in (list, tuple):
                 items = [self.convert(v, f"{where}[{i}]", _join(path, i), active) for i, v in enumerate(obj)]
                 return type(obj)(items)
             out = type(obj)()
             for k, v in obj.items():
-                _check_key(k, where)
+                _check_key(k, where, len(active))
                 out[k] = self.convert(v, _where(where, k), _join(path, k), active)
             return out
         raise TypeError(f"save_checkpoint: {where} is a {type(obj).__module__}.{type(obj).__qualname__}; "
@@ -933,12 +1078,26 @@ class _Tensors:
             array.dtype.newbyteorder('=')], array.size)
 
 
-def _check_key(key, where):
+def _plain_array(value, where):
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"save_checkpoint: {where} is a masked array; its mask would be lost (save "
+                        f"value.filled(...) or the data and the mask as two arrays)")
+    return value
+
+
+def _check_depth(depth, where):
+    if depth > _MAX_SAVE_DEPTH:
+        raise ValueError(f"save_checkpoint: {where} is nested more than {_MAX_SAVE_DEPTH} containers "
+                         f"(and key tuples) deep")
+
+
+def _check_key(key, where, depth):
     if type(key) in (str, int, float, bool) or key is None:
         return
     if type(key) is tuple:
+        _check_depth(depth + 1, f"a key of {where}")
         for k in key:
-            _check_key(k, where)
+            _check_key(k, where, depth + 1)
         return
     raise TypeError(f"save_checkpoint: {where} has a key of type {type(key).__name__}; keys must be "
                     f"strings, numbers, bools, None or tuples of them")
@@ -965,12 +1124,20 @@ def _tensor_call(key, shape, storage, count):
 def _atomic(path):
     """Write to a temporary file beside ``path`` and move it into place only when complete."""
     directory, name = os.path.split(os.path.abspath(path))
-    handle = tempfile.NamedTemporaryFile('wb', dir=directory, prefix=f'.{name}.', suffix='.tmp',
-                                         delete=False)
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        handle = tempfile.NamedTemporaryFile('wb', dir=directory, prefix=f'.{name}.', suffix='.tmp',
+                                             delete=False)
+    except OSError as exc:
+        raise _path_error(exc, path) from None
     try:
         with handle:
             yield handle
-        os.replace(handle.name, path)
+        try:
+            os.replace(handle.name, path)
+        except OSError as exc:
+            raise _path_error(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
@@ -1018,6 +1185,7 @@ def _flat_arrays(obj, fmt):
         if not isinstance(v, np.ndarray):
             raise TypeError(f"save_checkpoint(format={fmt!r}): obj[{k!r}] is a {type(v).__name__}; "
                             f"{fmt} holds only arrays (use format='torch' for nested checkpoints)")
+        _plain_array(v, f"obj[{k!r}]")
     return obj
 
 
@@ -1091,6 +1259,18 @@ def save_checkpoint(obj, path, format='torch', bfloat16=()):
         Arrays to write as bfloat16 (rounded to nearest even; NaN stays NaN), named by their path:
         the keys from the top joined by ``'.'`` (``'state_dict.conv.weight'``; list items by index).
         Not available for npz.
+
+    Raises
+    ------
+    TypeError
+        a value or key of a type the format does not hold, or a ``numpy.ma.MaskedArray`` (its mask
+        would be lost), named with where it sits (``obj['optimizer']['state'][3]``).
+    ValueError
+        a container that contains itself; containers (and key tuples) nested more than 200 deep;
+        a ``bfloat16`` name that is not a float array of ``obj``.
+    CheckpointPathError
+        (an ``OSError`` and a ``ValueError``) ``path`` is a directory or its folder is missing or
+        not writable; the message names ``path``.
     """
     if format not in _WRITERS:
         raise ValueError(f"format must be 'torch', 'safetensors' or 'npz', got {format!r}")

@@ -37,12 +37,14 @@ in_channels; a bias means the modulated kind); both are named when both fit (54 
 3x3 kernel: DeformConv2d with 3 groups or ModulatedDeformConv2d with 2). What shapes can not tell
 (groups, a depthwise conv's in_channels) is said in the detail.
 """
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 _BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
+MAX_DEPTH = 64      # module nesting below which keys are not split further (one group)
 _BN = {'weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'}
 
 
@@ -75,11 +77,14 @@ def inspect_state_dict(state):
     """
     arrays = OrderedDict((k, v) for k, v in state.items() if isinstance(k, str) and isinstance(v, np.ndarray))
     groups = []
-    _visit('', list(arrays), arrays, groups)
+    _visit('', list(arrays), arrays, groups, 0)
     return groups
 
 
-def _visit(prefix, keys, arrays, groups):
+def _visit(prefix, keys, arrays, groups, depth):
+    if depth == MAX_DEPTH:           # deeper modules stay one group, their keys not split
+        groups.append(_group(prefix, keys, arrays, (None, '')))
+        return
     shapes = {k: arrays[prefix + k].shape for k in keys}
     match = _match(shapes)
     if match is not None:
@@ -94,7 +99,7 @@ def _visit(prefix, keys, arrays, groups):
             head, rest = key.split('.', 1)
             children.setdefault(head, []).append(rest)
     for head, rest in children.items():
-        _visit(f'{prefix}{head}.', rest, arrays, groups)
+        _visit(f'{prefix}{head}.', rest, arrays, groups, depth + 1)
 
 
 def _group(prefix, keys, arrays, match):
@@ -145,6 +150,11 @@ def _layer_norm(s):
     return 'LayerNorm', f"normalized_shape {s['weight'][0]}"
 
 
+def _dim(shape, i):
+    """Dimension ``i`` of ``shape`` for a detail, ``'?'`` when the tensor has fewer dimensions."""
+    return shape[i] if len(shape) > i else '?'
+
+
 def _children(s, name):
     """The shapes of child ``name`` (keys ``name.*``, prefix stripped)."""
     return {k[len(name) + 1:]: v for k, v in s.items() if k.startswith(name + '.')}
@@ -186,6 +196,8 @@ def _deformable(s):
         return None
     o, i, kh, kw = main['weight']
     (channels, in_channels), points = offset['weight'][:2], kh * kw
+    if points == 0:
+        return None
     kinds = []
     for name, n in (('DeformConv2d', 2), ('ModulatedDeformConv2d', 3)):
         groups = channels // (n * points)
@@ -215,7 +227,7 @@ def _dynamic(s):
     expected = {'weight', 'attention.fc1.weight', 'attention.fc2.weight', 'attention.fc2.bias'}
     if set(s) - {'bias'} != expected or _rank5(s, 'kernels') is None:
         return None
-    return 'DynamicConv2d', _rank5(s, 'kernels') + f", attention hidden {s['attention.fc1.weight'][0]}"
+    return 'DynamicConv2d', _rank5(s, 'kernels') + f", attention hidden {_dim(s['attention.fc1.weight'], 0)}"
 
 
 def _odconv(s):
@@ -227,7 +239,7 @@ def _odconv(s):
             or not required <= set(attention) <= required | optional | {'bn.num_batches_tracked'} \
             or _rank5(s, 'kernels') is None:
         return None
-    return 'ODConv2d', _rank5(s, 'kernels') + f", attention hidden {attention['fc.weight'][0]}"
+    return 'ODConv2d', _rank5(s, 'kernels') + f", attention hidden {_dim(attention['fc.weight'], 0)}"
 
 
 def _condconv(s):
@@ -241,8 +253,8 @@ def _involution(s):
         f'conv1.bn.{k}' for k in ('weight', 'bias', 'running_mean', 'running_var')}
     if set(s) - {'conv1.bn.num_batches_tracked'} != required:
         return None
-    reduced, channels = s['conv1.conv.weight'][:2]
-    kkg = s['conv2.conv.weight'][0]
+    reduced, channels = (_dim(s['conv1.conv.weight'], i) for i in (0, 1))
+    kkg = _dim(s['conv2.conv.weight'], 0)
     return 'Involution2d', f'{channels} channels, reduced to {reduced}, K*K*groups = {kkg}'
 
 
@@ -254,7 +266,7 @@ def _kwconv(s):
     if set(s) - attention - {'bias'} or not (plain - norm_optional <= attention <= plain
                                              or basis - norm_optional <= attention <= basis):
         return None
-    hidden, channels = s['attention.fc1.weight'][:2]
+    hidden, channels = (_dim(s['attention.fc1.weight'], i) for i in (0, 1))
     mode = 'basis' if 'attention.fc3.weight' in s else 'plain'
     return 'KWConv2d', (f'{channels} in channels, attention hidden {hidden}, {mode} mode '
                         f'(cells in the WarehouseManager)')
@@ -274,7 +286,8 @@ _DCNV3 = {f'{m}.{p}' for m in ('dw_conv.0', 'dw_conv.1.1', 'offset', 'mask', 'in
 def _dcnv3(s):
     if set(s) - {'center_feature_scale_proj_weight', 'center_feature_scale_proj_bias'} != _DCNV3:
         return None
-    return 'DCNv3', (f"{s['input_proj.weight'][0]} channels, group*points = {s['mask.weight'][0]}, "
+    channels, points = _dim(s['input_proj.weight'], 0), _dim(s['mask.weight'], 0)
+    return 'DCNv3', (f"{channels} channels, group*points = {points}, "
                      f"{'x'.join(map(str, s['dw_conv.0.weight'][2:]))} depthwise")
 
 
@@ -364,10 +377,10 @@ def main(args):
         checkpoint = load_checkpoint(args.file, allow=args.allow, unknown='stub' if args.stub else 'error')
         state = state_dict_of(checkpoint, prefix=args.prefix, key=args.key)
     except (ValueError, TypeError, OSError) as exc:
-        print(f'numpyconv inspect: {exc}')
+        print(f'numpyconv inspect: {exc}', file=sys.stderr)
         if isinstance(exc, UnsafeCheckpointError):
             print('numpyconv inspect: --stub keeps unknown objects as inert placeholders; '
-                  '--allow MODULE.NAME trusts one')
+                  '--allow MODULE.NAME trusts one', file=sys.stderr)
         return 1
     source = state_dict_key(checkpoint, args.key)
     if source is not None:

@@ -111,11 +111,32 @@ def test_cli_inspect(capsys):
 
 def test_cli_inspect_refuses_unknown_globals_unless_stubbed(capsys):
     assert cli.main(['inspect', str(DATA / 'config_stub.pth')]) == 1
-    out = capsys.readouterr().out
-    assert 'yacs.config.CfgNode is not in the allow-list' in out and '--stub' in out
+    err = capsys.readouterr().err
+    assert 'yacs.config.CfgNode is not in the allow-list' in err and '--stub' in err
     assert cli.main(['inspect', str(DATA / 'config_stub.pth'), '--stub']) == 0
     assert "config: Stub('yacs.config.CfgNode')" in capsys.readouterr().out
     assert cli.main(['inspect', str(DATA / 'evil_reduce_zip.pth'), '--stub']) == 1
-    assert 'refused global os.system' in capsys.readouterr().out
+    assert 'refused global os.system' in capsys.readouterr().err
     assert cli.main(['inspect', str(DATA / 'mmcls.pth'), '--key', 'nope']) == 1
-    assert "key 'nope' is not in the checkpoint" in capsys.readouterr().out
+    assert "key 'nope' is not in the checkpoint" in capsys.readouterr().err
+
+
+def test_keys_nested_deeper_than_the_limit_form_one_group():
+    from numpyconv.inspection import MAX_DEPTH
+    key = 'a.' * 5000 + 'w'
+    groups = inspect_state_dict({key: np.zeros(1, np.float32), 'b.weight': np.zeros((2, 3), np.float32)})
+    assert [g.prefix for g in groups] == ['a.' * MAX_DEPTH, 'b.']
+    assert groups[0].entries[0][0] == key[2 * MAX_DEPTH:] and groups[0].layer is None
+    format_inspection(groups)
+
+
+@pytest.mark.parametrize('shape', [(), (0,), (3,), (0, 0, 0, 0), (1, 1, 1, 1, 1)])
+def test_odd_shapes_never_break_the_matchers(shape):
+    """Every key of every layer's state_dict given an odd shape (a 0-size kernel, too few dimensions)."""
+    for _, make in LAYERS:
+        state = make().state_dict()
+        for key in state:
+            format_inspection(inspect_state_dict({**state, key: np.zeros(shape, np.float32)}))
+    zero_kernel = {'weight': np.zeros((4, 3, 0, 3)), 'conv_offset.weight': np.zeros((18, 3, 3, 3)),
+                   'conv_offset.bias': np.zeros(18)}
+    assert inspect_state_dict(zero_kernel)[0].layer != 'DeformConv2d'
