@@ -267,12 +267,30 @@ def _channel_affine_loop(x, scale, shift, low, high, y):
             y[n, c, k] = _clamp_value(x[n, c, k] * a + b, low, high)
 
 
-def _channel_affine(x, scale, shift, low=-np.inf, high=np.inf):
-    """``x (N, C, ...) * scale[c] + shift[c]``, clamped to ``[low, high]``, in one parallel pass."""
-    x3 = loop_operand(x).reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
-    y = np.empty(x3.shape, dtype=x.dtype)
+@njit(cache=True, parallel=True)
+def _channel_affine_sum_loop(x, scale, shift, r, low, high, y):
+    """``y[n, c] = (x[n, c] * scale[c] + shift[c]) + r[n, c]``, clamped to ``[low, high]``: the
+    affine map of :func:`_channel_affine_loop`, rounded, then a residual added (the order of the
+    separate passes, so the result is theirs to the bit)."""
+    channels = x.shape[1]
+    for t in prange(x.shape[0] * channels):
+        n, c = t // channels, t % channels
+        a, b = scale[c], shift[c]
+        for k in range(x.shape[2]):
+            y[n, c, k] = _clamp_value((x[n, c, k] * a + b) + r[n, c, k], low, high)
+
+
+def _channel_affine(x, scale, shift, low=-np.inf, high=np.inf, residual=None):
+    """``x (N, C, ...) * scale[c] + shift[c]`` (``+ residual``, same shape), clamped to
+    ``[low, high]``, in one parallel pass."""
+    shape3 = (x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+    x3 = loop_operand(x).reshape(shape3)
+    y = np.empty(shape3, dtype=x.dtype)
     with threads_for(y.size):
-        _channel_affine_loop(x3, scale, shift, low, high, y)
+        if residual is None:
+            _channel_affine_loop(x3, scale, shift, low, high, y)
+        else:
+            _channel_affine_sum_loop(x3, scale, shift, loop_operand(residual).reshape(shape3), low, high, y)
     return y.reshape(x.shape)
 
 
@@ -305,9 +323,12 @@ def _channel_affine_backward(dout, x, mean, s, gamma):
     return dx.reshape(x.shape), sums[:, 0].astype(x.dtype), sums[:, 1].astype(x.dtype)
 
 
-def batch_norm_inference(x, weight, bias, running_mean, running_var, eps, low=-np.inf, high=np.inf):
+def batch_norm_inference(x, weight, bias, running_mean, running_var, eps, low=-np.inf, high=np.inf,
+                         residual=None):
     """Eval-mode BatchNorm's ``y`` alone (eq. 21), clamped to ``[low, high]``: a BatchNorm and the
-    ReLU (``low=0``) or ReLU6 (``low=0, high=6``) after it in one pass, for inference.
+    ReLU (``low=0``) or ReLU6 (``low=0, high=6``) after it in one pass, for inference; with
+    ``residual``, ``clamp(y + residual)``: the end of a residual block (its branch's last
+    BatchNorm, the shortcut's sum and the activation) in that one pass.
 
     Parameters
     ----------
@@ -317,21 +338,26 @@ def batch_norm_inference(x, weight, bias, running_mean, running_var, eps, low=-n
     eps : float >= 0
     low, high : float
         The clamp; the defaults leave ``y`` unclamped. A NaN passes.
+    residual : ndarray or None
+        Shape and dtype of ``x``, added to ``y`` before the clamp.
 
     Returns
     -------
     y : ndarray, shape and dtype of ``x``
-        Bitwise the output of :func:`batch_norm_forward` (eval) followed by ``relu_forward`` or
-        ``relu6_forward``; no cache.
+        Bitwise the output of :func:`batch_norm_forward` (eval) (plus ``residual``) followed by
+        ``relu_forward`` or ``relu6_forward``; no cache.
     """
     _check_batch_norm(x, weight, bias, running_mean, running_var, False)
+    if residual is not None:
+        same_dtype(('x', x), ('residual', float_array(residual, 'residual')))
+        expect_shape(residual, x.shape, 'residual')
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     return _eval_batch_norm(x, weight, bias, running_mean, running_var, _real(eps, 'eps', 0), shape,
-                            None, low, high)[0]
+                            None, low, high, residual)[0]
 
 
 def _eval_batch_norm(x, weight, bias, running_mean, running_var, eps, shape, axes, low=-np.inf,
-                     high=np.inf):
+                     high=np.inf, residual=None):
     """Eval-mode ``(y, cache)``: (eq. 21) as the per-channel affine map ``y = x a + c`` with
     ``a = gamma s`` and ``c = beta - running_mean a``, one pass over ``x`` (clamped to
     ``[low, high]``); the cache keeps ``x`` (a reference) and the backward forms ``x_hat`` only if it
@@ -341,7 +367,7 @@ def _eval_batch_norm(x, weight, bias, running_mean, running_var, eps, shape, axe
     shift = -running_mean.reshape(shape) * scale
     if bias is not None:
         shift += bias.reshape(shape)
-    y = _channel_affine(x, scale.ravel(), shift.ravel(), low, high)
+    y = _channel_affine(x, scale.ravel(), shift.ravel(), low, high, residual)
     return y, Cache('batch_norm', x=x, inv_std=inv_std, weight=weight, has_bias=bias is not None,
                     shape=shape, axes=axes, training=False, running_mean=running_mean,
                     running_var=running_var)

@@ -136,13 +136,14 @@ class _BatchNorm(Module):
         statistics."""
         return not self.training and 'running_mean' in self._buffers
 
-    def _inference_clamped(self, x, low, high):
-        """The eval-mode output clamped to ``[low, high]`` in one pass, keeping nothing (a BatchNorm
-        and the ReLU after it, :func:`numpyconv.blocks.batch_norm_inference`)."""
+    def _inference_clamped(self, x, low, high, residual=None):
+        """The eval-mode output (plus ``residual``) clamped to ``[low, high]`` in one pass, keeping
+        nothing (a BatchNorm and the ReLU after it, or the end of a residual block:
+        :func:`numpyconv.blocks.batch_norm_inference`)."""
         self._check_x(x)
         return batch_norm_inference(x, self._params.get('weight'), self._params.get('bias'),
                                     self._buffers['running_mean'], self._buffers['running_var'],
-                                    self.eps, low, high)
+                                    self.eps, low, high, residual)
 
     def _factor(self):
         """The running-average factor of this training step."""

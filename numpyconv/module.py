@@ -491,7 +491,12 @@ class Sequential(Module):
         """The layers in order. Under :class:`no_grad`, a layer with a clamped inference pass (an
         eval-mode BatchNorm) followed by a clamp (a ReLU or ReLU6) runs the pair as one pass, with the
         same output; the pair's layers keep nothing, as under ``no_grad`` anyway."""
-        layers, i = self._layers(), 0
+        return self._run(self._layers(), x)
+
+    @staticmethod
+    def _run(layers, x):
+        """``x`` through ``layers`` in order (:meth:`forward`)."""
+        i = 0
         while i < len(layers):
             layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
             if not is_grad_enabled() and _fuses(layer, after):
@@ -517,12 +522,18 @@ class Sequential(Module):
         return total, input_shape
 
 
+def infers_clamped(layer):
+    """Whether ``layer`` offers a clamped inference pass that gives its output now (BatchNorm2d in
+    eval mode with running statistics): ``layer._inference_clamped(x, low, high, residual=None)``."""
+    clamped = getattr(layer, '_infers_clamped', None)
+    return clamped is not None and clamped()
+
+
 def _fuses(layer, after):
     """Whether ``layer`` then ``after`` run as one inference pass: ``layer`` offers a clamped inference
     pass that gives its output now (BatchNorm2d in eval mode with running statistics) and ``after`` is
     exactly a clamp (``ReLU``, ``ReLU6``: a ``_bounds`` pair)."""
-    clamped = getattr(layer, '_infers_clamped', None)
-    return clamped is not None and clamped() and getattr(type(after), '_bounds', None) is not None
+    return infers_clamped(layer) and getattr(type(after), '_bounds', None) is not None
 
 
 def count(layer, input_shape):

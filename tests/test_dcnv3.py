@@ -385,6 +385,25 @@ def test_matches_torch_grid_sample_core(config):
         np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-10, atol=1e-10)
 
 
+
+@pytest.mark.parametrize('config', [c for c in GRID if c[-1] and c[3] in (3, 5)])
+def test_remove_center_matches_the_official_core_structure(config):
+    """The whole-network re-creation's core drops each group's centre point from the sampling grid
+    as the official ``remove_center_sampling_locations`` does; numpyconv gives the same values."""
+    torch = pytest.importorskip('torch')
+    from torch_models.intern_image import dcnv3_core_pytorch
+    n, h, w, kernel, stride, padding, dilation, group, d, scale, _ = config
+    x, offset, mask = operands(n, h, w, *config[3:9], True)
+    y, cache = run(x, offset, mask, config[3:])
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, offset, mask)]
+    yt = dcnv3_core_pytorch(*tensors, kernel, kernel, stride, stride, padding, padding, dilation, dilation,
+                            group, d, scale, 1)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dout = RNG.standard_normal(y.shape)
+    yt.backward(torch.tensor(dout))
+    for ours, theirs in zip(D3.dcnv3_backward(dout, cache), tensors):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-10, atol=1e-10)
+
 # -- the DCNv3 layer ------------------------------------------------------------------------------
 LAYER_CONFIGS = [
     dict(),

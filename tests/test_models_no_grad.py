@@ -49,15 +49,17 @@ def test_no_grad_inference(name, training):
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'od_mobilenetv2'])
 def test_fused_inference_passes_leave_no_cache_of_an_earlier_pass(name, monkeypatch):
     """Under no_grad an eval-mode BatchNorm and the ReLU (ReLU6) after it run as one pass, and so do
-    a residual sum and its ReLU: the same logits, and the layers whose work was fused keep no cache
-    of an earlier normal pass (a backward through them is refused, not run on stale inputs)."""
+    a residual branch's last BatchNorm, the sum and its ReLU: the same logits, and the layers whose
+    work was fused keep no cache of an earlier normal pass (a backward through them is refused, not
+    run on stale inputs)."""
     import numpyconv.activations
     import numpyconv.layers
-    calls = {'batch_norm': 0, 'sum': 0}
+    calls = {'batch_norm': 0, 'sum': 0, 'batch_norm_sum': 0}
 
     def counting(key, function):
         def wrapper(*args):
             calls[key] += 1
+            calls['batch_norm_sum'] += key == 'batch_norm' and len(args) > 8 and args[8] is not None
             return function(*args)
         return wrapper
     monkeypatch.setattr(numpyconv.layers, 'batch_norm_inference',
@@ -72,7 +74,8 @@ def test_fused_inference_passes_leave_no_cache_of_an_earlier_pass(name, monkeypa
     with nc.no_grad():
         y_no_grad = model(x)
     np.testing.assert_array_equal(y_no_grad, y)
-    assert calls['batch_norm'] > 0 and (calls['sum'] > 0 or name == 'od_mobilenetv2')
+    blocks = {'resnet18': 8, 'resnet50': 16, 'od_mobilenetv2': 0}[name]   # residual blocks ending in a BN
+    assert calls['batch_norm'] > blocks and calls['batch_norm_sum'] == blocks
     assert cached(model) == []
     relus = [m for _, m in model.named_modules() if isinstance(m, (nc.ReLU, nc.ReLU6))]
     for layer in relus[:3]:
@@ -97,3 +100,5 @@ def test_clamped_sum_and_batch_norm_inference_are_bitwise_the_separate_passes():
             assert np.array_equal(np.signbit(got[numbers]), np.signbit(relu(y)[0][numbers]))
             np.testing.assert_array_equal(got, relu(y)[0])
         np.testing.assert_array_equal(batch_norm_inference(a, *stats, 1e-5), y)
+        for low, high, relu in ((0.0, np.inf, nc.relu_forward), (-np.inf, np.inf, lambda v: (v,))):
+            np.testing.assert_array_equal(batch_norm_inference(a, *stats, 1e-5, low, high, b), relu(y + b)[0])

@@ -18,8 +18,8 @@ Two containers reproduce both:
 Both give ``forward``, ``backward`` (accumulating every parameter gradient) and ``macs``
 (``numpyconv.count``) from their steps, as :class:`~numpyconv.Sequential` does (which, under
 :class:`~numpyconv.no_grad`, runs an eval-mode BatchNorm and the ReLU after it as one pass). Under
-``no_grad`` a :class:`Residual` adds the shortcut and applies its activation in one pass too; the
-output is the same to the bit.
+``no_grad`` a :class:`Residual` adds the shortcut and applies its activation in one pass too, together
+with the branch's last BatchNorm when it is in eval mode; the output is the same to the bit.
 """
 import math
 
@@ -28,7 +28,7 @@ import numpy as np
 from ..activations import ReLU, clamped_sum
 from ..conv import Conv2d
 from ..layers import BatchNorm2d
-from ..module import Module, Sequential, fans, is_grad_enabled
+from ..module import Module, Sequential, fans, infers_clamped, is_grad_enabled
 
 
 class Chain(Sequential):
@@ -73,12 +73,28 @@ class Residual(Chain):
         self.act = ReLU()
 
     def forward(self, x):
+        if not is_grad_enabled():
+            return self._infer(x)
         out = super().forward(x)
         if 'drop_path' in self._modules:
             out = self._modules['drop_path'](out)
         identity = self._modules['downsample'](x) if 'downsample' in self._modules else x
-        if not is_grad_enabled() and out.shape == identity.shape and out.dtype == identity.dtype:
-            self.act._forget()
+        return self.act(out + identity)
+
+    def _infer(self, x):
+        """The forward pass under ``no_grad``: the branch's last BatchNorm (eval mode; a drop path
+        after it is then the identity), the sum and the ReLU in one pass, or the sum and the ReLU in
+        one pass; the output is the same to the bit."""
+        self.act._forget()
+        layers, drop_path = self._layers(), self._modules.get('drop_path')
+        fuse = bool(layers) and infers_clamped(layers[-1]) and (drop_path is None or not drop_path.training)
+        out = self._run(layers[:-1] if fuse else layers, x)
+        identity = self._modules['downsample'](x) if 'downsample' in self._modules else x
+        if fuse and out.shape == identity.shape and out.dtype == identity.dtype:
+            layers[-1]._forget()
+            return layers[-1]._inference_clamped(out, *self.act._bounds, residual=identity)
+        out = layers[-1](out) if fuse else drop_path(out) if drop_path is not None else out
+        if out.shape == identity.shape and out.dtype == identity.dtype:
             return clamped_sum(out, identity, *self.act._bounds)          # sum and ReLU: one pass
         return self.act(out + identity)
 

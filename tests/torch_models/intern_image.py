@@ -79,8 +79,17 @@ def _generate_dilation_grids(spatial_shapes, kernel_h, kernel_w, dilation_h, dil
     return grid.reshape(1, 1, 1, group * kernel_h * kernel_w, 2)
 
 
+def _remove_center_sampling_locations(sampling_locations, kernel_w, kernel_h):
+    """Drop each group's centre point from ``(..., group * kh * kw, 2)`` (square odd kernels)."""
+    center = (kernel_w * kernel_h - 1) // 2
+    keep = [i for i in range(sampling_locations.shape[-2]) if i != center and (i - center) % (2 * center + 1)]
+    return sampling_locations[:, :, :, keep, :]
+
+
 def dcnv3_core_pytorch(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
                        dilation_w, group, group_channels, offset_scale, remove_center=0):
+    if remove_center and (kernel_h % 2 == 0 or kernel_w % 2 == 0 or kernel_w != kernel_h):
+        raise ValueError('remove_center is only compatible with square odd kernel size.')
     input = F.pad(input, [0, 0, pad_h, pad_h, pad_w, pad_w])
     N_, H_in, W_in, _ = input.shape
     _, H_out, W_out, _ = offset.shape
@@ -90,7 +99,10 @@ def dcnv3_core_pytorch(input, offset, mask, kernel_h, kernel_w, stride_h, stride
     grid = _generate_dilation_grids(input.shape, kernel_h, kernel_w, dilation_h, dilation_w, group, dtype)
     P_ = kernel_h * kernel_w - remove_center
     spatial_norm = torch.tensor([W_in, H_in], dtype=dtype).reshape(1, 1, 1, 2).repeat(1, 1, 1, group * P_)
-    sampling_locations = (ref + grid * offset_scale).repeat(N_, 1, 1, 1, 1).flatten(3, 4)
+    sampling_locations = (ref + grid * offset_scale).repeat(N_, 1, 1, 1, 1)
+    if remove_center:
+        sampling_locations = _remove_center_sampling_locations(sampling_locations, kernel_w, kernel_h)
+    sampling_locations = sampling_locations.flatten(3, 4)
     sampling_locations = sampling_locations + offset * offset_scale / spatial_norm
     sampling_grids = 2 * sampling_locations - 1
     input_ = input.view(N_, H_in * W_in, group * group_channels).transpose(1, 2).reshape(
