@@ -38,10 +38,13 @@ from .memory import require_memory
 
 
 def make_rng(rng, name='rng'):
-    """A ``numpy.random.Generator`` from a seed (an int >= 0), a Generator or None (fresh entropy);
-    ``TypeError`` / ``ValueError`` naming ``name`` for anything else."""
+    """A ``numpy.random.Generator`` from a seed (an int >= 0), a Generator, a ``SeedSequence`` or
+    ``BitGenerator``, or None (fresh entropy); ``TypeError`` / ``ValueError`` naming ``name`` for
+    anything else."""
     if isinstance(rng, np.random.Generator):
         return rng
+    if isinstance(rng, (np.random.SeedSequence, np.random.BitGenerator)):
+        return np.random.default_rng(rng)
     if rng is not None and not is_int(rng):
         raise TypeError(f"{name} must be None, an int seed >= 0 or a numpy.random.Generator, "
                         f"got {rng!r}")

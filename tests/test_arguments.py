@@ -55,10 +55,13 @@ def test_a_bad_rng_is_named(rng, error):
             make()
 
 
-def test_seeds_of_numpy_integer_type_and_generators_are_accepted():
+def test_seeds_of_numpy_integer_type_generators_and_seed_sequences_are_accepted():
     a = nc.Conv2d(3, 4, 3, rng=np.int64(5)).params['weight']
     b = nc.Conv2d(3, 4, 3, rng=np.random.default_rng(5)).params['weight']
-    np.testing.assert_array_equal(a, b)
+    c = nc.Conv2d(3, 4, 3, rng=np.random.SeedSequence(5)).params['weight']
+    d = nc.Conv2d(3, 4, 3, rng=np.random.PCG64(5)).params['weight']
+    for other in (b, c, d):
+        np.testing.assert_array_equal(a, other)
 
 
 @pytest.mark.parametrize('make', [lambda v: nc.DCNv3(8, group=2, channels_last=v),
