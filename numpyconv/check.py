@@ -34,14 +34,20 @@ def run_case(name, make_case, seed=0, tol=1e-8):
     return dict(op=name, forward_error=forward_error, backward_error=backward_error, ok=ok)
 
 
+def check_names(names):
+    """``names`` (all registered ops when empty or None), each a registered op; ``ValueError``
+    naming the first that is not."""
+    cases = registered()
+    unknown = [name for name in names or () if name not in cases]
+    if unknown:
+        raise ValueError(f"unknown op {unknown[0]!r}; registered: {', '.join(sorted(cases))}")
+    return list(names or sorted(cases))
+
+
 def run_all(names=None, seed=0, stream=None):
     """Run the registered cases (all, or ``names``); print a table; return the rows."""
     stream = stream or sys.stdout
-    cases = registered()
-    names = names or sorted(cases)
-    unknown = [name for name in names if name not in cases]
-    if unknown:
-        raise ValueError(f"unknown op {unknown[0]!r}; registered: {sorted(cases)}")
+    cases, names = registered(), check_names(names)
     rows = []
     stream.write(f"{'op':<28}{'forward err vs reference':>26}{'backward err vs FD':>22}  result\n")
     for name in names:

@@ -19,11 +19,10 @@ def _int_argument(low):
 
 def _check(args):
     from . import check
-    known = sorted(check.registered())
-    unknown = [op for op in args.ops if op not in known]
-    if unknown:
-        print(f"numpyconv check: error: unknown op {unknown[0]!r}; registered: {', '.join(known)}",
-              file=sys.stderr)
+    try:
+        check.check_names(args.ops)
+    except ValueError as exc:
+        print(f"numpyconv check: error: {exc}", file=sys.stderr)
         return 2
     rows = check.run_all(args.ops or None, seed=args.seed)
     failed = [r['op'] for r in rows if not r['ok']]

@@ -37,20 +37,17 @@ from ._checks import Cache, dtype_arg, float_array, is_int
 from .memory import require_memory
 
 
-def make_rng(rng, name='rng'):
+def make_rng(rng):
     """A ``numpy.random.Generator`` from a seed (an int >= 0), a Generator, a ``SeedSequence`` or
-    ``BitGenerator``, or None (fresh entropy); ``TypeError`` / ``ValueError`` naming ``name`` for
-    anything else."""
+    ``BitGenerator``, or None (fresh entropy); ``TypeError`` (``ValueError`` for a negative seed)
+    naming ``rng`` for anything else."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, (np.random.SeedSequence, np.random.BitGenerator)):
+    if rng is None or isinstance(rng, (np.random.SeedSequence, np.random.BitGenerator)) or (
+            is_int(rng) and rng >= 0):
         return np.random.default_rng(rng)
-    if rng is not None and not is_int(rng):
-        raise TypeError(f"{name} must be None, an int seed >= 0 or a numpy.random.Generator, "
-                        f"got {rng!r}")
-    if rng is not None and rng < 0:
-        raise ValueError(f"{name} must be None, an int seed >= 0 or a numpy.random.Generator, got {rng}")
-    return np.random.default_rng(rng)
+    expected = "None, an int seed >= 0, a numpy.random.Generator, SeedSequence or BitGenerator"
+    raise (ValueError if is_int(rng) else TypeError)(f"rng must be {expected}, got {rng!r}")
 
 
 def fans(shape):

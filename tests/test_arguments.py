@@ -51,7 +51,8 @@ def test_dtype_none_means_the_float32_default():
 def test_a_bad_rng_is_named(rng, error):
     for make in (lambda: nc.Conv2d(3, 4, 3, rng=rng), lambda: nc.dropout_forward(_x(), 0.0, rng=rng),
                  lambda: models.resnet18(base_channels=8, rng=rng)):
-        with pytest.raises(error, match='rng must be None, an int seed >= 0 or a numpy.random.Generator'):
+        with pytest.raises(error, match='rng must be None, an int seed >= 0, a numpy.random.Generator, '
+                                        'SeedSequence or BitGenerator'):
             make()
 
 

@@ -93,7 +93,10 @@ class Residual(Chain):
         if fuse and out.shape == identity.shape and out.dtype == identity.dtype:
             layers[-1]._forget()
             return layers[-1]._inference_clamped(out, *self.act._bounds, residual=identity)
-        out = layers[-1](out) if fuse else drop_path(out) if drop_path is not None else out
+        if fuse:
+            out = layers[-1](out)
+        elif drop_path is not None:
+            out = drop_path(out)
         if out.shape == identity.shape and out.dtype == identity.dtype:
             return clamped_sum(out, identity, *self.act._bounds)          # sum and ReLU: one pass
         return self.act(out + identity)
