@@ -43,6 +43,30 @@ def forward_of(case):
     return lambda x, o, w, b, m: D.deform_conv2d_forward(x, o, w, b, mask=m, **hyper(case))
 
 
+@pytest.mark.parametrize('op', ['deform_conv2d', 'dcnv3'])
+def test_reference_loops_take_infinite_and_nan_offsets_as_the_ops_do(op):
+    """A point at an infinite or NaN coordinate is within 1 of no pixel: value and slopes 0 in the
+    reference loops as in the fast ops (no int() of an infinity)."""
+    import numpyconv.reference as R
+    rng = np.random.default_rng(5)
+    if op == 'deform_conv2d':
+        x, w = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((3, 2, 3, 3))
+        offset, mask = rng.standard_normal((1, 18, 2, 2)), rng.random((1, 9, 2, 2))
+        args, kwargs = (x, offset, w), dict(mask=mask)
+    else:
+        x, offset = rng.standard_normal((1, 3, 3, 2)), rng.standard_normal((1, 3, 3, 18))
+        mask = rng.random((1, 3, 3, 9))
+        args, kwargs = (x, offset, mask, 3, 1, 1, 1, 1, 2), {}
+    offset.flat[[0, 7, 12]] = np.inf, np.nan, -np.inf
+    y, cache = getattr(nc, op + '_forward')(*args, **kwargs)
+    np.testing.assert_allclose(getattr(R, op)(*args, **kwargs), y, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(y.shape)
+    for ours, theirs in zip(getattr(nc, op + '_backward')(dout, cache),
+                            getattr(R, op + '_backward')(dout, *args, **kwargs)):
+        if ours is not None:
+            np.testing.assert_allclose(theirs, ours, rtol=1e-12, atol=1e-12)
+
+
 # -- forward against the loop reference, gradcheck ------------------------------------------------
 @pytest.mark.parametrize('case', GRID)
 @pytest.mark.parametrize('mask', [True, False])

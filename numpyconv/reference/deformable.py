@@ -24,7 +24,10 @@ def _tent_slope(t):
 
 def corners(img, h, w):
     """The image pixels ``(a, b)`` with a non-zero weight or slope at ``(h, w)``: the four corners
-    ``{floor(h), floor(h) + 1} x {floor(w), floor(w) + 1}`` that lie inside the image."""
+    ``{floor(h), floor(h) + 1} x {floor(w), floor(w) + 1}`` that lie inside the image; none for an
+    infinite or NaN coordinate (no pixel is within 1 of it: the value and the slopes are 0)."""
+    if not (np.isfinite(h) and np.isfinite(w)):
+        return []
     height, width = img.shape
     rows, cols = (int(np.floor(h)), int(np.floor(h)) + 1), (int(np.floor(w)), int(np.floor(w)) + 1)
     return [(a, b) for a in rows for b in cols if 0 <= a < height and 0 <= b < width]
