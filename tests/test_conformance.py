@@ -106,6 +106,24 @@ def deform_no_mask_grad(dout, *args, **kwargs):
     return dx, doff, dw, db, None if dm is None else np.zeros_like(dm)
 
 
+def conv_channel_tail(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Vectorised by 16 input channels: the tail past the last full vector of 16 is dropped."""
+    keep = x.shape[1] // groups // 16 * 16
+    if keep == 0:
+        return conv(x, weight, bias, stride, padding, dilation, groups)
+    c_g = x.shape[1] // groups
+    mask = (np.arange(c_g) < keep).astype(x.dtype)
+    return conv(x, weight * mask[:, None, None], bias, stride, padding, dilation, groups)
+
+
+def conv_row_tiles(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Tiles output rows by 32 pixels and leaves the last partial tile of a longer row unwritten."""
+    out = conv(x, weight, bias, stride, padding, dilation, groups)
+    if out.shape[3] > 32:
+        out[..., 32:] = 0
+    return out
+
+
 def deform_batch_tiles(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Tiles the batch by 32 samples but indexes the offsets from the start in every tile."""
     outs = []
@@ -233,6 +251,15 @@ def test_planted_bug_is_found_and_shrunk(bug, tmp_path):
     expect = {'mismatch': 'AssertionError', 'none': 'AssertionError', 'mutated': 'modified its input',
               'dtype': 'float64', 'shape': 'AssertionError', 'raised': 'NotImplementedError'}[signature[0]]
     _reproduces(failure, tmp_path, op, expect)
+
+
+@pytest.mark.parametrize('candidate', [conv_channel_tail, conv_row_tiles])
+def test_tail_bugs_of_vectorised_loops_are_found_by_the_edge_cases(candidate):
+    """Random cases keep channels and rows small; the edge cases with 17 channels and 35 output
+    columns find the dropped tails."""
+    report = check_against('conv2d', candidate, cases=len(OPS['conv2d'].edge_cases), shrink=False)
+    found = [f for f in report.failures if f.error.signature == ('mismatch', 'out')]
+    assert not report.ok and found, str(report)
 
 
 def test_batch_tiling_bug_shrinks_to_33_samples(tmp_path):

@@ -312,6 +312,12 @@ CONV2D = OpSpec(
               groups=3, cin=2, cout=2),
         _edge('groups = input channels (depthwise through groups)', "the grouped path with one "
               "input channel per group and two outputs each", groups=4, cin=1, cout=2),
+        _edge('groups with stride and dilation', "the group offset and the window indexing "
+              "together", groups=2, cin=3, cout=2, h=9, w=11, sh=2, sw=3, dh=2, dw=2),
+        _edge('many channels (17 -> 33)', "vectorised loops whose tail (channels mod 8, 16, 32) is "
+              "dropped", cin=17, cout=33),
+        _edge('wide rows (35 output columns)', "loops tiled by 8, 16 or 32 output pixels whose last "
+              "tile is dropped or overrun", h=3, w=35),
     ) + BATCH_EDGES + BIAS_EDGE,
     shrink=N_MOVE + (Toward('groups', 1), Toward('cin', 1), Toward('cout', 1)) + PAD_FORM_MOVE
     + WINDOW_MOVES + (Simpler('bias', (False, True)),) + VALUE_MOVE,
@@ -584,6 +590,7 @@ DCN_EDGES = ALL_WINDOW_EDGES + (
           "time)", group=1, gc=16),
     _edge('group_channels 3', "a channel count that is not a multiple of the vector width",
           group=2, gc=3),
+    _edge('group_channels 19', "a full vector of 8 or 16 channels and a tail", group=2, gc=19),
 ) + _pick(OFFSET_EDGES, 'integer', 'border', 'huge', 'inf', 'nan', 'zero mask', 'binary mask') + BATCH_EDGES
 DCN_MOVES = N_MOVE + (Toward('group', 1), Toward('gc', 1), Simpler('remove_center', (False, True)),
                       Simpler('scale', (1.0,))) + WINDOW_MOVES + (
