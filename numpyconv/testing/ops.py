@@ -251,6 +251,9 @@ OFFSET_EDGES = {
         'mask of zeros and ones', "per-point masking mixed within one output pixel", mask='binary'),
 }
 
+MANY_CHANNELS = _edge('many channels (17 -> 33)', "vectorised loops whose tail (channels mod 8, 16, 32) "
+                      "is dropped", cin=17, cout=33)
+
 N_MOVE = (Toward('n', 1),)
 WINDOW_MOVES = (Toward('kh', 1), Toward('kw', 1), Toward('dh', 1), Toward('dw', 1), Toward('sh', 1),
                 Toward('sw', 1), Toward('ph', 0), Toward('pw', 0), Toward('h', 1), Toward('w', 1))
@@ -314,8 +317,7 @@ CONV2D = OpSpec(
               "input channel per group and two outputs each", groups=4, cin=1, cout=2),
         _edge('groups with stride and dilation', "the group offset and the window indexing "
               "together", groups=2, cin=3, cout=2, h=9, w=11, sh=2, sw=3, dh=2, dw=2),
-        _edge('many channels (17 -> 33)', "vectorised loops whose tail (channels mod 8, 16, 32) is "
-              "dropped", cin=17, cout=33),
+        MANY_CHANNELS,
         _edge('wide rows (35 output columns)', "loops tiled by 8, 16 or 32 output pixels whose last "
               "tile is dropped or overrun", h=3, w=35),
     ) + BATCH_EDGES + BIAS_EDGE,
@@ -376,8 +378,7 @@ POINTWISE = OpSpec(
               "gradient", h=3, w=2, sh=5, sw=4),
         _edge('stride (2, 3)', "row and column strides swapped", h=7, w=7, sh=2, sw=3),
         _edge('single pixel', "H = W = 1", h=1, w=1),
-        _edge('many channels (17 -> 33)', "vectorised loops whose tail (channels mod 8, 16, 32) is "
-              "dropped", cin=17, cout=33),
+        MANY_CHANNELS,
     ) + BATCH_EDGES + BIAS_EDGE,
     shrink=N_MOVE + (Toward('cin', 1), Toward('cout', 1), Toward('sh', 1), Toward('sw', 1),
                      Toward('h', 1), Toward('w', 1), Simpler('bias', (False, True))) + VALUE_MOVE,
