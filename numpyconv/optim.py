@@ -31,6 +31,12 @@ from ._checks import flag, float_array, real
 from .module import Module
 
 
+def _check_grad_shape(key, param, grad):
+    if grad.shape != param.shape:
+        raise ValueError(f"gradient {key!r} must have the shape of its parameter {param.shape}, "
+                         f"got {grad.shape}")
+
+
 def _sources(module, grads):
     """List of callables, each returning one ``(params, grads)`` pair of dicts."""
     if grads is not None and not isinstance(module, dict):
@@ -46,9 +52,7 @@ def _sources(module, grads):
         for key in module:
             float_array(module[key], f"parameter {key!r}")
             float_array(grads[key], f"gradient {key!r}")
-            if grads[key].shape != module[key].shape:
-                raise ValueError(f"gradient {key!r} must have the shape of its parameter "
-                                 f"{module[key].shape}, got {grads[key].shape}")
+            _check_grad_shape(key, module[key], grads[key])
         return [lambda: (module, grads)]
     if isinstance(module, (list, tuple)) and module and all(isinstance(m, Module) for m in module):
         return [s for m in module for s in _sources(m, None)]
@@ -84,8 +88,7 @@ class _Optimizer:
                 if id(param) in seen:
                     continue
                 seen.add(id(param))
-                if param.shape != grad.shape:
-                    raise ValueError(f"gradient of {name} has shape {grad.shape}, expected {param.shape}")
+                _check_grad_shape(name, param, grad)
                 yield (i, name), param, grad
 
     def _decayed(self, param, grad):

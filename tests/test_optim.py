@@ -196,3 +196,13 @@ def test_trajectory_matches_torch_optim(name, kwargs):
         topt.step()
     for key, p in tlayer.named_parameters():
         np.testing.assert_allclose(layer.params[key], p.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_a_gradient_replaced_by_one_of_another_shape_is_refused_at_step():
+    params, grads = {'w': np.zeros(2)}, {'w': np.zeros(2)}
+    opt = SGD(params, 0.1, grads=grads)
+    grads['w'] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"gradient 'w' must have the shape of its parameter \(2,\), "
+                                         r"got \(3,\)"):
+        opt.step()
+    np.testing.assert_array_equal(params['w'], np.zeros(2))
