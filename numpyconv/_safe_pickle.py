@@ -16,7 +16,8 @@ unpickler runs all of these for real. :class:`Unpickler` interprets every opcode
   ``unknown='stub'``: then calling it or creating an instance of it gives an inert :class:`Stub`
   recording the name and the pickled arguments and state;
 * names from modules that run commands or code (``os``, ``subprocess``, ``builtins.eval``...) are
-  refused in every mode, and can not be allowed;
+  refused in every mode, and can not be allowed; a class of the script that wrote the file
+  (``__main__.Net``) can not be allowed either, but is stubbed like any unknown class;
 * ``BUILD`` fills only objects this module made (OrderedDict attributes such as PyTorch's
   ``_metadata``, ``argparse.Namespace``, stubs, NumPy arrays and dtypes) or instances of trusted
   classes; ``EXT1/2/4`` and out-of-band buffers are refused.
@@ -125,6 +126,27 @@ def dangerous(full_name):
     """True when ``full_name`` (``module.name``) is in a module, or has a name, that runs code."""
     parts = full_name.split('.')
     return parts[0] in DANGEROUS_MODULES or parts[-1] in DANGEROUS_NAMES
+
+
+def saving_script(full_name):
+    """True for a class of the script that wrote the file (``__main__.Net``, a model saved whole
+    by its training script): never imported or allowed, but an inert placeholder with
+    ``unknown='stub'`` like any unknown class (unless its name is dangerous)."""
+    parts = full_name.split('.')
+    return parts[0] == '__main__' and parts[-1] not in DANGEROUS_NAMES
+
+
+def _not_allowed(full):
+    """The message for a global outside the allow-list, in ``unknown='error'`` mode."""
+    stub = ("unknown='stub' (keeps an inert placeholder; numpyconv.state_dict_of reads the weights of "
+            "a model saved whole)")
+    if saving_script(full):
+        return (f"global {full} is a class of the script that saved the file; nothing was imported or "
+                f"run. It can not be imported here: pass {stub}")
+    hint = (" (a TorchScript archive: load it with torch.jit.load, or with unknown='stub')"
+            if full.startswith('__torch__') else '')
+    return (f"global {full} is not in the allow-list{hint}; nothing was imported or run. If you trust "
+            f"this file, pass allow=('{full}',) (imports and runs it as pickle would) or {stub}")
 
 
 def check_allow(allow):
@@ -659,7 +681,7 @@ class Unpickler:
             spec = self.table[full]
             ref = self.refs[full] = GlobalRef(full, spec.meaning)
             return ref
-        if dangerous(full):
+        if dangerous(full) and not saving_script(full):
             raise UnsafeCheckpointError(f"refused global {full}: its module runs commands or code; "
                                         f"nothing was imported or run")
         if full in self.allow:
@@ -667,12 +689,7 @@ class Unpickler:
         if self.unknown == 'stub':
             ref = self.refs[full] = GlobalRef(full)
             return ref
-        hint = (" (a TorchScript archive: load it with torch.jit.load, or with unknown='stub')"
-                if module.startswith('__torch__') else '')
-        raise UnsafeCheckpointError(
-            f"global {full} is not in the allow-list{hint}; nothing was imported or run. If you "
-            f"trust this file, pass allow=('{full}',) (imports and runs it as pickle would) or "
-            f"unknown='stub' (keeps an inert placeholder)")
+        raise UnsafeCheckpointError(_not_allowed(full))
 
     def _import_trusted(self, module, name, full):
         try:

@@ -959,14 +959,72 @@ def _load(f, size, head, mapped, path, allow, unknown):
 
 
 # -- the model inside a checkpoint ------------------------------------------------------------
+_MODULE_FIELDS = ('_parameters', '_buffers', '_modules')
+_MAX_MODULES = 1_000_000        # module visits while reading one pickled module tree
+
+
+def is_pickled_module(obj):
+    """Whether ``obj`` is a whole ``torch.nn.Module`` (``torch.save(model)``) read with
+    ``unknown='stub'``: a :class:`Stub` whose state holds ``_parameters``, ``_buffers`` and
+    ``_modules``."""
+    state = obj.state if isinstance(obj, Stub) else None
+    return isinstance(state, Mapping) and all(isinstance(state.get(k), Mapping) for k in _MODULE_FIELDS)
+
+
+def pickled_module_state(module):
+    """The state_dict of a pickled ``torch.nn.Module`` (:func:`is_pickled_module`), as its
+    ``state_dict()`` orders it: each module's parameters, then its persistent buffers (entries that
+    are None skipped), then its children's under ``'<child>.'``. No code of the module runs: a
+    module that adds entries in its own ``get_extra_state`` or in state_dict hooks has them missing.
+    A child that is not a module, a module inside itself, or more than 1,000,000 module visits (a
+    shared child is visited once per path) raise ``ValueError``."""
+    out, visits = {}, [0]
+    _module_entries(module, '', (), out, visits)
+    return out
+
+
+def _module_entries(module, prefix, path, out, visits):
+    visits[0] += 1
+    if visits[0] > _MAX_MODULES:
+        raise ValueError(f"pickled module: more than {_MAX_MODULES} module visits (children shared "
+                         f"many times over); not a module tree this reader follows")
+    if any(m is module for m in path):
+        raise ValueError(f"pickled module: {prefix.rstrip('.')!r} contains itself (a module inside "
+                         f"itself has no state_dict)")
+    state = module.state
+    non_persistent = state.get('_non_persistent_buffers_set')
+    non_persistent = non_persistent if isinstance(non_persistent, (set, frozenset)) else ()
+    for field in ('_parameters', '_buffers'):
+        for name, value in state[field].items():
+            if value is not None and not (field == '_buffers' and name in non_persistent):
+                out[prefix + _entry_name(name, prefix, field)] = value
+    for name, child in state['_modules'].items():
+        name = _entry_name(name, prefix, '_modules')
+        if child is None:
+            continue
+        if not is_pickled_module(child):
+            raise ValueError(f"pickled module: child {prefix + name!r} is {child!r}, not a torch.nn.Module")
+        _module_entries(child, prefix + name + '.', path + (module,), out, visits)
+
+
+def _entry_name(name, prefix, field):
+    if not isinstance(name, str):
+        raise ValueError(f"pickled module: {field} of {prefix.rstrip('.') or 'the module'} has a key "
+                         f"{name!r} of type {type(name).__name__}, not a str")
+    return name
+
+
 def state_dict_key(checkpoint, key=None):
     """The key of ``checkpoint`` that :func:`state_dict_of` reads (None: the checkpoint itself)."""
+    if not isinstance(checkpoint, Mapping):
+        return None
     if key is not None:
         if key not in checkpoint:
             raise StateDictError(f"state_dict_of: key {key!r} is not in the checkpoint; its keys are "
                                  f"{list(checkpoint)[:20]}")
         return key
-    found = [k for k in ('state_dict', 'model', 'model_ema') if isinstance(checkpoint.get(k), Mapping)]
+    found = [k for k in ('state_dict', 'model', 'model_ema')
+             if isinstance(checkpoint.get(k), Mapping) or is_pickled_module(checkpoint.get(k))]
     return found[0] if found else None
 
 
@@ -975,24 +1033,31 @@ def state_dict_of(checkpoint, prefix=None, key=None):
 
     Parameters
     ----------
-    checkpoint : dict
-        What :func:`load_checkpoint` returned.
+    checkpoint : dict or Stub
+        What :func:`load_checkpoint` returned. A whole model saved with ``torch.save(model)`` and
+        read with ``unknown='stub'`` (alone, or as an entry below) gives the state_dict its
+        ``state_dict()`` would give (:func:`pickled_module_state`).
     prefix : str, optional
         Keep only the keys under this module prefix and strip it (``'module'`` from DataParallel,
         ``'backbone'`` from mmcls/mmdet); a trailing ``'.'`` is added when missing.
     key : str, optional
         The entry holding the state_dict; default: the first of ``'state_dict'``, ``'model'``,
-        ``'model_ema'`` holding a dict, else the checkpoint itself.
+        ``'model_ema'`` holding a dict or a pickled module, else the checkpoint itself.
 
     Returns
     -------
     dict ``key -> value`` in the checkpoint's order (a new dict; the arrays are not copied).
     """
+    if is_pickled_module(checkpoint):
+        checkpoint = pickled_module_state(checkpoint)
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"checkpoint must be a dict (what load_checkpoint returns), got "
-                        f"{type(checkpoint).__name__}")
+        what = repr(checkpoint) if isinstance(checkpoint, Stub) else type(checkpoint).__name__
+        raise TypeError(f"checkpoint must be a dict or a pickled torch.nn.Module (what load_checkpoint "
+                        f"returns), got {what}")
     key = state_dict_key(checkpoint, key)
     state, where = (checkpoint, 'checkpoint') if key is None else (checkpoint[key], f"checkpoint[{key!r}]")
+    if is_pickled_module(state):
+        state = pickled_module_state(state)
     if not isinstance(state, Mapping):
         raise TypeError(f"state_dict_of: {where} is a {type(state).__name__}, not a state_dict")
     if prefix is None:

@@ -372,7 +372,8 @@ def add_arguments(parser):
 
 def main(args):
     """``numpyconv inspect FILE``: the checkpoint's entries, then its state_dict grouped by module."""
-    from .checkpoint import UnsafeCheckpointError, load_checkpoint, state_dict_key, state_dict_of
+    from .checkpoint import (UnsafeCheckpointError, is_pickled_module, load_checkpoint, state_dict_key,
+                             state_dict_of)
     try:
         checkpoint = load_checkpoint(args.file, allow=args.allow, unknown='stub' if args.stub else 'error')
         state = state_dict_of(checkpoint, prefix=args.prefix, key=args.key)
@@ -383,7 +384,9 @@ def main(args):
                   '--allow MODULE.NAME trusts one', file=sys.stderr)
         return 1
     source = state_dict_key(checkpoint, args.key)
-    if source is not None:
+    if is_pickled_module(checkpoint):
+        print(f'a model saved whole ({checkpoint.name}); the state_dict its state_dict() gives:')
+    elif source is not None:
         for key, value in checkpoint.items():
             print(f'{key}: ' + ('the state_dict below' if key == source else _describe(value)))
     others = [k for k, v in state.items() if not isinstance(v, np.ndarray)]

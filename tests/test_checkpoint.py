@@ -232,6 +232,75 @@ def test_a_config_object_from_a_missing_package_needs_stub_mode():
         nc.load_checkpoint(DATA / 'config_stub.pth', allow=['yacs.config.CfgNode'])
 
 
+# -- models saved whole (torch.save(model)) ----------------------------------------------------
+def test_a_model_saved_whole_gives_the_state_dict_its_state_dict_would():
+    with pytest.raises(nc.UnsafeCheckpointError, match=r'__main__\.WholeNet is a class of the script'):
+        nc.load_checkpoint(DATA / 'whole_module.pth')
+    whole = nc.load_checkpoint(DATA / 'whole_module.pth', unknown='stub')
+    assert isinstance(whole, Stub) and whole.name == '__main__.WholeNet' and ck.is_pickled_module(whole)
+    want = expected('whole_module')
+    state = nc.state_dict_of(whole)
+    assert list(state) == list(want)      # no non-persistent buffer, no None entry, the shared child twice
+    assert 'scale' not in state and 'tied.weight' in state and 'features.1.num_batches_tracked' in state
+    for key, value in state.items():
+        assert_same(value, want[key], key)
+
+
+def test_a_wrapped_model_saved_whole_inside_a_training_checkpoint():
+    loaded = nc.load_checkpoint(DATA / 'whole_module_legacy.pth', unknown='stub')
+    assert loaded['epoch'] == 7 and loaded['model'].name == 'torch.nn.parallel.data_parallel.DataParallel'
+    assert ck.state_dict_key(loaded) == 'model'
+    want = expected('whole_module')
+    assert list(nc.state_dict_of(loaded)) == ['module.' + k for k in want]
+    for key, value in nc.state_dict_of(loaded, prefix='module').items():
+        assert_same(value, want[key], key)
+
+
+def test_a_model_saved_whole_feeds_a_numpyconv_layer():
+    state = nc.state_dict_of(nc.load_checkpoint(DATA / 'whole_module.pth', unknown='stub'))
+    conv = nc.Conv2d(2, 3, 3, dtype=np.float32)
+    conv.load_state_dict(nc.state_dict_of(state, prefix='features.0'))
+    np.testing.assert_array_equal(conv.params['weight'], state['features.0.weight'])
+
+
+def module_stub(name='Net', parameters=None, buffers=None, modules=None, **extra):
+    stub = Stub(f'pkg.{name}')
+    stub.state = dict(training=True, _parameters=dict(parameters or {}), _buffers=dict(buffers or {}),
+                      _modules=dict(modules or {}), **extra)
+    return stub
+
+
+def test_pickled_module_trees_a_file_can_forge_are_refused_clearly(monkeypatch):
+    loop = module_stub(parameters={'w': np.ones(2)})
+    loop.state['_modules']['again'] = module_stub(modules={'back': loop})
+    with pytest.raises(ValueError, match=r"'again\.back' contains itself"):
+        nc.state_dict_of(loop)
+    odd = module_stub(modules={'child': Stub('pkg.NotAModule')})
+    with pytest.raises(ValueError, match=r"child 'child' is Stub\('pkg.NotAModule'\), not a torch.nn.Module"):
+        nc.state_dict_of(odd)
+    with pytest.raises(ValueError, match=r"_parameters of sub has a key 3 of type int"):
+        nc.state_dict_of(module_stub(modules={'sub': module_stub(parameters={3: np.ones(1)})}))
+    shared = module_stub(parameters={'w': np.ones(1)})
+    for _ in range(30):                       # 2**30 paths through a few dozen objects
+        shared = module_stub(modules={'a': shared, 'b': shared})
+    monkeypatch.setattr(ck, '_MAX_MODULES', 10_000)
+    with pytest.raises(ValueError, match='more than 10000 module visits'):
+        nc.state_dict_of(shared)
+    assert not ck.is_pickled_module(Stub('pkg.Net')) and not ck.is_pickled_module({'_parameters': {}})
+    with pytest.raises(TypeError, match=r"dict or a pickled torch.nn.Module .*got Stub\('pkg.Net'\)"):
+        nc.state_dict_of(Stub('pkg.Net'))
+
+
+def test_the_saving_scripts_dangerous_names_stay_refused(tmp_path):
+    path = tmp_path / 'main_eval.pkl'
+    path.write_bytes(b'\x80\x02c__main__\neval\nX\x01\x00\x00\x001\x85R.')
+    for unknown in ('error', 'stub'):
+        with pytest.raises(nc.UnsafeCheckpointError, match=r'refused global __main__\.eval'):
+            nc.load_checkpoint(path, unknown=unknown)
+    with pytest.raises(ValueError, match='never allowed'):
+        nc.load_checkpoint(DATA / 'whole_module.pth', allow=('__main__.WholeNet',))
+
+
 def test_newobj_ex_of_an_unknown_class_is_a_stub_with_its_keywords(tmp_path):
     path = tmp_path / 'k.pkl'
     path.write_bytes(b'\x80\x04cunknown_mod\nCls\n\x8c\x01x\x85}\x8c\x01aK\x01s\x92.')

@@ -121,6 +121,19 @@ def test_cli_inspect_refuses_unknown_globals_unless_stubbed(capsys):
     assert "key 'nope' is not in the checkpoint" in capsys.readouterr().err
 
 
+def test_cli_inspect_a_model_saved_whole(capsys):
+    assert cli.main(['inspect', str(DATA / 'whole_module.pth')]) == 1
+    assert '__main__.WholeNet is a class of the script' in capsys.readouterr().err
+    assert cli.main(['inspect', str(DATA / 'whole_module.pth'), '--stub']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('a model saved whole (__main__.WholeNet)')
+    assert 'features.0  Conv2d: 3 out channels, 2 in channels per group, 3x3, bias' in out
+    assert 'tied  Linear: 3 -> 4, bias' in out and 'scale' not in out
+    assert cli.main(['inspect', str(DATA / 'whole_module_legacy.pth'), '--stub', '--prefix', 'module']) == 0
+    out = capsys.readouterr().out
+    assert 'model: the state_dict below' in out and 'epoch: 7' in out and '\nhead  Linear' in out
+
+
 def test_keys_nested_deeper_than_the_limit_form_one_group():
     from numpyconv.inspection import MAX_DEPTH
     key = 'a.' * 5000 + 'w'

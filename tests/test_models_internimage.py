@@ -63,6 +63,20 @@ def same_drop_path(ours, theirs, tm, batch, rng):
 
 # -- against the official networks ---------------------------------------------------------------------------
 @pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_saved_whole_loads_unchanged(tmp_path, name):
+    """``torch.save(model)`` (zip; legacy inside ``{'model': ...}``) read without the classes."""
+    torch, tm, eq = torch_models()
+    torch.manual_seed(2)
+    theirs = official(name, tm, **SMALL).double()
+    eq.randomize(theirs, 2)
+    ours = BUILDERS[name](**SMALL, dtype=np.float64, rng=2)
+    for legacy in (False, True):
+        eq.load_whole(ours, theirs, tmp_path, legacy)
+    ours.eval(), theirs.eval()
+    eq.assert_same_pass(ours, theirs, RNG.standard_normal((2, 3, 32, 32)))
+
+
+@pytest.mark.parametrize('name', sorted(BUILDERS))
 @pytest.mark.parametrize('legacy', [False, True])
 def test_matches_official_recreation_eval(tmp_path, name, legacy):
     _, _, eq = torch_models()

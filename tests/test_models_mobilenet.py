@@ -111,6 +111,22 @@ def test_make_divisible_rounding():
     assert _make_divisible(1280 * 1.3, 8) == 1664
 
 
+@pytest.mark.parametrize('builder, name, kwargs', [
+    (od_mobilenetv2, 'OD_MobileNetV2', dict(OD_SMALL, kernel_num=4)),
+    (cond_mobilenetv2, 'CondMobileNetV2', COND_SMALL)])
+def test_mobilenets_saved_whole_load_unchanged(tmp_path, builder, name, kwargs):
+    """``torch.save(model)`` (zip; legacy inside ``{'model': ...}``) read without the classes."""
+    torch, tm, eq = torch_models()
+    torch.manual_seed(1)
+    theirs = getattr(tm, name)(**kwargs).double()
+    eq.randomize(theirs, 1)
+    ours = builder(**kwargs, dtype=np.float64, rng=1)
+    for legacy in (False, True):
+        eq.load_whole(ours, theirs, tmp_path, legacy)
+    ours.eval(), theirs.eval()
+    eq.assert_same_pass(ours, theirs, RNG.standard_normal((2, 3, 32, 32)))
+
+
 # -- CondConv-MobileNetV2 ----------------------------------------------------------------------------
 @pytest.mark.parametrize('legacy', [False, True])
 @pytest.mark.parametrize('training', [False, True])

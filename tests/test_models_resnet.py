@@ -391,6 +391,19 @@ def test_matches_official_network(torch, tmp_path, name):
     compare(torch, module, model, x, seed=4)
 
 
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_official_network_saved_whole(torch, tmp_path, name):
+    from torch_models import equivalence
+    kwargs, size = CASES[name]
+    module = official(name, **kwargs)
+    randomise(torch, module, seed=len(name) + 1)
+    model = getattr(models, name)(num_classes=5, dtype=np.float64, rng=0, **kwargs)
+    for legacy in (False, True):
+        equivalence.load_whole(model, module, tmp_path, legacy)
+    x = np.random.default_rng(1).standard_normal((2, 3, size, size))
+    compare(torch, module.eval(), model.eval(), x, seed=2)
+
+
 def set_official_temperature(module, temperature):
     """The official attributes: KernelWarehouse ``attention.temp_value``, ODConv / DY-CNN ``temperature``."""
     for m in module.modules():

@@ -211,6 +211,19 @@ def test_load_model_names_missing_unexpected_and_misshaped_keys(small):
         pr.load_model('resnet18', small.state_dict())
 
 
+def test_load_model_reads_a_model_saved_whole(tmp_path):
+    """torchvision's ResNet-18 saved with ``torch.save(model)``, inside DataParallel: read without its
+    classes, the weights equal its state_dict's."""
+    torch = pytest.importorskip('torch')
+    torchvision = pytest.importorskip('torchvision')
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18().eval()
+    torch.save(torch.nn.DataParallel(module), tmp_path / 'whole.pth')
+    model = pr.load_model('resnet18', tmp_path / 'whole.pth')
+    for key, value in module.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value.numpy(), err_msg=key)
+
+
 # -- the command line ---------------------------------------------------------------------------
 def parse(out):
     """``{image: (milliseconds, [(rank, prob, name, index), ...])}`` from predict's output."""

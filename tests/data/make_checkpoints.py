@@ -1,8 +1,9 @@
 """Write the checkpoint fixtures of tests/test_checkpoint.py (needs PyTorch; the tests do not).
 
-Run from anywhere: ``python tests/data/make_checkpoints.py``. Every file is written next to this
-script; the values each one must load as are saved beside it as ``<name>_expected.npz`` (bfloat16
-as the float32 PyTorch widens it to), so that the tests compare without PyTorch. Files:
+Run from anywhere: ``python tests/data/make_checkpoints.py [GROUP ...]`` (every group by default:
+the names of ``GROUPS``). Every file is written next to this script; the values each one must load
+as are saved beside it as ``<name>_expected.npz`` (bfloat16 as the float32 PyTorch widens it to), so
+that the tests compare without PyTorch. Files:
 
 * ``dtypes_zip.pth`` / ``dtypes_legacy.pth``: every dtype, shared-storage views (transposed, offset,
   strided, expanded), 0-d and zero-size tensors, a parameter, nested lists and tuples; zip and
@@ -15,6 +16,8 @@ as the float32 PyTorch widens it to), so that the tests compare without PyTorch.
   momentum after a step), 'args' (argparse.Namespace), 'best_acc1' (tensor), NumPy values}``.
 * ``dataparallel.pth`` (``module.`` prefix), ``mmcls.pth`` (``backbone.``/``head.`` and ``meta``),
   ``config_stub.pth`` (weights beside a yacs-style ``CfgNode`` from a package that is not installed).
+* ``whole_module.pth`` / ``whole_module_legacy.pth``: a model of this script saved whole
+  (``torch.save(model)``; legacy inside ``{'model': DataParallel(model), 'epoch': 7}``).
 * ``bf16.safetensors`` (written here byte by byte), ``arrays.npz``, ``arrays_compressed.npz``.
 * ``evil_*``: pickles that would run a command or create a file if unpickled by ``pickle``.
 """
@@ -231,6 +234,34 @@ def write_config_stub():
         del sys.modules['yacs'], sys.modules['yacs.config']
 
 
+class WholeNet(torch.nn.Module):
+    """A model defined in this script, saved whole: pickled as ``__main__.WholeNet``, with what
+    ``state_dict()`` leaves out (a non-persistent buffer, a None parameter, buffer and child) and a
+    shared child (its entries appear under both names)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
+        self.register_buffer('scale', torch.tensor([2.0]), persistent=False)
+        self.register_buffer('offset', torch.tensor([0.5]))
+        self.register_buffer('unset', None)
+        self.register_parameter('unused', None)
+        self.add_module('skip', None)
+        self.head = torch.nn.Linear(3, 4)
+        self.tied = self.head
+
+
+def write_whole_module():
+    torch.manual_seed(0)
+    model = WholeNet()
+    torch.nn.init.normal_(model.features[1].running_mean)
+    torch.save(model, path('whole_module.pth'))
+    torch.save({'model': torch.nn.DataParallel(model), 'epoch': 7}, path('whole_module_legacy.pth'),
+               _use_new_zipfile_serialization=False)
+    save_expected('whole_module', model.state_dict())
+
+
 # -- safetensors and npz ------------------------------------------------------------------------
 def write_safetensors():
     """safetensors by hand: 8-byte header length, JSON header (padded to 8 bytes), the buffer."""
@@ -324,16 +355,17 @@ def write_evil():
         f.write(system_pickle('legacy'))
 
 
-def main():
-    write_dtypes()
-    write_training()
-    write_config_stub()
-    write_safetensors()
-    write_npz()
-    write_evil()
+GROUPS = {'dtypes': write_dtypes, 'training': write_training, 'config_stub': write_config_stub,
+          'whole_module': write_whole_module, 'safetensors': write_safetensors, 'npz': write_npz,
+          'evil': write_evil}
+
+
+def main(groups):
+    for name in groups or GROUPS:
+        GROUPS[name]()
     total = sum(os.path.getsize(path(n)) for n in os.listdir(HERE) if not n.endswith('.py'))
     print(f"fixtures written to {HERE} ({total} bytes)")
 
 
 if __name__ == '__main__':
-    main()
+    main(sys.argv[1:])

@@ -5,6 +5,10 @@ loads it with numpyconv's own reader (``load_checkpoint`` + ``state_dict_of``) i
 model, unchanged; ``assert_same_pass`` compares output, input gradient, every parameter gradient and
 the buffers after the pass (train-mode running statistics), as relative errors.
 """
+import contextlib
+import sys
+import warnings
+
 import numpy as np
 import torch
 
@@ -45,6 +49,43 @@ def load_through_files(ours, theirs, tmp_path, legacy, wrap=None):
     loaded = nc.state_dict_of(nc.load_checkpoint(path))
     assert list(loaded) == list(state)
     assert list(ours.state_dict()) == list(state)
+    ours.load_state_dict(loaded)
+
+
+@contextlib.contextmanager
+def picklable_classes(module):
+    """Make the classes of ``module``'s submodules that this test environment defines inside
+    functions (``<locals>``) picklable by name for the duration: each is set as an attribute of its
+    module under a plain name, as a class of a training script is."""
+    renamed = []
+    for i, cls in enumerate(dict.fromkeys(type(m) for m in module.modules())):
+        if '<locals>' in cls.__qualname__:
+            name = f"local{i}_" + cls.__qualname__.replace('.<locals>.', '_')
+            renamed.append((cls, cls.__qualname__, name))
+            setattr(sys.modules[cls.__module__], name, cls)
+            cls.__qualname__ = name
+    try:
+        yield
+    finally:
+        for cls, qualname, name in renamed:
+            cls.__qualname__ = qualname
+            delattr(sys.modules[cls.__module__], name)
+
+
+def load_whole(ours, theirs, tmp_path, legacy):
+    """Save ``theirs`` itself (``torch.save(module)``: the module objects pickled; legacy format inside
+    ``{'model': module}``), read it with ``unknown='stub'`` (nothing of the classes is imported) and load
+    ``state_dict_of`` of it into ``ours``: the keys, their order and the values of ``theirs.state_dict()``."""
+    state = theirs.state_dict()
+    path = tmp_path / ('whole_legacy.pth' if legacy else 'whole.pth')
+    with picklable_classes(theirs), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', "Couldn't retrieve source code")     # the legacy format's
+        torch.save({'model': theirs, 'epoch': 1} if legacy else theirs, path,
+                   _use_new_zipfile_serialization=not legacy)
+    loaded = nc.state_dict_of(nc.load_checkpoint(path, unknown='stub'))
+    assert list(loaded) == list(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(loaded[key], value.numpy(), err_msg=key)
     ours.load_state_dict(loaded)
 
 
