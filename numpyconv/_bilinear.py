@@ -21,11 +21,16 @@ At an integer coordinate ``floor`` picks the right-hand derivative, as the offic
 value is 0 but the second still gives the slope towards row / column 0 (eq. 2, boundary note).
 These functions are Numba-compiled and called from the ops' own jitted loops; they only
 compute indices and weights, the loops do the reads and the ``+=`` of the gradients.
-The row helpers at the end (``clamped_corners``, ``corner_dots``, ``axpy``) serve kernels on
+The row helpers (``clamped_corners``, ``corner_dots``, ``axpy``) serve kernels on
 channels-last rows (multi-scale deformable attention): they read and update whole channel rows.
+
+The DCNv3/DCNv4 sampling grid ends this file (docs/derivations/dcnv3.md, eq. 2a-2b): where a point
+of those ops samples, as InternImage's ``dcnv3_core_pytorch`` computes it, so that the ops, their
+reference loops and ``numpyconv.sampling_locations`` share one rule.
 """
 import math
 
+import numpy as np
 from numba import njit
 
 
@@ -112,3 +117,31 @@ def axpy(a, t, y):
     """``y += a * t`` over one row (in place, channel order)."""
     for c in range(t.shape[0]):
         y[c] += a * t[c]
+
+
+# -- the DCNv3 / DCNv4 sampling grid ------------------------------------------------------------
+def dcn_base_grid(out_size, stride, half, taps, padded, scale):
+    """``(out_size, P)`` float32: the base location of each output row (or column) and kernel point
+    along one axis, in units of the padded size, rounded as ``dcnv3_core_pytorch`` rounds it (its
+    grids are float32 whatever the input dtype) (eq. 2a)::
+
+        base = f32(f32(half + 0.5 + i * stride) / padded) + f32(f32(tap - half) / padded) * f32(scale)
+
+    ``taps`` (P,) are the points' ``j * dilation`` along the axis, ``half = dilation * (k-1) // 2``,
+    ``padded`` the padded input size along the axis.
+    """
+    ref = (half + 0.5 + stride * np.arange(out_size)).astype(np.float32) / np.float32(padded)
+    grid = (np.asarray(taps) - half).astype(np.float32) / np.float32(padded)
+    return ref[:, None] + grid[None, :] * np.float32(scale)
+
+
+def dcn_coordinate(base, offset, scale, padded, pad_before):
+    """The input pixel coordinate sampled (eq. 2b): the offset added in units of the padded size,
+    then ``grid_sample``'s ``align_corners=False`` map back to pixels, minus the leading pad; in
+    float64 (``base`` widened). Works on scalars and arrays; ``dcn_coordinate_jit`` is the Numba
+    version for the loops."""
+    location = base + offset * scale / padded
+    return (2 * location - 1 + 1) * (padded / 2) - 0.5 - pad_before
+
+
+dcn_coordinate_jit = njit(cache=True, inline='always')(dcn_coordinate)

@@ -15,7 +15,9 @@ with ``P = kh*kw - remove_center`` points per group and ``q = g*P + p``. Points 
     h = r*sh - pt + half_h - sigma*half_h + sigma*(j_p*dh + dy)
     w = s*sw - pl + half_w - sigma*half_w + sigma*(i_p*dw + dx)
 
-(``offset_scale`` scales the base grid as well as the offsets). Forward (eq. 4), with ``B`` the
+(``offset_scale`` scales the base grid as well as the offsets), rounded as InternImage's
+``dcnv3_core_pytorch`` rounds it: the grid part in float32, in units of the padded size, the offset
+added in the input's dtype (eq. 2a-2b, :func:`numpyconv._bilinear.dcn_base_grid`). Forward (eq. 4), with ``B`` the
 zero-padding bilinear rule of :mod:`numpyconv._bilinear` (eq. 3)::
 
     y[n, r, s, g*D + c] = sum_p  mask[n, r, s, q] * B(x[n, :, :, g*D + c], h, w)
@@ -50,13 +52,12 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
-from ._bilinear import corner_slopes, corners
+from ._bilinear import corner_slopes, corners, dcn_base_grid, dcn_coordinate_jit
 from ._checks import Cache, check_cache, expect_shape, flag, float_array, grad_out, positive_int, same_dtype
 from ._parallel import threads_for
 from .activations import GELU, sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward
 from .blocks import linear_backward, linear_forward
 from .conv import DepthwiseConv2d, conv_geometry
-from .im2col import loop_geo
 from .layers import LayerNorm, Linear
 from .memory import require_memory
 from .module import Module, Sequential, xavier_uniform
@@ -90,8 +91,8 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
     """Validate ``x`` and the hyper-parameters shared by dcnv3 and dcnv4; return a setup dict.
 
     Keys: ``geo`` (the ``Geometry`` of :func:`numpyconv.conv_geometry`), ``taps`` (eq. 1), ``points`` (``P``),
-    ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``loop_geo`` (``geo`` as the Numba
-    loops take it, :func:`numpyconv.im2col.loop_geo`).
+    ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``grids`` (:func:`base_grids`, as
+    the Numba loops take them).
     """
     float_array(x, 'x', 4, "(N, H, W, group * group_channels) (channels last)")
     group = positive_int(group, 'group')
@@ -109,19 +110,24 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
         raise ValueError(f"remove_center is only compatible with an odd kernel size, got "
                          f"kernel_size {geo.kernel}")
     taps = sampling_points(geo.kernel, geo.dilation, remove_center)
-    return dict(geo=geo, taps=taps, points=taps.shape[0], group=group,
-                scale=check_offset_scale(offset_scale), loop_geo=loop_geo(geo),
-                out_shape=(n, *geo.out_hw, channels))
+    scale = check_offset_scale(offset_scale)
+    return dict(geo=geo, taps=taps, points=taps.shape[0], group=group, scale=scale,
+                grids=base_grids((height, width), geo, taps, scale), out_shape=(n, *geo.out_hw, channels))
+
+
+def base_grids(in_hw, geo, taps, scale):
+    """``(base_h (Ho, P), base_w (Wo, P))`` float64 (float32 values) and ``frame = (top, left, Hp,
+    Wp)``: the sampling grid of every output row and column before the offsets (eq. 2a), ``Hp, Wp``
+    the padded input size."""
+    (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = geo.kernel, geo.stride, geo.dilation, geo.pads
+    hp, wp = in_hw[0] + top + bottom, in_hw[1] + left + right
+    base_h = dcn_base_grid(geo.out_hw[0], sh, dh * (kh - 1) // 2, taps[:, 0], hp, scale)
+    base_w = dcn_base_grid(geo.out_hw[1], sw, dw * (kw - 1) // 2, taps[:, 1], wp, scale)
+    frame = (float(top), float(left), float(hp), float(wp))
+    return base_h.astype(np.float64), base_w.astype(np.float64), frame
 
 
 # -- Numba loops (shared with numpyconv.dcnv4) -------------------------------------------------
-@njit(cache=True, inline='always')
-def _origin(row, col, geo, scale):
-    """The scaled top-left of the sampling grid of output ``(row, col)`` (eq. 2); ``geo`` as
-    :func:`numpyconv.im2col.loop_geo`."""
-    kh, kw, sh, sw, dh, dw, top, left, _, _ = geo
-    half_h, half_w = dh * (kh - 1) // 2, dw * (kw - 1) // 2
-    return (row * sh - top + half_h - half_h * scale, col * sw - left + half_w - half_w * scale)
 
 
 @njit(cache=True, inline='always')
@@ -131,10 +137,12 @@ def _clamped(h0, w0, height, width):
 
 
 @njit(cache=True, inline='always')
-def _location(top, left, taps, offset, b, row, col, q, p, scale):
-    """Sampling ``(h, w)`` of point ``p`` (group point ``q``) of output ``(b, row, col)`` (eq. 2)."""
-    return (top + (taps[p, 0] + offset[b, row, col, 2 * q + 1]) * scale,
-            left + (taps[p, 1] + offset[b, row, col, 2 * q]) * scale)
+def _location(base_h, base_w, frame, offset, b, row, col, q, p, scale):
+    """Sampling ``(h, w)`` of point ``p`` (group point ``q``) of output ``(b, row, col)`` (eq. 2b);
+    ``base_h``, ``base_w``, ``frame`` as :func:`base_grids` returns them."""
+    top, left, hp, wp = frame
+    return (dcn_coordinate_jit(base_h[row, p], offset[b, row, col, 2 * q + 1], scale, hp, top),
+            dcn_coordinate_jit(base_w[col, p], offset[b, row, col, 2 * q], scale, wp, left))
 
 
 @njit(cache=True, inline='always')
@@ -164,25 +172,24 @@ def _axpy(a, t, y):
 
 
 @njit(cache=True, parallel=True)
-def _sample_forward_loop(x, offset, mask, taps, geo, scale, group, out):
+def _sample_forward_loop(x, offset, mask, base_h, base_w, frame, scale, group, out):
     """``out += sum_p mask * B(x, h, w)`` (eq. 4); ``out`` is ``(N, Ho, Wo, C)`` zeros.
 
     Channel slices (views) keep the innermost loop free of index wrap-around checks.
     """
     n, height, width, channels = x.shape
     ho, wo = out.shape[1], out.shape[2]
-    d, npts = channels // group, taps.shape[0]
+    d, npts = channels // group, base_h.shape[1]
     for task in prange(n * ho):
         b, row = task // ho, task % ho
         buffer = np.empty(4, dtype=x.dtype)
         for col in range(wo):
-            top, left = _origin(row, col, geo, scale)
             for g in range(group):
                 lo, hi = g * d, g * d + d
                 y = out[b, row, col, lo:hi]                               # (D,) view
                 for p in range(npts):
                     q = g * npts + p
-                    h, w = _location(top, left, taps, offset, b, row, col, q, p, scale)
+                    h, w = _location(base_h, base_w, frame, offset, b, row, col, q, p, scale)
                     h0, w0, k00, k01, k10, k11 = corners(h, w, height, width)
                     r0, r1, c0, c1 = _clamped(h0, w0, height, width)
                     m = mask[b, row, col, q]
@@ -194,7 +201,7 @@ def _sample_forward_loop(x, offset, mask, taps, geo, scale, group, out):
 
 
 @njit(cache=True, parallel=True)
-def _sample_backward_loop(dout, x, offset, mask, taps, geo, scale, group, dx, doffset, dmask):
+def _sample_backward_loop(dout, x, offset, mask, base_h, base_w, frame, scale, group, dx, doffset, dmask):
     """Gradients (eq. 5-7) into zeroed ``dx``, ``doffset``, ``dmask``; one task per ``(n, g)``.
 
     With ``s_k = sum_c t_c v_k[c]`` (the four corner dot products): ``dmask = sum_k K_k s_k``,
@@ -202,18 +209,17 @@ def _sample_backward_loop(dout, x, offset, mask, taps, geo, scale, group, dx, do
     """
     n, height, width, channels = x.shape
     ho, wo = dout.shape[1], dout.shape[2]
-    d, npts = channels // group, taps.shape[0]
+    d, npts = channels // group, base_h.shape[1]
     for task in prange(n * group):
         b, g = task // group, task % group
         lo, hi = g * d, g * d + d
         buffer = np.empty(4, dtype=x.dtype)
         for row in range(ho):
             for col in range(wo):
-                top, left = _origin(row, col, geo, scale)
                 t = dout[b, row, col, lo:hi]                              # (D,) view
                 for p in range(npts):
                     q = g * npts + p
-                    h, w = _location(top, left, taps, offset, b, row, col, q, p, scale)
+                    h, w = _location(base_h, base_w, frame, offset, b, row, col, q, p, scale)
                     h0, w0, k00, k01, k10, k11 = corners(h, w, height, width)
                     a00, a01, a10, a11, e00, e01, e10, e11 = corner_slopes(h, w, height, width)
                     r0, r1, c0, c1 = _clamped(h0, w0, height, width)
@@ -243,8 +249,7 @@ def core_forward(x, offset, mask, setup):
     """Run the forward loop on validated contiguous arrays; ``y (N, Ho, Wo, C)``."""
     out = np.zeros(setup['out_shape'], dtype=x.dtype)
     with _thread_budget(setup):
-        _sample_forward_loop(x, offset, mask, setup['taps'], setup['loop_geo'], setup['scale'],
-                             setup['group'], out)
+        _sample_forward_loop(x, offset, mask, *setup['grids'], setup['scale'], setup['group'], out)
     return out
 
 
@@ -253,8 +258,8 @@ def core_backward(dout, x, offset, mask, setup):
     dout = np.ascontiguousarray(grad_out(dout, setup['out_shape'], x.dtype))
     dx, doffset, dmask = np.zeros_like(x), np.zeros_like(offset), np.zeros_like(mask)
     with _thread_budget(setup):
-        _sample_backward_loop(dout, x, offset, mask, setup['taps'], setup['loop_geo'],
-                              setup['scale'], setup['group'], dx, doffset, dmask)
+        _sample_backward_loop(dout, x, offset, mask, *setup['grids'], setup['scale'], setup['group'],
+                              dx, doffset, dmask)
     return dx, doffset, dmask
 
 

@@ -25,7 +25,8 @@ deform_conv2d      ``y = r*sh - pt + i*dh + dy``, ``x = s*sw - pl + j*dw + dx``
                    (offset channels ``2p``: dy, ``2p+1``: dx, row-major ``p``)
 dcnv3, dcnv4       ``y = r*sh - pt + ch - sigma*ch + sigma*(i*dh + dy)``, same for ``x`` with
                    ``cw``, ``j*dw + dx``; ``c = (d*(k-1)) // 2``, ``sigma = offset_scale``
-                   (offset pairs ``(dx, dy)``, points stored column-major by the ops, reordered)
+                   (offset pairs ``(dx, dy)``, points stored column-major by the ops, reordered);
+                   the grid part rounded as ``dcnv3_core_pytorch`` rounds it (dcnv3.md eq. 2a-2b)
 ms_deform_attn     ``x = loc_x * W_l - 0.5``, ``y = loc_y * H_l - 0.5``
 =================  =================================================================================
 
@@ -38,6 +39,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ._bilinear import dcn_base_grid, dcn_coordinate
 from ._checks import expect_shape, float_array, positive_int, real, same_dtype
 from .conv import conv_geometry
 from .msdeformattn import check_inputs, pixel_locations
@@ -113,18 +115,18 @@ def _dcn_locations(x, offset, geo, scale, order, ch, cw):
     """Pixel ``(x, y)`` ``(N, Ho, Wo, G, P, 2)`` from DCN offsets ``(N, Ho, Wo, G, P, 2)`` as
     ``(dx, dy)`` in the op's point order (docs/derivations/dcnv3.md eq. 2)."""
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    ho, wo = geo.out_hw
-    top = (np.arange(ho) * sh - geo.pads[0] + ch - ch * scale)[:, None, None, None]   # (Ho, 1, 1, 1)
-    left = (np.arange(wo) * sw - geo.pads[2] + cw - cw * scale)[None, :, None, None]
+    (top, bottom, left, right), (ho, wo) = geo.pads, geo.out_hw
+    hp, wp = x.shape[1] + top + bottom, x.shape[2] + left + right                     # padded size
     off = offset[..., order, :].astype(np.float64)                                     # row-major points
     tap_rows = np.repeat(np.arange(kh), kw) * dh
     tap_cols = np.tile(np.arange(kw), kh) * dw
     keep = np.ones(kh * kw, dtype=bool)
     if len(order) < kh * kw:                                                           # centre removed
         keep[(kh // 2) * kw + kw // 2] = False
-    tap_rows, tap_cols = tap_rows[keep], tap_cols[keep]
-    rows = top + (tap_rows + off[..., 1]) * scale
-    cols = left + (tap_cols + off[..., 0]) * scale
+    base_h = dcn_base_grid(ho, sh, ch, tap_rows[keep], hp, scale)[:, None, None, :]   # (Ho, 1, 1, P)
+    base_w = dcn_base_grid(wo, sw, cw, tap_cols[keep], wp, scale)[None, :, None, :]   # (1, Wo, 1, P)
+    rows = dcn_coordinate(base_h.astype(np.float64), off[..., 1], scale, hp, top)     # (eq. 2b)
+    cols = dcn_coordinate(base_w.astype(np.float64), off[..., 0], scale, wp, left)
     return np.stack([cols, rows], axis=-1).astype(x.dtype)
 
 

@@ -59,8 +59,11 @@ def bar_heights(fig, prefix, count, horizontal=False):
                      drawn(fig, f'{prefix}{k}')[0].get_height() for k in range(count)])
 
 
-def close(a, b):
-    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+def close(a, b, tol=1e-12):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+GRID_TOL = 1e-5     # DCNv3/DCNv4 round their grid to float32 as dcnv3_core_pytorch (< 1e-6 pixel)
 
 
 # -- files ------------------------------------------------------------------------------------------------
@@ -407,13 +410,13 @@ def test_deformable_locations_follow_the_offsets_definitions(facts):
     close(f['v2']['weights'][0, :, :, 0], f['v2']['kwargs']['mask'][0].transpose(1, 2, 0))
     assert 0 < f['v2']['weights'].min() and f['v2']['weights'].max() < 1
     offset3 = f['v3']['args'][1]
-    close(f['v3']['locations'], _dcnv3_locations(offset3, 1, 1, 1, 2))
+    close(f['v3']['locations'], _dcnv3_locations(offset3, 1, 1, 1, 2), GRID_TOL)
     close(f['v3']['weights'].sum(axis=-1), 1.0)                           # softmax over each group's points
     offset4, mask4 = nc.unpack_offset_mask(f['v4']['args'][1], 2, 9)
-    close(f['v4']['locations'], _dcnv3_locations(offset4, 1, 1, 1, 2))
+    close(f['v4']['locations'], _dcnv3_locations(offset4, 1, 1, 1, 2), GRID_TOL)
     assert f['v4']['weights'].min() < 0                                   # unnormalised (seed 0)
     for version in ('v3', 'v4'):                                          # the regular grid: zero offsets
-        close(f[version]['grid'], _dcnv3_locations(np.zeros_like(offset3), 1, 1, 1, 2))
+        close(f[version]['grid'], _dcnv3_locations(np.zeros_like(offset3), 1, 1, 1, 2), GRID_TOL)
 
 
 def test_deformable_ops_sample_the_plotted_points(facts):
@@ -476,7 +479,7 @@ def test_sampling_locations_match_the_ops_definitions():
         msk = rng.uniform(0, 1, (1, 4, 4, 3 * points))
         hyper = (3, 2, 2, 2, 3, 2, 1.5, remove_center)
         loc, w = nc.sampling_locations('dcnv3', xs, off, msk, *hyper)
-        close(loc, _dcnv3_locations(off, 2, 2, 2, 3, 1.5, remove_center))
+        close(loc, _dcnv3_locations(off, 2, 2, 2, 3, 1.5, remove_center), GRID_TOL)
         packed = nc.pack_offset_mask(off, msk, 3)
         loc4, w4 = nc.sampling_locations('dcnv4', xs, packed, *hyper)
         close(loc4, loc)

@@ -39,15 +39,25 @@ def _samples(x, read_point, kernel_size, stride, padding, dilation, group, offse
     """Every sampling point ``(n, r, s, g, p, h, w, m)`` of output pixel ``(n, r, s)``; ``read_point(n,
     r, s, g, p) -> (dx, dy, m)`` reads the op's own layout of the offsets and mask (eq. 2). Only the
     top and left pads move the grid."""
-    (kh, kw), (sh, sw), (dh, dw), (top, _, left, _) = _geometry(kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = _geometry(kernel_size, stride, padding,
+                                                                         dilation)
     n_batch, ho, wo = out_shape(x, kernel_size, stride, padding, dilation)[:3]
     half_h, half_w = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    hp, wp = x.shape[1] + top + bottom, x.shape[2] + left + right
     for n, r, s, g in np.ndindex(n_batch, ho, wo, group):
         for p, (i, j) in enumerate(kernel_points(kh, kw, remove_center)):
             off_x, off_y, m = read_point(n, r, s, g, p)
-            h = r * sh - top + half_h - half_h * offset_scale + (j * dh + off_y) * offset_scale  # (eq. 2)
-            w = s * sw - left + half_w - half_w * offset_scale + (i * dw + off_x) * offset_scale  # (eq. 2)
+            base_h = _base(r * sh + half_h + 0.5, j * dh - half_h, hp, offset_scale)     # (eq. 2a)
+            base_w = _base(s * sw + half_w + 0.5, i * dw - half_w, wp, offset_scale)     # (eq. 2a)
+            h = (2 * (base_h + off_y * offset_scale / hp) - 1 + 1) * (hp / 2) - 0.5 - top  # (eq. 2b)
+            w = (2 * (base_w + off_x * offset_scale / wp) - 1 + 1) * (wp / 2) - 0.5 - left  # (eq. 2b)
             yield n, r, s, g, p, h, w, m
+
+
+def _base(ref, tap, padded, offset_scale):
+    """The grid part of a location in units of the padded size, in float32 (eq. 2a)."""
+    f32 = np.float32
+    return float(f32(ref) / f32(padded) + f32(tap) / f32(padded) * f32(offset_scale))
 
 
 def core(x, read_point, kernel_size, stride, padding, dilation, group, group_channels, offset_scale,

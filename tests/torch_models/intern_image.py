@@ -11,9 +11,9 @@ Written from the official definitions (same module tree, keys, arguments and for
 * timm's ``DropPath`` from ``torch_models.common``, whose keep masks can be given (``masks``,
   consumed in call order).
 
-One deliberate difference: ``dcnv3_core_pytorch`` builds its reference and dilation grids in
-float32 (``torch.linspace(..., dtype=torch.float32)``), which limits any float64 comparison to about
-1e-7; here they are built in the input's dtype.
+``dcnv3_core_pytorch`` builds its reference and dilation grids in float32 (``torch.linspace(...,
+dtype=torch.float32)``) whatever the input dtype, and so does this re-creation: numpyconv rounds its
+grid the same way (docs/derivations/dcnv3.md, eq. 2a).
 """
 import math
 
@@ -93,10 +93,11 @@ def dcnv3_core_pytorch(input, offset, mask, kernel_h, kernel_w, stride_h, stride
     input = F.pad(input, [0, 0, pad_h, pad_h, pad_w, pad_w])
     N_, H_in, W_in, _ = input.shape
     _, H_out, W_out, _ = offset.shape
-    dtype = input.dtype
+    dtype, grid_dtype = input.dtype, torch.float32                    # the official grids are float32
     ref = _get_reference_points(input.shape, kernel_h, kernel_w, dilation_h, dilation_w, stride_h, stride_w,
-                                dtype)
-    grid = _generate_dilation_grids(input.shape, kernel_h, kernel_w, dilation_h, dilation_w, group, dtype)
+                                grid_dtype)
+    grid = _generate_dilation_grids(input.shape, kernel_h, kernel_w, dilation_h, dilation_w, group,
+                                    grid_dtype)
     P_ = kernel_h * kernel_w - remove_center
     spatial_norm = torch.tensor([W_in, H_in], dtype=dtype).reshape(1, 1, 1, 2).repeat(1, 1, 1, group * P_)
     sampling_locations = (ref + grid * offset_scale).repeat(N_, 1, 1, 1, 1)
