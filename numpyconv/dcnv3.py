@@ -17,8 +17,8 @@ with ``P = kh*kw - remove_center`` points per group and ``q = g*P + p``. Points 
 
 (``offset_scale`` scales the base grid as well as the offsets), rounded as InternImage's
 ``dcnv3_core_pytorch`` rounds it: the grid part in float32, in units of the padded size, the offset
-added in the input's dtype (eq. 2a-2b, :func:`numpyconv._bilinear.dcn_base_grid`). Forward (eq. 4), with ``B`` the
-zero-padding bilinear rule of :mod:`numpyconv._bilinear` (eq. 3)::
+added in the input's dtype (eq. 2a-2b, :func:`numpyconv._bilinear.dcn_base_grid`). Forward
+(eq. 4), with ``B`` the zero-padding bilinear rule of :mod:`numpyconv._bilinear` (eq. 3)::
 
     y[n, r, s, g*D + c] = sum_p  mask[n, r, s, q] * B(x[n, :, :, g*D + c], h, w)
 
