@@ -123,7 +123,7 @@ def axpy(a, t, y):
 def dcn_base_grid(out_size, stride, half, taps, padded, scale):
     """``(out_size, P)`` float32: the base location of each output row (or column) and kernel point
     along one axis, in units of the padded size, rounded as ``dcnv3_core_pytorch`` rounds it (its
-    grids are float32 whatever the input dtype) (eq. 2a)::
+    grids are float32 whatever the input dtype) (dcnv3.md eq. 2a)::
 
         base = f32(f32(half + 0.5 + i * stride) / padded) + f32(f32(tap - half) / padded) * f32(scale)
 
@@ -136,7 +136,7 @@ def dcn_base_grid(out_size, stride, half, taps, padded, scale):
 
 
 def dcn_coordinate(base, offset, scale, padded, pad_before):
-    """The input pixel coordinate sampled (eq. 2b): the offset added in units of the padded size,
+    """The input pixel coordinate sampled (dcnv3.md eq. 2b): the offset added in units of the padded size,
     then ``grid_sample``'s ``align_corners=False`` map back to pixels, minus the leading pad; in
     float64 (``base`` widened). Works on scalars and arrays; ``dcn_coordinate_jit`` is the Numba
     version for the loops."""

@@ -125,7 +125,7 @@ def _dcn_locations(x, offset, geo, scale, order, ch, cw):
         keep[(kh // 2) * kw + kw // 2] = False
     base_h = dcn_base_grid(ho, sh, ch, tap_rows[keep], hp, scale)[:, None, None, :]   # (Ho, 1, 1, P)
     base_w = dcn_base_grid(wo, sw, cw, tap_cols[keep], wp, scale)[None, :, None, :]   # (1, Wo, 1, P)
-    rows = dcn_coordinate(base_h.astype(np.float64), off[..., 1], scale, hp, top)     # (eq. 2b)
+    rows = dcn_coordinate(base_h.astype(np.float64), off[..., 1], scale, hp, top)     # (dcnv3.md eq. 2b)
     cols = dcn_coordinate(base_w.astype(np.float64), off[..., 0], scale, wp, left)
     return np.stack([cols, rows], axis=-1).astype(x.dtype)
 

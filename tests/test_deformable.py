@@ -418,7 +418,8 @@ def test_dcnv3_offsets_map_to_deform_conv2d():
     mask = mask3.reshape(n, h, w, g, kw, kh).transpose(0, 3, 5, 4, 1, 2).reshape(n, g * kh * kw, h, w)
     y, _ = D.deform_conv2d_forward(x.transpose(0, 3, 1, 2), offset, np.ones((g * d, 1, kh, kw)),
                                    padding=1, mask=mask)
-    np.testing.assert_allclose(y.transpose(0, 2, 3, 1), y3, rtol=1e-12, atol=1e-12)
+    # dcnv3 rounds its grid to float32 as dcnv3_core_pytorch does (dcnv3.md eq. 2a): < 1e-6 pixel
+    np.testing.assert_allclose(y.transpose(0, 2, 3, 1), y3, rtol=1e-5, atol=1e-5)
 
 
 # -- optional cross-checks against torchvision and mmcv-style torch Pack layers -------------------------
