@@ -74,13 +74,22 @@ def column_major(p):
 
 
 def location(u, v, g, p, stride=1, pad=1, dilation=1, offset_scale=1.0):
-    """``(h, w)`` where point ``p`` of group ``g`` samples for output pixel ``(u, v)`` (eq. 2)."""
+    """``(h, w)`` where point ``p`` of group ``g`` samples for output pixel ``(u, v)`` (eq. 2).
+
+    In exact arithmetic ``h = u*stride - pad + c - offset_scale*c + offset_scale*(j*dilation + dy)``
+    (likewise ``w``). It is computed here as InternImage's pure-PyTorch core computes it (eq. 2a-2b):
+    the grid part in float32 and in units of the padded size, which moves the point by < 1e-6 pixel.
+    """
     i, j = column_major(p)
     q = g * P + p                                 # the point's index in the offset and mask channels
     dx, dy = OFFSET[0, u, v, 2 * q], OFFSET[0, u, v, 2 * q + 1]
     c = dilation * (K - 1) // 2                   # offset_scale scales the grid about its centre
-    h = u * stride - pad + c - offset_scale * c + offset_scale * (j * dilation + dy)
-    w = v * stride - pad + c - offset_scale * c + offset_scale * (i * dilation + dx)
+    hp, wp = H + 2 * pad, W + 2 * pad             # the padded size
+    f32 = np.float32
+    base_h = float(f32(u * stride + c + 0.5) / f32(hp) + f32(j * dilation - c) / f32(hp) * f32(offset_scale))
+    base_w = float(f32(v * stride + c + 0.5) / f32(wp) + f32(i * dilation - c) / f32(wp) * f32(offset_scale))
+    h = (2 * (base_h + dy * offset_scale / hp) - 1 + 1) * (hp / 2) - 0.5 - pad   # (eq. 2a-2b)
+    w = (2 * (base_w + dx * offset_scale / wp) - 1 + 1) * (wp / 2) - 0.5 - pad
     return h, w
 
 
@@ -132,7 +141,9 @@ def dcnv3():
     mask_tv = MASK.reshape(N, H, W, G, K, K).transpose(0, 3, 5, 4, 1, 2).reshape(N, G * P, H, W)
     ones = np.ones((G * D, 1, K, K))              # depthwise (groups = G*D), all-ones weight, G offset groups
     y_tv, _ = nc.deform_conv2d_forward(X.transpose(0, 3, 1, 2), offset_tv, ones, padding=1, mask=mask_tv)
-    same('y == deform_conv2d (depthwise, weight 1, offsets re-ordered)', y, y_tv.transpose(0, 2, 3, 1))
+    # deform_conv2d samples at the exact eq. 2; DCNv3's float32 grid part moves points < 1e-6 pixel
+    same('y == deform_conv2d (depthwise, weight 1, offsets re-ordered)', y, y_tv.transpose(0, 2, 3, 1),
+         tol=1e-5)
 
     same('dcnv3_forward == reference.dcnv3', y_fast, reference.dcnv3(*args, **GEOMETRY))
     dy = RNG.standard_normal(y.shape)
