@@ -202,6 +202,20 @@ def _check_integral(value, dtype, key):
                              f"{value[~exact].ravel()[0]!r}")
 
 
+def _prefix_hint(state, own):
+    """A hint when every key of ``state`` carries one extra leading module name (DataParallel's
+    ``module.``, mmcls' ``backbone.``) and the keys under it are this module's."""
+    keys = [k for k in state if isinstance(k, str)]
+    heads = {k.split('.', 1)[0] for k in keys}
+    if len(keys) != len(state) or len(heads) != 1 or not all('.' in k for k in keys):
+        return ''
+    head = heads.pop()
+    if not {k[len(head) + 1:] for k in keys} & set(own):
+        return ''
+    return (f"; every key starts with '{head}.': numpyconv.state_dict_of(checkpoint, prefix='{head}') "
+            f"strips it")
+
+
 class StateDictError(KeyError, ValueError):
     """Missing or unexpected state_dict keys: a ``KeyError`` that is also a ``ValueError`` (a bad
     argument, as the API contract says), with a plain (unquoted) message."""
@@ -303,7 +317,7 @@ class Module:
         unexpected = sorted(set(state) - set(own), key=str)
         if strict and (missing or unexpected):
             raise StateDictError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
-                                 f"unexpected keys {unexpected}")
+                                 f"unexpected keys {unexpected}{_prefix_hint(state, own)}")
         for key in set(own) & set(state):
             value = np.asarray(state[key])
             if value.dtype.kind not in 'biuf':

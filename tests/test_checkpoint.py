@@ -263,6 +263,18 @@ def test_a_model_saved_whole_feeds_a_numpyconv_layer():
     np.testing.assert_array_equal(conv.params['weight'], state['features.0.weight'])
 
 
+def test_a_prefixed_state_dict_is_refused_with_the_prefix_to_strip():
+    conv = nc.Conv2d(2, 3, 3, dtype=np.float32)
+    prefixed = {'module.' + k: v for k, v in conv.state_dict().items()}
+    with pytest.raises(ValueError, match=r"every key starts with 'module\.': numpyconv\.state_dict_of"
+                                                r"\(checkpoint, prefix='module'\) strips it"):
+        conv.load_state_dict(prefixed)
+    conv.load_state_dict(nc.state_dict_of(prefixed, prefix='module'))
+    with pytest.raises(KeyError) as info:                        # other keys: no hint
+        conv.load_state_dict({'module.other': np.zeros(1)})
+    assert 'every key starts' not in str(info.value)
+
+
 def module_stub(name='Net', parameters=None, buffers=None, modules=None, **extra):
     stub = Stub(f'pkg.{name}')
     stub.state = dict(training=True, _parameters=dict(parameters or {}), _buffers=dict(buffers or {}),

@@ -121,6 +121,19 @@ def test_internimage_center_feature_scale_and_dw_kernel(tmp_path):
     eq.assert_same_pass(ours, theirs, RNG.standard_normal((2, 3, 32, 32)))
 
 
+def test_internimage_build_py_arguments_and_remove_center():
+    """build.py passes level2_post_norm_block_ids and remove_center; remove_center reaches every
+    DCNv3 (8 points per group: offset rows group*8*2)."""
+    model = internimage_t(**SMALL, level2_post_norm_block_ids=None, remove_center=True, dtype=np.float64,
+                          rng=0)
+    dcns = [m for _, m in model.named_modules() if isinstance(m, nc.DCNv3)]
+    assert len(dcns) == sum(SMALL['depths']) and all(d.remove_center for d in dcns)
+    assert model.state_dict()['levels.0.blocks.0.dcn.offset.weight'].shape == (1 * 8 * 2, 16)
+    assert model.eval()(RNG.standard_normal((1, 3, 32, 32))).shape == (1, 10)
+    plain = internimage_t(**SMALL, dtype=np.float64, rng=0)
+    assert plain.state_dict()['levels.0.blocks.0.dcn.offset.weight'].shape == (1 * 9 * 2, 16)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(BUILDERS))
 def test_full_size_matches_official_recreation(tmp_path, name):

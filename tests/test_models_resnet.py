@@ -252,6 +252,39 @@ def test_argument_errors():
         models.rednet26(base_channels=8)
 
 
+def test_official_keyword_arguments_are_accepted_at_the_values_built():
+    """The arguments the official functions and training scripts pass: download switches off,
+    KernelWarehouse main.py's extras (unused by KW_ResNet), RedNet's config backbone arguments,
+    MobileNetV2's block / norm_layer (None means the official ones)."""
+    small = dict(num_classes=3, dtype=np.float64, rng=0)
+    reference = {'dy_resnet18': models.dy_resnet18(base_channels=8, **small).state_dict(),
+                 'oct_resnet26': models.oct_resnet26(base_channels=8, **small).state_dict(),
+                 'kw_resnet18': models.kw_resnet18(base_channels=8, **small).state_dict(),
+                 'rednet26': models.rednet26(**small).state_dict(),
+                 'od_mobilenetv2': models.od_mobilenetv2(width_mult=0.25, **small).state_dict()}
+    built = {'dy_resnet18': models.dy_resnet18(False, True, base_channels=8, **small),
+             'oct_resnet26': models.oct_resnet26(pretrained=False, base_channels=8, **small),
+             'kw_resnet18': models.kw_resnet18(pretrained=False, layer_scale_init_value=1e-6,
+                                               head_init_scale=1.0, base_channels=8, **small),
+             'rednet26': models.rednet26(num_stages=4, out_indices=(3,), style='pytorch', **small),
+             'od_mobilenetv2': models.od_mobilenetv2(width_mult=0.25, block=None, norm_layer=None, **small)}
+    for name, model in built.items():
+        state = model.state_dict()
+        assert list(state) == list(reference[name]), name
+        for key, value in state.items():
+            np.testing.assert_array_equal(value, reference[name][key], err_msg=f'{name} {key}')
+    with pytest.raises(ValueError, match='pretrained/weights=True: numpyconv downloads no weights'):
+        models.oct_resnet50(pretrained=True)
+    with pytest.raises(TypeError, match='progress must be a bool'):
+        models.dy_resnet18(progress='yes')
+    with pytest.raises(ValueError, match=r"style='caffe' is not supported .*accepted: 'pytorch'"):
+        models.rednet38(style='caffe')
+    with pytest.raises(ValueError, match=r"out_indices=\(1, 2, 3\) is not supported"):
+        models.rednet50(out_indices=(1, 2, 3))
+    with pytest.raises(ValueError, match='norm_layer=.* is not supported'):
+        models.od_mobilenetv2(norm_layer='BN')
+
+
 def test_dilated_grouped_resnet50_keeps_the_resolution():
     model = models.resnet50(groups=2, width_per_group=32, replace_stride_with_dilation=[False, True, True],
                             base_channels=8, num_classes=3, dtype=np.float64)

@@ -138,3 +138,21 @@ def set_masks(network, masks):
         if key not in modules or not hasattr(type(modules[key]), 'mask'):
             raise KeyError(f"set_masks: {key!r} is not a dropout or drop-path layer of the network")
         modules[key].mask = mask
+
+
+def no_download(pretrained=False, progress=True):
+    """The official builders' download switches: ``pretrained`` (or torchvision's ``weights``) must
+    be False or None, since numpyconv downloads nothing; ``progress`` only concerns a download."""
+    if pretrained not in (False, None):
+        raise ValueError(f"pretrained/weights={pretrained!r}: numpyconv downloads no weights; build the "
+                         f"network, then model.load_state_dict(numpyconv.state_dict_of("
+                         f"numpyconv.load_checkpoint(path)))")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be a bool, got {progress!r}")
+
+
+def official_value(name, value, allowed, why):
+    """An official constructor argument numpyconv builds only at the values ``allowed`` (a tuple)."""
+    if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+        raise ValueError(f"{name}={value!r} is not supported ({why}); accepted: "
+                         f"{', '.join(map(repr, allowed))}")

@@ -16,6 +16,7 @@ after loading a checkpoint trained to the end, set ``layer.temperature = 1`` on 
 import numpy as np
 
 from ..dynamic import DynamicConv2d
+from ._common import no_download
 from .resnet import BasicBlock, Convs, ResNet
 
 
@@ -40,16 +41,18 @@ class DYResNet(ResNet):
                 module.update_temperature()
 
 
-def dy_resnet18(*, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
-                replace_stride_with_dilation=None, norm_layer=None, base_channels=64, dtype=np.float32,
-                rng=None):
-    """``resnet18`` of kaijieshi7 dy_resnet.py: DYResNet(BasicBlock, [2, 2, 2, 2]).
+def dy_resnet18(pretrained=False, progress=True, *, num_classes=1000, zero_init_residual=False, groups=1,
+                width_per_group=64, replace_stride_with_dilation=None, norm_layer=None, base_channels=64,
+                dtype=np.float32, rng=None):
+    """``resnet18`` of kaijieshi7 dy_resnet.py: DYResNet(BasicBlock, [2, 2, 2, 2]); ``pretrained``
+    must be False (numpyconv downloads nothing: load a checkpoint instead), ``progress`` is unused.
 
     Returns
     -------
     DYResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``.
     """
+    no_download(pretrained, progress)
     return DYResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, groups, width_per_group,
                     replace_stride_with_dilation, norm_layer, base_channels=base_channels, dtype=dtype,
                     rng=rng)

@@ -178,7 +178,8 @@ class InternImageLayer(Module):
 
     def __init__(self, channels, groups, mlp_ratio=4.0, drop=0.0, drop_path=0.0, post_norm=False,
                  layer_scale=None, offset_scale=1.0, dw_kernel_size=None, center_feature_scale=False,
-                 flash=False, mlp_fc2_bias=True, dcn_output_bias=True, *, dtype=np.float32, rng=None):
+                 flash=False, mlp_fc2_bias=True, dcn_output_bias=True, remove_center=False, *,
+                 dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         kw = dict(dtype=self.dtype, rng=self.rng)
         self.post_norm, self.layer_scale = bool(post_norm), layer_scale is not None
@@ -192,7 +193,8 @@ class InternImageLayer(Module):
         else:
             dcn = DCNv3(channels=channels, kernel_size=3, stride=1, pad=1, dilation=1, group=groups,
                         offset_scale=offset_scale, dw_kernel_size=dw_kernel_size,
-                        center_feature_scale=center_feature_scale, channels_last=True, **kw)
+                        center_feature_scale=center_feature_scale, remove_center=remove_center,
+                        channels_last=True, **kw)
         self.dcn = self.add_module('dcn', dcn)
         self.drop_path = self.add_module('drop_path', DropPath(drop_path, **kw) if drop_path > 0 else
                                          Identity(dtype=self.dtype))
@@ -270,7 +272,7 @@ class InternImage(Module):
 
     def __init__(self, *, flash, channels, depths, groups, num_classes, mlp_ratio, drop_rate, drop_path_rate,
                  drop_path_type, layer_scale, offset_scale, post_norm, cls_scale, dw_kernel_size,
-                 center_feature_scale, mlp_fc2_bias, dcn_output_bias, dtype, rng):
+                 center_feature_scale, mlp_fc2_bias, dcn_output_bias, remove_center, dtype, rng):
         super().__init__(dtype=dtype, rng=rng)
         depths, groups = tuple(depths), tuple(groups)
         _check_config(channels, depths, groups, num_classes, drop_path_type)
@@ -287,6 +289,8 @@ class InternImage(Module):
                           center_feature_scale=center_feature_scale)
         if flash:
             layer_args.update(mlp_fc2_bias=mlp_fc2_bias, dcn_output_bias=dcn_output_bias)
+        else:
+            layer_args.update(remove_center=remove_center)
         levels = [InternImageBlock(int(channels * 2 ** i), depths[i], groups[i], i < self.num_levels - 1,
                                    dpr[sum(depths[:i]):sum(depths[:i + 1])],
                                    not post_norm or center_feature_scale, flash, **layer_args, **kw)
@@ -400,7 +404,7 @@ def _build(flash, args):
     _only_defaults(*(args[k] for k in unsupported))
     names = ('channels', 'depths', 'groups', 'num_classes', 'mlp_ratio', 'drop_rate', 'drop_path_rate',
              'drop_path_type', 'layer_scale', 'offset_scale', 'post_norm', 'cls_scale', 'dw_kernel_size',
-             'center_feature_scale', 'mlp_fc2_bias', 'dcn_output_bias', 'dtype', 'rng')
+             'center_feature_scale', 'mlp_fc2_bias', 'dcn_output_bias', 'remove_center', 'dtype', 'rng')
     return InternImage(flash=flash, **{name: args[name] for name in names})
 
 
@@ -408,7 +412,8 @@ def internimage_t(num_classes=1000, core_op='DCNv3', channels=64, depths=(4, 4, 
                   mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.1, drop_path_type='linear', act_layer='GELU',
                   norm_layer='LN', layer_scale=None, offset_scale=1.0, post_norm=False, cls_scale=1.5,
                   with_cp=False, dw_kernel_size=None, use_clip_projector=False, level2_post_norm=False,
-                  res_post_norm=False, center_feature_scale=False, *, dtype=np.float32, rng=None):
+                  level2_post_norm_block_ids=None, res_post_norm=False, center_feature_scale=False,
+                  remove_center=False, *, dtype=np.float32, rng=None):
     """InternImage-T: ``InternImage`` as ``build.py`` builds it from ``internimage_t_1k_224.yaml``.
 
     Parameters
@@ -421,11 +426,13 @@ def internimage_t(num_classes=1000, core_op='DCNv3', channels=64, depths=(4, 4, 
         official constructor (defaults: the T config).
     drop_rate, drop_path_rate, drop_path_type : float, float, {'linear', 'uniform'}
         Dropout in the MLPs and after the stem; stochastic depth, linear in the block index.
-    dw_kernel_size, center_feature_scale : passed to every DCNv3.
+    dw_kernel_size, center_feature_scale, remove_center : passed to every DCNv3.
     with_cp : bool
         Accepted and ignored (PyTorch's activation checkpointing only trades memory).
     act_layer, norm_layer, use_clip_projector, level2_post_norm, res_post_norm
         Only the T values ('GELU', 'LN', off) are supported (ValueError otherwise).
+    level2_post_norm_block_ids : accepted (``build.py`` passes it); read only with
+        ``level2_post_norm``.
     dtype, rng : keyword-only
         Parameter dtype; seed or Generator (initialisation, dropout and drop-path draws).
 
@@ -463,4 +470,4 @@ def flash_internimage_t(num_classes=1000, core_op='DCNv4', channels=64, depths=(
     """
     if core_op != 'DCNv4':
         raise ValueError(f"core_op must be 'DCNv4', got {core_op!r}")
-    return _build(True, dict(locals()))
+    return _build(True, dict(locals(), remove_center=False))

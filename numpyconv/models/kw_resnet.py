@@ -37,7 +37,7 @@ Parameter counts (``numpyconv.count``, 1000 classes; OSVAI/KernelWarehouse READM
 import numpy as np
 
 from ..kernel_warehouse import KWConv2d, WarehouseManager
-from ._common import Chain, init_convs_fan_out
+from ._common import Chain, init_convs_fan_out, no_download
 from .resnet import BasicBlock, Bottleneck, Convs, ResNet
 
 KW_CONFIGS = {
@@ -124,15 +124,20 @@ class KWResNet(ResNet):
 
 def kw_resnet18(*, num_classes=1000, dropout=0.1, reduction=0.0625, cell_num_ratio=1, cell_inplane_ratio=1,
                 cell_outplane_ratio=1, sharing_range=('layer', 'conv'), nonlocal_basis_ratio=1,
-                drop_path_rate=0.0, base_channels=64, dtype=np.float32, rng=None):
+                drop_path_rate=0.0, base_channels=64, pretrained=False, layer_scale_init_value=None,
+                head_init_scale=None, dtype=np.float32, rng=None):
     """Official ``kw_resnet18``: KWResNet(BasicBlock, [2, 2, 2, 2]); arguments as :class:`KWResNet`
     (the constructor's defaults: KW 1x; ``**KW_CONFIGS[name]`` for the other configs).
+    ``layer_scale_init_value`` and ``head_init_scale``, which KernelWarehouse's ``main.py`` passes to
+    every model, are accepted and unused, as the official ``KW_ResNet`` leaves them in ``**kwargs``;
+    ``pretrained`` must be False (numpyconv downloads nothing).
 
     Returns
     -------
     KWResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``.
     """
+    no_download(pretrained)
     return KWResNet(BasicBlock, [2, 2, 2, 2], num_classes, dropout, reduction, cell_num_ratio,
                     cell_inplane_ratio, cell_outplane_ratio, sharing_range, nonlocal_basis_ratio,
                     drop_path_rate, base_channels=base_channels, dtype=dtype, rng=rng)
@@ -140,14 +145,16 @@ def kw_resnet18(*, num_classes=1000, dropout=0.1, reduction=0.0625, cell_num_rat
 
 def kw_resnet50(*, num_classes=1000, dropout=0.1, reduction=0.0625, cell_num_ratio=1, cell_inplane_ratio=1,
                 cell_outplane_ratio=1, sharing_range=('layer', 'conv'), nonlocal_basis_ratio=1,
-                drop_path_rate=0.0, base_channels=64, dtype=np.float32, rng=None):
-    """Official ``kw_resnet50``: KWResNet(Bottleneck, [3, 4, 6, 3]); arguments as :class:`KWResNet`.
+                drop_path_rate=0.0, base_channels=64, pretrained=False, layer_scale_init_value=None,
+                head_init_scale=None, dtype=np.float32, rng=None):
+    """Official ``kw_resnet50``: KWResNet(Bottleneck, [3, 4, 6, 3]); arguments as :func:`kw_resnet18`.
 
     Returns
     -------
     KWResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``.
     """
+    no_download(pretrained)
     return KWResNet(Bottleneck, [3, 4, 6, 3], num_classes, dropout, reduction, cell_num_ratio,
                     cell_inplane_ratio, cell_outplane_ratio, sharing_range, nonlocal_basis_ratio,
                     drop_path_rate, base_channels=base_channels, dtype=dtype, rng=rng)

@@ -35,6 +35,7 @@ from ..layers import BatchNorm2d, Linear
 from ..module import Module, Sequential, kaiming_normal_fan_out
 from ..odconv import ODConv2d
 from ..pooling import AdaptiveAvgPool2d, GlobalAvgPool2d
+from ._common import official_value
 
 # t (expansion), c (channels), n (blocks), s (stride of the first block): both official files
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -178,7 +179,8 @@ class ODMobileNetV2(Module):
 
 
 def od_mobilenetv2(num_classes=1000, width_mult=1.0, inverted_residual_setting=None, round_nearest=8,
-                   dropout=0.2, reduction=0.0625, kernel_num=1, *, dtype=np.float32, rng=None):
+                   block=None, norm_layer=None, dropout=0.2, reduction=0.0625, kernel_num=1, *,
+                   dtype=np.float32, rng=None):
     """OD-MobileNetV2 (ODConv, ICLR 2022), the official ``od_mobilenetv2(**kwargs)``.
 
     Parameters
@@ -190,6 +192,9 @@ def od_mobilenetv2(num_classes=1000, width_mult=1.0, inverted_residual_setting=N
         None: the standard MobileNetV2 table.
     round_nearest : int
         Channel rounding of ``_make_divisible``.
+    block, norm_layer : None
+        The official ``InvertedResidual`` and ``nn.BatchNorm2d`` (PyTorch classes): only None, which
+        means them, is accepted.
     dropout : float
         Dropout before the classifier (0.2, the official default).
     reduction, kernel_num : float, int
@@ -204,6 +209,8 @@ def od_mobilenetv2(num_classes=1000, width_mult=1.0, inverted_residual_setting=N
         ``forward(x (N, 3, H, W)) -> logits (N, num_classes)``; ``state_dict()`` keys as the official
         module.
     """
+    official_value('block', block, (None,), "the official InvertedResidual is built")
+    official_value('norm_layer', norm_layer, (None,), "BatchNorm2d is built")
     return ODMobileNetV2(num_classes, width_mult, inverted_residual_setting, round_nearest, dropout,
                          reduction, kernel_num, dtype=dtype, rng=rng)
 

@@ -35,7 +35,7 @@ from ..layers import BatchNorm2d, Flatten, Linear
 from ..module import Sequential
 from ..octave import OctaveConv2d
 from ..pooling import AdaptiveAvgPool2d, MaxPool2d
-from ._common import Chain, Residual, init_convs_fan_out
+from ._common import Chain, Residual, init_convs_fan_out, no_download
 from .resnet import check_norm_layer
 
 
@@ -228,27 +228,31 @@ class OctResNet(Chain):
         return Sequential(*stage)
 
 
-def oct_resnet26(*, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64, norm_layer=None,
-                 base_channels=64, dtype=np.float32, rng=None):
-    """Official ``oct_resnet26``: OctResNet(Bottleneck, [2, 2, 2, 2]); arguments as :class:`OctResNet`.
+def oct_resnet26(pretrained=False, *, num_classes=1000, zero_init_residual=False, groups=1,
+                 width_per_group=64, norm_layer=None, base_channels=64, dtype=np.float32, rng=None):
+    """Official ``oct_resnet26``: OctResNet(Bottleneck, [2, 2, 2, 2]); arguments as :class:`OctResNet`;
+    ``pretrained`` must be False (numpyconv downloads nothing: load a checkpoint instead).
 
     Returns
     -------
     OctResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``.
     """
+    no_download(pretrained)
     return OctResNet(OctaveBottleneck, [2, 2, 2, 2], num_classes, zero_init_residual, groups, width_per_group,
                      norm_layer, base_channels=base_channels, dtype=dtype, rng=rng)
 
 
-def oct_resnet50(*, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64, norm_layer=None,
-                 base_channels=64, dtype=np.float32, rng=None):
-    """Official ``oct_resnet50``: OctResNet(Bottleneck, [3, 4, 6, 3]); arguments as :class:`OctResNet`.
+def oct_resnet50(pretrained=False, *, num_classes=1000, zero_init_residual=False, groups=1,
+                 width_per_group=64, norm_layer=None, base_channels=64, dtype=np.float32, rng=None):
+    """Official ``oct_resnet50``: OctResNet(Bottleneck, [3, 4, 6, 3]); arguments as :class:`OctResNet`;
+    ``pretrained`` must be False (numpyconv downloads nothing: load a checkpoint instead).
 
     Returns
     -------
     OctResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``.
     """
+    no_download(pretrained)
     return OctResNet(OctaveBottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, groups, width_per_group,
                      norm_layer, base_channels=base_channels, dtype=dtype, rng=rng)

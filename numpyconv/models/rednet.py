@@ -38,7 +38,7 @@ from ..involution import Involution2d, _ConvModule
 from ..layers import BatchNorm2d, Flatten, Linear
 from ..module import Sequential
 from ..pooling import AdaptiveAvgPool2d, MaxPool2d
-from ._common import Chain, init_convs_fan_out, init_normal
+from ._common import Chain, init_convs_fan_out, init_normal, official_value
 from .resnet import Bottleneck, Convs, make_stages, zero_init_last_norms
 
 ARCH_SETTINGS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
@@ -113,26 +113,34 @@ class ImageClassifier(Chain):
         self.steps = ['backbone', 'neck', 'head']
 
 
-def _rednet(depth, num_classes, stem_channels, base_channels, norm_eval, dtype, rng):
+def _rednet(depth, num_classes, stem_channels, base_channels, norm_eval, dtype, rng, num_stages, out_indices,
+            style):
     positive_int(num_classes, 'num_classes')           # before the backbone is built
+    why = "the classifier's backbone: four stages, the last one's features, the 'pytorch' stride placement"
+    official_value('num_stages', num_stages, (4,), why)
+    official_value('out_indices', out_indices, ((3,), [3], 3), why)
+    official_value('style', style, ('pytorch',), why)
     return ImageClassifier(RedNet(depth, stem_channels, base_channels, norm_eval, dtype=dtype, rng=rng),
                            num_classes)
 
 
-def rednet26(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=False, dtype=np.float32,
-             rng=None):
-    """RedNet-26 classifier (config ``rednet26.py``; module docstring).
+def rednet26(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=False, num_stages=4,
+             out_indices=(3,), style='pytorch', dtype=np.float32, rng=None):
+    """RedNet-26 classifier (config ``rednet26.py``; module docstring). The config's backbone arguments
+    ``num_stages``, ``out_indices`` and ``style`` are accepted at their config values (ValueError
+    otherwise); likewise for :func:`rednet38` and :func:`rednet50`.
 
     Returns
     -------
     ImageClassifier
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``; 9.23M parameters for 1000 classes.
     """
-    return _rednet(26, num_classes, stem_channels, base_channels, norm_eval, dtype, rng)
+    return _rednet(26, num_classes, stem_channels, base_channels, norm_eval, dtype, rng, num_stages,
+                   out_indices, style)
 
 
-def rednet38(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=False, dtype=np.float32,
-             rng=None):
+def rednet38(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=False, num_stages=4,
+             out_indices=(3,), style='pytorch', dtype=np.float32, rng=None):
     """RedNet-38 classifier (config ``rednet38.py``; module docstring).
 
     Returns
@@ -140,11 +148,12 @@ def rednet38(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=
     ImageClassifier
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``; 12.39M parameters for 1000 classes.
     """
-    return _rednet(38, num_classes, stem_channels, base_channels, norm_eval, dtype, rng)
+    return _rednet(38, num_classes, stem_channels, base_channels, norm_eval, dtype, rng, num_stages,
+                   out_indices, style)
 
 
-def rednet50(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=False, dtype=np.float32,
-             rng=None):
+def rednet50(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=False, num_stages=4,
+             out_indices=(3,), style='pytorch', dtype=np.float32, rng=None):
     """RedNet-50 classifier (config ``rednet50.py``; module docstring).
 
     Returns
@@ -152,4 +161,5 @@ def rednet50(*, num_classes=1000, stem_channels=64, base_channels=64, norm_eval=
     ImageClassifier
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``; 15.54M parameters for 1000 classes.
     """
-    return _rednet(50, num_classes, stem_channels, base_channels, norm_eval, dtype, rng)
+    return _rednet(50, num_classes, stem_channels, base_channels, norm_eval, dtype, rng, num_stages,
+                   out_indices, style)
