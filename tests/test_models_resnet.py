@@ -275,6 +275,10 @@ def test_official_keyword_arguments_are_accepted_at_the_values_built():
             np.testing.assert_array_equal(value, reference[name][key], err_msg=f'{name} {key}')
     with pytest.raises(ValueError, match='pretrained/weights=True: numpyconv downloads no weights'):
         models.oct_resnet50(pretrained=True)
+    with pytest.raises(ValueError, match="weights='IMAGENET1K_V1': numpyconv downloads no"):
+        models.resnet50(weights='IMAGENET1K_V1')
+    assert list(models.resnet18(weights=None, progress=False, base_channels=8).state_dict())[:2] == [
+        'conv1.weight', 'bn1.weight']
     with pytest.raises(TypeError, match='progress must be a bool'):
         models.dy_resnet18(progress='yes')
     with pytest.raises(ValueError, match=r"style='caffe' is not supported .*accepted: 'pytorch'"):

@@ -39,7 +39,7 @@ from ..dropout import Dropout, DropPath
 from ..layers import BatchNorm2d, Flatten, Linear
 from ..module import Sequential
 from ..pooling import AdaptiveAvgPool2d, MaxPool2d
-from ._common import Chain, Residual, init_convs_fan_out
+from ._common import Chain, Residual, init_convs_fan_out, no_download
 
 Place = namedtuple('Place', 'stage layer_idx handover expansion')
 Place.__doc__ = """Where a block sits: its stage (0-3), its official ``layer_idx`` (KernelWarehouse's running
@@ -282,28 +282,31 @@ class ResNet(Chain):
 
 
 def resnet18(*, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
-             replace_stride_with_dilation=None, norm_layer=None, base_channels=64, dtype=np.float32,
-             rng=None):
-    """torchvision ``resnet18``: ResNet(BasicBlock, [2, 2, 2, 2]) (arguments: :class:`ResNet`).
+             replace_stride_with_dilation=None, norm_layer=None, base_channels=64, weights=None,
+             progress=True, dtype=np.float32, rng=None):
+    """torchvision ``resnet18``: ResNet(BasicBlock, [2, 2, 2, 2]) (arguments: :class:`ResNet`;
+    torchvision's ``weights`` must be None and ``progress`` is unused: numpyconv downloads nothing).
 
     Returns
     -------
     ResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``; 11,689,512 parameters for 1000 classes.
     """
+    no_download(weights, progress)
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, groups, width_per_group,
                   replace_stride_with_dilation, norm_layer, base_channels=base_channels, dtype=dtype, rng=rng)
 
 
 def resnet50(*, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
-             replace_stride_with_dilation=None, norm_layer=None, base_channels=64, dtype=np.float32,
-             rng=None):
-    """torchvision ``resnet50``: ResNet(Bottleneck, [3, 4, 6, 3]) (arguments: :class:`ResNet`).
+             replace_stride_with_dilation=None, norm_layer=None, base_channels=64, weights=None,
+             progress=True, dtype=np.float32, rng=None):
+    """torchvision ``resnet50``: ResNet(Bottleneck, [3, 4, 6, 3]) (arguments as :func:`resnet18`).
 
     Returns
     -------
     ResNet
         ``forward(x (N, 3, H, W)) -> (N, num_classes)``; 25,557,032 parameters for 1000 classes.
     """
+    no_download(weights, progress)
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, groups, width_per_group,
                   replace_stride_with_dilation, norm_layer, base_channels=base_channels, dtype=dtype, rng=rng)
