@@ -130,6 +130,7 @@ def test_internimage_build_py_arguments_and_remove_center():
     assert len(dcns) == sum(SMALL['depths']) and all(d.remove_center for d in dcns)
     assert model.state_dict()['levels.0.blocks.0.dcn.offset.weight'].shape == (1 * 8 * 2, 16)
     assert model.eval()(RNG.standard_normal((1, 3, 32, 32))).shape == (1, 10)
+    flash_internimage_t(**SMALL, level2_post_norm_block_ids=None, rng=0)      # build.py passes it too
     plain = internimage_t(**SMALL, dtype=np.float64, rng=0)
     assert plain.state_dict()['levels.0.blocks.0.dcn.offset.weight'].shape == (1 * 9 * 2, 16)
 

@@ -452,8 +452,8 @@ def flash_internimage_t(num_classes=1000, core_op='DCNv4', channels=64, depths=(
                         drop_path_type='linear', act_layer='GELU', norm_layer='LN', layer_scale=None,
                         offset_scale=1.0, post_norm=False, cls_scale=1.5, with_cp=False, mlp_fc2_bias=False,
                         dcn_output_bias=False, dw_kernel_size=None, use_clip_projector=False,
-                        level2_post_norm=False, res_post_norm=False, center_feature_scale=False, *,
-                        dtype=np.float32, rng=None):
+                        level2_post_norm=False, level2_post_norm_block_ids=None, res_post_norm=False,
+                        center_feature_scale=False, *, dtype=np.float32, rng=None):
     """FlashInternImage-T: ``FlashInternImage`` as ``build.py`` builds it from
     ``flash_intern_image_t_1k_224.yaml`` (``mlp_fc2_bias=False``, ``dcn_output_bias=False``,
     ``dw_kernel_size=None``, offset_scale 1.0 from the config).
