@@ -135,6 +135,19 @@ def dcn_base_grid(out_size, stride, half, taps, padded, scale):
     return ref[:, None] + grid[None, :] * np.float32(scale)
 
 
+def dcn_grids(in_hw, geo, taps, scale):
+    """``(base_h (Ho, P), base_w (Wo, P))`` float64 (float32 values, eq. 2a) and ``frame = (top,
+    left, Hp, Wp)``: the sampling grid of every output row and column before the offsets, ``Hp, Wp``
+    the padded input size. ``geo`` a ``Geometry`` (:func:`numpyconv.conv_geometry`), ``taps`` (P, 2)
+    the points' ``(j*dh, i*dw)`` in the caller's point order."""
+    (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = geo.kernel, geo.stride, geo.dilation, geo.pads
+    hp, wp = in_hw[0] + top + bottom, in_hw[1] + left + right
+    base_h = dcn_base_grid(geo.out_hw[0], sh, dh * (kh - 1) // 2, taps[:, 0], hp, scale)
+    base_w = dcn_base_grid(geo.out_hw[1], sw, dw * (kw - 1) // 2, taps[:, 1], wp, scale)
+    frame = (float(top), float(left), float(hp), float(wp))
+    return base_h.astype(np.float64), base_w.astype(np.float64), frame
+
+
 def dcn_coordinate(base, offset, scale, padded, pad_before):
     """The input pixel coordinate sampled (dcnv3.md eq. 2b): the offset added in units of the padded size,
     then ``grid_sample``'s ``align_corners=False`` map back to pixels, minus the leading pad; in

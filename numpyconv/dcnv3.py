@@ -52,7 +52,7 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
-from ._bilinear import corner_slopes, corners, dcn_base_grid, dcn_coordinate_jit
+from ._bilinear import corner_slopes, corners, dcn_coordinate_jit, dcn_grids
 from ._checks import Cache, check_cache, expect_shape, flag, float_array, grad_out, positive_int, same_dtype
 from ._parallel import threads_for
 from .activations import GELU, sigmoid_backward, sigmoid_forward, softmax_backward, softmax_forward
@@ -90,9 +90,9 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
                remove_center):
     """Validate ``x`` and the hyper-parameters shared by dcnv3 and dcnv4; return a setup dict.
 
-    Keys: ``geo`` (the ``Geometry`` of :func:`numpyconv.conv_geometry`), ``taps`` (eq. 1), ``points`` (``P``),
-    ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``grids`` (:func:`base_grids`, as
-    the Numba loops take them).
+    Keys: ``geo`` (the ``Geometry`` of :func:`numpyconv.conv_geometry`), ``points`` (``P``),
+    ``group``, ``scale``, ``out_shape`` ``(N, Ho, Wo, C)`` and ``grids`` (the column-major points'
+    :func:`numpyconv._bilinear.dcn_grids`, as the Numba loops take them).
     """
     float_array(x, 'x', 4, "(N, H, W, group * group_channels) (channels last)")
     group = positive_int(group, 'group')
@@ -111,20 +111,8 @@ def core_setup(x, kernel_size, stride, padding, dilation, group, group_channels,
                          f"kernel_size {geo.kernel}")
     taps = sampling_points(geo.kernel, geo.dilation, remove_center)
     scale = check_offset_scale(offset_scale)
-    return dict(geo=geo, taps=taps, points=taps.shape[0], group=group, scale=scale,
-                grids=base_grids((height, width), geo, taps, scale), out_shape=(n, *geo.out_hw, channels))
-
-
-def base_grids(in_hw, geo, taps, scale):
-    """``(base_h (Ho, P), base_w (Wo, P))`` float64 (float32 values) and ``frame = (top, left, Hp,
-    Wp)``: the sampling grid of every output row and column before the offsets (eq. 2a), ``Hp, Wp``
-    the padded input size."""
-    (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = geo.kernel, geo.stride, geo.dilation, geo.pads
-    hp, wp = in_hw[0] + top + bottom, in_hw[1] + left + right
-    base_h = dcn_base_grid(geo.out_hw[0], sh, dh * (kh - 1) // 2, taps[:, 0], hp, scale)
-    base_w = dcn_base_grid(geo.out_hw[1], sw, dw * (kw - 1) // 2, taps[:, 1], wp, scale)
-    frame = (float(top), float(left), float(hp), float(wp))
-    return base_h.astype(np.float64), base_w.astype(np.float64), frame
+    return dict(geo=geo, points=taps.shape[0], group=group, scale=scale,
+                grids=dcn_grids((height, width), geo, taps, scale), out_shape=(n, *geo.out_hw, channels))
 
 
 # -- Numba loops (shared with numpyconv.dcnv4) -------------------------------------------------
@@ -139,7 +127,7 @@ def _clamped(h0, w0, height, width):
 @njit(cache=True, inline='always')
 def _location(base_h, base_w, frame, offset, b, row, col, q, p, scale):
     """Sampling ``(h, w)`` of point ``p`` (group point ``q``) of output ``(b, row, col)`` (eq. 2b);
-    ``base_h``, ``base_w``, ``frame`` as :func:`base_grids` returns them."""
+    ``base_h``, ``base_w``, ``frame`` as :func:`numpyconv._bilinear.dcn_grids` returns them."""
     top, left, hp, wp = frame
     return (dcn_coordinate_jit(base_h[row, p], offset[b, row, col, 2 * q + 1], scale, hp, top),
             dcn_coordinate_jit(base_w[col, p], offset[b, row, col, 2 * q], scale, wp, left))

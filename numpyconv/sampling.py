@@ -39,7 +39,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ._bilinear import dcn_base_grid, dcn_coordinate
+from ._bilinear import dcn_coordinate, dcn_grids
 from ._checks import expect_shape, float_array, positive_int, real, same_dtype
 from .conv import conv_geometry
 from .msdeformattn import check_inputs, pixel_locations
@@ -86,7 +86,7 @@ def deform_conv2d_locations(x, offset, weight, bias=None, stride=1, padding=0, d
 # -- dcnv3 / dcnv4 (InternImage, FlashInternImage) ------------------------------------------------
 def _dcn_geometry(x, kernel_size, stride, padding, dilation, group, group_channels, offset_scale,
                   remove_center):
-    """Validate the DCNv3/DCNv4 hyper-parameters; return ``(geo, group, scale, order, ch, cw)``:
+    """Validate the DCNv3/DCNv4 hyper-parameters; return ``(geo, group, scale, order)``:
     ``order[r]`` is the op's (column-major) index of row-major point ``r``."""
     float_array(x, 'x', 4, "(N, H, W, group * group_channels) (channels last)")
     group = positive_int(group, 'group')
@@ -98,7 +98,7 @@ def _dcn_geometry(x, kernel_size, stride, padding, dilation, group, group_channe
     if not (isinstance(remove_center, (bool, np.bool_)) or remove_center in (0, 1)):
         raise TypeError(f"remove_center must be a bool (or 0/1), got {remove_center!r}")
     scale = real(offset_scale, 'offset_scale')
-    (kh, kw), (dh, dw) = geo.kernel, geo.dilation
+    kh, kw = geo.kernel
     if remove_center and (kh % 2 == 0 or kw % 2 == 0):
         raise ValueError(f"remove_center is only compatible with an odd kernel size, got kernel_size "
                          f"{geo.kernel}")
@@ -108,25 +108,20 @@ def _dcn_geometry(x, kernel_size, stride, padding, dilation, group, group_channe
     column_major = [(i, j) for j in range(kw) for i in range(kh) if kept(i, j)]
     row_major = [(i, j) for i in range(kh) for j in range(kw) if kept(i, j)]
     order = np.array([column_major.index(point) for point in row_major], dtype=np.int64)
-    return geo, group, scale, order, dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    return geo, group, scale, order
 
 
-def _dcn_locations(x, offset, geo, scale, order, ch, cw):
+def _dcn_locations(x, offset, geo, scale, order):
     """Pixel ``(x, y)`` ``(N, Ho, Wo, G, P, 2)`` from DCN offsets ``(N, Ho, Wo, G, P, 2)`` as
     ``(dx, dy)`` in the op's point order (docs/derivations/dcnv3.md eq. 2)."""
-    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    (top, bottom, left, right), (ho, wo) = geo.pads, geo.out_hw
-    hp, wp = x.shape[1] + top + bottom, x.shape[2] + left + right                     # padded size
+    (kh, kw), (dh, dw) = geo.kernel, geo.dilation
     off = offset[..., order, :].astype(np.float64)                                     # row-major points
-    tap_rows = np.repeat(np.arange(kh), kw) * dh
-    tap_cols = np.tile(np.arange(kw), kh) * dw
-    keep = np.ones(kh * kw, dtype=bool)
+    taps = np.stack([np.repeat(np.arange(kh), kw) * dh, np.tile(np.arange(kw), kh) * dw], axis=1)
     if len(order) < kh * kw:                                                           # centre removed
-        keep[(kh // 2) * kw + kw // 2] = False
-    base_h = dcn_base_grid(ho, sh, ch, tap_rows[keep], hp, scale)[:, None, None, :]   # (Ho, 1, 1, P)
-    base_w = dcn_base_grid(wo, sw, cw, tap_cols[keep], wp, scale)[None, :, None, :]   # (1, Wo, 1, P)
-    rows = dcn_coordinate(base_h.astype(np.float64), off[..., 1], scale, hp, top)     # (dcnv3.md eq. 2b)
-    cols = dcn_coordinate(base_w.astype(np.float64), off[..., 0], scale, wp, left)
+        taps = np.delete(taps, (kh // 2) * kw + kw // 2, axis=0)
+    base_h, base_w, (top, left, hp, wp) = dcn_grids(x.shape[1:3], geo, taps, scale)   # (Ho, P), (Wo, P)
+    rows = dcn_coordinate(base_h[:, None, None, :], off[..., 1], scale, hp, top)      # (dcnv3.md eq. 2b)
+    cols = dcn_coordinate(base_w[None, :, None, :], off[..., 0], scale, wp, left)
     return np.stack([cols, rows], axis=-1).astype(x.dtype)
 
 
@@ -144,13 +139,13 @@ def dcnv3_locations(x, offset, mask, kernel_size, stride, padding, dilation, gro
                     offset_scale=1.0, remove_center=False):
     """``(locations (N, Ho, Wo, group, P, 2), weights (N, Ho, Wo, group, P))`` of
     :func:`numpyconv.dcnv3_forward`, points row-major; ``weights`` is ``mask`` as given."""
-    geo, group, scale, order, ch, cw = _dcn_geometry(x, kernel_size, stride, padding, dilation, group,
-                                                      group_channels, offset_scale, remove_center)
+    geo, group, scale, order = _dcn_geometry(x, kernel_size, stride, padding, dilation, group,
+                                             group_channels, offset_scale, remove_center)
     n, (ho, wo), points = x.shape[0], geo.out_hw, len(order)
     _point_tensor(offset, 'offset', geo, n, group, points, 2)
     _point_tensor(mask, 'mask', geo, n, group, points, 1)
     same_dtype(('x', x), ('offset', offset), ('mask', mask))
-    locations = _dcn_locations(x, offset.reshape(n, ho, wo, group, points, 2), geo, scale, order, ch, cw)
+    locations = _dcn_locations(x, offset.reshape(n, ho, wo, group, points, 2), geo, scale, order)
     return locations, np.ascontiguousarray(mask.reshape(n, ho, wo, group, points)[..., order])
 
 
@@ -158,8 +153,8 @@ def dcnv4_locations(x, offset_mask, kernel_size, stride, padding, dilation, grou
                     offset_scale=1.0, remove_center=False):
     """``(locations (N, Ho, Wo, group, P, 2), weights (N, Ho, Wo, group, P))`` of
     :func:`numpyconv.dcnv4_forward`, points row-major; ``weights`` is the packed mask, unnormalised."""
-    geo, group, scale, order, ch, cw = _dcn_geometry(x, kernel_size, stride, padding, dilation, group,
-                                                      group_channels, offset_scale, remove_center)
+    geo, group, scale, order = _dcn_geometry(x, kernel_size, stride, padding, dilation, group,
+                                             group_channels, offset_scale, remove_center)
     n, (ho, wo), points = x.shape[0], geo.out_hw, len(order)
     used = 3 * group * points
     expected = (n, ho, wo, -(-used // 8) * 8)
@@ -172,7 +167,7 @@ def dcnv4_locations(x, offset_mask, kernel_size, stride, padding, dilation, grou
     same_dtype(('x', x), ('offset_mask', offset_mask))
     blocks = offset_mask[..., :used].reshape(n, ho, wo, group, 3 * points)   # [dx0, dy0, ... | m0, ...]
     offset = blocks[..., :2 * points].reshape(n, ho, wo, group, points, 2)
-    locations = _dcn_locations(x, offset, geo, scale, order, ch, cw)
+    locations = _dcn_locations(x, offset, geo, scale, order)
     return locations, np.ascontiguousarray(blocks[..., 2 * points:][..., order])
 
 
